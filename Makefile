@@ -1,0 +1,33 @@
+# fairgate front door: `make run` and `make test` work on a fresh clone with nothing installed.
+# The virtual environment is (re)built from pyproject.toml whenever that file changes.
+
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed-stamp
+CONFIG  ?= config/fairgate.yaml
+
+.PHONY: install run test bench sim clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/fairgate up --config $(CONFIG)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m loadtest.calibration --write BENCHMARKS.md
+
+sim: $(STAMP)
+	$(VENV)/bin/fairgate sim --profile config/sim/h100-llama3-8b.yaml --port 8001
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

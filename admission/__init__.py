@@ -1,0 +1,1 @@
+"""Weighted-fair admission in Redis: queues, budgets, virtual token counters, leases."""

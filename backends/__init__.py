@@ -1,0 +1,1 @@
+"""Engines and pools: classification, capacity, health, load, and the forwarding client."""

@@ -1,0 +1,1 @@
+"""Cost of a request before it runs: prompt tokens, expected and maximum output tokens."""

@@ -1,0 +1,146 @@
+"""The ``fairgate`` command.
+
+Subcommands:
+  ``sim``           run one simulated engine (an OpenAI-compatible server that behaves like vLLM)
+  ``up``            start the local stack described by a config file (what ``make run`` does)
+  ``check-config``  validate a config file and print what it declares
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from fairgate.settings import ConfigError, load_settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PROFILE = REPO_ROOT / "config" / "sim" / "h100-llama3-8b.yaml"
+DEFAULT_CONFIG = REPO_ROOT / "config" / "fairgate.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except ConfigError as exc:
+        print(f"fairgate: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fairgate", description=__doc__.split("\n")[0])
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sim = commands.add_parser("sim", help="run a simulated engine (vLLM-like, no GPU needed)")
+    sim.add_argument("--profile", type=Path, default=DEFAULT_PROFILE, help="engine profile YAML")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8001)
+    sim.add_argument("--model", action="append", dest="models", help="served model id (repeatable)")
+    sim.add_argument("--time-scale", type=float, default=1.0, help="simulated s per wall s")
+    sim.add_argument("--seed", type=int, default=0, help="seed of the output-length draws")
+    sim.add_argument("--max-num-seqs", type=int)
+    sim.add_argument("--max-num-batched-tokens", type=int)
+    sim.add_argument("--long-prefill-token-threshold", type=int)
+    sim.add_argument("--max-model-len", type=int)
+    sim.add_argument("--num-gpu-blocks", type=int, help="KV capacity in blocks (overrides profile)")
+    sim.set_defaults(handler=_run_sim)
+
+    up = commands.add_parser("up", help="start the local stack of a config file (make run)")
+    up.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    up.set_defaults(handler=_run_up)
+
+    check = commands.add_parser("check-config", help="validate a config file")
+    check.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    check.set_defaults(handler=_check_config)
+    return parser
+
+
+def _run_sim(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from loadtest.simulator.profile import load_profile
+    from loadtest.simulator.server import create_app, serve
+
+    try:
+        profile = load_profile(args.profile).with_overrides(
+            **{
+                "scheduler.max_num_seqs": args.max_num_seqs,
+                "scheduler.max_num_batched_tokens": args.max_num_batched_tokens,
+                "scheduler.long_prefill_token_threshold": args.long_prefill_token_threshold,
+                "max_model_len": args.max_model_len,
+                "kv_cache.num_blocks": args.num_gpu_blocks,
+            }
+        )
+    except (OSError, ValidationError) as exc:
+        print(f"fairgate sim: bad profile {args.profile}: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        app = create_app(profile, args.models, args.time_scale, args.seed)
+        runner = await serve(app, args.host, args.port)
+        served = ", ".join(args.models or [profile.model])
+        logging.getLogger("fairgate.sim").info(
+            "simulated engine %s serving %s on http://%s:%d (time scale %g)",
+            profile.name, served, args.host, args.port, args.time_scale,
+        )
+        try:
+            await _until_signalled()
+        finally:
+            await runner.cleanup()
+
+    _run_async(run())
+    return 0
+
+
+def _run_up(args: argparse.Namespace) -> int:
+    from fairgate.launcher import run_stack
+
+    settings = load_settings(args.config)
+    return run_stack(settings, args.config)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    print(f"{args.config}: valid")
+    for pool_name, pool in settings.pools.items():
+        print(f"  pool {pool_name}: models {', '.join(sorted(pool.models))}")
+        for name, backend in pool.backends.items():
+            print(f"    backend {name}: {backend.url} ({backend.engine})")
+    for tenant_id, tenant in settings.tenants.items():
+        print(f"  tenant {tenant_id}: weight {tenant.weight:g}, {len(tenant.key_hashes())} key(s)")
+    return 0
+
+
+async def _until_signalled() -> None:
+    """Wait for SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def _run_async(coro: object) -> None:
+    """Run on uvloop when it is installed, else on the default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)  # type: ignore[arg-type]
+    else:
+        uvloop.run(coro)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""fairgate's configuration: one pydantic settings model, read from YAML, overridden by env.
+
+Everything an operator declares lives here: the engine pools and their backends, the tenants
+with their weights, limits and keys, the Redis that holds shared state, and the listener.
+The admin API, the admission scripts and the gateway all import these models rather than
+re-declaring them, so a field means the same thing everywhere.
+
+Precedence (highest first): ``FAIRGATE_*`` environment variables (nested with ``__``, e.g.
+``FAIRGATE_TENANTS__ACME__WEIGHT=3``), then ``REDIS_URL`` for ``redis.url``, then the YAML
+file, then the defaults below. Pools, backends and tenants are mappings keyed by name so that
+an environment variable can override one field of one entry without restating the rest.
+
+Every model forbids unknown fields: a typo such as ``wieght`` is an error at start-up, not a
+silently ignored default. :func:`load_settings` turns validation failures into a
+:class:`ConfigError` whose lines each name the offending field by its dotted path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+#: Names of pools, backends and tenants: safe in Redis keys, metric labels and env var names.
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+#: Model ids as engines spell them (``meta-llama/Llama-3.1-8B-Instruct``, ``qwen3:8b``).
+ModelId = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^\S+$")]
+#: Stored key digests: ``sha256:`` followed by 64 lowercase hex digits.
+KeyHash = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
+
+EngineKind = Literal["vllm", "sglang", "tgi", "llamacpp", "ollama", "openai"]
+
+
+def hash_api_key(key: str) -> str:
+    """The digest under which an API key is stored; keys themselves are never persisted."""
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def _redis_scheme(url: str) -> str:
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    return url
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: unknown fields are errors and values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SimulatorSpec(StrictModel):
+    """Run a simulated engine for this backend under ``fairgate up`` (demo and development)."""
+
+    profile: Path = Field(description="Engine profile YAML (see config/sim/).")
+    time_scale: PositiveFloat = Field(1.0, description="Simulated seconds per wall second.")
+    seed: int = 0
+
+
+class BackendConfig(StrictModel):
+    """One inference engine: where it listens, what it serves, how much it may hold at once."""
+
+    url: HttpUrl = Field(description="Base URL of the engine's OpenAI API, without /v1.")
+    models: list[ModelId] = Field(min_length=1, description="Model ids this engine serves.")
+    engine: EngineKind = Field("vllm", description="Engine type: selects its adapter.")
+    max_concurrency: PositiveInt = Field(64, description="Requests in flight at once.")
+    max_inflight_tokens: PositiveInt = Field(
+        200_000, description="Estimated prompt + output tokens in flight at once."
+    )
+    simulator: SimulatorSpec | None = None
+
+
+class PoolConfig(StrictModel):
+    """A set of interchangeable engines that serve one class of work."""
+
+    description: str = ""
+    backends: dict[Name, BackendConfig] = Field(min_length=1)
+
+    @property
+    def models(self) -> frozenset[str]:
+        """Every model id some backend of this pool serves."""
+        return frozenset(m for b in self.backends.values() for m in b.models)
+
+
+class TenantConfig(StrictModel):
+    """A customer of the gateway: its share, its limits and the keys that identify it."""
+
+    weight: PositiveFloat = Field(1.0, description="Share of contended capacity.")
+    priority: int = Field(0, description="Priority band; higher bands are served first.")
+    max_concurrency: PositiveInt = Field(32, description="Requests in flight, all replicas.")
+    max_inflight_tokens: PositiveInt = Field(
+        262_144, description="Estimated tokens in flight, all replicas."
+    )
+    max_queued: NonNegativeInt = Field(256, description="Requests waiting in the queue.")
+    queue_timeout_s: PositiveFloat = Field(30.0, description="Longest wait before a 429.")
+    pools: list[Name] | None = Field(None, description="Pools this tenant may use; all if unset.")
+    api_keys: list[SecretStr] = Field(
+        default_factory=list, description="Keys in clear, to seed; stored only as hashes."
+    )
+    api_key_hashes: list[KeyHash] = Field(
+        default_factory=list, description="Keys given as sha256 digests."
+    )
+
+    def key_hashes(self) -> list[str]:
+        """All of this tenant's keys as stored digests."""
+        return [hash_api_key(k.get_secret_value()) for k in self.api_keys] + self.api_key_hashes
+
+
+class RedisConfig(StrictModel):
+    """The Redis (or Redis Cluster entry point) that holds every replica's shared state."""
+
+    url: Annotated[str, AfterValidator(_redis_scheme)] = "redis://127.0.0.1:6379/0"
+    key_prefix: Name = "fairgate"
+
+
+class ServerConfig(StrictModel):
+    """The gateway's own HTTP listener."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    max_body_bytes: PositiveInt = 8 * 1024 * 1024
+
+
+class _RedisUrlAlias(PydanticBaseSettingsSource):
+    """Reads the conventional ``REDIS_URL`` into ``redis.url``."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        url = os.environ.get("REDIS_URL")
+        return {"redis": {"url": url}} if url else {}
+
+
+class Settings(BaseSettings):
+    """The whole configuration of one fairgate deployment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FAIRGATE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    server: ServerConfig = ServerConfig()
+    redis: RedisConfig = RedisConfig()
+    pools: dict[Name, PoolConfig] = Field(min_length=1)
+    tenants: dict[Name, TenantConfig] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; the environment must win over it.
+        return env_settings, _RedisUrlAlias(settings_cls), init_settings
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Settings:
+        """Checks that span sections: unique backends and keys, known pool names."""
+        _no_repeats(
+            "pools",
+            "backend name",
+            [name for pool in self.pools.values() for name in pool.backends],
+        )
+        _no_repeats(
+            "pools",
+            "backend url",
+            [str(b.url) for pool in self.pools.values() for b in pool.backends.values()],
+        )
+        _no_repeats(
+            "tenants",
+            "API key",
+            [h for t in self.tenants.values() for h in t.key_hashes()],
+            show=False,
+        )
+        for tenant_id, tenant in self.tenants.items():
+            for pool in tenant.pools or ():
+                if pool not in self.pools:
+                    raise ValueError(
+                        f"tenants.{tenant_id}.pools: unknown pool {pool!r} "
+                        f"(known: {', '.join(sorted(self.pools))})"
+                    )
+        return self
+
+    def backends(self) -> dict[str, tuple[str, BackendConfig]]:
+        """Every backend by name, with the name of its pool."""
+        return {
+            name: (pool_name, backend)
+            for pool_name, pool in self.pools.items()
+            for name, backend in pool.backends.items()
+        }
+
+
+def _no_repeats(section: str, what: str, values: list[str], show: bool = True) -> None:
+    repeated = [v for v, n in Counter(values).items() if n > 1]
+    if repeated:
+        shown = f": {', '.join(sorted(repeated))}" if show else ""
+        raise ValueError(f"{section}: each {what} must be unique, found repeats{shown}")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names every bad field."""
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read, merge with the environment and validate a configuration file.
+
+    Raises :class:`ConfigError` with one line per problem, each naming the field by its dotted
+    path (``pools.interactive.backends.sim-0.url: ...``).
+    """
+    source = Path(path)
+    data = _read_yaml(source)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: invalid configuration\n{_describe(exc)}") from None
+
+
+def _read_yaml(source: Path) -> dict[str, Any]:
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read configuration file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, not {type(data).__name__}")
+    return data
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        message = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = "" if err["type"] in {"missing", "value_error"} else f" (got {got!r})"
+        if isinstance(got, dict | list) or "secret" in where or "api_key" in where:
+            shown = ""
+        lines.append(f"  {where}: {message}{shown}")
+    return "\n".join(lines)

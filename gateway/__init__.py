@@ -1,0 +1,1 @@
+"""The HTTP face of fairgate: routes, auth, validation, streaming relay, admin API."""

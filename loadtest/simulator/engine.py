@@ -1,0 +1,137 @@
+"""The simulated engine: a scheduler, a KV cache and a clock, driven by one asyncio task.
+
+The loop plans a step, spends the step's modelled duration on the simulated clock, applies the
+step's results and hands each new token to the request's outbox. When nothing is running or
+waiting it sleeps until a request arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections import OrderedDict
+
+from loadtest.simulator.clock import SimClock
+from loadtest.simulator.kv_cache import BlockPool
+from loadtest.simulator.metrics import EngineMetrics
+from loadtest.simulator.profile import EngineProfile
+from loadtest.simulator.scheduler import Scheduler
+from loadtest.simulator.sequence import Sequence
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    """One simulated GPU engine."""
+
+    def __init__(
+        self,
+        profile: EngineProfile,
+        clock: SimClock,
+        metrics: EngineMetrics,
+        history_size: int = 10_000,
+    ) -> None:
+        self.profile = profile
+        self.clock = clock
+        self.metrics = metrics
+        self.kv = BlockPool(profile.kv_cache.num_blocks, profile.kv_cache.block_size)
+        self.scheduler = Scheduler(profile.scheduler, self.kv)
+        self.steps = 0
+        self._history: OrderedDict[str, Sequence] = OrderedDict()
+        self._history_size = history_size
+        self._ids = itertools.count()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"engine:{self.profile.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def submit(
+        self, request_id: str, prompt_tokens: int, target_output: int, stop_reason: str
+    ) -> Sequence:
+        """Queue a request; its tokens arrive on the returned sequence's outbox."""
+        seq_id = request_id if request_id not in self._history else f"{request_id}-{next(self._ids)}"
+        seq = Sequence(
+            seq_id=seq_id,
+            prompt_tokens=prompt_tokens,
+            target_output=target_output,
+            stop_reason=stop_reason,
+            arrival=self.clock.now(),
+        )
+        self._remember(seq)
+        self.scheduler.add(seq)
+        self._publish_load()
+        self._wakeup.set()
+        return seq
+
+    def abort(self, seq: Sequence) -> None:
+        """Stop a request (its client went away) and free its KV blocks at once."""
+        if self.scheduler.abort(seq):
+            seq.finished = self.clock.now()
+            self.metrics.observe_end(seq, seq.finished)
+            seq.outbox.put_nowait(None)
+            self._publish_load()
+
+    def lookup(self, seq_id: str) -> Sequence | None:
+        return self._history.get(seq_id)
+
+    def state(self) -> dict[str, object]:
+        """A snapshot for the debug endpoint and tests."""
+        return {
+            "sim_time": self.clock.now(),
+            "steps": self.steps,
+            "running": len(self.scheduler.running),
+            "waiting": len(self.scheduler.waiting),
+            "kv_used_blocks": self.kv.used_blocks,
+            "kv_total_blocks": self.kv.num_blocks,
+            "kv_usage": self.kv.usage,
+        }
+
+    def _remember(self, seq: Sequence) -> None:
+        self._history[seq.seq_id] = seq
+        while len(self._history) > self._history_size:
+            oldest_id, oldest = next(iter(self._history.items()))
+            if not oldest.done:
+                break
+            del self._history[oldest_id]
+
+    def _publish_load(self) -> None:
+        self.metrics.set_load(
+            len(self.scheduler.running), len(self.scheduler.waiting), self.kv.usage
+        )
+
+    async def _run(self) -> None:
+        while True:
+            plan = self.scheduler.schedule(self.clock.now())
+            if plan is None:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                self.clock.wake()
+                continue
+            if plan.preempted:
+                self.metrics.preemptions.inc(len(plan.preempted))
+            self._publish_load()
+            duration = self.profile.step_time.seconds(
+                plan.prefill_tokens, plan.decode_tokens, plan.context_tokens
+            )
+            end = await self.clock.run_step(duration)
+            self.steps += 1
+            for seq in self.scheduler.complete(plan, end):
+                self._deliver(seq, end)
+            self._publish_load()
+
+    def _deliver(self, seq: Sequence, now: float) -> None:
+        self.metrics.observe_token(seq)
+        seq.outbox.put_nowait(seq.output_tokens)
+        if seq.done:
+            self.metrics.observe_end(seq, now)
+            seq.outbox.put_nowait(None)
