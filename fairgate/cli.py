@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fairgate", description=__doc__.split("\n")[0])
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     sim = commands.add_parser("sim", help="run a simulated engine (vLLM-like, no GPU needed)")
@@ -93,7 +95,11 @@ def _run_sim(args: argparse.Namespace) -> int:
         served = ", ".join(args.models or [profile.model])
         logging.getLogger("fairgate.sim").info(
             "simulated engine %s serving %s on http://%s:%d (time scale %g)",
-            profile.name, served, args.host, args.port, args.time_scale,
+            profile.name,
+            served,
+            args.host,
+            args.port,
+            args.time_scale,
         )
         try:
             await _until_signalled()

@@ -8,6 +8,7 @@ on Ctrl-C or SIGTERM. Backends without ``simulator:`` are real engines and are l
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -29,7 +30,8 @@ def run_stack(settings: Settings, config_path: Path) -> int:
             if backend.simulator is not None:
                 processes.append(_start_simulator(backend, config_path))
                 _wait_healthy(str(backend.url), processes[-1])
-                print(f"  engine {name} (pool {pool}) ready at {backend.url} serving {', '.join(backend.models)}")
+                models = ", ".join(backend.models)
+                print(f"  engine {name} (pool {pool}) ready at {backend.url} serving {models}")
         _print_examples(settings)
         _wait_for_signal(processes)
         return 0
@@ -75,15 +77,18 @@ def _print_examples(settings: Settings) -> None:
     backend = next(b for _, b in settings.backends().values())
     base = str(backend.url).rstrip("/")
     model = backend.models[0]
+    hello = [{"role": "user", "content": "Hello!"}]
+    body = json.dumps({"model": model, "messages": hello, "max_tokens": 16})
+    client = f'OpenAI(base_url="{base}/v1", api_key="none")'
+    call = f"chat.completions.create(model={json.dumps(model)}, messages={json.dumps(hello)})"
     print(
         f"""
 Simulated engines are up. Try one directly (the gateway in front of them comes next):
 
   curl -s {base}/v1/chat/completions -H 'Content-Type: application/json' \\
-    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}], "max_tokens": 16}}'
+    -d '{body}'
 
-  python -c 'from openai import OpenAI; c = OpenAI(base_url="{base}/v1", api_key="none"); \\
-print(c.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Hi"}}], max_tokens=8))'
+  python -c 'from openai import OpenAI; print({client}.{call}.choices[0].message.content)'
 
 Metrics: {base}/metrics     Press Ctrl-C to stop.
 """,

@@ -57,7 +57,12 @@ async def start_sim(h100: EngineProfile) -> AsyncIterator[StartSim]:
     runners = []
     sessions = []
 
-    async def start(time_scale: float = 50.0, seed: int = 0, models: list[str] | None = None, **overrides: object) -> RunningSim:
+    async def start(
+        time_scale: float = 50.0,
+        seed: int = 0,
+        models: list[str] | None = None,
+        **overrides: object,
+    ) -> RunningSim:
         profile = h100.with_overrides(**overrides)
         app = create_app(profile, models, time_scale=time_scale, seed=seed)
         runner = await serve(app, "127.0.0.1", 0)

@@ -26,10 +26,16 @@ def test_up_starts_every_simulated_backend_and_stops_them_on_ctrl_c(tmp_path: Pa
 pools:
   interactive:
     backends:
-      a: {{url: "http://127.0.0.1:{ports[0]}", models: [m-a], simulator: {{profile: "{H100_PROFILE}", time_scale: 10}}}}
+      a:
+        url: "http://127.0.0.1:{ports[0]}"
+        models: [m-a]
+        simulator: {{profile: "{H100_PROFILE}", time_scale: 10}}
   reasoning:
     backends:
-      b: {{url: "http://127.0.0.1:{ports[1]}", models: [m-b], simulator: {{profile: "{H100_PROFILE}"}}}}
+      b:
+        url: "http://127.0.0.1:{ports[1]}"
+        models: [m-b]
+        simulator: {{profile: "{H100_PROFILE}"}}
 """
     )
     up = subprocess.Popen(
@@ -43,7 +49,7 @@ pools:
             assert line, f"fairgate up ended early: {lines}"
             lines.append(line)
         assert sum("ready at" in line for line in lines) == 2
-        for port, model in zip(ports, ["m-a", "m-b"]):
+        for port, model in zip(ports, ["m-a", "m-b"], strict=True):
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models") as resp:
                 assert model in resp.read().decode()
         up.send_signal(signal.SIGINT)
@@ -57,7 +63,9 @@ pools:
 
 def test_up_refuses_a_bad_config_naming_the_field(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
-    config.write_text("pools:\n  p:\n    backends:\n      a: {url: 'http://127.0.0.1:1', models: []}\n")
+    config.write_text(
+        "pools:\n  p:\n    backends:\n      a: {url: 'http://127.0.0.1:1', models: []}\n"
+    )
     result = subprocess.run(
         [sys.executable, "-m", "fairgate.cli", "up", "--config", str(config)],
         capture_output=True,

@@ -63,7 +63,13 @@ async def test_chat_stream_with_usage_chunk(client: openai.AsyncOpenAI) -> None:
 
 
 async def test_stream_without_include_usage_has_no_usage_chunk(sim: RunningSim) -> None:
-    body = {"model": "llama-3-8b", "messages": MESSAGES, "max_tokens": 3, "stream": True, "ignore_eos": True}
+    body = {
+        "model": "llama-3-8b",
+        "messages": MESSAGES,
+        "max_tokens": 3,
+        "stream": True,
+        "ignore_eos": True,
+    }
     async with sim.http.post(f"{sim.url}/v1/chat/completions", json=body) as resp:
         assert resp.headers["Content-Type"].startswith("text/event-stream")
         raw = (await resp.read()).decode()
@@ -72,7 +78,12 @@ async def test_stream_without_include_usage_has_no_usage_chunk(sim: RunningSim) 
     chunks = [json.loads(e) for e in events[:-1]]
     assert len(chunks) == 4  # three tokens and the closing chunk
     assert all("usage" not in c for c in chunks)
-    assert chunks[-1]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}
+    assert chunks[-1]["choices"][0] == {
+        "index": 0,
+        "delta": {},
+        "logprobs": None,
+        "finish_reason": "length",
+    }
 
 
 async def test_text_completions_stream_and_not(client: openai.AsyncOpenAI) -> None:
@@ -127,7 +138,11 @@ async def test_models_health_and_tokenize(start_sim: StartSim) -> None:
 @pytest.mark.parametrize(
     ("body", "status", "fragment"),
     [
-        ({"model": "llama-3-8b", "messages": MESSAGES, "max_tokens": -1}, 400, "max_tokens must be at least 1"),
+        (
+            {"model": "llama-3-8b", "messages": MESSAGES, "max_tokens": -1},
+            400,
+            "max_tokens must be at least 1",
+        ),
         ({"model": "llama-3-8b"}, 400, "messages: Field required"),
         ({"model": "llama-3-8b", "messages": "hi"}, 400, "messages"),
         ({"model": "llama-3-8b", "messages": [{"role": "user", "content": 5}]}, 400, "content"),
@@ -137,7 +152,15 @@ async def test_models_health_and_tokenize(start_sim: StartSim) -> None:
             400,
             "maximum context length is 131072 tokens",
         ),
-        ({"model": "llama-3-8b", "messages": MESSAGES, "stream_options": {"include_usage": True}}, 400, "stream"),
+        (
+            {
+                "model": "llama-3-8b",
+                "messages": MESSAGES,
+                "stream_options": {"include_usage": True},
+            },
+            400,
+            "stream",
+        ),
         ([1, 2], 400, "JSON object"),
     ],
 )
@@ -151,11 +174,17 @@ async def test_bad_chat_requests_get_vllm_style_errors(
     assert error["code"] == status
 
 
-async def test_invalid_json_and_overlong_prompt(sim: RunningSim, client: openai.AsyncOpenAI) -> None:
-    async with sim.http.post(f"{sim.url}/v1/completions", data=b'{"model": "llama-3-8b", "prompt": ') as resp:
+async def test_invalid_json_and_overlong_prompt(
+    sim: RunningSim, client: openai.AsyncOpenAI
+) -> None:
+    async with sim.http.post(
+        f"{sim.url}/v1/completions", data=b'{"model": "llama-3-8b", "prompt": '
+    ) as resp:
         assert resp.status == 400
         assert "Invalid JSON" in (await resp.json())["error"]["message"]
     with pytest.raises(openai.BadRequestError, match="maximum context length"):
-        await client.completions.create(model="llama-3-8b", prompt=list(range(131072)), max_tokens=1)
+        await client.completions.create(
+            model="llama-3-8b", prompt=list(range(131072)), max_tokens=1
+        )
     with pytest.raises(openai.NotFoundError):
         await client.completions.create(model="gpt-4", prompt="hi", max_tokens=1)

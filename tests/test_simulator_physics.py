@@ -16,7 +16,9 @@ from tests.conftest import RunningSim, StartSim
 _ids = itertools.count()
 
 
-async def generate(sim: RunningSim, prompt_tokens: int, output_tokens: int, **extra: object) -> dict:
+async def generate(
+    sim: RunningSim, prompt_tokens: int, output_tokens: int, **extra: object
+) -> dict:
     """Send a completion with an exact prompt length and output length; return its timeline."""
     request_id = f"req-{next(_ids)}"
     body = {
@@ -84,9 +86,7 @@ async def test_throughput_saturates_as_concurrency_rises(start_sim: StartSim) ->
 
 async def test_kv_exhaustion_leaves_requests_waiting_and_preempts(start_sim: StartSim) -> None:
     # 64 blocks of 16 = 1,024 tokens of KV: three 300-token prompts fill most of it.
-    sim = await start_sim(
-        time_scale=5.0, **{"kv_cache.num_blocks": 64, "max_model_len": 1024}
-    )
+    sim = await start_sim(time_scale=5.0, **{"kv_cache.num_blocks": 64, "max_model_len": 1024})
     requests = [asyncio.create_task(generate(sim, 300, 300)) for _ in range(6)]
     crowded = await wait_until(lambda s: s["waiting"] > 0 and s["running"] > 0, sim)
     waiting_metric = await sim.metric("vllm:num_requests_waiting")
@@ -103,7 +103,13 @@ async def test_kv_exhaustion_leaves_requests_waiting_and_preempts(start_sim: Sta
 
 async def test_stream_disconnect_aborts_and_frees_kv(start_sim: StartSim) -> None:
     sim = await start_sim(time_scale=1.0)
-    body = {"model": "llama-3-8b", "prompt": [7] * 2000, "max_tokens": 5000, "ignore_eos": True, "stream": True}
+    body = {
+        "model": "llama-3-8b",
+        "prompt": [7] * 2000,
+        "max_tokens": 5000,
+        "ignore_eos": True,
+        "stream": True,
+    }
     resp = await sim.http.post(
         f"{sim.url}/v1/completions", json=body, headers={"X-Request-Id": "gone-stream"}
     )

@@ -5,10 +5,12 @@ from __future__ import annotations
 from loadtest.simulator.kv_cache import BlockPool
 from loadtest.simulator.profile import SchedulerLimits
 from loadtest.simulator.scheduler import Scheduler
-from loadtest.simulator.sequence import Sequence, SeqStatus
+from loadtest.simulator.sequence import SeqStatus, Sequence
 
 
-def make(budget: int = 8192, seqs: int = 256, blocks: int = 10_000, threshold: int = 0) -> Scheduler:
+def make(
+    budget: int = 8192, seqs: int = 256, blocks: int = 10_000, threshold: int = 0
+) -> Scheduler:
     limits = SchedulerLimits(
         max_num_batched_tokens=budget, max_num_seqs=seqs, long_prefill_token_threshold=threshold
     )

@@ -59,7 +59,9 @@ class Engine:
         self, request_id: str, prompt_tokens: int, target_output: int, stop_reason: str
     ) -> Sequence:
         """Queue a request; its tokens arrive on the returned sequence's outbox."""
-        seq_id = request_id if request_id not in self._history else f"{request_id}-{next(self._ids)}"
+        seq_id = (
+            request_id if request_id not in self._history else f"{request_id}-{next(self._ids)}"
+        )
         seq = Sequence(
             seq_id=seq_id,
             prompt_tokens=prompt_tokens,

@@ -65,13 +65,17 @@ class EngineMetrics:
             registry=self.registry,
         )
         self.ttft = histogram(
-            "vllm:time_to_first_token_seconds", "Time to first token (simulated s).", _LATENCY_BUCKETS
+            "vllm:time_to_first_token_seconds",
+            "Time to first token (simulated s).",
+            _LATENCY_BUCKETS,
         )
         self.itl = histogram(
             "vllm:inter_token_latency_seconds", "Inter-token latency (simulated s).", _ITL_BUCKETS
         )
         self.e2e = histogram(
-            "vllm:e2e_request_latency_seconds", "End-to-end latency (simulated s).", _LATENCY_BUCKETS
+            "vllm:e2e_request_latency_seconds",
+            "End-to-end latency (simulated s).",
+            _LATENCY_BUCKETS,
         )
         self.queue_time = histogram(
             "vllm:request_queue_time_seconds", "Time spent waiting (simulated s).", _LATENCY_BUCKETS

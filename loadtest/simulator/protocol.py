@@ -57,7 +57,9 @@ class GenerationRequest(BaseModel):
         if cap is not None and cap < 1:
             raise ValueError(f"max_tokens must be at least 1, got {cap}.")
         if self.min_tokens < 0:
-            raise ValueError(f"min_tokens must be greater than or equal to 0, got {self.min_tokens}.")
+            raise ValueError(
+                f"min_tokens must be greater than or equal to 0, got {self.min_tokens}."
+            )
         if self.n != 1:
             raise ValueError(f"n must be 1 on the simulator, got {self.n}.")
         if self.stream_options is not None and not self.stream:
@@ -67,7 +69,11 @@ class GenerationRequest(BaseModel):
     @property
     def output_cap(self) -> int | None:
         """``max_completion_tokens`` (the newer name) or ``max_tokens``."""
-        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        return (
+            self.max_completion_tokens
+            if self.max_completion_tokens is not None
+            else self.max_tokens
+        )
 
     @property
     def include_usage(self) -> bool:
@@ -117,13 +123,23 @@ class Dialect:
         """The single choice of a complete (non-streamed) response."""
         if self.chat:
             message = {"role": "assistant", "content": text, "tool_calls": []}
-            return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+            return {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
         return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
 
     def delta(self, text: str | None, finish_reason: str | None, first: bool) -> dict[str, Any]:
         """The single choice of a streamed chunk; ``text=None`` for the closing chunk."""
         if not self.chat:
-            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+            return {
+                "index": 0,
+                "text": text or "",
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
         delta: dict[str, Any] = {} if text is None else {"content": text}
         if first:
             delta = {"role": "assistant", **delta}

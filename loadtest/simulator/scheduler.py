@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from loadtest.simulator.kv_cache import BlockPool
 from loadtest.simulator.profile import SchedulerLimits
-from loadtest.simulator.sequence import Sequence, SeqStatus
+from loadtest.simulator.sequence import SeqStatus, Sequence
 
 
 @dataclass

@@ -141,7 +141,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
         body = await _parse(request, CompletionRequest)
         prompt = body.prompt
         if isinstance(prompt, str):
-            prompt_tokens = await _off_loop_if_long(len(prompt), lambda: sim.tokenizer.count(prompt))
+            prompt_tokens = await _off_loop_if_long(
+                len(prompt), lambda: sim.tokenizer.count(prompt)
+            )
         else:
             prompt_tokens = len(prompt)
         key = str(body.seed) if body.seed is not None else str(prompt)
@@ -185,7 +187,9 @@ async def tokenize(request: web.Request) -> web.Response:
         return rejected.response
     if isinstance(body.get("prompt"), str):
         tokens = sim.tokenizer.encode(body["prompt"])
-    elif isinstance(body.get("messages"), list) and all(isinstance(m, dict) for m in body["messages"]):
+    elif isinstance(body.get("messages"), list) and all(
+        isinstance(m, dict) for m in body["messages"]
+    ):
         count = count_chat_prompt(body["messages"], sim.tokenizer, tools=body.get("tools"))
         text = "".join(str(m.get("content") or "") for m in body["messages"])
         # Template tokens have no text here; they are represented by a header token id.
@@ -193,7 +197,12 @@ async def tokenize(request: web.Request) -> web.Response:
     else:
         return bad_request("either `prompt` (a string) or `messages` (a list) is required").response
     return web.json_response(
-        {"count": len(tokens), "max_model_len": sim.profile.max_model_len, "tokens": tokens, "token_strs": None}
+        {
+            "count": len(tokens),
+            "max_model_len": sim.profile.max_model_len,
+            "tokens": tokens,
+            "token_strs": None,
+        }
     )
 
 
@@ -247,7 +256,9 @@ def _served_model(sim: Simulator, requested: str | None) -> str:
         return sim.models[0]
     if requested not in sim.models:
         raise RequestRejected(
-            error_response(404, f"The model `{requested}` does not exist.", "NotFoundError", 404, "model")
+            error_response(
+                404, f"The model `{requested}` does not exist.", "NotFoundError", 404, "model"
+            )
         )
     return requested
 
@@ -286,7 +297,11 @@ async def _stream(
     model: str,
 ) -> web.StreamResponse:
     response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Request-Id": seq.seq_id}
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Request-Id": seq.seq_id,
+        }
     )
     await response.prepare(request)
     base = envelope(dialect, response_id, model, streamed=True)
@@ -313,7 +328,11 @@ async def _stream(
             if ended:
                 payload += chunk(dialect.delta(None, seq.finish_reason, sent == 0))
                 if body.include_usage:
-                    final = {**base, "choices": [], "usage": usage(seq.prompt_tokens, seq.output_tokens)}
+                    final = {
+                        **base,
+                        "choices": [],
+                        "usage": usage(seq.prompt_tokens, seq.output_tokens),
+                    }
                     payload += b"data: " + json.dumps(final).encode() + b"\n\n"
                 payload += b"data: [DONE]\n\n"
             await response.write(bytes(payload))
