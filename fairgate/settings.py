@@ -39,7 +39,12 @@ from pydantic import (
     model_validator,
 )
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 #: Names of pools, backends and tenants: safe in Redis keys, metric labels and env var names.
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
@@ -238,6 +243,10 @@ def load_settings(path: str | Path) -> Settings:
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(f"{source}: invalid configuration\n{_describe(exc)}") from None
+    except SettingsError as exc:  # e.g. FAIRGATE_SERVER=x: not JSON where an object is expected
+        raise ConfigError(
+            f"{source}: invalid configuration\n  {exc} (check the FAIRGATE_* environment)"
+        ) from None
 
 
 def _read_yaml(source: Path) -> dict[str, Any]:

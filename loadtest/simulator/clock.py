@@ -36,10 +36,20 @@ class SimClock:
         current = self._sim + (time.monotonic() - self._wall) * self.time_scale
         return current if self._step_end is None else min(current, self._step_end)
 
-    def wake(self) -> None:
-        """Re-anchor at the present after an idle period (no simulated time is lost or added)."""
+    @property
+    def next_step_start(self) -> float:
+        """When the next step begins: the end of the last one, or the arrival that woke us."""
+        return self._sim
+
+    def wake(self) -> float:
+        """Re-anchor at the present after an idle period; returns the simulated time of now.
+
+        The next step starts exactly then: no simulated time is lost or added while the
+        engine's task is being scheduled by the event loop.
+        """
         self._sim = self.now()
         self._wall = time.monotonic()
+        return self._sim
 
     async def run_step(self, duration: float) -> float:
         """Spend ``duration`` simulated seconds; returns the simulated time the step ended."""

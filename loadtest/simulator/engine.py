@@ -43,6 +43,7 @@ class Engine:
         self._history_size = history_size
         self._ids = itertools.count()
         self._wakeup = asyncio.Event()
+        self._idle = True
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -59,6 +60,13 @@ class Engine:
         self, request_id: str, prompt_tokens: int, target_output: int, stop_reason: str
     ) -> Sequence:
         """Queue a request; its tokens arrive on the returned sequence's outbox."""
+        if self._idle:
+            # Anchor the clock at this arrival, so that the time the engine task takes to
+            # wake up is not counted (times time_scale) as simulated time.
+            arrival = self.clock.wake()
+            self._idle = False
+        else:
+            arrival = self.clock.now()
         seq_id = (
             request_id if request_id not in self._history else f"{request_id}-{next(self._ids)}"
         )
@@ -67,7 +75,7 @@ class Engine:
             prompt_tokens=prompt_tokens,
             target_output=target_output,
             stop_reason=stop_reason,
-            arrival=self.clock.now(),
+            arrival=arrival,
         )
         self._remember(seq)
         self.scheduler.add(seq)
@@ -113,11 +121,11 @@ class Engine:
 
     async def _run(self) -> None:
         while True:
-            plan = self.scheduler.schedule(self.clock.now())
+            plan = self.scheduler.schedule(self.clock.next_step_start)
             if plan is None:
+                self._idle = True
                 self._wakeup.clear()
                 await self._wakeup.wait()
-                self.clock.wake()
                 continue
             if plan.preempted:
                 self.metrics.preemptions.inc(len(plan.preempted))
