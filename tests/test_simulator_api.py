@@ -51,15 +51,14 @@ async def test_chat_stream_with_usage_chunk(client: openai.AsyncOpenAI) -> None:
         extra_body={"ignore_eos": True},
     )
     chunks = [chunk async for chunk in stream]
-    content = [c for c in chunks if c.choices and c.choices[0].delta.content]
-    assert len(content) == 7
-    assert chunks[0].choices[0].delta.role == "assistant"
-    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
-    assert all(c.usage is None for c in chunks[:-1])
-    final = chunks[-1]
+    opening, *tokens, final = chunks
+    assert opening.choices[0].delta.role == "assistant" and opening.choices[0].delta.content == ""
+    assert len(tokens) == 7 and all(c.choices[0].delta.content for c in tokens)
+    assert [c.choices[0].finish_reason for c in tokens] == [None] * 6 + ["length"]
     assert final.choices == [] and final.usage.completion_tokens == 7
     assert final.usage.prompt_tokens == count_chat_prompt(MESSAGES, default_tokenizer())
-    assert len({c.id for c in chunks}) == 1 and chunks[0].object == "chat.completion.chunk"
+    assert all(c.usage is None for c in chunks[:-1])
+    assert len({c.id for c in chunks}) == 1 and opening.object == "chat.completion.chunk"
 
 
 async def test_stream_without_include_usage_has_no_usage_chunk(sim: RunningSim) -> None:
@@ -73,16 +72,14 @@ async def test_stream_without_include_usage_has_no_usage_chunk(sim: RunningSim) 
     async with sim.http.post(f"{sim.url}/v1/chat/completions", json=body) as resp:
         assert resp.headers["Content-Type"].startswith("text/event-stream")
         raw = (await resp.read()).decode()
+    assert raw.endswith("\n\ndata: [DONE]\n\n")
     events = [e.removeprefix("data: ") for e in raw.strip().split("\n\n")]
-    assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
-    assert len(chunks) == 4  # three tokens and the closing chunk
+    assert len(chunks) == 4  # the opening chunk and three tokens
     assert all("usage" not in c for c in chunks)
-    assert chunks[-1]["choices"][0] == {
-        "index": 0,
-        "delta": {},
-        "logprobs": None,
-        "finish_reason": "length",
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["choices"][0]["delta"] == {
+        "content": chunks[-1]["choices"][0]["delta"]["content"]
     }
 
 
@@ -103,7 +100,9 @@ async def test_text_completions_stream_and_not(client: openai.AsyncOpenAI) -> No
         extra_body={"ignore_eos": True},
     )
     chunks = [c async for c in stream]
-    assert "".join(c.choices[0].text for c in chunks if c.choices) != ""
+    assert len(chunks) == 5  # no opening chunk for text completions: four tokens, then usage
+    assert all(c.choices[0].text for c in chunks[:4])
+    assert chunks[3].choices[0].finish_reason == "length"
     assert chunks[-1].usage.prompt_tokens == 4 and chunks[-1].usage.completion_tokens == 4
 
 
@@ -143,14 +142,14 @@ async def test_models_health_and_tokenize(start_sim: StartSim) -> None:
             400,
             "max_tokens must be at least 1",
         ),
-        ({"model": "llama-3-8b"}, 400, "messages: Field required"),
+        ({"model": "llama-3-8b"}, 400, "Field required (parameter=messages)"),
         ({"model": "llama-3-8b", "messages": "hi"}, 400, "messages"),
         ({"model": "llama-3-8b", "messages": [{"role": "user", "content": 5}]}, 400, "content"),
         ({"model": "nope", "messages": MESSAGES}, 404, "The model `nope` does not exist"),
         (
-            {"model": "llama-3-8b", "messages": MESSAGES, "max_tokens": 131072},
+            {"model": "llama-3-8b", "messages": MESSAGES, "max_tokens": 131073},
             400,
-            "maximum context length is 131072 tokens",
+            "max_tokens=131073 cannot be greater than max_model_len=131072",
         ),
         (
             {
@@ -188,3 +187,20 @@ async def test_invalid_json_and_overlong_prompt(
         )
     with pytest.raises(openai.NotFoundError):
         await client.completions.create(model="gpt-4", prompt="hi", max_tokens=1)
+
+
+async def test_output_is_capped_at_the_rest_of_the_context(start_sim: StartSim) -> None:
+    sim = await start_sim(max_model_len=4096)
+    client = openai.AsyncOpenAI(base_url=f"{sim.url}/v1", api_key="unused", max_retries=0)
+    reply = await client.completions.create(
+        model="llama-3-8b", prompt=[5] * 1000, max_tokens=4000, extra_body={"ignore_eos": True}
+    )
+    assert reply.usage.completion_tokens == 3096
+    assert reply.choices[0].finish_reason == "length"
+
+
+async def test_errors_name_the_parameter(sim: RunningSim) -> None:
+    body = {"model": "llama-3-8b", "messages": MESSAGES, "max_tokens": 0}
+    async with sim.http.post(f"{sim.url}/v1/chat/completions", json=body) as resp:
+        error = (await resp.json())["error"]
+    assert error["param"] == "max_tokens" and error["type"] == "BadRequestError"

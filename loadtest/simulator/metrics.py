@@ -64,6 +64,8 @@ class EngineMetrics:
             [*names, "finished_reason"],
             registry=self.registry,
         )
+        for reason in ("stop", "length", "abort"):  # present from the start, as in vLLM
+            self._success.labels(**labels, finished_reason=reason)
         self.ttft = histogram(
             "vllm:time_to_first_token_seconds",
             "Time to first token (simulated s).",

@@ -11,7 +11,15 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 #: Words that are one cl100k token each, so re-tokenizing the output gives its token count.
 _WORDS = (
@@ -51,17 +59,29 @@ class GenerationRequest(BaseModel):
     ignore_eos: bool = False
     seed: int | None = None
 
+    @field_validator("max_tokens", "max_completion_tokens")
+    @classmethod
+    def _at_least_one(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError(f"{info.field_name} must be at least 1, got {value}.")
+        return value
+
+    @field_validator("min_tokens")
+    @classmethod
+    def _not_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"min_tokens must be greater than or equal to 0, got {value}.")
+        return value
+
+    @field_validator("n")
+    @classmethod
+    def _single_choice(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError(f"n must be 1 on the simulator, got {value}.")
+        return value
+
     @model_validator(mode="after")
-    def _check_limits(self) -> GenerationRequest:
-        cap = self.output_cap
-        if cap is not None and cap < 1:
-            raise ValueError(f"max_tokens must be at least 1, got {cap}.")
-        if self.min_tokens < 0:
-            raise ValueError(
-                f"min_tokens must be greater than or equal to 0, got {self.min_tokens}."
-            )
-        if self.n != 1:
-            raise ValueError(f"n must be 1 on the simulator, got {self.n}.")
+    def _stream_options_need_stream(self) -> GenerationRequest:
         if self.stream_options is not None and not self.stream:
             raise ValueError("Stream options can only be defined when `stream=True`.")
         return self
@@ -101,18 +121,23 @@ class CompletionRequest(GenerationRequest):
 
 
 def describe_validation_error(exc: ValidationError) -> str:
-    """One line per problem, each naming the field."""
+    """Every problem, each naming its field the way vLLM does: ``... (parameter=max_tokens)``."""
     parts = []
     for err in exc.errors(include_url=False):
         where = ".".join(str(p) for p in err["loc"])
         message = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {message}" if where else message)
+        parts.append(f"{message} (parameter={where})" if where else message)
     return "; ".join(parts)
 
 
 @dataclass(frozen=True)
 class Dialect:
-    """The differences between chat and text completion bodies."""
+    """The differences between chat and text completion bodies.
+
+    Streams follow vLLM: a chat stream opens with a chunk that carries only the assistant role
+    (and empty content), each token is its own chunk, the last token's chunk carries the
+    ``finish_reason``, and with ``include_usage`` a final chunk with no choices carries the usage.
+    """
 
     id_prefix: str
     object: str
@@ -131,19 +156,23 @@ class Dialect:
             }
         return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
 
-    def delta(self, text: str | None, finish_reason: str | None, first: bool) -> dict[str, Any]:
-        """The single choice of a streamed chunk; ``text=None`` for the closing chunk."""
+    def delta(self, text: str, finish_reason: str | None) -> dict[str, Any]:
+        """The single choice of a streamed chunk carrying one token's text."""
         if not self.chat:
-            return {
-                "index": 0,
-                "text": text or "",
-                "logprobs": None,
-                "finish_reason": finish_reason,
-            }
-        delta: dict[str, Any] = {} if text is None else {"content": text}
-        if first:
-            delta = {"role": "assistant", **delta}
-        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        return {
+            "index": 0,
+            "delta": {"content": text},
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }
+
+    def opening(self) -> dict[str, Any] | None:
+        """The choice of the chunk that opens a stream: the assistant role, for chat only."""
+        if not self.chat:
+            return None
+        delta = {"role": "assistant", "content": ""}
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
 
 
 CHAT = Dialect("chatcmpl-", "chat.completion", "chat.completion.chunk", chat=True)

@@ -75,8 +75,8 @@ class RequestRejected(Exception):
         self.response = response
 
 
-def bad_request(message: str) -> RequestRejected:
-    return RequestRejected(error_response(400, message, "BadRequestError", 400))
+def bad_request(message: str, param: str | None = None) -> RequestRejected:
+    return RequestRejected(error_response(400, message, "BadRequestError", 400, param))
 
 
 def create_app(
@@ -266,16 +266,27 @@ def _served_model(sim: Simulator, requested: str | None) -> str:
 def _plan_output(
     sim: Simulator, body: GenerationRequest, prompt_tokens: int, length_key: str
 ) -> tuple[int, str]:
-    """How many tokens this request will produce, and why it will stop."""
+    """How many tokens this request will produce, and why it will stop.
+
+    As in vLLM (0.10 and later), the output is capped at what is left of the context: a prompt
+    that leaves no room, or a ``max_tokens`` above the context length, is refused.
+    """
     limit = sim.profile.max_model_len
     cap = body.output_cap
-    if prompt_tokens + (cap or 0) > limit or prompt_tokens >= limit:
+    if prompt_tokens >= limit:
         raise bad_request(
-            f"This model's maximum context length is {limit} tokens. However, you requested "
-            f"{prompt_tokens + (cap or 0)} tokens ({prompt_tokens} in the messages, {cap or 0} "
-            "in the completion). Please reduce the length of the messages or completion."
+            f"This model's maximum context length is {limit} tokens. However, your prompt "
+            f"contains {prompt_tokens} input tokens, which exceeds this limit even without any "
+            "output tokens. Please reduce the length of the input prompt.",
+            "input_tokens",
         )
-    max_output = cap if cap is not None else limit - prompt_tokens
+    if cap is not None and cap > limit:
+        raise bad_request(
+            f"max_tokens={cap} cannot be greater than max_model_len={limit}. "
+            "Please request fewer output tokens.",
+            "max_tokens",
+        )
+    max_output = min(cap or limit, limit - prompt_tokens)
     if body.ignore_eos:
         return max_output, "length"
     drawn = output_length(sim.profile.output_lengths, sim.seed, length_key, max_output)
@@ -305,37 +316,24 @@ async def _stream(
     )
     await response.prepare(request)
     base = envelope(dialect, response_id, model, streamed=True)
-    if body.include_usage:
-        base["usage"] = None
 
-    def chunk(choice: dict[str, Any]) -> bytes:
-        return b"data: " + json.dumps({**base, "choices": [choice]}).encode() + b"\n\n"
+    def event(fields: dict[str, Any]) -> bytes:
+        return b"data: " + json.dumps({**base, **fields}).encode() + b"\n\n"
 
+    opening = dialect.opening()
     with contextlib.suppress(ConnectionResetError):
-        sent = 0
-        ended = False
-        while not ended:
-            counts = [await seq.outbox.get()]
-            while not seq.outbox.empty():  # a slow reader gets the backlog in one write
-                counts.append(seq.outbox.get_nowait())
-            payload = bytearray()
-            for count in counts:
-                if count is None:
-                    ended = True
-                    break
-                payload += chunk(dialect.delta(token_text(seq.seq_id, count - 1), None, sent == 0))
-                sent += 1
-            if ended:
-                payload += chunk(dialect.delta(None, seq.finish_reason, sent == 0))
-                if body.include_usage:
-                    final = {
-                        **base,
-                        "choices": [],
-                        "usage": usage(seq.prompt_tokens, seq.output_tokens),
-                    }
-                    payload += b"data: " + json.dumps(final).encode() + b"\n\n"
-                payload += b"data: [DONE]\n\n"
-            await response.write(bytes(payload))
+        payload = bytearray(event({"choices": [opening]}) if opening else b"")
+        while (count := await seq.outbox.get()) is not None:
+            last = count == seq.target_output
+            text = token_text(seq.seq_id, count - 1)
+            choice = dialect.delta(text, seq.stop_reason if last else None)
+            payload += event({"choices": [choice]})
+            if seq.outbox.empty():  # a slow reader gets the backlog in one write
+                await response.write(bytes(payload))
+                payload.clear()
+        if body.include_usage:
+            payload += event({"choices": [], "usage": usage(seq.prompt_tokens, seq.output_tokens)})
+        await response.write(bytes(payload) + b"data: [DONE]\n\n")
         await response.write_eof()
     return response
 
@@ -358,7 +356,10 @@ async def _parse(request: web.Request, model: type[_Body]) -> _Body:
     try:
         return model.model_validate(body)
     except ValidationError as exc:
-        raise bad_request(describe_validation_error(exc)) from None
+        first = exc.errors(include_url=False)[0]["loc"]
+        raise bad_request(
+            describe_validation_error(exc), ".".join(map(str, first)) or None
+        ) from None
 
 
 def _chars(messages: list[dict[str, Any]]) -> int:
