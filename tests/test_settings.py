@@ -479,32 +479,41 @@ def test_env_overrides_one_field_of_one_tenant(
     assert after.pools == before.pools
 
 
-def test_redis_url_env_sets_redis_url(example_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert load_settings(example_file).redis.url == "redis://127.0.0.1:6390/0"
-    monkeypatch.setenv("REDIS_URL", "redis://cache.internal:6379/3")
-    settings = load_settings(example_file)
-    assert settings.redis.url == "redis://cache.internal:6379/3"
-    assert settings.redis.key_prefix == "fromyaml"
-
-
-def test_fairgate_redis_url_wins_over_redis_url(
-    example_file: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("env", "url", "prefix"),
+    [
+        pytest.param({}, "redis://127.0.0.1:6390/0", "fromyaml", id="yaml"),
+        pytest.param(
+            {"REDIS_URL": "redis://cache.internal:6379/3"},
+            "redis://cache.internal:6379/3",
+            "fromyaml",
+            id="redis-url-sets-url",
+        ),
+        pytest.param(
+            {"REDIS_URL": "redis://loser:6379/0", "FAIRGATE_REDIS__URL": "rediss://winner:6380/0"},
+            "rediss://winner:6380/0",
+            "fromyaml",
+            id="fairgate-env-wins-over-redis-url",
+        ),
+        pytest.param(
+            {"REDIS_URL": "redis://cache.internal:6379/3", "FAIRGATE_REDIS__KEY_PREFIX": "fromenv"},
+            "redis://cache.internal:6379/3",
+            "fromenv",
+            id="redis-url-merges-with-other-env",
+        ),
+    ],
+)
+def test_redis_url_precedence(
+    example_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    url: str,
+    prefix: str,
 ) -> None:
-    monkeypatch.setenv("REDIS_URL", "redis://loser:6379/0")
-    monkeypatch.setenv("FAIRGATE_REDIS__URL", "rediss://winner:6380/0")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     settings = load_settings(example_file)
-    assert settings.redis.url == "rediss://winner:6380/0"
-    assert settings.redis.key_prefix == "fromyaml"
-
-
-def test_redis_url_env_and_other_redis_env_field_merge(
-    example_file: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("REDIS_URL", "redis://cache.internal:6379/3")
-    monkeypatch.setenv("FAIRGATE_REDIS__KEY_PREFIX", "fromenv")
-    settings = load_settings(example_file)
-    assert settings.redis.url == "redis://cache.internal:6379/3"
-    assert settings.redis.key_prefix == "fromenv"
+    assert (settings.redis.url, settings.redis.key_prefix) == (url, prefix)
 
 
 def test_empty_redis_url_env_is_ignored(
