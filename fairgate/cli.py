@@ -1,6 +1,7 @@
 """The ``fairgate`` command.
 
 Subcommands:
+  ``serve``         run the gateway
   ``sim``           run one simulated engine (an OpenAI-compatible server that behaves like vLLM)
   ``up``            start the local stack described by a config file (what ``make run`` does)
   ``check-config``  validate a config file and print what it declares
@@ -45,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    serve.set_defaults(handler=_run_serve)
+
     sim = commands.add_parser("sim", help="run a simulated engine (vLLM-like, no GPU needed)")
     sim.add_argument("--profile", type=Path, default=DEFAULT_PROFILE, help="engine profile YAML")
     sim.add_argument("--host", default="127.0.0.1")
@@ -72,8 +77,9 @@ def _parser() -> argparse.ArgumentParser:
 def _run_sim(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from fairgate.serving import serve
     from loadtest.simulator.profile import load_profile
-    from loadtest.simulator.server import create_app, serve
+    from loadtest.simulator.server import create_app
 
     try:
         profile = load_profile(args.profile).with_overrides(
@@ -100,6 +106,30 @@ def _run_sim(args: argparse.Namespace) -> int:
             args.host,
             args.port,
             args.time_scale,
+        )
+        try:
+            await _until_signalled()
+        finally:
+            await runner.cleanup()
+
+    _run_async(run())
+    return 0
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from fairgate.serving import serve
+    from gateway.app import create_app
+
+    settings = load_settings(args.config)
+
+    async def run() -> None:
+        runner = await serve(create_app(settings), settings.server.host, settings.server.port)
+        logging.getLogger("fairgate").info(
+            "fairgate listening on http://%s:%d/v1 (%d pools, %d tenants)",
+            settings.server.host,
+            settings.server.port,
+            len(settings.pools),
+            len(settings.tenants),
         )
         try:
             await _until_signalled()

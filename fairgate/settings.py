@@ -30,6 +30,7 @@ from pydantic import (
     ConfigDict,
     Field,
     HttpUrl,
+    NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
@@ -91,6 +92,13 @@ class BackendConfig(StrictModel):
     max_inflight_tokens: PositiveInt = Field(
         200_000, description="Estimated prompt + output tokens in flight at once."
     )
+    api_key: SecretStr | None = Field(
+        None, description="Bearer token fairgate sends to this engine (hosted APIs)."
+    )
+    connect_timeout_s: PositiveFloat = Field(5.0, description="TCP connect timeout.")
+    read_timeout_s: PositiveFloat = Field(
+        600.0, description="Longest silence between two reads of a response (also a stream)."
+    )
     simulator: SimulatorSpec | None = None
 
 
@@ -142,7 +150,22 @@ class ServerConfig(StrictModel):
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
-    max_body_bytes: PositiveInt = 8 * 1024 * 1024
+    max_body_bytes: PositiveInt = Field(8 * 1024 * 1024, description="Larger bodies get 413.")
+    health_check_interval_s: PositiveFloat = Field(
+        5.0, description="How often each backend's health endpoint is probed."
+    )
+    unhealthy_backoff_s: PositiveFloat = Field(
+        5.0, description="How long a backend that refused a connection is skipped."
+    )
+
+
+class AuthConfig(StrictModel):
+    """How API keys are looked up: in Redis, through a short per-replica cache."""
+
+    cache_ttl_s: NonNegativeFloat = Field(5.0, description="How long a found key is cached.")
+    negative_cache_ttl_s: NonNegativeFloat = Field(
+        1.0, description="How long an unknown key is remembered as unknown."
+    )
 
 
 class _RedisUrlAlias(PydanticBaseSettingsSource):
@@ -167,6 +190,7 @@ class Settings(BaseSettings):
     )
 
     server: ServerConfig = ServerConfig()
+    auth: AuthConfig = AuthConfig()
     redis: RedisConfig = RedisConfig()
     pools: dict[Name, PoolConfig] = Field(min_length=1)
     tenants: dict[Name, TenantConfig] = Field(default_factory=dict)

@@ -31,11 +31,12 @@ from pathlib import Path
 import aiohttp
 
 from estimators.tokenizer import default_tokenizer
+from fairgate.serving import serve
 from loadtest.simulator.kv_cache import BlockPool
 from loadtest.simulator.profile import EngineProfile, load_profile
 from loadtest.simulator.scheduler import Scheduler
 from loadtest.simulator.sequence import Sequence
-from loadtest.simulator.server import create_app, serve
+from loadtest.simulator.server import create_app
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PROFILE = REPO_ROOT / "config" / "sim" / "h100-llama3-8b.yaml"

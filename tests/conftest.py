@@ -9,8 +9,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from fairgate.serving import serve
 from loadtest.simulator.profile import EngineProfile, load_profile
-from loadtest.simulator.server import SIMULATOR, Simulator, create_app, serve
+from loadtest.simulator.server import SIMULATOR, Simulator, create_app
 
 REPO = Path(__file__).resolve().parent.parent
 H100_PROFILE = REPO / "config" / "sim" / "h100-llama3-8b.yaml"

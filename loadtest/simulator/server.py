@@ -6,8 +6,8 @@ that report simulated time: ``GET /sim/state`` and ``GET /sim/requests/{id}`` (a
 timeline, by the ``X-Request-Id`` it was sent with or the id in its response).
 
 A client that disconnects aborts its request inside the engine, freeing its KV blocks at once,
-as vLLM does; the server must run with ``handler_cancellation=True`` (see :func:`serve`) so
-that a non-streamed request notices the disconnect too.
+as vLLM does; serve the app with :func:`fairgate.serving.serve`, which cancels a handler when
+its client disconnects, so that a non-streamed request notices the disconnect too.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from estimators.chat_prompt import count_chat_prompt
 from estimators.tokenizer import Tokenizer, default_tokenizer
-from fairgate.openai_errors import error_response
+from fairgate.errors import error_response
 from loadtest.simulator.clock import SimClock
 from loadtest.simulator.engine import Engine
 from loadtest.simulator.metrics import EngineMetrics
@@ -107,14 +107,6 @@ def create_app(
     app.router.add_get("/sim/state", sim_state)
     app.router.add_get("/sim/requests/{request_id}", sim_request)
     return app
-
-
-async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Start listening; the caller keeps the runner and calls ``cleanup()`` to stop."""
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner
 
 
 # ---------------------------------------------------------------------------------- routes

@@ -1,0 +1,61 @@
+"""Active health checks: each backend's liveness endpoint, probed on an interval.
+
+Passive checks (a refused connection marks a backend down for a back-off period) happen where
+requests are forwarded; this task brings a recovered backend back without waiting for traffic
+to find it, and takes a hung one out before a request does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aiohttp
+
+from backends.backend import Backend
+
+log = logging.getLogger(__name__)
+
+_PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
+
+
+async def probe(backend: Backend) -> None:
+    """Probe one backend once and record the result."""
+    try:
+        async with backend.session.get(
+            backend.url(backend.traits.health_path), timeout=_PROBE_TIMEOUT
+        ) as response:
+            if response.status == 200:
+                backend.mark_up()
+            else:
+                backend.mark_down(f"health probe answered {response.status}")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        backend.mark_down(f"health probe failed: {exc!r}")
+
+
+class HealthChecker:
+    """Probes every backend every ``interval_s`` seconds until stopped."""
+
+    def __init__(self, backends: list[Backend], interval_s: float) -> None:
+        self._backends = backends
+        self._interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.check_all()
+        self._task = asyncio.create_task(self._run(), name="backend-health")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def check_all(self) -> None:
+        await asyncio.gather(*(probe(b) for b in self._backends))
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            await self.check_all()

@@ -1,0 +1,92 @@
+"""Every way a request can fail, as an OpenAI-style error.
+
+The official SDKs map the HTTP status to an exception class (400 ``BadRequestError``, 401
+``AuthenticationError``, 404 ``NotFoundError``, 429 ``RateLimitError``, 5xx
+``InternalServerError``) and read the message from
+``{"error": {"message", "type", "param", "code"}}``. The gateway raises :class:`GatewayError`
+(built with the constructors below, which are the vocabulary; do not invent statuses and codes
+by hand) and its error middleware turns it into that envelope. The simulator uses
+:func:`error_response` directly to answer as vLLM does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+def error_body(
+    message: str, type_: str, code: str | int | None = None, param: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_response(
+    status: int,
+    message: str,
+    type_: str,
+    code: str | int | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """A JSON error response in the OpenAI envelope."""
+    return web.json_response(
+        error_body(message, type_, code, param), status=status, headers=headers
+    )
+
+
+@dataclass
+class GatewayError(Exception):
+    """A failure to report to the client."""
+
+    status: int
+    message: str
+    type: str = "invalid_request_error"
+    code: str | None = None
+    param: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.code or self.type}: {self.message}"
+
+    def response(self) -> web.Response:
+        return error_response(
+            self.status, self.message, self.type, self.code, self.param, self.headers
+        )
+
+
+def invalid_request(message: str, param: str | None = None) -> GatewayError:
+    return GatewayError(400, message, code="invalid_request", param=param)
+
+
+def invalid_api_key(message: str) -> GatewayError:
+    return GatewayError(401, message, code="invalid_api_key")
+
+
+def model_not_found(model: str) -> GatewayError:
+    return GatewayError(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        code="model_not_found",
+        param="model",
+    )
+
+
+def body_too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        413, f"The request body exceeds the limit of {limit} bytes.", code="request_too_large"
+    )
+
+
+def backend_unavailable(message: str) -> GatewayError:
+    return GatewayError(503, message, type="server_error", code="backend_unavailable")
+
+
+def backend_failed(message: str) -> GatewayError:
+    return GatewayError(502, message, type="server_error", code="backend_error")
+
+
+def backend_timeout(message: str) -> GatewayError:
+    return GatewayError(504, message, type="server_error", code="backend_timeout")

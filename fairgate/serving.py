@@ -1,0 +1,19 @@
+"""Serving an aiohttp application the way every fairgate server needs it."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+
+async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Start listening on ``host:port`` (0 picks a free port; see ``runner.addresses``).
+
+    ``handler_cancellation=True``: when a client disconnects, its handler is cancelled at once.
+    Both the gateway (which must close the engine connection so the engine stops generating)
+    and the simulator (which must free the request's KV cache, as vLLM does) rely on it.
+    The caller keeps the runner and calls ``cleanup()`` to stop.
+    """
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, backlog=1024).start()
+    return runner

@@ -1,0 +1,58 @@
+"""Building and serving the gateway's aiohttp application.
+
+The application owns its Redis client, the backends' HTTP sessions and the health checker,
+and closes them on shutdown. Serve it with :func:`fairgate.serving.serve`, which cancels a
+handler as soon as its client disconnects.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from backends.health import HealthChecker
+from backends.pools import Router
+from fairgate.settings import Settings
+from gateway import handlers
+from gateway.auth import KeyStore
+from gateway.middleware import openai_errors, request_id
+from gateway.requests import Endpoint
+from gateway.state import GATEWAY, Gateway
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The gateway application for ``settings`` (resources open when it starts)."""
+    app = web.Application(
+        middlewares=[request_id, openai_errors], client_max_size=settings.server.max_body_bytes
+    )
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        redis = Redis.from_url(settings.redis.url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        router = Router(settings)
+        await router.start()
+        health = HealthChecker(router.backends, settings.server.health_check_interval_s)
+        keys = KeyStore(redis, settings)
+        try:
+            await keys.seed()
+        except RedisError as exc:
+            log.warning("could not seed API keys into Redis (%s); config keys still work", exc)
+        await health.start()
+        app[GATEWAY] = Gateway(settings, redis, keys, router, health)
+        yield
+        await health.stop()
+        await router.close()
+        await redis.aclose()
+
+    app.cleanup_ctx.append(lifecycle)
+    for endpoint in Endpoint:
+        app.router.add_post(endpoint.value, handlers.inference(endpoint))
+    app.router.add_get("/v1/models", handlers.list_models)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", handlers.readyz)
+    return app

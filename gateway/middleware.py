@@ -1,0 +1,67 @@
+"""Cross-cutting request handling: request ids and the OpenAI error envelope for everything.
+
+``request_id``: every request gets an ``X-Request-Id`` (the caller's, if it sent a sane one),
+which is forwarded to the engine and returned on the response, errors included.
+
+``openai_errors``: whatever goes wrong, including aiohttp's own 404/405/413 and unexpected
+exceptions, the client receives a JSON error body it can parse, never an HTML page.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from fairgate.errors import GatewayError, body_too_large
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REQUEST_ID = "request_id"
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def request_id_of(request: web.Request) -> str:
+    """The id assigned to ``request`` by the middleware."""
+    return request[REQUEST_ID]
+
+
+@web.middleware
+async def request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
+    given = request.headers.get("X-Request-Id", "")
+    request[REQUEST_ID] = given if _SANE_ID.match(given) else uuid.uuid4().hex
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers["X-Request-Id"] = request[REQUEST_ID]
+        raise
+    if not response.prepared:
+        response.headers["X-Request-Id"] = request[REQUEST_ID]
+    return response
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        return exc.response()
+    except web.HTTPRequestEntityTooLarge as exc:
+        return body_too_large(exc.max_size).response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kind = "invalid_request_error" if exc.status < 500 else "server_error"
+        code = exc.reason.lower().replace(" ", "_")
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+        return GatewayError(exc.status, exc.reason, kind, code, headers=allow).response()
+    except ConnectionResetError:
+        raise
+    except Exception:
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        failure = GatewayError(500, "Internal error in the gateway.", "server_error", "internal")
+        return failure.response()

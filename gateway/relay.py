@@ -1,0 +1,147 @@
+"""Relaying an engine's response to the client: streams chunk by chunk, bodies whole.
+
+Streaming: each complete SSE event is written to the client as soon as it arrives; nothing is
+buffered beyond an unfinished event. The engine was asked for the final usage chunk; the relay
+records the usage from it and drops the chunk when the client did not ask for it, so the client
+sees exactly what the engine would have sent it. If the engine dies mid-stream the client gets
+an SSE error event and ``[DONE]``, and the response ends cleanly.
+
+A client that goes away makes the write raise; the caller closes the engine connection, which
+makes the engine abort the request and free its KV cache.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from gateway.sse import DONE, EventSplitter, data_of, error_event, json_data
+
+#: Failures of the engine side while reading its response.
+UPSTREAM_READ_ERRORS = (
+    aiohttp.ClientPayloadError,
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ClientOSError,
+    TimeoutError,
+)
+_HOP_HEADERS = {
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "content-encoding",
+    "date",
+    "server",
+}
+
+
+@dataclass
+class Outcome:
+    """What the gateway learned from relaying one response."""
+
+    status: int
+    usage: dict[str, Any] | None = None
+    chunks: int = 0  # content chunks relayed (a stream)
+    completed: bool = False  # the engine finished the response (a stream: sent [DONE])
+    error: str | None = None
+
+
+@dataclass
+class _StreamFilter:
+    """Decides, event by event, what of the engine's stream reaches the client."""
+
+    client_wants_usage: bool
+    outcome: Outcome
+    splitter: EventSplitter = field(default_factory=EventSplitter)
+
+    def feed(self, data: bytes) -> bytes:
+        out = bytearray()
+        for event in self.splitter.feed(data):
+            if self._keep(event):
+                out += event
+        return bytes(out)
+
+    def _keep(self, event: bytes) -> bool:
+        if b'"usage"' in event:
+            chunk = json_data(event)
+            if chunk is not None and chunk.get("usage"):
+                self.outcome.usage = chunk["usage"]
+                if chunk.get("choices") == [] and not self.client_wants_usage:
+                    return False
+        if data_of(event) == DONE:
+            self.outcome.completed = True
+        elif b'"choices"' in event:
+            self.outcome.chunks += 1
+        return True
+
+
+def response_headers(upstream: aiohttp.ClientResponse, extra: Mapping[str, str]) -> dict[str, str]:
+    """The engine's response headers minus hop-by-hop ones, plus the gateway's own."""
+    headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
+    headers.update(extra)
+    return headers
+
+
+def is_event_stream(upstream: aiohttp.ClientResponse) -> bool:
+    return upstream.content_type == "text/event-stream"
+
+
+async def relay_stream(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    client_wants_usage: bool,
+    headers: Mapping[str, str],
+) -> tuple[web.StreamResponse, Outcome]:
+    """Relay an SSE response event by event."""
+    outcome = Outcome(upstream.status)
+    stream = _StreamFilter(client_wants_usage, outcome)
+    response = web.StreamResponse(
+        status=upstream.status, headers=response_headers(upstream, headers)
+    )
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    await response.prepare(request)
+    reader = upstream.content.iter_any().__aiter__()
+    while True:
+        try:
+            data = await reader.__anext__()
+        except StopAsyncIteration:
+            break
+        except UPSTREAM_READ_ERRORS as exc:
+            outcome.error = f"{exc.__class__.__name__}: {exc}"
+            message = f"The engine stopped in the middle of the response ({outcome.error})."
+            await response.write(error_event(message) + b"data: [DONE]\n\n")
+            break
+        if out := stream.feed(data):
+            await response.write(out)
+    if stream.splitter.tail and outcome.error is None:
+        await response.write(stream.splitter.tail)
+    await response.write_eof()
+    return response, outcome
+
+
+async def relay_body(
+    upstream: aiohttp.ClientResponse, headers: Mapping[str, str]
+) -> tuple[web.Response, Outcome]:
+    """Relay a complete (non-streamed) response with its status."""
+    body = await upstream.read()
+    outcome = Outcome(upstream.status, completed=True)
+    if upstream.status == 200 and upstream.content_type == "application/json":
+        outcome.usage = _usage_of(body)
+    return web.Response(
+        status=upstream.status, body=body, headers=response_headers(upstream, headers)
+    ), outcome
+
+
+def _usage_of(body: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    usage = value.get("usage") if isinstance(value, dict) else None
+    return usage if isinstance(usage, dict) else None

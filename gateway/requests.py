@@ -1,0 +1,116 @@
+"""Inference request bodies: parsed once, checked leniently, forwarded nearly untouched.
+
+The gateway checks only what it needs to route and account for a request: a JSON object with
+a string ``model`` and the input field of its endpoint (``messages``, ``prompt`` or ``input``)
+of the right shape. Every other field, known or not (``ignore_eos``, ``priority``,
+``chat_template_kwargs``...), goes to the engine exactly as sent; engines validate their own
+parameters and their 4xx answers reach the client unchanged.
+
+The one change fairgate makes: a streamed request always asks the engine for the final usage
+chunk, so the gateway learns the true token counts; whether the client asked for it is
+remembered so the relay can drop the chunk again.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+
+from fairgate.errors import invalid_request
+
+
+class Endpoint(enum.Enum):
+    """The inference endpoints fairgate serves, by path."""
+
+    CHAT = "/v1/chat/completions"
+    COMPLETIONS = "/v1/completions"
+    EMBEDDINGS = "/v1/embeddings"
+
+    @property
+    def streams(self) -> bool:
+        return self is not Endpoint.EMBEDDINGS
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: StrictStr = Field(min_length=1)
+    stream: StrictBool | None = None
+    stream_options: dict[str, Any] | None = None
+
+
+_TokenInput = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+
+
+class _Chat(_Lenient):
+    messages: list[dict[str, Any]] = Field(min_length=1)
+
+
+class _Completion(_Lenient):
+    prompt: _TokenInput
+
+
+class _Embedding(_Lenient):
+    input: _TokenInput
+
+
+_SHAPES: dict[Endpoint, type[_Lenient]] = {
+    Endpoint.CHAT: _Chat,
+    Endpoint.COMPLETIONS: _Completion,
+    Endpoint.EMBEDDINGS: _Embedding,
+}
+
+
+@dataclass
+class InferenceRequest:
+    """A validated inference request and the body to forward."""
+
+    endpoint: Endpoint
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    client_wants_usage: bool
+
+    def upstream_body(self) -> bytes:
+        """The JSON sent to the engine."""
+        return json.dumps(self.body, separators=(",", ":")).encode()
+
+
+def parse_request(endpoint: Endpoint, raw: bytes) -> InferenceRequest:
+    """Parse and check a request body; 400 with the reason if it cannot be served."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise invalid_request(f"The request body is not valid JSON: {exc}.") from None
+    if not isinstance(body, dict):
+        raise invalid_request("The request body must be a JSON object.")
+    try:
+        checked = _SHAPES[endpoint].model_validate(body)
+    except ValidationError as exc:
+        raise _describe(exc) from None
+    stream = bool(checked.stream) and endpoint.streams
+    options = checked.stream_options or {}
+    wants_usage = bool(options.get("include_usage"))
+    if stream:
+        body["stream_options"] = {**options, "include_usage": True}
+    return InferenceRequest(endpoint, body, checked.model, stream, stream and wants_usage)
+
+
+_TOKEN_INPUT = "a string, an array of strings, an array of token ids or an array of those"
+
+
+def _describe(exc: ValidationError) -> Exception:
+    """The first problem, named by its top-level parameter, as OpenAI words it."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    param = str(first["loc"][0]) if first["loc"] else "body"
+    if first["type"] == "missing":
+        return invalid_request(f"Missing required parameter: '{param}'.", param)
+    if param in {"prompt", "input"}:
+        return invalid_request(f"Invalid type for '{param}': expected {_TOKEN_INPUT}.", param)
+    path = ".".join(str(part) for part in first["loc"])
+    return invalid_request(f"Invalid value for '{path}': {first['msg']}.", param)
