@@ -21,7 +21,7 @@ from fairgate.errors import GatewayError, body_too_large
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-REQUEST_ID = "request_id"
+REQUEST_ID = web.RequestKey("request_id", str)
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -50,8 +50,8 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
         return await handler(request)
     except GatewayError as exc:
         return exc.response()
-    except web.HTTPRequestEntityTooLarge as exc:
-        return body_too_large(exc.max_size).response()
+    except web.HTTPRequestEntityTooLarge:
+        return body_too_large(request.client_max_size).response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import os
-import platform
 import sys
 import time
 from collections import deque
@@ -32,6 +30,7 @@ import aiohttp
 
 from estimators.tokenizer import default_tokenizer
 from fairgate.serving import serve
+from loadtest.report import machine, markdown_table, write_section
 from loadtest.simulator.kv_cache import BlockPool
 from loadtest.simulator.profile import EngineProfile, load_profile
 from loadtest.simulator.scheduler import Scheduler
@@ -41,11 +40,8 @@ from loadtest.simulator.server import create_app
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PROFILE = REPO_ROOT / "config" / "sim" / "h100-llama3-8b.yaml"
 
-SECTION_START = "<!-- calibration:start -->"
-SECTION_END = "<!-- calibration:end -->"
-BENCHMARKS_INTRO = (
-    "Measured figures for fairgate and its load-test kit. Each section says how to reproduce it."
-)
+#: The section of BENCHMARKS.md this benchmark owns (see :mod:`loadtest.report`).
+SECTION = "calibration"
 
 #: Prompts whose TTFT is measured alone: one short step, one prefill chunk, several chunks.
 TTFT_PROMPTS = (100, 8_000, 28_000)
@@ -319,12 +315,6 @@ async def _one_token_timing(
 # ----------------------------------------------------------------------------- report
 
 
-def markdown_table(headers: list[str], align: str, rows: list[list[str]]) -> str:
-    """A GitHub-flavoured Markdown table; ``align`` has one letter per column, ``l`` or ``r``."""
-    rule = [":---" if side == "l" else "---:" for side in align]
-    return "\n".join("| " + " | ".join(cells) + " |" for cells in [headers, rule, *rows])
-
-
 def percent(error: float) -> str:
     """A signed percentage; rounding noise shows as +0.00%, not -0.00%."""
     return f"{round(error, 4) + 0.0:+.2%}"
@@ -350,15 +340,6 @@ def http_table(profile: EngineProfile, timings: dict[int, float]) -> str:
         )
     return markdown_table(
         ["Prompt tokens", "Virtual TTFT", "HTTP TTFT (simulated)", "Difference"], "rrrr", rows
-    )
-
-
-def machine() -> str:
-    """Where the report was produced (only the run time and the HTTP table depend on it)."""
-    processor = platform.processor() or platform.machine()
-    return (
-        f"{processor}, {os.cpu_count()} CPUs, {platform.platform()}, "
-        f"Python {platform.python_version()}"
     )
 
 
@@ -420,21 +401,6 @@ exactly. The HTTP table should agree with it: the server's clock anchors on a re
 arrives at an idle engine, then advances by exactly the modelled steps."""
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the calibration section of ``path``, or append it; create the file if needed."""
-    block = f"{SECTION_START}\n{section}\n{SECTION_END}"
-    if not path.exists():
-        text = f"# fairgate benchmarks\n\n{BENCHMARKS_INTRO}\n\n{block}\n"
-    else:
-        text = path.read_text(encoding="utf-8")
-        start, end = text.find(SECTION_START), text.find(SECTION_END)
-        if 0 <= start < end:
-            text = text[:start] + block + text[end + len(SECTION_END) :]
-        else:
-            text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m loadtest.calibration", description=__doc__.splitlines()[0]
@@ -454,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     section = render_section(profile, args.profile, figures, timings, time.perf_counter() - started)
     print(section)
     if args.write:
-        write_section(args.write, section)
+        write_section(args.write, SECTION, section)
         print(f"\nwrote the calibration section of {args.write}", file=sys.stderr)
     return 0
 

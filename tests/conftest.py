@@ -1,15 +1,19 @@
-"""Shared fixtures: simulated engines on loopback, started in-process on free ports."""
+"""Shared fixtures: simulated engines, Redis and gateways on loopback, on free ports."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import openai
 import pytest
+from redis.asyncio import Redis
 
 from fairgate.serving import serve
+from fairgate.settings import Settings
+from gateway.app import create_app as create_gateway
 from loadtest.simulator.profile import EngineProfile, load_profile
 from loadtest.simulator.server import SIMULATOR, Simulator, create_app
 
@@ -24,6 +28,13 @@ class RunningSim:
     url: str
     sim: Simulator
     http: aiohttp.ClientSession
+    clients: list[openai.AsyncOpenAI] = field(default_factory=list)
+
+    def client(self) -> openai.AsyncOpenAI:
+        """An async OpenAI client straight to this engine (closed with it)."""
+        client = openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0)
+        self.clients.append(client)
+        return client
 
     async def timeline(self, request_id: str) -> dict:
         async with self.http.get(f"{self.url}/sim/requests/{request_id}") as resp:
@@ -56,7 +67,7 @@ def h100() -> EngineProfile:
 async def start_sim(h100: EngineProfile) -> AsyncIterator[StartSim]:
     """Start simulators: ``await start_sim(time_scale=50, **{"scheduler.max_num_seqs": 4})``."""
     runners = []
-    sessions = []
+    sims: list[RunningSim] = []
 
     async def start(
         time_scale: float = 50.0,
@@ -69,17 +80,99 @@ async def start_sim(h100: EngineProfile) -> AsyncIterator[StartSim]:
         runner = await serve(app, "127.0.0.1", 0)
         runners.append(runner)
         host, port = runner.addresses[0][:2]
-        session = aiohttp.ClientSession()
-        sessions.append(session)
-        return RunningSim(f"http://{host}:{port}", app[SIMULATOR], session)
+        sims.append(RunningSim(f"http://{host}:{port}", app[SIMULATOR], aiohttp.ClientSession()))
+        return sims[-1]
 
     yield start
-    for session in sessions:
-        await session.close()
+    for sim in sims:
+        await _close(sim.clients, sim.http)
     for runner in runners:
         await runner.cleanup()
 
 
-def words(n: int) -> str:
-    """A text of exactly ``n`` cl100k tokens (" hello" is one token)."""
-    return " hello" * n
+async def _close(clients: list[openai.AsyncOpenAI], http: aiohttp.ClientSession) -> None:
+    for client in clients:
+        await client.close()
+    await http.close()
+
+
+# ------------------------------------------------------------------------- Redis, gateway
+
+
+@pytest.fixture
+async def redis_url(redis_proc) -> AsyncIterator[str]:  # noqa: ANN001 - pytest-redis executor
+    """A private redis-server (started once per session by pytest-redis), emptied per test."""
+    url = f"redis://{redis_proc.host}:{redis_proc.port}/0"
+    client = Redis.from_url(url)
+    await client.flushall()
+    yield url
+    await client.aclose()
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    settings: Settings
+    http: aiohttp.ClientSession
+    clients: list[openai.AsyncOpenAI] = field(default_factory=list)
+
+    def client(self, key: str = "key-a") -> openai.AsyncOpenAI:
+        """An async OpenAI client for the tenant of ``key`` (closed with the gateway)."""
+        client = openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0)
+        self.clients.append(client)
+        return client
+
+    def sync_client(self, key: str = "key-a") -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0)
+
+
+StartGateway = Callable[..., Awaitable[RunningGateway]]
+
+
+def gateway_config(redis_url: str, pools: dict[str, list[str]], **sections: object) -> dict:
+    """A configuration dict: ``pools`` maps a pool name to its backends' URLs.
+
+    Tenants ``a`` (key ``key-a``, all pools) and ``b`` (key ``key-b``, the first pool only)
+    unless ``tenants=`` is given.
+    """
+    first = next(iter(pools))
+    config: dict = {
+        "redis": {"url": redis_url},
+        "server": {"health_check_interval_s": 0.2, "unhealthy_backoff_s": 0.5},
+        "pools": {
+            name: {
+                "backends": {
+                    f"{name}-{i}": {"url": url, "models": ["llama-3-8b"], "connect_timeout_s": 2}
+                    for i, url in enumerate(urls)
+                }
+            }
+            for name, urls in pools.items()
+        },
+        "tenants": {
+            "a": {"api_keys": ["key-a"]},
+            "b": {"api_keys": ["key-b"], "pools": [first]},
+        },
+    }
+    config.update(sections)
+    return config
+
+
+@pytest.fixture
+async def start_gateway() -> AsyncIterator[StartGateway]:
+    """Start gateways in-process: ``await start_gateway(gateway_config(...))``."""
+    runners = []
+    gateways: list[RunningGateway] = []
+
+    async def start(config: dict) -> RunningGateway:
+        settings = Settings(**config)
+        runner = await serve(create_gateway(settings), "127.0.0.1", 0)
+        runners.append(runner)
+        host, port = runner.addresses[0][:2]
+        gateways.append(RunningGateway(f"http://{host}:{port}", settings, aiohttp.ClientSession()))
+        return gateways[-1]
+
+    yield start
+    for gateway in gateways:
+        await _close(gateway.clients, gateway.http)
+    for runner in runners:
+        await runner.cleanup()

@@ -24,7 +24,7 @@ async def sim(start_sim: StartSim) -> RunningSim:
 
 @pytest.fixture
 def client(sim: RunningSim) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{sim.url}/v1", api_key="unused", max_retries=0)
+    return sim.client()
 
 
 async def test_chat_usage_matches_the_tokenizer(client: openai.AsyncOpenAI) -> None:
@@ -121,7 +121,7 @@ async def test_output_length_is_deterministic_and_capped(client: openai.AsyncOpe
 
 async def test_models_health_and_tokenize(start_sim: StartSim) -> None:
     sim = await start_sim(models=["llama-3-8b", "llama-3-8b-instruct"])
-    client = openai.AsyncOpenAI(base_url=f"{sim.url}/v1", api_key="unused")
+    client = sim.client()
     models = await client.models.list()
     assert [m.id for m in models.data] == ["llama-3-8b", "llama-3-8b-instruct"]
     async with sim.http.get(f"{sim.url}/health") as resp:
@@ -191,7 +191,7 @@ async def test_invalid_json_and_overlong_prompt(
 
 async def test_output_is_capped_at_the_rest_of_the_context(start_sim: StartSim) -> None:
     sim = await start_sim(max_model_len=4096)
-    client = openai.AsyncOpenAI(base_url=f"{sim.url}/v1", api_key="unused", max_retries=0)
+    client = sim.client()
     reply = await client.completions.create(
         model="llama-3-8b", prompt=[5] * 1000, max_tokens=4000, extra_body={"ignore_eos": True}
     )
@@ -204,3 +204,15 @@ async def test_errors_name_the_parameter(sim: RunningSim) -> None:
     async with sim.http.post(f"{sim.url}/v1/chat/completions", json=body) as resp:
         error = (await resp.json())["error"]
     assert error["param"] == "max_tokens" and error["type"] == "BadRequestError"
+
+
+async def test_embeddings_are_deterministic_and_counted(client: openai.AsyncOpenAI) -> None:
+    first = await client.embeddings.create(model="llama-3-8b", input=["hello world", "bye"])
+    again = await client.embeddings.create(
+        model="llama-3-8b", input="hello world", encoding_format="float"
+    )
+    assert [d.index for d in first.data] == [0, 1]
+    assert len(first.data[0].embedding) == 256
+    assert first.data[0].embedding == pytest.approx(again.data[0].embedding, rel=1e-6)
+    assert first.data[0].embedding != pytest.approx(first.data[1].embedding)
+    assert first.usage.prompt_tokens == default_tokenizer().count("hello world") + 1

@@ -7,6 +7,10 @@ same 400s from the simulator as from a real engine. Fields the simulator does no
 
 from __future__ import annotations
 
+import base64
+import math
+import random
+import struct
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -28,9 +32,9 @@ _WORDS = (
 )  # fmt: skip
 
 
-def token_text(request_id: str, index: int) -> str:
-    """The text of output token ``index`` of a request: deterministic filler words."""
-    return _WORDS[(len(request_id) + index) % len(_WORDS)]
+def token_text(index: int) -> str:
+    """The text of output token ``index``: deterministic filler, the same for every request."""
+    return _WORDS[index % len(_WORDS)]
 
 
 class StreamOptions(BaseModel):
@@ -118,6 +122,39 @@ class CompletionRequest(GenerationRequest):
         if self.prompt in ("", []):
             raise ValueError("prompt must not be empty")
         return self
+
+
+class EmbeddingRequest(BaseModel):
+    """``/v1/embeddings``: one input or a batch; each is a string or token ids."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int = Field(256, ge=1, le=8192)
+
+    @property
+    def inputs(self) -> list[str | list[int]]:
+        value = self.input
+        if isinstance(value, str) or (value and isinstance(value[0], int)):
+            return [value]  # type: ignore[list-item]
+        return list(value)  # type: ignore[arg-type]
+
+
+def embedding(text: str, dimensions: int) -> list[float]:
+    """A deterministic unit vector for ``text``: same input, same embedding."""
+    rng = random.Random(text)
+    vector = [rng.gauss(0.0, 1.0) for _ in range(dimensions)]
+    norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+    return [x / norm for x in vector]
+
+
+def encode_embedding(vector: list[float], encoding_format: str) -> list[float] | str:
+    """As asked: a list of floats, or base64 of little-endian float32 (the SDK default)."""
+    if encoding_format == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return vector
 
 
 def describe_validation_error(exc: ValidationError) -> str:

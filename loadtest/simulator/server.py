@@ -1,6 +1,7 @@
 """The simulator's HTTP face: vLLM's OpenAI-compatible routes on aiohttp.
 
 Routes: ``POST /v1/chat/completions``, ``POST /v1/completions`` (streamed or not),
+``POST /v1/embeddings``,
 ``GET /v1/models``, ``GET /health``, ``GET /metrics``, ``POST /tokenize``, and two debug routes
 that report simulated time: ``GET /sim/state`` and ``GET /sim/requests/{id}`` (a request's
 timeline, by the ``X-Request-Id`` it was sent with or the id in its response).
@@ -38,8 +39,11 @@ from loadtest.simulator.protocol import (
     ChatRequest,
     CompletionRequest,
     Dialect,
+    EmbeddingRequest,
     GenerationRequest,
     describe_validation_error,
+    embedding,
+    encode_embedding,
     envelope,
     token_text,
     usage,
@@ -100,6 +104,7 @@ def create_app(
     app.cleanup_ctx.append(run_engine)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics_text)
@@ -142,6 +147,45 @@ async def completions(request: web.Request) -> web.StreamResponse:
         return await _generate(request, sim, COMPLETION, body, prompt_tokens, key)
     except RequestRejected as rejected:
         return rejected.response
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    """Embeddings cost a prefill of all inputs and no decode; vectors are deterministic."""
+    sim = request.app[SIMULATOR]
+    try:
+        body = await _parse(request, EmbeddingRequest)
+        model = _served_model(sim, body.model)
+        counts = [len(i) if isinstance(i, list) else sim.tokenizer.count(i) for i in body.inputs]
+        if max(counts, default=0) >= sim.profile.max_model_len:
+            raise bad_request("an input is longer than the model's context length", "input")
+    except RequestRejected as rejected:
+        return rejected.response
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    seq = sim.engine.submit(request_id, sum(counts), 1, "stop")
+    try:
+        await _drain(seq)
+    finally:
+        if not seq.done:
+            sim.engine.abort(seq)
+    data = [
+        {
+            "object": "embedding",
+            "index": index,
+            "embedding": encode_embedding(
+                embedding(str(item), body.dimensions), body.encoding_format
+            ),
+        }
+        for index, item in enumerate(body.inputs)
+    ]
+    total = sum(counts)
+    result = {
+        "id": f"embd-{seq.seq_id}",
+        "object": "list",
+        "model": model,
+        "data": data,
+        "usage": {"prompt_tokens": total, "total_tokens": total},
+    }
+    return web.json_response(result, headers={"X-Request-Id": seq.seq_id})
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -234,7 +278,7 @@ async def _generate(
             return await _stream(request, dialect, body, seq, response_id, model)
         await _drain(seq)
         result = envelope(dialect, response_id, model, streamed=False)
-        text = "".join(token_text(seq.seq_id, i) for i in range(seq.output_tokens))
+        text = "".join(token_text(i) for i in range(seq.output_tokens))
         result["choices"] = [dialect.choice(text, seq.finish_reason)]
         result["usage"] = usage(seq.prompt_tokens, seq.output_tokens)
         return web.json_response(result, headers={"X-Request-Id": seq.seq_id})
@@ -317,7 +361,7 @@ async def _stream(
         payload = bytearray(event({"choices": [opening]}) if opening else b"")
         while (count := await seq.outbox.get()) is not None:
             last = count == seq.target_output
-            text = token_text(seq.seq_id, count - 1)
+            text = token_text(count - 1)
             choice = dialect.delta(text, seq.stop_reason if last else None)
             payload += event({"choices": [choice]})
             if seq.outbox.empty():  # a slow reader gets the backlog in one write

@@ -1,0 +1,52 @@
+"""What every benchmark needs to report: Markdown tables, the machine, its BENCHMARKS.md section.
+
+Each benchmark owns one section of BENCHMARKS.md, delimited by ``<!-- NAME:start -->`` and
+``<!-- NAME:end -->``, and rewrites only that section, so that benchmarks run separately (or
+by ``make bench``, one after the other) never overwrite each other's figures.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+BENCHMARKS_INTRO = (
+    "Measured figures for fairgate and its load-test kit. Each section says how to reproduce it."
+)
+
+
+def markdown_table(headers: list[str], align: str, rows: list[list[str]]) -> str:
+    """A GitHub-flavoured Markdown table; ``align`` has one letter per column, ``l`` or ``r``."""
+    rule = [":---" if side == "l" else "---:" for side in align]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in [headers, rule, *rows])
+
+
+def machine() -> str:
+    """Where a report was produced, for figures that depend on the machine's speed."""
+    processor = platform.processor() or platform.machine()
+    return (
+        f"{processor}, {os.cpu_count()} CPUs, {platform.platform()}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def section_markers(name: str) -> tuple[str, str]:
+    """The HTML comments that delimit the section ``name`` (invisible once rendered)."""
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def write_section(path: Path, name: str, section: str) -> None:
+    """Replace the section ``name`` of ``path``, or append it; create the file if needed."""
+    start_marker, end_marker = section_markers(name)
+    block = f"{start_marker}\n{section}\n{end_marker}"
+    if not path.exists():
+        text = f"# fairgate benchmarks\n\n{BENCHMARKS_INTRO}\n\n{block}\n"
+    else:
+        text = path.read_text(encoding="utf-8")
+        start, end = text.find(start_marker), text.find(end_marker)
+        if 0 <= start < end:
+            text = text[:start] + block + text[end + len(end_marker) :]
+        else:
+            text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text, encoding="utf-8")
