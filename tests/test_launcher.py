@@ -1,7 +1,8 @@
-"""`fairgate up` (what `make run` runs) starts the simulated engines of a config and stops them."""
+"""`fairgate up` (what `make run` runs): Redis, simulated engines and the gateway, then stop."""
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -18,24 +19,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_up_starts_every_simulated_backend_and_stops_them_on_ctrl_c(tmp_path: Path) -> None:
-    ports = [free_port(), free_port()]
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_up_starts_the_stack_and_stops_all_of_it_on_ctrl_c(tmp_path: Path) -> None:
+    engine_a, engine_b, redis, gateway = (free_port() for _ in range(4))
     config = tmp_path / "stack.yaml"
     config.write_text(
         f"""
+server: {{port: {gateway}}}
+redis: {{url: "redis://127.0.0.1:{redis}/0"}}
 pools:
   interactive:
     backends:
       a:
-        url: "http://127.0.0.1:{ports[0]}"
+        url: "http://127.0.0.1:{engine_a}"
         models: [m-a]
         simulator: {{profile: "{H100_PROFILE}", time_scale: 10}}
   reasoning:
     backends:
       b:
-        url: "http://127.0.0.1:{ports[1]}"
+        url: "http://127.0.0.1:{engine_b}"
         models: [m-b]
         simulator: {{profile: "{H100_PROFILE}"}}
+tenants:
+  t: {{api_keys: [key-t]}}
 """
     )
     up = subprocess.Popen(
@@ -48,17 +58,21 @@ pools:
         while "Press Ctrl-C" not in (line := up.stdout.readline()):
             assert line, f"fairgate up ended early: {lines}"
             lines.append(line)
-        assert sum("ready at" in line for line in lines) == 2
-        for port, model in zip(ports, ["m-a", "m-b"], strict=True):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models") as resp:
-                assert model in resp.read().decode()
+        output = "".join(lines)
+        assert "redis started" in output and output.count("ready at") == 2
+        assert "key-t" in output  # the copy-paste examples use a real demo key
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{gateway}/v1/models", headers={"Authorization": "Bearer key-t"}
+        )
+        with urllib.request.urlopen(request) as resp:
+            assert [m["id"] for m in json.load(resp)["data"]] == ["m-a", "m-b"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{gateway}/readyz") as resp:
+            assert json.load(resp)["status"] == "ready"
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=30) == 0
     finally:
         up.kill()
-    for port in ports:  # the engines are gone with it
-        with socket.socket() as s:
-            assert s.connect_ex(("127.0.0.1", port)) != 0
+    assert not any(listening(p) for p in (engine_a, engine_b, redis, gateway))
 
 
 def test_up_refuses_a_bad_config_naming_the_field(tmp_path: Path) -> None:

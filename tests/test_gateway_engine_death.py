@@ -1,0 +1,94 @@
+"""An engine process killed mid-stream: the client gets a clear error and a clean end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import aiohttp
+import openai
+import pytest
+
+from tests.conftest import StartGateway, gateway_config
+
+MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
+LONG = {"max_tokens": 5000, "extra_body": {"ignore_eos": True}}
+
+
+@pytest.fixture
+def engine(unused_tcp_port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A real simulator process (so that it can be SIGKILLed), at real-time speed."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fairgate.cli", "--log-level", "warning", "sim"]
+        + ["--port", str(unused_tcp_port), "--time-scale", "1"]
+    )
+    process.url = f"http://127.0.0.1:{unused_tcp_port}"  # type: ignore[attr-defined]
+    yield process
+    process.kill()
+    process.wait()
+
+
+async def wait_healthy(url: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(300):
+            try:
+                async with http.get(f"{url}/health") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"{url} never became healthy")
+
+
+async def test_sdk_raises_a_clear_error_when_the_engine_dies_mid_stream(
+    engine: subprocess.Popen[bytes], start_gateway: StartGateway, redis_url: str
+) -> None:
+    await wait_healthy(engine.url)
+    gateway = await start_gateway(gateway_config(redis_url, {"interactive": [engine.url]}))
+    stream = await gateway.client().chat.completions.create(
+        model="llama-3-8b", messages=MESSAGES, stream=True, **LONG
+    )
+    received = 0
+    with pytest.raises(openai.APIError, match="engine stopped in the middle"):
+        async for _ in stream:
+            received += 1
+            if received == 3:
+                engine.send_signal(signal.SIGKILL)
+    assert 3 <= received < 5000
+
+    # the dead engine is taken out: the gateway is no longer ready, and says why
+    for _ in range(100):
+        async with gateway.http.get(f"{gateway.url}/readyz") as resp:
+            if resp.status == 503:
+                break
+        await asyncio.sleep(0.05)
+    assert resp.status == 503
+    with pytest.raises(openai.InternalServerError) as failed:
+        await gateway.client().chat.completions.create(model="llama-3-8b", messages=MESSAGES)
+    assert failed.value.code == "backend_unavailable"
+
+
+async def test_raw_stream_ends_with_an_error_event_and_done(
+    engine: subprocess.Popen[bytes], start_gateway: StartGateway, redis_url: str
+) -> None:
+    await wait_healthy(engine.url)
+    gateway = await start_gateway(gateway_config(redis_url, {"interactive": [engine.url]}))
+    body = {"model": "llama-3-8b", "messages": MESSAGES, "stream": True, "max_tokens": 5000}
+    async with gateway.http.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={**body, "ignore_eos": True},
+        headers={"Authorization": "Bearer key-a"},
+    ) as resp:
+        assert resp.status == 200
+        await resp.content.readuntil(b"\n\n")
+        engine.send_signal(signal.SIGKILL)
+        rest = await resp.read()  # completes: the gateway ends the response properly
+    events = [e for e in rest.split(b"\n\n") if e]
+    assert events[-1] == b"data: [DONE]"
+    error = json.loads(events[-2].removeprefix(b"data: "))["error"]
+    assert error["code"] == "backend_error" and "stopped in the middle" in error["message"]
