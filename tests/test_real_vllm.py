@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 
+import openai
 import pytest
 
 from tests.conftest import RunningGateway, StartGateway, gateway_config
@@ -47,8 +48,6 @@ async def test_chat_and_stream_through_the_gateway(gateway: RunningGateway) -> N
 
 
 async def test_engine_errors_pass_through(gateway: RunningGateway) -> None:
-    import openai
-
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
         await gateway.client().chat.completions.create(
             model="tiny", messages=MESSAGES, max_tokens=-1
