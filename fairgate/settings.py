@@ -27,6 +27,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     HttpUrl,
@@ -37,6 +38,7 @@ from pydantic import (
     SecretStr,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic.fields import FieldInfo
@@ -107,11 +109,112 @@ class PoolConfig(StrictModel):
 
     description: str = ""
     backends: dict[Name, BackendConfig] = Field(min_length=1)
+    tokenize: Literal["local", "engine"] = Field(
+        "local",
+        description="Count prompt tokens locally, or ask the engine's /tokenize (exact, a round "
+        "trip; falls back to local counting if the engine cannot answer).",
+    )
 
     @property
     def models(self) -> frozenset[str]:
         """Every model id some backend of this pool serves."""
         return frozenset(m for b in self.backends.values() for m in b.models)
+
+
+class ChatTemplate(StrictModel):
+    """Tokens a model family's chat template adds around the message contents."""
+
+    tokens_per_message: NonNegativeInt = Field(description="Role markers around each message.")
+    tokens_per_request: NonNegativeInt = Field(
+        description="Begin token and the header that opens the assistant's reply."
+    )
+    tokens_per_name: NonNegativeInt = 1
+    tokens_per_image: NonNegativeInt = Field(
+        576, description="Charge per image part (one 336 px LLaVA-style tile)."
+    )
+    tokens_per_audio: NonNegativeInt = Field(750, description="Charge per audio part.")
+
+
+#: Template overheads of common model families, by name.
+CHAT_TEMPLATES: dict[str, ChatTemplate] = {
+    # <|start_header_id|>role<|end_header_id|>\n\n ... <|eot_id|>; <|begin_of_text|> + reply header
+    "llama3": ChatTemplate(tokens_per_message=5, tokens_per_request=5),
+    # <|im_start|>role\n ... <|im_end|>\n; reply header <|im_start|>assistant\n (Qwen, Yi, ...)
+    "chatml": ChatTemplate(tokens_per_message=5, tokens_per_request=3),
+    # [INST] ... [/INST] and </s>; <s>
+    "mistral": ChatTemplate(tokens_per_message=3, tokens_per_request=1),
+    "none": ChatTemplate(tokens_per_message=0, tokens_per_request=0, tokens_per_name=0),
+}
+
+
+def _known_template(value: object) -> object:
+    if isinstance(value, str) and value not in CHAT_TEMPLATES:
+        raise ValueError(f"unknown chat template {value!r} (known: {', '.join(CHAT_TEMPLATES)})")
+    return value
+
+
+class ModelConfig(StrictModel):
+    """What fairgate knows about a model, to estimate the cost of its requests."""
+
+    tokenizer: Path | None = Field(
+        None, description="A Hugging Face tokenizer.json; tiktoken cl100k_base if unset."
+    )
+    chat_template: Annotated[str | ChatTemplate, BeforeValidator(_known_template)] = Field(
+        "llama3", description="A template name, or its overhead in tokens."
+    )
+    reasoning: bool = Field(False, description="Every request to this model reasons.")
+    context_length: PositiveInt = Field(
+        131_072,
+        description="Prompt + output limit: caps the output of requests without max_tokens.",
+    )
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _tokenizer_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"no tokenizer file at {path}")
+        return path
+
+    @property
+    def template(self) -> ChatTemplate:
+        value = self.chat_template
+        return CHAT_TEMPLATES[value] if isinstance(value, str) else value
+
+
+class OutputPrior(StrictModel):
+    """Output lengths assumed before any history exists."""
+
+    p50: PositiveInt
+    p90: PositiveInt
+
+    @model_validator(mode="after")
+    def _ordered(self) -> OutputPrior:
+        if self.p90 < self.p50:
+            raise ValueError(f"p90 ({self.p90}) must not be below p50 ({self.p50})")
+        return self
+
+
+class EstimationConfig(StrictModel):
+    """How request costs are estimated and how estimates learn from what engines report."""
+
+    input_weight: PositiveFloat = Field(1.0, description="Service per prompt token (VTC wp).")
+    output_weight: PositiveFloat = Field(2.0, description="Service per output token (VTC wq).")
+    chat_prior: OutputPrior = OutputPrior(p50=256, p90=1024)
+    reasoning_prior: OutputPrior = OutputPrior(p50=2048, p90=8192)
+    history_size: PositiveInt = Field(256, description="Recent output lengths kept per key.")
+    history_ttl_s: PositiveFloat = Field(7 * 86400.0, description="History of idle keys expires.")
+    prior_weight: PositiveInt = Field(
+        8, description="The prior counts as this many samples when blended with history."
+    )
+    refresh_s: NonNegativeFloat = Field(
+        2.0, description="How long a replica reuses history and correction factors it read."
+    )
+    calibration_alpha: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.05, description="Weight of each new observation in a correction factor (EWMA)."
+    )
+    off_loop_chars: PositiveInt = Field(
+        16_000, description="Prompts longer than this are tokenized in a worker thread."
+    )
 
 
 class TenantConfig(StrictModel):
@@ -194,6 +297,12 @@ class Settings(BaseSettings):
     redis: RedisConfig = RedisConfig()
     pools: dict[Name, PoolConfig] = Field(min_length=1)
     tenants: dict[Name, TenantConfig] = Field(default_factory=dict)
+    models: dict[ModelId, ModelConfig] = Field(default_factory=dict)
+    estimation: EstimationConfig = EstimationConfig()
+
+    def model(self, model_id: str) -> ModelConfig:
+        """The configuration of a model (defaults for one the file does not describe)."""
+        return self.models.get(model_id) or _DEFAULT_MODEL
 
     @classmethod
     def settings_customise_sources(
@@ -242,6 +351,9 @@ class Settings(BaseSettings):
             for pool_name, pool in self.pools.items()
             for name, backend in pool.backends.items()
         }
+
+
+_DEFAULT_MODEL = ModelConfig()
 
 
 def _no_repeats(section: str, what: str, values: list[str], show: bool = True) -> None:

@@ -16,9 +16,11 @@ from redis.exceptions import RedisError
 
 from backends.health import HealthChecker
 from backends.pools import Router
+from estimators.estimator import CostEstimator
 from fairgate.settings import Settings
 from gateway import handlers
 from gateway.auth import KeyStore
+from gateway.metrics import GatewayMetrics
 from gateway.middleware import openai_errors, request_id
 from gateway.requests import Endpoint
 from gateway.state import GATEWAY, Gateway
@@ -43,8 +45,11 @@ def create_app(settings: Settings) -> web.Application:
         except RedisError as exc:
             log.warning("could not seed API keys into Redis (%s); config keys still work", exc)
         await health.start()
-        app[GATEWAY] = Gateway(settings, redis, keys, router, health)
+        estimator = CostEstimator(settings, redis)
+        gateway = Gateway(settings, redis, keys, router, health, estimator, GatewayMetrics())
+        app[GATEWAY] = gateway
         yield
+        await gateway.drain()
         await health.stop()
         await router.close()
         await redis.aclose()
@@ -55,4 +60,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/metrics", handlers.metrics)
     return app

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from redis.asyncio import Redis
 
 from backends.health import HealthChecker
 from backends.pools import Router
+from estimators.estimator import CostEstimator
 from fairgate.settings import Settings
 from gateway.auth import KeyStore
+from gateway.metrics import GatewayMetrics
 
 
 @dataclass
@@ -20,6 +25,20 @@ class Gateway:
     keys: KeyStore
     router: Router
     health: HealthChecker
+    estimator: CostEstimator
+    metrics: GatewayMetrics
+    _background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def in_background(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run bookkeeping after a response without delaying it (tasks are kept referenced)."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for bookkeeping still running (at shutdown)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

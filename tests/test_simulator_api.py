@@ -7,7 +7,7 @@ import json
 import openai
 import pytest
 
-from estimators.chat_prompt import count_chat_prompt
+from estimators.prompt_tokens import count_chat_prompt
 from estimators.tokenizer import default_tokenizer
 from tests.conftest import RunningSim, StartSim
 

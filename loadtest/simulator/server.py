@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from estimators.chat_prompt import count_chat_prompt
+from estimators.prompt_tokens import count_chat_prompt
 from estimators.tokenizer import Tokenizer, default_tokenizer
 from fairgate.errors import error_response
 from loadtest.simulator.clock import SimClock

@@ -1,15 +1,15 @@
-"""Prompt tokens of a chat request: message contents plus the model's chat-template overhead.
+"""Prompt tokens of a request: message contents plus the model's chat-template overhead.
 
 A chat template wraps every message in role markers (Llama 3:
 ``<|start_header_id|>user<|end_header_id|>\\n\\n ... <|eot_id|>``) and the prompt in a begin
 token and the header that opens the assistant's reply. Engines count those tokens, so an
-estimate that counts only the text is short by a few tokens per message; :class:`ChatTemplate`
-holds that overhead per model family.
+estimate that counts only the text is short by a few tokens per message;
+:class:`~fairgate.settings.ChatTemplate` holds that overhead per model family.
 
 Non-text parts cannot be tokenized here. Images are charged a fixed number of tokens
-(:attr:`ChatTemplate.tokens_per_image`, by default 576: one 336-pixel tile of a LLaVA-style
-vision encoder; real models range from about 64 to several thousand), audio per part likewise;
-any other part is charged as its JSON text. None of them makes counting fail.
+(``tokens_per_image``, by default 576: one 336-pixel tile of a LLaVA-style vision encoder; real
+models range from about 64 to several thousand), audio per part likewise; any other part is
+charged as its JSON text. None of them makes counting fail.
 """
 
 from __future__ import annotations
@@ -18,24 +18,10 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, NonNegativeInt
-
 from estimators.tokenizer import Tokenizer
+from fairgate.settings import CHAT_TEMPLATES, ChatTemplate
 
-
-class ChatTemplate(BaseModel):
-    """Token overhead of one model family's chat template. Defaults match Llama 3."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    tokens_per_message: NonNegativeInt = 5
-    tokens_per_request: NonNegativeInt = 5
-    tokens_per_name: NonNegativeInt = 1
-    tokens_per_image: NonNegativeInt = 576
-    tokens_per_audio: NonNegativeInt = 750
-
-
-LLAMA3 = ChatTemplate()
+LLAMA3 = CHAT_TEMPLATES["llama3"]
 
 
 def count_chat_prompt(
@@ -55,6 +41,35 @@ def count_chat_prompt(
     if tools:
         total += tokenizer.count(json.dumps(tools, separators=(",", ":")))
     return total
+
+
+def count_token_input(value: object, tokenizer: Tokenizer) -> int:
+    """Tokens of a ``prompt`` or ``input``: a string, token ids, or a list of either."""
+    if isinstance(value, str):
+        return tokenizer.count(value)
+    if isinstance(value, list):
+        if all(isinstance(item, int) for item in value):
+            return len(value)
+        return sum(count_token_input(item, tokenizer) for item in value)
+    return 0
+
+
+def text_size(body: dict[str, Any]) -> int:
+    """Characters of text a request's prompt holds (decides whether to tokenize off the loop)."""
+    size = 0
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            size += len(content)
+        elif isinstance(content, list):
+            size += sum(len(str(p.get("text", ""))) for p in content if isinstance(p, dict))
+    for field in ("prompt", "input"):
+        value = body.get(field)
+        if isinstance(value, str):
+            size += len(value)
+        elif isinstance(value, list):
+            size += sum(len(v) for v in value if isinstance(v, str))
+    return size
 
 
 def _message_pieces(message: dict[str, Any], template: ChatTemplate) -> Iterator[str | int]:

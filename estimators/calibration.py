@@ -1,0 +1,96 @@
+"""How good the estimates are, and the correction that makes prompt estimates better.
+
+After every request the estimate is compared with the engine's reported ``usage``, per model:
+
+- a **correction factor** for prompt counts (actual / counted, a moving average): a local
+  tokenizer that differs from the model's (tiktoken for a Llama, say) is systematically off by
+  a ratio, which the factor removes;
+- the **error distribution** of the estimates actually used, prompt and output: a mean absolute
+  percentage error and a histogram of signed errors by bucket.
+
+All of it lives in one Redis hash per model (``{prefix}:{calib:<model>}``), updated by one Lua
+script per observation, so every replica learns from every request; each replica re-reads the
+factor every ``estimation.refresh_s`` seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from importlib import resources
+
+from redis.asyncio import Redis
+
+_CALIBRATE = resources.files("estimators").joinpath("calibrate.lua").read_text()
+
+#: Upper bounds (ratios estimate / actual - 1) of the error buckets, and their names.
+ERROR_BUCKETS = ((-0.5, "under_50"), (-0.2, "under_20"), (-0.05, "under_5"), (0.05, "within_5"),
+                 (0.2, "over_5"), (0.5, "over_20"), (float("inf"), "over_50"))  # fmt: skip
+
+
+def error_bucket(estimate: float, actual: float) -> str:
+    """The bucket of a signed relative error: ``under_20`` is 5-20% too low, and so on."""
+    if actual <= 0:
+        return "within_5" if estimate <= 0 else "over_50"
+    error = estimate / actual - 1
+    return next(name for bound, name in ERROR_BUCKETS if error < bound or bound == float("inf"))
+
+
+@dataclass(frozen=True)
+class CalibrationReport:
+    """What Redis holds about one model's estimates of one kind."""
+
+    observations: int
+    factor: float
+    mean_abs_pct_error: float
+    errors: dict[str, int]
+
+
+class Calibration:
+    """Per-model correction factors and error statistics, shared in Redis."""
+
+    def __init__(self, redis: Redis, prefix: str, alpha: float, refresh_s: float) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._alpha = alpha
+        self._refresh_s = refresh_s
+        self._script = redis.register_script(_CALIBRATE)
+        self._factors: dict[str, tuple[float, float]] = {}
+
+    def key(self, model: str) -> str:
+        return f"{self._prefix}:{{calib:{model}}}"
+
+    async def observe(self, model: str, kind: str, raw: int, used: int, actual: int) -> float:
+        """Record one comparison; returns the kind's new correction factor for the model."""
+        bucket = error_bucket(used, actual)
+        factor = await self._script(
+            keys=[self.key(model)], args=[kind, raw, used, actual, self._alpha, bucket]
+        )
+        return float(factor)
+
+    async def prompt_factor(self, model: str) -> float:
+        """The correction factor for prompt counts of a model (1 until it has observations)."""
+        now = time.monotonic()
+        cached = self._factors.get(model)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        stored = await self._redis.hget(self.key(model), "prompt:factor")
+        factor = float(stored) if stored else 1.0
+        self._factors[model] = (factor, now + self._refresh_s)
+        return factor
+
+    async def report(self, model: str, kind: str) -> CalibrationReport:
+        """Everything recorded for one model and kind (for metrics and the admin API)."""
+        fields = {
+            k.decode(): v.decode() for k, v in (await self._redis.hgetall(self.key(model))).items()
+        }
+        n = int(fields.get(f"{kind}:n", 0))
+        prefix = f"{kind}:error:"
+        return CalibrationReport(
+            observations=n,
+            factor=float(fields.get(f"{kind}:factor", 1.0)),
+            mean_abs_pct_error=float(fields.get(f"{kind}:abs_pct_error_sum", 0.0)) / max(n, 1),
+            errors={
+                k.removeprefix(prefix): int(v) for k, v in fields.items() if k.startswith(prefix)
+            },
+        )

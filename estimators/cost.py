@@ -1,0 +1,41 @@
+"""The cost of a request before it runs: what admission charges, budgets and routes by."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveFloat
+
+PromptSource = Literal["tiktoken", "tokenizer", "engine", "estimate"]
+
+
+class Cost(BaseModel):
+    """Estimated tokens of one request, and the weighted service they represent.
+
+    ``prompt_tokens`` is the corrected estimate (the raw count times the model's learned
+    correction factor, or the engine's exact count). ``expected_output`` is the median of
+    recent outputs of this tenant and model (p50), ``likely_output`` their p90, both capped by
+    ``max_output``, the hard limit (``max_tokens`` or what is left of the context).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt_tokens: NonNegativeInt
+    counted_prompt_tokens: NonNegativeInt
+    prompt_source: PromptSource
+    expected_output: NonNegativeInt
+    likely_output: NonNegativeInt
+    max_output: NonNegativeInt
+    reasoning: bool
+    input_weight: PositiveFloat
+    output_weight: PositiveFloat
+
+    @property
+    def weighted(self) -> float:
+        """Service units (VTC): input weight x prompt + output weight x expected output."""
+        return self.input_weight * self.prompt_tokens + self.output_weight * self.expected_output
+
+    @property
+    def inflight_tokens(self) -> int:
+        """Tokens to reserve against budgets while it runs: prompt + likely (p90) output."""
+        return self.prompt_tokens + self.likely_output

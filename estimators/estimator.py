@@ -1,0 +1,157 @@
+"""Every request's :class:`~estimators.cost.Cost`, and learning from what engines report.
+
+``estimate`` runs on the request path before admission: it counts the prompt (in a worker
+thread when it is long, so other requests keep flowing), applies the model's correction
+factor, reads the output history and caps everything by the request's limits. ``observe`` runs
+after the response, off the request path: it records the true output length and compares both
+estimates with the engine's usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from estimators.calibration import Calibration
+from estimators.cost import Cost, PromptSource
+from estimators.history import OutputEstimate, OutputHistory
+from estimators.prompt_tokens import count_chat_prompt, count_token_input, text_size
+from estimators.reasoning import wants_reasoning
+from estimators.tokenizer import CharEstimateTokenizer, tokenizer_for
+from fairgate.settings import ModelConfig, Settings
+
+log = logging.getLogger(__name__)
+
+#: Asks an engine for the exact prompt count of a body (``/tokenize``); None if it cannot.
+RemoteCounter = Callable[[dict[str, Any]], Awaitable[int | None]]
+
+
+@dataclass
+class Observation:
+    """What one comparison with the engine's usage showed (for metrics)."""
+
+    prompt_ratio: float | None = None  # estimate / actual
+    output_ratio: float | None = None
+    prompt_factor: float | None = None  # the model's new correction factor
+
+
+def output_cap(body: dict[str, Any], prompt_tokens: int, model: ModelConfig) -> int:
+    """The most output a request can produce: its ``max_tokens`` or the context remainder."""
+    remainder = max(model.context_length - prompt_tokens, 0)
+    for field in ("max_completion_tokens", "max_tokens"):
+        value = body.get(field)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return min(value, remainder) if remainder else value
+    return remainder
+
+
+class CostEstimator:
+    """Estimates request costs and learns from every completed request."""
+
+    def __init__(self, settings: Settings, redis: Redis) -> None:
+        self._settings = settings
+        self._config = settings.estimation
+        prefix = settings.redis.key_prefix
+        self.history = OutputHistory(redis, prefix, self._config)
+        self.calibration = Calibration(
+            redis, prefix, self._config.calibration_alpha, self._config.refresh_s
+        )
+
+    async def estimate(
+        self,
+        tenant: str,
+        model_id: str,
+        body: dict[str, Any],
+        generates: bool = True,
+        remote_count: RemoteCounter | None = None,
+    ) -> Cost:
+        """The cost of one request. ``generates`` is False for embeddings (no output)."""
+        model = self._settings.model(model_id)
+        counted, source = await self._count_prompt(model, body, remote_count)
+        factor = 1.0 if source == "engine" else await self._prompt_factor(model_id)
+        prompt = max(round(counted * factor), 0)
+        reasoning = generates and wants_reasoning(body, model)
+        cap = output_cap(body, prompt, model) if generates else 0
+        guess = await self._output(tenant, model_id, reasoning) if generates else None
+        return Cost(
+            prompt_tokens=prompt,
+            counted_prompt_tokens=counted,
+            prompt_source=source,
+            expected_output=min(round(guess.p50), cap) if guess else 0,
+            likely_output=min(round(guess.p90), cap) if guess else 0,
+            max_output=cap,
+            reasoning=reasoning,
+            input_weight=self._config.input_weight,
+            output_weight=self._config.output_weight,
+        )
+
+    async def observe(
+        self, tenant: str, model_id: str, cost: Cost, usage: dict[str, Any], completed: bool
+    ) -> None:
+        """Learn from the engine's ``usage`` of a finished request (never raises)."""
+        try:
+            actual_prompt = _int(usage.get("prompt_tokens"))
+            if actual_prompt is not None and cost.prompt_source != "engine":
+                await self.calibration.observe(
+                    model_id,
+                    "prompt",
+                    cost.counted_prompt_tokens,
+                    cost.prompt_tokens,
+                    actual_prompt,
+                )
+            actual_output = _int(usage.get("completion_tokens"))
+            if actual_output is not None and completed and cost.max_output:
+                kind = "reasoning" if cost.reasoning else "chat"
+                await self.history.record(tenant, model_id, kind, actual_output)
+                await self.calibration.observe(
+                    model_id, "output", cost.expected_output, cost.expected_output, actual_output
+                )
+        except RedisError as exc:
+            log.warning("could not record estimation feedback: %s", exc)
+
+    async def _count_prompt(
+        self, model: ModelConfig, body: dict[str, Any], remote_count: RemoteCounter | None
+    ) -> tuple[int, PromptSource]:
+        if remote_count is not None:
+            exact = await remote_count(body)
+            if exact is not None:
+                return exact, "engine"
+        tokenizer = tokenizer_for(model.tokenizer)
+        source: PromptSource = "tokenizer" if model.tokenizer else "tiktoken"
+        if isinstance(tokenizer, CharEstimateTokenizer):
+            source = "estimate"
+
+        def count() -> int:
+            if isinstance(body.get("messages"), list):
+                return count_chat_prompt(
+                    body["messages"], tokenizer, model.template, body.get("tools")
+                )
+            return count_token_input(body.get("prompt", body.get("input")), tokenizer)
+
+        if text_size(body) > self._config.off_loop_chars:
+            return await asyncio.to_thread(count), source
+        return count(), source
+
+    async def _prompt_factor(self, model_id: str) -> float:
+        try:
+            return await self.calibration.prompt_factor(model_id)
+        except RedisError:
+            return 1.0
+
+    async def _output(self, tenant: str, model_id: str, reasoning: bool) -> OutputEstimate:
+        kind = "reasoning" if reasoning else "chat"
+        try:
+            return await self.history.estimate(tenant, model_id, kind)
+        except RedisError:
+            prior = self._config.reasoning_prior if reasoning else self._config.chat_prior
+            return OutputEstimate.of_prior(prior)
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

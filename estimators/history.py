@@ -1,0 +1,104 @@
+"""Output lengths learned from history, shared by every replica through Redis.
+
+For each (tenant, model, kind), where kind is ``chat`` or ``reasoning``, Redis keeps the most
+recent output lengths (``estimation.history_size``), and the same for the model across all
+tenants. The estimate blends them hierarchically: the configured prior counts as
+``prior_weight`` samples against the model's history, and that result counts as
+``prior_weight`` samples against the tenant's own. A new tenant therefore starts from what
+the model usually produces, and a tenant with a long history gets its own numbers.
+
+Each replica reuses what it read for ``estimation.refresh_s`` seconds, so the read costs at
+most one Redis round trip per key every few seconds, not one per request.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from importlib import resources
+
+from redis.asyncio import Redis
+
+from fairgate.settings import EstimationConfig, OutputPrior
+
+_RECORD = resources.files("estimators").joinpath("record_output.lua").read_text()
+
+
+@dataclass(frozen=True)
+class OutputEstimate:
+    """Expected (p50) and likely (p90) output tokens."""
+
+    p50: float
+    p90: float
+
+    @classmethod
+    def of_prior(cls, prior: OutputPrior) -> OutputEstimate:
+        return cls(float(prior.p50), float(prior.p90))
+
+
+def quantile(ordered: list[int], q: float) -> float:
+    """The q-quantile of sorted values (nearest rank on the lower side)."""
+    return float(ordered[int(q * (len(ordered) - 1))])
+
+
+def blend(prior: OutputEstimate, samples: list[int], weight: int) -> OutputEstimate:
+    """Shrink the samples' quantiles toward the prior, which counts as ``weight`` samples."""
+    if not samples:
+        return prior
+    ordered = sorted(samples)
+    n = len(ordered)
+
+    def mix(prior_value: float, observed: float) -> float:
+        return (weight * prior_value + n * observed) / (weight + n)
+
+    return OutputEstimate(
+        mix(prior.p50, quantile(ordered, 0.5)), mix(prior.p90, quantile(ordered, 0.9))
+    )
+
+
+class OutputHistory:
+    """Records output lengths and estimates the next ones, per tenant, model and kind."""
+
+    def __init__(self, redis: Redis, prefix: str, config: EstimationConfig) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._config = config
+        self._record = redis.register_script(_RECORD)
+        self._cache: dict[tuple[str, str, str], tuple[list[int], list[int], float]] = {}
+
+    def keys(self, tenant: str, model: str, kind: str) -> tuple[str, str]:
+        """The tenant's and the model's list (one hash tag per model: one cluster slot)."""
+        tag = f"{self._prefix}:{{out:{model}}}"
+        return f"{tag}:tenant:{tenant}:{kind}", f"{tag}:all:{kind}"
+
+    async def record(self, tenant: str, model: str, kind: str, output_tokens: int) -> None:
+        ttl_ms = int(self._config.history_ttl_s * 1000)
+        await self._record(
+            keys=list(self.keys(tenant, model, kind)),
+            args=[output_tokens, self._config.history_size, ttl_ms],
+        )
+
+    async def estimate(self, tenant: str, model: str, kind: str) -> OutputEstimate:
+        """The blended estimate for the next request of this tenant, model and kind."""
+        prior = self._config.reasoning_prior if kind == "reasoning" else self._config.chat_prior
+        own, everyone = await self._samples(tenant, model, kind)
+        weight = self._config.prior_weight
+        model_wide = blend(OutputEstimate.of_prior(prior), everyone, weight)
+        return blend(model_wide, own, weight)
+
+    async def _samples(self, tenant: str, model: str, kind: str) -> tuple[list[int], list[int]]:
+        cache_key = (tenant, model, kind)
+        now = time.monotonic()
+        cached = self._cache.get(cache_key)
+        if cached is not None and cached[2] > now:
+            return cached[0], cached[1]
+        tenant_key, model_key = self.keys(tenant, model, kind)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.lrange(tenant_key, 0, -1)
+            pipe.lrange(model_key, 0, -1)
+            own, everyone = await pipe.execute()
+        result = ([int(v) for v in own], [int(v) for v in everyone])
+        if len(self._cache) > 50_000:
+            self._cache.clear()
+        self._cache[cache_key] = (*result, now + self._config.refresh_s)
+        return result

@@ -1,0 +1,47 @@
+"""The gateway's Prometheus metrics (``GET /metrics``).
+
+One registry per application, so several gateways can run in one test process. Labels are
+bounded: ``model`` takes only the model ids the configuration serves (requests for others are
+refused before any metric is touched), ``kind`` is ``prompt`` or ``output``.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+
+from estimators.estimator import Observation
+
+_RATIO_BUCKETS = (0.25, 0.5, 0.67, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 1.5, 2.0, 4.0)
+
+
+class GatewayMetrics:
+    """Metrics of one gateway process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.estimate_ratio = Histogram(
+            "fairgate_estimate_ratio",
+            "Estimated / actual tokens of finished requests (1 is exact).",
+            ["model", "kind"],
+            buckets=_RATIO_BUCKETS,
+            registry=self.registry,
+        )
+        self.correction_factor = Gauge(
+            "fairgate_estimate_correction_factor",
+            "Learned actual / counted ratio applied to prompt token counts.",
+            ["model"],
+            registry=self.registry,
+        )
+
+    def observed(self, model: str, seen: Observation) -> None:
+        """Record what one comparison of estimate and usage showed."""
+        if seen.prompt_ratio is not None:
+            self.estimate_ratio.labels(model, "prompt").observe(seen.prompt_ratio)
+        if seen.output_ratio is not None:
+            self.estimate_ratio.labels(model, "output").observe(seen.output_ratio)
+        if seen.prompt_factor is not None:
+            self.correction_factor.labels(model).set(seen.prompt_factor)
+
+    def response(self) -> web.Response:
+        return web.Response(body=generate_latest(self.registry), content_type="text/plain")
