@@ -93,12 +93,18 @@ class CostEstimator:
 
     async def observe(
         self, tenant: str, model_id: str, cost: Cost, usage: dict[str, Any], completed: bool
-    ) -> None:
-        """Learn from the engine's ``usage`` of a finished request (never raises)."""
+    ) -> Observation:
+        """Learn from the engine's ``usage`` of a finished request (never raises).
+
+        Output lengths are learned only from requests that ran to their end: a stream the
+        client abandoned says nothing about how long the answer would have been.
+        """
+        seen = Observation()
         try:
             actual_prompt = _int(usage.get("prompt_tokens"))
-            if actual_prompt is not None and cost.prompt_source != "engine":
-                await self.calibration.observe(
+            if actual_prompt and cost.prompt_source != "engine":
+                seen.prompt_ratio = cost.prompt_tokens / actual_prompt
+                seen.prompt_factor = await self.calibration.observe(
                     model_id,
                     "prompt",
                     cost.counted_prompt_tokens,
@@ -106,7 +112,8 @@ class CostEstimator:
                     actual_prompt,
                 )
             actual_output = _int(usage.get("completion_tokens"))
-            if actual_output is not None and completed and cost.max_output:
+            if actual_output and completed and cost.max_output:
+                seen.output_ratio = cost.expected_output / actual_output
                 kind = "reasoning" if cost.reasoning else "chat"
                 await self.history.record(tenant, model_id, kind, actual_output)
                 await self.calibration.observe(
@@ -114,6 +121,7 @@ class CostEstimator:
                 )
         except RedisError as exc:
             log.warning("could not record estimation feedback: %s", exc)
+        return seen
 
     async def _count_prompt(
         self, model: ModelConfig, body: dict[str, Any], remote_count: RemoteCounter | None

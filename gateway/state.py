@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,8 @@ from estimators.estimator import CostEstimator
 from fairgate.settings import Settings
 from gateway.auth import KeyStore
 from gateway.metrics import GatewayMetrics
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,7 +36,12 @@ class Gateway:
         """Run bookkeeping after a response without delaying it (tasks are kept referenced)."""
         task = asyncio.create_task(work)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background bookkeeping failed", exc_info=task.exception())
 
     async def drain(self) -> None:
         """Wait for bookkeeping still running (at shutdown)."""

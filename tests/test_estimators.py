@@ -1,0 +1,340 @@
+"""Cost estimates before a request runs, and how they learn from what engines report."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+from estimators.estimator import CostEstimator
+from estimators.prompt_tokens import count_chat_prompt
+from estimators.reasoning import wants_reasoning
+from estimators.tokenizer import HuggingFaceTokenizer, default_tokenizer
+from fairgate.settings import ModelConfig, Settings
+from tests.conftest import RunningSim, StartSim
+
+MODEL = "llama-3-8b"
+LONG_DOCUMENT = " ".join(
+    f"Section {i}: the quarterly revenue of unit {i % 7} grew by {i * 3 % 17} percent while "
+    "costs stayed flat, which the board attributes to the new routing layer."
+    for i in range(300)
+)
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+#: Realistic chat requests: short chat, long document, tool use, multi-turn, an image.
+CORPUS: list[dict[str, Any]] = [
+    {"messages": [{"role": "user", "content": "Hi! What's a good name for a cat?"}]},
+    {
+        "messages": [
+            {"role": "system", "content": "You summarise documents for executives."},
+            {"role": "user", "content": f"Summarise:\n\n{LONG_DOCUMENT}"},
+        ]
+    },
+    {
+        "messages": [{"role": "user", "content": "Weather in Oslo?"}],
+        "tools": [WEATHER_TOOL],
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "Weather in Oslo?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": '{"temp_c": -3, "sky": "snow"}'},
+            {"role": "assistant", "content": "It is -3 °C and snowing in Oslo."},
+            {"role": "user", "content": "And tomorrow? Answer in French, please."},
+        ],
+        "tools": [WEATHER_TOOL],
+    },
+    {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is in this picture?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                ],
+            }
+        ]
+    },
+]
+
+
+def settings_for(redis_url: str, **sections: Any) -> Settings:
+    return Settings(
+        redis={"url": redis_url},
+        pools={"p": {"backends": {"b": {"url": "http://127.0.0.1:9", "models": [MODEL]}}}},
+        **sections,
+    )
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def estimator(redis_url: str, redis: Redis) -> CostEstimator:
+    return CostEstimator(settings_for(redis_url, estimation={"refresh_s": 0}), redis)
+
+
+@pytest.fixture(scope="session")
+def small_bpe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real tokenizer.json with a tiny vocabulary (few merges): it counts about 3x cl100k."""
+    tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=70, special_tokens=["[UNK]"])
+    corpus = [
+        LONG_DOCUMENT,
+        *(m["content"] for r in CORPUS for m in r["messages"] if isinstance(m.get("content"), str)),
+    ]
+    tokenizer.train_from_iterator(corpus * 5, trainer)
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    tokenizer.save(str(path))
+    return path
+
+
+# ------------------------------------------------------------------------- prompt tokens
+
+
+async def test_prompt_estimates_equal_the_simulators_counts_on_the_corpus(
+    start_sim: StartSim, estimator: CostEstimator
+) -> None:
+    """Stated tolerance: exact. The simulator counts with the same tokenizer and template."""
+    sim = await start_sim(time_scale=200.0)
+    client = sim.client()
+    for request in CORPUS:
+        cost = await estimator.estimate("t", MODEL, request)
+        reply = await client.chat.completions.create(model=MODEL, max_tokens=1, **request)
+        assert cost.prompt_tokens == reply.usage.prompt_tokens, request["messages"][-1]
+        assert cost.prompt_source == "tiktoken"
+
+
+async def test_a_models_own_tokenizer_json_is_used(
+    redis_url: str, redis: Redis, small_bpe: Path
+) -> None:
+    settings = settings_for(redis_url, models={MODEL: {"tokenizer": str(small_bpe)}})
+    estimator = CostEstimator(settings, redis)
+    text = "the quarterly revenue grew while costs stayed flat"
+    cost = await estimator.estimate("t", MODEL, {"messages": [{"role": "user", "content": text}]})
+    own = len(Tokenizer.from_file(str(small_bpe)).encode(text, add_special_tokens=False).ids)
+    assert cost.prompt_source == "tokenizer"
+    assert cost.prompt_tokens == own + 5 + 5  # Llama 3 template: one message, one reply header
+    assert own != default_tokenizer().count(text)
+
+
+async def test_engine_tokenize_gives_the_engines_exact_count(
+    start_sim: StartSim, start_gateway: Any, redis_url: str
+) -> None:
+    from tests.conftest import gateway_config
+
+    sim = await start_sim(time_scale=200.0)
+    config = gateway_config(redis_url, {"interactive": [sim.url]})
+    config["pools"]["interactive"]["tokenize"] = "engine"
+    gateway = await start_gateway(config)
+    raw = await gateway.client().chat.completions.with_raw_response.create(
+        model=MODEL, max_tokens=3, **CORPUS[3]
+    )
+    assert int(raw.headers["x-fairgate-estimate-prompt-tokens"]) == raw.parse().usage.prompt_tokens
+
+
+async def test_calibration_learns_the_ratio_to_the_models_tokenizer(
+    estimator: CostEstimator, small_bpe: Path
+) -> None:
+    """tiktoken counts; the engine (a small BPE) reports more; the factor closes the gap."""
+    engine = HuggingFaceTokenizer(small_bpe)
+    template = ModelConfig().template
+    rng = random.Random(7)
+    sentences = LONG_DOCUMENT.split(". ")
+
+    def request() -> dict[str, Any]:
+        text = ". ".join(rng.sample(sentences, 5))
+        return {"messages": [{"role": "user", "content": text}]}
+
+    def error(cost: Any, body: dict[str, Any]) -> float:
+        actual = count_chat_prompt(body["messages"], engine, template)
+        return abs(cost.prompt_tokens - actual) / actual
+
+    first = request()
+    before = error(await estimator.estimate("t", MODEL, first), first)
+    for _ in range(40):
+        body = request()
+        cost = await estimator.estimate("t", MODEL, body)
+        actual = count_chat_prompt(body["messages"], engine, template)
+        await estimator.observe("t", MODEL, cost, {"prompt_tokens": actual}, completed=True)
+    body = request()
+    after = error(await estimator.estimate("t", MODEL, body), body)
+    assert before > 0.3 and after < 0.05
+    report = await estimator.calibration.report(MODEL, "prompt")
+    assert report.observations == 40 and report.factor > 1.3
+    assert sum(report.errors.values()) == 40
+
+
+async def test_long_prompts_are_tokenized_off_the_event_loop(redis_url: str, redis: Redis) -> None:
+    body = {"messages": [{"role": "user", "content": " hello" * 128_000}]}
+
+    async def ticks_during_estimate(off_loop_chars: int) -> int:
+        estimator = CostEstimator(
+            settings_for(redis_url, estimation={"off_loop_chars": off_loop_chars}), redis
+        )
+        await estimator.estimate("t", MODEL, {"messages": [{"role": "user", "content": "warm"}]})
+        ticks = 0
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done.is_set():
+                await asyncio.sleep(0)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)  # the ticker is running
+        start = ticks
+        cost = await estimator.estimate("t", MODEL, body)
+        done.set()
+        await task
+        assert cost.prompt_tokens == 128_000 + 10
+        return ticks - start
+
+    assert await ticks_during_estimate(off_loop_chars=16_000) > 1
+    assert await ticks_during_estimate(off_loop_chars=10_000_000) <= 1  # on the loop: blocked
+
+
+# ------------------------------------------------------------------------- output tokens
+
+
+async def test_output_history_converges_to_the_true_distribution(
+    estimator: CostEstimator,
+) -> None:
+    rng = random.Random(1)
+    lengths = sorted(round(rng.lognormvariate(5.7, 0.6)) for _ in range(4000))
+    true_p50, true_p90 = lengths[2000], lengths[3600]
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    first = await estimator.estimate("t", MODEL, body)
+    assert (first.expected_output, first.likely_output) == (256, 1024)  # the prior
+    for _ in range(200):
+        cost = await estimator.estimate("t", MODEL, body)
+        actual = round(rng.lognormvariate(5.7, 0.6))
+        await estimator.observe("t", MODEL, cost, {"completion_tokens": actual}, completed=True)
+    learned = await estimator.estimate("t", MODEL, body)
+    assert abs(learned.expected_output / true_p50 - 1) < 0.15
+    assert abs(learned.likely_output / true_p90 - 1) < 0.2
+
+
+async def test_reasoning_has_its_own_history_and_new_tenants_start_from_the_model(
+    estimator: CostEstimator,
+) -> None:
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    think = {**chat, "reasoning_effort": "high"}
+    for _ in range(50):
+        cost = await estimator.estimate("old", MODEL, chat)
+        await estimator.observe("old", MODEL, cost, {"completion_tokens": 40}, completed=True)
+    assert (await estimator.estimate("old", MODEL, chat)).expected_output <= 60
+    reasoning = await estimator.estimate("old", MODEL, think)
+    assert reasoning.reasoning and reasoning.expected_output == 2048  # untouched prior
+    newcomer = await estimator.estimate("new", MODEL, chat)
+    assert 40 < newcomer.expected_output < 256  # from the model's history, not the prior
+    aborted = await estimator.estimate("old", MODEL, think)
+    await estimator.observe("old", MODEL, aborted, {"completion_tokens": 3}, completed=False)
+    assert (await estimator.estimate("old", MODEL, think)).expected_output == 2048
+
+
+async def test_output_is_capped_by_max_tokens_or_the_context(redis_url: str, redis: Redis) -> None:
+    settings = settings_for(redis_url, models={MODEL: {"context_length": 1000}})
+    estimator = CostEstimator(settings, redis)
+    capped = await estimator.estimate(
+        "t", MODEL, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}
+    )
+    assert (capped.expected_output, capped.likely_output, capped.max_output) == (100, 100, 100)
+    uncapped = await estimator.estimate("t", MODEL, {"prompt": [1] * 400})
+    assert uncapped.max_output == 600 and uncapped.likely_output == 600
+    assert uncapped.weighted == 1.0 * 400 + 2.0 * 256
+    embedding = await estimator.estimate("t", MODEL, {"input": ["a", "b"]}, generates=False)
+    assert (embedding.expected_output, embedding.max_output) == (0, 0)
+
+
+async def test_redis_down_falls_back_to_priors(unused_tcp_port: int) -> None:
+    redis = Redis.from_url(f"redis://127.0.0.1:{unused_tcp_port}/0")
+    estimator = CostEstimator(settings_for(f"redis://127.0.0.1:{unused_tcp_port}/0"), redis)
+    cost = await estimator.estimate("t", MODEL, {"messages": [{"role": "user", "content": "hi"}]})
+    assert cost.expected_output == 256 and cost.prompt_tokens == 11
+    seen = await estimator.observe("t", MODEL, cost, {"prompt_tokens": 11}, completed=True)
+    assert seen.prompt_factor is None  # nothing learned, nothing raised
+    await redis.aclose()
+
+
+@pytest.mark.parametrize(
+    ("body", "model_reasons", "expected"),
+    [
+        ({}, False, False),
+        ({}, True, True),
+        ({"reasoning_effort": "low"}, False, True),
+        ({"reasoning_effort": "none"}, True, False),
+        ({"reasoning": {"effort": "high"}}, False, True),
+        ({"reasoning": {"enabled": False}}, True, False),
+        ({"chat_template_kwargs": {"enable_thinking": True}}, False, True),
+        ({"chat_template_kwargs": {"enable_thinking": False}}, True, False),
+        ({"chat_template_kwargs": {"thinking": True}}, False, True),
+        ({"thinking": {"type": "enabled", "budget_tokens": 2000}}, False, True),
+        ({"thinking": {"type": "disabled"}}, True, False),
+    ],
+)
+def test_reasoning_requests_are_recognised(body: dict, model_reasons: bool, expected: bool) -> None:
+    assert wants_reasoning(body, ModelConfig(reasoning=model_reasons)) is expected
+
+
+# ------------------------------------------------------------------- through the gateway
+
+
+async def test_gateway_returns_estimates_and_learns_from_usage(
+    start_sim: StartSim, start_gateway: Any, redis_url: str, redis: Redis
+) -> None:
+    from tests.conftest import gateway_config
+
+    sim: RunningSim = await start_sim(time_scale=200.0)
+    gateway = await start_gateway(gateway_config(redis_url, {"interactive": [sim.url]}))
+    client = gateway.client()
+    for request in CORPUS:
+        raw = await client.chat.completions.with_raw_response.create(
+            model=MODEL, max_tokens=50, stream=False, **request
+        )
+        usage = raw.parse().usage
+        assert int(raw.headers["x-fairgate-estimate-prompt-tokens"]) == usage.prompt_tokens
+        assert 0 < int(raw.headers["x-fairgate-estimate-output-tokens"]) <= 50
+    stream = await client.chat.completions.create(
+        model=MODEL, max_tokens=50, stream=True, **CORPUS[0]
+    )
+    assert [c async for c in stream][-1].usage is None  # learned from, yet not shown
+
+    for _ in range(200):  # learning happens after the responses, in the background
+        history = await redis.lrange("fairgate:{out:llama-3-8b}:tenant:a:chat", 0, -1)
+        if len(history) == len(CORPUS) + 1:
+            break
+        await asyncio.sleep(0.01)
+    assert len(history) == len(CORPUS) + 1
+    async with gateway.http.get(f"{gateway.url}/metrics") as resp:
+        text = await resp.text()
+    assert 'fairgate_estimate_ratio_count{kind="prompt",model="llama-3-8b"} 6.0' in text
+    assert 'fairgate_estimate_correction_factor{model="llama-3-8b"} 1.0' in text
