@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 
@@ -18,6 +19,9 @@ from backends.backend import Backend
 log = logging.getLogger(__name__)
 
 _PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
+
+
+HealthListener = Callable[[Backend, bool], Awaitable[None]]
 
 
 async def probe(backend: Backend) -> None:
@@ -37,9 +41,16 @@ async def probe(backend: Backend) -> None:
 class HealthChecker:
     """Probes every backend every ``interval_s`` seconds until stopped."""
 
-    def __init__(self, backends: list[Backend], interval_s: float) -> None:
+    def __init__(
+        self,
+        backends: list[Backend],
+        interval_s: float,
+        on_change: HealthListener | None = None,
+    ) -> None:
         self._backends = backends
         self._interval_s = interval_s
+        self._on_change = on_change
+        self._last: dict[str, bool] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -54,6 +65,11 @@ class HealthChecker:
 
     async def check_all(self) -> None:
         await asyncio.gather(*(probe(b) for b in self._backends))
+        for backend in self._backends:
+            if self._last.get(backend.name) != backend.healthy:
+                self._last[backend.name] = backend.healthy
+                if self._on_change is not None:
+                    await self._on_change(backend, backend.healthy)
 
     async def _run(self) -> None:
         while True:

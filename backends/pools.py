@@ -44,9 +44,14 @@ class Router:
             for name, pool in settings.pools.items()
         }
 
+        self._by_name = {b.name: b for pool in self.pools.values() for b in pool.backends}
+
     @property
     def backends(self) -> list[Backend]:
-        return [b for pool in self.pools.values() for b in pool.backends]
+        return list(self._by_name.values())
+
+    def backend(self, name: str) -> Backend:
+        return self._by_name[name]
 
     def pools_for(self, model: str, allowed: list[str] | None) -> list[Pool]:
         """The pools that serve ``model`` among those in ``allowed`` (all if None)."""

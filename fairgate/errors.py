@@ -90,3 +90,15 @@ def backend_failed(message: str) -> GatewayError:
 
 def backend_timeout(message: str) -> GatewayError:
     return GatewayError(504, message, type="server_error", code="backend_timeout")
+
+
+def rate_limited(message: str, retry_after_s: float) -> GatewayError:
+    """429 with ``Retry-After``: the SDKs raise ``RateLimitError`` (and may retry after it)."""
+    seconds = str(max(1, round(retry_after_s)))
+    return GatewayError(
+        429, message, "rate_limit_error", "rate_limit_exceeded", headers={"Retry-After": seconds}
+    )
+
+
+def admission_unavailable(message: str) -> GatewayError:
+    return GatewayError(503, message, type="server_error", code="admission_unavailable")

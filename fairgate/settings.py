@@ -217,11 +217,44 @@ class EstimationConfig(StrictModel):
     )
 
 
+class AdmissionConfig(StrictModel):
+    """The fair queue: policy, leases, and what to do when Redis is unreachable."""
+
+    policy: Literal["vtc", "fcfs", "shadow"] = Field(
+        "vtc",
+        description="vtc: weighted-fair between tenants; fcfs: arrival order (the baseline); "
+        "shadow: dispatch in arrival order but count where vtc would have chosen differently.",
+    )
+    lease_ttl_s: PositiveFloat = Field(
+        10.0, description="A replica that stops renewing (dies) loses its grants after this."
+    )
+    upkeep_interval_s: PositiveFloat = Field(
+        0.5, description="How often a replica reclaims, dispatches and polls for lost grants."
+    )
+    charge_every_tokens: PositiveInt = Field(
+        16, description="Streamed output is charged to the tenant in batches of this many."
+    )
+    max_grants_per_call: PositiveInt = Field(32, description="Grants one script call may make.")
+    priority_min_share: Annotated[float, Field(gt=0, lt=0.5)] = Field(
+        0.1, description="Share of capacity a lower priority band keeps under contention."
+    )
+    fail_mode: Literal["closed", "open"] = Field(
+        "closed",
+        description="With Redis unreachable: closed answers 503; open admits under per-replica "
+        "limits (no fairness, no shared limits) and warns.",
+    )
+
+
 class TenantConfig(StrictModel):
     """A customer of the gateway: its share, its limits and the keys that identify it."""
 
     weight: PositiveFloat = Field(1.0, description="Share of contended capacity.")
-    priority: int = Field(0, description="Priority band; higher bands are served first.")
+    priority: int = Field(
+        0, ge=-100, le=100, description="Priority band; higher bands are served first."
+    )
+    allow_priority_header: bool = Field(
+        False, description="May lower or raise (up to `priority`) its band per request."
+    )
     max_concurrency: PositiveInt = Field(32, description="Requests in flight, all replicas.")
     max_inflight_tokens: PositiveInt = Field(
         262_144, description="Estimated tokens in flight, all replicas."
@@ -299,6 +332,7 @@ class Settings(BaseSettings):
     tenants: dict[Name, TenantConfig] = Field(default_factory=dict)
     models: dict[ModelId, ModelConfig] = Field(default_factory=dict)
     estimation: EstimationConfig = EstimationConfig()
+    admission: AdmissionConfig = AdmissionConfig()
 
     def model(self, model_id: str) -> ModelConfig:
         """The configuration of a model (defaults for one the file does not describe)."""

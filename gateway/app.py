@@ -14,6 +14,8 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from admission.controller import Admission
+from backends.backend import Backend
 from backends.health import HealthChecker
 from backends.pools import Router
 from estimators.estimator import CostEstimator
@@ -38,7 +40,16 @@ def create_app(settings: Settings) -> web.Application:
         redis = Redis.from_url(settings.redis.url, socket_timeout=2.0, socket_connect_timeout=2.0)
         router = Router(settings)
         await router.start()
-        health = HealthChecker(router.backends, settings.server.health_check_interval_s)
+        admission = Admission(redis, settings)
+        await admission.start()
+
+        async def health_changed(backend: Backend, healthy: bool) -> None:
+            down_for = 0.0 if healthy else settings.server.unhealthy_backoff_s
+            await admission.set_backend_down(backend.name, down_for)
+
+        health = HealthChecker(
+            router.backends, settings.server.health_check_interval_s, health_changed
+        )
         keys = KeyStore(redis, settings)
         try:
             await keys.seed()
@@ -46,11 +57,14 @@ def create_app(settings: Settings) -> web.Application:
             log.warning("could not seed API keys into Redis (%s); config keys still work", exc)
         await health.start()
         estimator = CostEstimator(settings, redis)
-        gateway = Gateway(settings, redis, keys, router, health, estimator, GatewayMetrics())
+        gateway = Gateway(
+            settings, redis, keys, router, health, estimator, GatewayMetrics(), admission
+        )
         app[GATEWAY] = gateway
         yield
         await gateway.drain()
         await health.stop()
+        await admission.stop()
         await router.close()
         await redis.aclose()
 

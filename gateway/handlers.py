@@ -5,18 +5,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from backends.forward import open_upstream
+from admission.controller import Ticket
+from admission.domain import band_of
+from admission.lease import Lease
+from backends.backend import Backend
+from backends.forward import BackendUnreachable, open_upstream
 from backends.pools import Pool
 from backends.tokenize import engine_token_count
 from estimators.cost import Cost
-from fairgate.errors import backend_failed, invalid_api_key, model_not_found
+from fairgate.errors import (
+    backend_failed,
+    backend_unavailable,
+    invalid_api_key,
+    invalid_request,
+    model_not_found,
+)
 from fairgate.settings import TenantConfig
 from gateway.auth import authenticate
 from gateway.middleware import request_id_of
@@ -43,7 +56,7 @@ async def _tenant(request: web.Request, gateway: Gateway) -> tuple[str, TenantCo
 
 
 def inference(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """The handler of one inference endpoint."""
+    """The handler of one inference endpoint: auth, parse, estimate, admit, forward, learn."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
         gateway = request.app[GATEWAY]
@@ -57,7 +70,14 @@ def inference(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Strea
             "x-fairgate-estimate-prompt-tokens": str(cost.prompt_tokens),
             "x-fairgate-estimate-output-tokens": str(cost.expected_output),
         }
-        response, outcome = await _forward(request, pool, parsed, headers)
+        ticket = _ticket(request, gateway, tenant_id, tenant, pool, cost)
+        lease, backend, upstream = await _admit_and_connect(request, gateway, ticket, parsed)
+        outcome: Outcome | None = None
+        try:
+            headers["X-Fairgate-Backend"] = backend.name
+            response, outcome = await _relay(request, gateway, parsed, upstream, headers, lease)
+        finally:
+            await asyncio.shield(lease.release(_service_used(cost, parsed, outcome)))
         if outcome.usage is not None:
             gateway.in_background(_learn(gateway, tenant_id, parsed.model, cost, outcome))
         return response
@@ -79,28 +99,116 @@ async def _estimate(gateway: Gateway, tenant_id: str, parsed: InferenceRequest, 
     )
 
 
-async def _forward(
-    request: web.Request, pool: Pool, parsed: InferenceRequest, headers: dict[str, str]
-) -> tuple[web.StreamResponse, Outcome]:
-    """Send the request to an engine of ``pool`` and relay its answer to the client."""
-    backend, upstream = await open_upstream(
-        pool, parsed.endpoint.value, parsed.upstream_body(), _upstream_headers(request)
+def _ticket(
+    request: web.Request,
+    gateway: Gateway,
+    tenant_id: str,
+    tenant: TenantConfig,
+    pool: Pool,
+    cost: Cost,
+) -> Ticket:
+    """What admission needs to know, including the per-request priority and queue timeout."""
+    band = ""
+    if tenant.allow_priority_header and (asked := request.headers.get("X-Fairgate-Priority")):
+        lowest = min(t.priority for t in gateway.settings.tenants.values())
+        band = band_of(max(lowest, min(_number(asked, "X-Fairgate-Priority"), tenant.priority)))
+    timeout = tenant.queue_timeout_s
+    if asked := request.headers.get("X-Fairgate-Queue-Timeout"):
+        timeout = min(timeout, max(_number(asked, "X-Fairgate-Queue-Timeout"), 0.001))
+    return Ticket(
+        request_id=f"{request_id_of(request)}.{uuid.uuid4().hex[:8]}",
+        tenant=tenant_id,
+        tokens=cost.inflight_tokens,
+        service=cost.input_weight * cost.prompt_tokens,
+        pool=pool.name,
+        band=band,
+        timeout_s=timeout,
     )
-    headers = {**headers, "X-Fairgate-Backend": backend.name}
+
+
+def _number(value: str, header: str) -> int:
+    try:
+        return int(float(value))
+    except ValueError:
+        raise invalid_request(f"The {header} header must be a number, not {value!r}.") from None
+
+
+async def _admit_and_connect(
+    request: web.Request, gateway: Gateway, ticket: Ticket, parsed: InferenceRequest
+) -> tuple[Lease, Backend, aiohttp.ClientResponse]:
+    """Wait for admission, then connect to the granted backend.
+
+    A backend that cannot be reached received nothing: it is marked down for every replica,
+    its lease released, and admission asked once more (it grants another backend if any).
+    """
+    failures = []
+    for attempt in range(2):
+        lease = await gateway.admission.acquire(
+            ticket if attempt == 0 else replace(ticket, request_id=ticket.request_id + ".retry")
+        )
+        backend = gateway.router.backend(lease.backend)
+        try:
+            upstream = await open_upstream(
+                backend, parsed.endpoint.value, parsed.upstream_body(), _upstream_headers(request)
+            )
+        except BackendUnreachable as exc:
+            failures.append(str(exc))
+            await asyncio.shield(lease.release(None))
+            await gateway.admission.set_backend_down(
+                backend.name, gateway.settings.server.unhealthy_backoff_s
+            )
+            continue
+        except BaseException:
+            await asyncio.shield(lease.release(None))
+            raise
+        return lease, backend, upstream
+    raise backend_unavailable(
+        f"No engine of pool '{ticket.pool}' could be reached ({'; '.join(failures)})."
+    )
+
+
+async def _relay(
+    request: web.Request,
+    gateway: Gateway,
+    parsed: InferenceRequest,
+    upstream: aiohttp.ClientResponse,
+    headers: dict[str, str],
+    lease: Lease,
+) -> tuple[web.StreamResponse, Outcome]:
+    """Relay the engine's answer; streamed output is charged to the tenant as it flows."""
     try:
         if parsed.stream and is_event_stream(upstream):
-            result = await relay_stream(request, upstream, parsed.client_wants_usage, headers)
+            meter = _OutputMeter(gateway, lease)
+            result = await relay_stream(
+                request, upstream, parsed.client_wants_usage, headers, meter
+            )
         else:
             try:
                 result = await relay_body(upstream, headers)
             except UPSTREAM_READ_ERRORS as exc:
-                message = f"The engine {backend.name} failed mid-response: {exc!r}"
+                message = f"The engine failed mid-response: {exc!r}"
                 raise backend_failed(message) from exc
     except BaseException:
         upstream.close()  # the client went away or the engine failed: abort upstream now
         raise
     upstream.release()
     return result
+
+
+class _OutputMeter:
+    """Charges streamed output to the tenant in batches, off the relay's path."""
+
+    def __init__(self, gateway: Gateway, lease: Lease) -> None:
+        self._gateway = gateway
+        self._lease = lease
+        self._every = gateway.settings.admission.charge_every_tokens
+        self._weight = gateway.settings.estimation.output_weight
+        self._charged = 0
+
+    def __call__(self, chunks: int) -> None:
+        if chunks - self._charged >= self._every:
+            batch, self._charged = chunks - self._charged, chunks
+            self._gateway.in_background(self._lease.charge(self._weight * batch))
 
 
 async def _learn(
@@ -110,6 +218,20 @@ async def _learn(
     completed = outcome.completed and outcome.status == 200
     seen = await gateway.estimator.observe(tenant_id, model, cost, outcome.usage, completed)
     gateway.metrics.observed(model, seen)
+
+
+def _service_used(cost: Cost, parsed: InferenceRequest, outcome: Outcome | None) -> float | None:
+    """The service a request used, from the engine's usage, else from the chunks relayed."""
+    if outcome is None:
+        return None
+    usage = outcome.usage or {}
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if isinstance(prompt, int):
+        output = completion if isinstance(completion, int) else 0
+        return cost.input_weight * prompt + cost.output_weight * output
+    if parsed.stream:
+        return cost.input_weight * cost.prompt_tokens + cost.output_weight * outcome.chunks
+    return None
 
 
 def _upstream_headers(request: web.Request) -> dict[str, str]:

@@ -13,7 +13,7 @@ makes the engine abort the request and free its KV cache.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,8 +96,9 @@ async def relay_stream(
     upstream: aiohttp.ClientResponse,
     client_wants_usage: bool,
     headers: Mapping[str, str],
+    meter: Callable[[int], None] | None = None,
 ) -> tuple[web.StreamResponse, Outcome]:
-    """Relay an SSE response event by event."""
+    """Relay an SSE response event by event; ``meter`` hears the running count of chunks."""
     outcome = Outcome(upstream.status)
     stream = _StreamFilter(client_wants_usage, outcome)
     response = web.StreamResponse(
@@ -119,6 +120,8 @@ async def relay_stream(
             break
         if out := stream.feed(data):
             await response.write(out)
+            if meter is not None:
+                meter(outcome.chunks)
     if stream.splitter.tail and outcome.error is None:
         await response.write(stream.splitter.tail)
     await response.write_eof()

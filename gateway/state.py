@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 from redis.asyncio import Redis
 
+from admission.controller import Admission
 from backends.health import HealthChecker
 from backends.pools import Router
 from estimators.estimator import CostEstimator
@@ -30,6 +31,7 @@ class Gateway:
     health: HealthChecker
     estimator: CostEstimator
     metrics: GatewayMetrics
+    admission: Admission
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def in_background(self, work: Coroutine[Any, Any, Any]) -> None:

@@ -109,6 +109,23 @@ async def redis_url(redis_proc) -> AsyncIterator[str]:  # noqa: ANN001 - pytest-
     await client.aclose()
 
 
+async def redis_contents(url: str) -> dict[str, object]:
+    """Every key of a Redis and its value, whatever its type (to inspect what is left)."""
+    client = Redis.from_url(url)
+    readers = {
+        b"hash": client.hgetall,
+        b"zset": lambda k: client.zrange(k, 0, -1, withscores=True),
+        b"list": lambda k: client.lrange(k, 0, -1),
+        b"set": client.smembers,
+        b"string": client.get,
+    }
+    contents = {}
+    async for key in client.scan_iter():
+        contents[key.decode()] = await readers[await client.type(key)](key)
+    await client.aclose()
+    return contents
+
+
 @dataclass
 class RunningGateway:
     url: str

@@ -1,0 +1,249 @@
+"""Admission as one gateway replica sees it: ask for a grant, wait fairly, hold a lease.
+
+``acquire`` queues a request in Redis (one script call, which often grants it at once) and,
+if it must wait, waits for its grant. Grants reach the waiting replica through Redis pub/sub;
+a periodic upkeep also polls for grants of local waiters, so a lost message delays a request
+by at most ``upkeep_interval_s`` and never strands it. The upkeep also reclaims what dead
+replicas left behind, dispatches, and renews this replica's queued entries and leases (so that
+they expire, and their capacity returns, only if this replica dies).
+
+Every grant ends in exactly one release: the gateway releases in a ``finally``; a waiter whose
+client leaves withdraws, and if its grant raced the withdrawal, releases it at once.
+
+With Redis unreachable, ``fail_mode: closed`` answers 503 and ``fail_mode: open`` admits under
+per-replica limits (see :mod:`admission.local`), loudly; both recover on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from admission.domain import domain_prefix, grants_channel, publish_config
+from admission.lease import Lease
+from admission.local import LocalLimits
+from admission.scripts import AdmissionScripts
+from fairgate.errors import GatewayError, admission_unavailable, rate_limited
+from fairgate.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_TIMEOUT = "!timeout"
+_LOST = "!lost"
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """One request asking to run: who, where, how much."""
+
+    request_id: str
+    tenant: str
+    tokens: int  # held against budgets while it runs
+    service: float  # charged at dispatch (the input cost)
+    pool: str
+    band: str  # '' for the tenant's own
+    timeout_s: float
+
+
+class Admission:
+    """The admission client of one gateway replica."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        config = settings.admission
+        self.owner = uuid.uuid4().hex[:16]
+        self.prefix = domain_prefix(settings)
+        self.scripts = AdmissionScripts(
+            redis, self.prefix, int(config.lease_ttl_s * 1000), config.max_grants_per_call
+        )
+        self._redis = redis
+        self._settings = settings
+        self._config = config
+        self._waiters: dict[str, asyncio.Future[str]] = {}
+        self._leases: set[str] = set()
+        self._local = LocalLimits(settings)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._warned_at = 0.0
+
+    async def start(self) -> None:
+        try:
+            await publish_config(self._redis, self.prefix, self._settings)
+        except RedisError as exc:
+            log.warning("could not publish admission config to Redis: %s", exc)
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="admission-grants"),
+            asyncio.create_task(self._upkeep(), name="admission-upkeep"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # ------------------------------------------------------------------------- acquiring
+
+    async def acquire(self, ticket: Ticket) -> Lease:
+        """Wait until the request may run, in fair order (429: queue full, or waited too long)."""
+        try:
+            outcome = await self.scripts.enqueue(
+                ticket.request_id,
+                ticket.tenant,
+                ticket.tokens,
+                ticket.service,
+                ticket.pool,
+                ticket.band,
+                self.owner,
+                int(ticket.timeout_s * 1000),
+            )
+        except RedisError as exc:
+            return self._without_redis(ticket, exc)
+        self._resolve(outcome.grants)
+        if outcome.state == "granted":
+            return self._lease(ticket.request_id, outcome.backend)
+        if outcome.state == "full":
+            raise rate_limited(
+                f"Too many requests of tenant '{ticket.tenant}' are already waiting.", 1.0
+            )
+        if outcome.state != "queued":
+            raise GatewayError(
+                500, f"Admission refused the request: {outcome.state}.", "server_error"
+            )
+        return await self._wait(ticket)
+
+    async def _wait(self, ticket: Ticket) -> Lease:
+        request_id = ticket.request_id
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiters[request_id] = future
+        try:
+            async with asyncio.timeout(ticket.timeout_s):
+                backend = await future
+        except TimeoutError:
+            backend = await self._withdraw(request_id) or _TIMEOUT
+        except asyncio.CancelledError:  # the client went away while queued
+            backend = await asyncio.shield(self._withdraw(request_id))
+            if backend:
+                await asyncio.shield(self.release(request_id, None))
+            raise
+        finally:
+            self._waiters.pop(request_id, None)
+        if backend == _TIMEOUT:
+            raise rate_limited(
+                f"The request waited {ticket.timeout_s:g} s in the queue of tenant "
+                f"'{ticket.tenant}' without being admitted.",
+                ticket.timeout_s / 2,
+            )
+        if backend == _LOST:
+            raise admission_unavailable("The queued request was lost; please retry.")
+        return self._lease(request_id, backend)
+
+    async def _withdraw(self, request_id: str) -> str | None:
+        """Leave the queue; the backend if the request was granted meanwhile (a lease to use)."""
+        try:
+            outcome = await self.scripts.cancel(request_id)
+        except RedisError:
+            return None  # the entry expires with the lease TTL
+        self._resolve(outcome.grants)
+        return outcome.backend if outcome.state == "leased" else None
+
+    def _lease(self, request_id: str, backend: str) -> Lease:
+        self._leases.add(request_id)
+        return Lease(request_id, backend, self._charge, self.release)
+
+    async def _charge(self, request_id: str, service: float) -> None:
+        try:
+            if not await self.scripts.charge(request_id, service):
+                log.warning("lease %s was reclaimed while its request ran", request_id)
+        except RedisError as exc:
+            log.debug("charge of %s failed: %s", request_id, exc)
+
+    async def release(self, request_id: str, service: float | None) -> None:
+        """Free a lease (idempotent); hands what it frees to the next in fair order."""
+        self._leases.discard(request_id)
+        try:
+            outcome = await self.scripts.release(request_id, service)
+        except RedisError as exc:
+            log.warning("release of %s failed (%s); it expires with its lease TTL", request_id, exc)
+            return
+        self._resolve(outcome.grants)
+
+    async def set_backend_down(self, backend: str, down_for_s: float) -> None:
+        """Keep ``backend`` out of dispatch for a while (0 brings it back), on every replica."""
+        try:
+            if down_for_s <= 0:
+                await self._redis.hdel(self.prefix + "down", backend)
+                return
+            seconds, micros = await self._redis.time()
+            until = seconds * 1000 + micros // 1000 + int(down_for_s * 1000)
+            await self._redis.hset(self.prefix + "down", backend, until)
+        except RedisError as exc:
+            log.debug("could not record the health of %s: %s", backend, exc)
+
+    def _resolve(self, grants: list[tuple[str, str]]) -> None:
+        for request_id, backend in grants:
+            future = self._waiters.get(request_id)
+            if future is not None and not future.done():
+                future.set_result(backend)
+
+    def _without_redis(self, ticket: Ticket, exc: Exception) -> Lease:
+        now = time.monotonic()
+        if now - self._warned_at > 5:
+            self._warned_at = now
+            log.error(
+                "admission: Redis is unreachable (%s); fail_mode=%s", exc, self._config.fail_mode
+            )
+        if self._config.fail_mode == "closed":
+            raise admission_unavailable("Admission is unavailable (Redis unreachable).")
+        return self._local.admit(ticket)
+
+    # ---------------------------------------------------------------------------- upkeep
+
+    async def _listen(self) -> None:
+        """Hear grants to this replica's waiters (and queue timeouts) on pub/sub."""
+        channel = grants_channel(self.prefix, self.owner)
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(channel)
+                async for message in pubsub.listen():
+                    request_id, _, backend = message["data"].decode().partition(" ")
+                    self._resolve([(request_id, backend)])
+            except (RedisError, OSError) as exc:
+                log.debug("grant subscription interrupted: %s", exc)
+                await asyncio.sleep(self._config.upkeep_interval_s)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()
+
+    async def _upkeep(self) -> None:
+        renew_every = self._config.lease_ttl_s / 3
+        renewed = time.monotonic()
+        while True:
+            await asyncio.sleep(self._config.upkeep_interval_s)
+            try:
+                self._resolve(await self.scripts.tick())
+                await self._poll_grants()
+                if time.monotonic() - renewed >= renew_every:
+                    renewed = time.monotonic()
+                    await self._renew()
+            except (RedisError, OSError) as exc:
+                log.debug("admission upkeep failed: %s", exc)
+
+    async def _poll_grants(self) -> None:
+        waiting = list(self._waiters)
+        if waiting:
+            found = await self._redis.hmget(self.prefix + "granted", waiting)
+            self._resolve([(i, b.decode()) for i, b in zip(waiting, found, strict=True) if b])
+
+    async def _renew(self) -> None:
+        for request_id in await self.scripts.renew([*self._waiters, *self._leases]):
+            future = self._waiters.get(request_id)
+            if future is not None and not future.done():
+                future.set_result(_LOST)

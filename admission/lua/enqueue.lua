@@ -1,0 +1,36 @@
+-- Queue a request and dispatch whatever fits now (often this very request: one round trip).
+-- ARGV: id, tenant, tokens in flight, service charged at dispatch, pool, band ('' = the
+--       tenant's), owner, queue timeout ms, ttl ms, max grants
+-- Returns {state, backend or '', grants...}; state: granted | queued | full | unknown_tenant
+--         | unknown_pool | duplicate. grants: id, backend pairs of every grant made.
+local id, t, pool, owner = ARGV[1], ARGV[2], ARGV[5], ARGV[7]
+local ttl, max_grants = tonumber(ARGV[9]), tonumber(ARGV[10])
+local now = now_ms()
+sweep(now)
+local tc = tenant_cfg(t)
+if not tc then return {'unknown_tenant', ''} end
+if redis.call('HEXISTS', P .. 'cfg:pools', pool) == 0 then return {'unknown_pool', ''} end
+if redis.call('HEXISTS', P .. 'req', id) == 1 or redis.call('HEXISTS', P .. 'lease', id) == 1 then
+  return {'duplicate', ''}
+end
+local band = ARGV[6] ~= '' and ARGV[6] or tostring(tc.band)
+local seq = redis.call('INCR', P .. 'seq')
+mark_backlogged(t, band)
+local r = {t = t, tok = tonumber(ARGV[3]), svc = tonumber(ARGV[4]), pool = pool, band = band,
+           o = owner, seq = seq}
+redis.call('HSET', P .. 'req', id, cjson.encode(r))
+redis.call('ZADD', P .. 'q:' .. t, seq, id)
+redis.call('ZADD', P .. 'fifo', seq, id)
+redis.call('ZADD', P .. 'exp', now + ttl, id)
+redis.call('ZADD', P .. 'dl', now + tonumber(ARGV[8]), id)
+local grants = dispatch(now, ttl, max_grants)
+local backend = redis.call('HGET', P .. 'granted', id)
+if backend then
+  return {'granted', backend, unpack(grants)}
+end
+-- A request that could not run at once counts against the tenant's queue limit.
+if redis.call('ZCARD', P .. 'q:' .. t) > tc.mq then
+  unqueue(id)
+  return {'full', '', unpack(grants)}
+end
+return {'queued', '', unpack(grants)}

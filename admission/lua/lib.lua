@@ -1,0 +1,266 @@
+-- fairgate admission: shared functions of every admission script.
+--
+-- Every key of one admission domain shares one hash tag, so all scripts run on one Redis
+-- Cluster slot. KEYS[1] is the domain's key prefix, e.g. "fairgate:{adm}:"; all other keys are
+-- derived from it. Time comes from the Redis server (TIME), so replicas with skewed clocks agree.
+--
+-- State (P = prefix):
+--   P.cfg:tenants  hash  tenant -> json {w, mc, mt, mq, band}
+--   P.cfg:backends hash  backend -> json {pool, mc, mt}
+--   P.cfg:pools    hash  pool -> json [backend, ...]
+--   P.cfg:bands    hash  band -> weight
+--   P.cfg:policy   string "vtc" | "fcfs" | "shadow"
+--   P.req          hash  request id -> json of a queued request
+--   P.q:<tenant>   zset  queued request ids by arrival sequence (FCFS within a tenant)
+--   P.fifo         zset  every queued id by arrival sequence (the FCFS policy)
+--   P.backlog:<band> zset backlogged tenants of a band by virtual counter
+--   P.bandlog      zset  backlogged bands by band counter
+--   P.vtc          hash  tenant -> virtual counter (service / weight); band:<b> -> band counter
+--   P.vfloor       hash  band -> system virtual time (lift floor when nothing is backlogged)
+--   P.lease        hash  request id -> json of a granted request
+--   P.exp          zset  id -> expiry ms (leases and queued entries; renewed by their owner)
+--   P.dl           zset  queued id -> queue deadline ms
+--   P.tload        hash  <tenant>:r / <tenant>:t -> requests / tokens in flight
+--   P.bload        hash  <backend>:r / <backend>:t -> requests / tokens in flight
+--   P.granted      hash  id -> backend (for owners polling instead of hearing pub/sub)
+--   P.down         hash  backend -> ms until which it takes no work
+--   P.stats        hash  counters (grants, reclaimed, timeouts, shadow agreement)
+--   channel P.grants:<owner>  "<id> <backend>" on grant, "<id> !timeout" on queue timeout
+
+local P = KEYS[1]
+local MAX_SWEEP = 64
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function decode(raw)
+  if not raw then return nil end
+  return cjson.decode(raw)
+end
+
+local function tenant_cfg(t) return decode(redis.call('HGET', P .. 'cfg:tenants', t)) end
+local function backend_cfg(b) return decode(redis.call('HGET', P .. 'cfg:backends', b)) end
+
+local function counter(field)
+  return tonumber(redis.call('HGET', P .. 'vtc', field) or '0')
+end
+
+local function band_weight(band)
+  return tonumber(redis.call('HGET', P .. 'cfg:bands', tostring(band)) or '1')
+end
+
+-- add to a load hash; a field that returns to zero is deleted, so idle state is empty
+local function add_load(key, field, delta)
+  local v = redis.call('HINCRBYFLOAT', key, field, delta)
+  if tonumber(v) <= 0 then redis.call('HDEL', key, field) end
+end
+
+local function load(key, field)
+  return tonumber(redis.call('HGET', key, field) or '0')
+end
+
+-- Charge service to a tenant and its band: counters only grow.
+local function charge(t, band, weight, service)
+  if service <= 0 then return end
+  local c = redis.call('HINCRBYFLOAT', P .. 'vtc', t, service / weight)
+  if redis.call('ZSCORE', P .. 'backlog:' .. band, t) then
+    redis.call('ZADD', P .. 'backlog:' .. band, c, t)
+  end
+  local bc = redis.call('HINCRBYFLOAT', P .. 'vtc', 'band:' .. band, service / band_weight(band))
+  if redis.call('ZSCORE', P .. 'bandlog', band) then
+    redis.call('ZADD', P .. 'bandlog', bc, band)
+  end
+end
+
+-- The VTC lift rule: a newly backlogged member starts at no less than the smallest counter of
+-- the backlogged ones (or, with none, the system's virtual time), so idleness is not banked.
+local function lift(field, backlog_key, floor_field)
+  local own = counter(field)
+  local first = redis.call('ZRANGE', backlog_key, 0, 0, 'WITHSCORES')
+  local floor
+  if #first > 0 then
+    floor = tonumber(first[2])
+  else
+    floor = tonumber(redis.call('HGET', P .. 'vfloor', floor_field) or '0')
+  end
+  if floor > own then
+    redis.call('HSET', P .. 'vtc', field, floor)
+    return floor
+  end
+  return own
+end
+
+local function mark_backlogged(t, band)
+  local bkey = P .. 'backlog:' .. band
+  if not redis.call('ZSCORE', bkey, t) then
+    redis.call('ZADD', bkey, lift(t, bkey, band), t)
+  end
+  if not redis.call('ZSCORE', P .. 'bandlog', band) then
+    redis.call('ZADD', P .. 'bandlog', lift('band:' .. band, P .. 'bandlog', 'bands'), band)
+  end
+end
+
+local function unmark_if_idle(t, band)
+  if redis.call('ZCARD', P .. 'q:' .. t) == 0 then
+    redis.call('ZREM', P .. 'backlog:' .. band, t)
+    if redis.call('ZCARD', P .. 'backlog:' .. band) == 0 then
+      redis.call('ZREM', P .. 'bandlog', band)
+    end
+  end
+end
+
+-- Remove a queued request from every queue structure; returns its record or nil.
+local function unqueue(id)
+  local r = decode(redis.call('HGET', P .. 'req', id))
+  if not r then return nil end
+  redis.call('HDEL', P .. 'req', id)
+  redis.call('ZREM', P .. 'q:' .. r.t, id)
+  redis.call('ZREM', P .. 'fifo', id)
+  redis.call('ZREM', P .. 'exp', id)
+  redis.call('ZREM', P .. 'dl', id)
+  unmark_if_idle(r.t, r.band)
+  return r
+end
+
+-- Free what a lease holds; returns its record or nil if there is no such lease (idempotent).
+local function unlease(id)
+  local l = decode(redis.call('HGET', P .. 'lease', id))
+  if not l then return nil end
+  redis.call('HDEL', P .. 'lease', id)
+  redis.call('HDEL', P .. 'granted', id)
+  redis.call('ZREM', P .. 'exp', id)
+  add_load(P .. 'tload', l.t .. ':r', -1)
+  add_load(P .. 'tload', l.t .. ':t', -l.tok)
+  add_load(P .. 'bload', l.b .. ':r', -1)
+  add_load(P .. 'bload', l.b .. ':t', -l.tok)
+  return l
+end
+
+local function notify(owner, message)
+  redis.call('PUBLISH', P .. 'grants:' .. owner, message)
+end
+
+-- Reclaim leases and queued entries whose owner stopped renewing them (a dead replica), and
+-- drop queued requests past their deadline (their owner is told, if alive).
+local function sweep(now)
+  local expired = redis.call('ZRANGEBYSCORE', P .. 'exp', '-inf', now, 'LIMIT', 0, MAX_SWEEP)
+  for _, id in ipairs(expired) do
+    if unlease(id) or unqueue(id) then
+      redis.call('HINCRBY', P .. 'stats', 'reclaimed', 1)
+    end
+  end
+  local late = redis.call('ZRANGEBYSCORE', P .. 'dl', '-inf', now, 'LIMIT', 0, MAX_SWEEP)
+  for _, id in ipairs(late) do
+    local r = unqueue(id)
+    if r then
+      redis.call('HINCRBY', P .. 'stats', 'timeouts', 1)
+      notify(r.o, id .. ' !timeout')
+    end
+  end
+end
+
+-- Where the request could run now: a backend with room, or why not ("tenant" or "pool").
+-- One request larger than a whole budget may still run alone on an idle tenant / backend.
+local function place(r, tc, now)
+  local tr, tt = load(P .. 'tload', r.t .. ':r'), load(P .. 'tload', r.t .. ':t')
+  if tr >= tc.mc or (tt + r.tok > tc.mt and tr > 0) then return nil, 'tenant' end
+  local backends = decode(redis.call('HGET', P .. 'cfg:pools', r.pool)) or {}
+  local best, best_tokens = nil, nil
+  for _, b in ipairs(backends) do
+    local down = tonumber(redis.call('HGET', P .. 'down', b) or '0')
+    local bc = backend_cfg(b)
+    if bc and down <= now then
+      local br, bt = load(P .. 'bload', b .. ':r'), load(P .. 'bload', b .. ':t')
+      if br < bc.mc and (bt + r.tok <= bc.mt or br == 0) and (not best or bt < best_tokens) then
+        best, best_tokens = b, bt
+      end
+    end
+  end
+  if best then return best, nil end
+  return nil, 'pool'
+end
+
+local function grant(id, r, tc, b, now, ttl)
+  unqueue(id)
+  add_load(P .. 'tload', r.t .. ':r', 1)
+  add_load(P .. 'tload', r.t .. ':t', r.tok)
+  add_load(P .. 'bload', b .. ':r', 1)
+  add_load(P .. 'bload', b .. ':t', r.tok)
+  -- system virtual time: the counter of the tenant served, before its charge
+  local vt = counter(r.t)
+  if vt > tonumber(redis.call('HGET', P .. 'vfloor', r.band) or '0') then
+    redis.call('HSET', P .. 'vfloor', r.band, vt)
+  end
+  local bvt = counter('band:' .. r.band)
+  if bvt > tonumber(redis.call('HGET', P .. 'vfloor', 'bands') or '0') then
+    redis.call('HSET', P .. 'vfloor', 'bands', bvt)
+  end
+  charge(r.t, r.band, tc.w, r.svc)
+  local l = {t = r.t, b = b, tok = r.tok, o = r.o, band = r.band, ch = r.svc, w = tc.w}
+  redis.call('HSET', P .. 'lease', id, cjson.encode(l))
+  redis.call('ZADD', P .. 'exp', now + ttl, id)
+  redis.call('HSET', P .. 'granted', id, b)
+  redis.call('HINCRBY', P .. 'stats', 'grants', 1)
+  notify(r.o, id .. ' ' .. b)
+end
+
+-- Tenants in the order the policy serves them, each with the id at the head of its queue.
+local function fair_order()
+  local order = {}
+  local bands = redis.call('ZRANGE', P .. 'bandlog', 0, -1)
+  for _, band in ipairs(bands) do
+    for _, t in ipairs(redis.call('ZRANGE', P .. 'backlog:' .. band, 0, -1)) do
+      local head = redis.call('ZRANGE', P .. 'q:' .. t, 0, 0)[1]
+      if head then order[#order + 1] = head end
+    end
+  end
+  return order
+end
+
+local function arrival_order()
+  local order, seen = {}, {}
+  for _, id in ipairs(redis.call('ZRANGE', P .. 'fifo', 0, -1)) do
+    local r = decode(redis.call('HGET', P .. 'req', id))
+    if r and not seen[r.t] then  -- only the head of each tenant's queue may go (FCFS within)
+      seen[r.t] = true
+      order[#order + 1] = id
+    end
+  end
+  return order
+end
+
+-- Grant every queued request that fits, in policy order. A head that is blocked only by its
+-- pool being full reserves that pool for this round, so that smaller requests of tenants
+-- further back cannot starve it. Returns the grants as {id, backend, ...}.
+local function dispatch(now, ttl, max_grants)
+  local policy = redis.call('GET', P .. 'cfg:policy') or 'vtc'
+  local grants = {}
+  while #grants < 2 * max_grants do
+    local order = (policy == 'vtc') and fair_order() or arrival_order()
+    local reserved, granted = {}, false
+    for index, id in ipairs(order) do
+      local r = decode(redis.call('HGET', P .. 'req', id))
+      local tc = r and tenant_cfg(r.t)
+      if r and tc and not reserved[r.pool] then
+        local b, blocked = place(r, tc, now)
+        if b then
+          if policy == 'shadow' then
+            local fair = fair_order()[1]
+            redis.call('HINCRBY', P .. 'stats', fair == id and 'shadow_agree' or 'shadow_differ', 1)
+          end
+          grant(id, r, tc, b, now, ttl)
+          grants[#grants + 1] = id
+          grants[#grants + 1] = b
+          granted = true
+          break
+        elseif blocked == 'pool' then
+          reserved[r.pool] = true
+        end
+      end
+    end
+    if not granted then break end
+  end
+  return grants
+end

@@ -1,0 +1,92 @@
+"""The admission Lua scripts, loaded once per Redis client.
+
+Each state change of admission is one script: one atomic step on the Redis server. The
+scripts share their functions through ``lua/lib.lua``, which is prepended to each entry script
+(Redis has no ``require``). ``KEYS[1]`` is always the admission domain's key prefix; every
+other key shares its hash tag, so the scripts also run on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+
+from redis.asyncio import Redis
+
+_LUA = resources.files("admission").joinpath("lua")
+_LIB = _LUA.joinpath("lib.lua").read_text()
+
+
+def _load(redis: Redis, name: str):  # noqa: ANN202 - redis-py's AsyncScript
+    return redis.register_script(_LIB + "\n" + _LUA.joinpath(f"{name}.lua").read_text())
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pairs(values: list[bytes | str]) -> list[tuple[str, str]]:
+    """``[id, backend, id, backend, ...]`` as pairs."""
+    items = [_text(v) for v in values]
+    return list(zip(items[0::2], items[1::2], strict=True))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a script decided: the state of the request asked about, and every grant made."""
+
+    state: str
+    backend: str
+    grants: list[tuple[str, str]]
+
+
+class AdmissionScripts:
+    """Typed calls of the admission scripts for one admission domain."""
+
+    def __init__(self, redis: Redis, prefix: str, ttl_ms: int, max_grants: int) -> None:
+        self._keys = [prefix]
+        self._ttl = ttl_ms
+        self._max = max_grants
+        self._enqueue = _load(redis, "enqueue")
+        self._release = _load(redis, "release")
+        self._charge = _load(redis, "charge")
+        self._renew = _load(redis, "renew")
+        self._cancel = _load(redis, "cancel")
+        self._tick = _load(redis, "tick")
+
+    async def enqueue(
+        self,
+        request_id: str,
+        tenant: str,
+        tokens: int,
+        service: float,
+        pool: str,
+        band: str,
+        owner: str,
+        timeout_ms: int,
+    ) -> Outcome:
+        args = [request_id, tenant, tokens, service, pool, band, owner, timeout_ms]
+        result = await self._enqueue(keys=self._keys, args=[*args, self._ttl, self._max])
+        return Outcome(_text(result[0]), _text(result[1]), _pairs(result[2:]))
+
+    async def release(self, request_id: str, service: float | None) -> Outcome:
+        used = "" if service is None else service
+        result = await self._release(keys=self._keys, args=[request_id, used, self._ttl, self._max])
+        return Outcome("released" if int(result[0]) else "gone", "", _pairs(result[1:]))
+
+    async def charge(self, request_id: str, service: float) -> bool:
+        return bool(await self._charge(keys=self._keys, args=[request_id, service, self._ttl]))
+
+    async def renew(self, request_ids: list[str]) -> list[str]:
+        """Renew expiries; returns the ids that no longer exist."""
+        if not request_ids:
+            return []
+        lost = await self._renew(keys=self._keys, args=[self._ttl, *request_ids])
+        return [_text(v) for v in lost]
+
+    async def cancel(self, request_id: str) -> Outcome:
+        result = await self._cancel(keys=self._keys, args=[request_id, self._ttl, self._max])
+        return Outcome(_text(result[0]), _text(result[1]), _pairs(result[2:]))
+
+    async def tick(self) -> list[tuple[str, str]]:
+        return _pairs(await self._tick(keys=self._keys, args=[self._ttl, self._max]))
