@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,14 +100,41 @@ async def _close(clients: list[openai.AsyncOpenAI], http: aiohttp.ClientSession)
 # ------------------------------------------------------------------------- Redis, gateway
 
 
+#: Admission keys that hold requests in flight or waiting: all must be gone when traffic stops.
+INFLIGHT_KEYS = ("tload", "bload", "lease", "req", "exp", "dl", "fifo", "granted", "bandlog")
+
+
+async def inflight_state(client: Redis, prefix: str = "fairgate:{adm}:") -> dict[str, object]:
+    """What admission still holds: in-flight counters, leases, queues (empty when idle)."""
+    left: dict[str, object] = {}
+    for name in INFLIGHT_KEYS:
+        if await client.exists(prefix + name):
+            left[name] = await client.dump(prefix + name)
+    async for key in client.scan_iter(match=f"{prefix}q:*"):
+        left[key.decode()] = await client.zrange(key, 0, -1)
+    async for key in client.scan_iter(match=f"{prefix}backlog:*"):
+        left[key.decode()] = await client.zrange(key, 0, -1)
+    return left
+
+
 @pytest.fixture
 async def redis_url(redis_proc) -> AsyncIterator[str]:  # noqa: ANN001 - pytest-redis executor
-    """A private redis-server (started once per session by pytest-redis), emptied per test."""
+    """A private redis-server (started once per session by pytest-redis), emptied per test.
+
+    After the test, every admission counter, lease and queue must be back to empty: nothing
+    a test did may leak capacity (leases of killed processes expire within their TTL).
+    """
     url = f"redis://{redis_proc.host}:{redis_proc.port}/0"
     client = Redis.from_url(url)
     await client.flushall()
     yield url
+    for _ in range(300):
+        left = await inflight_state(client)
+        if not left:
+            break
+        await asyncio.sleep(0.05)
     await client.aclose()
+    assert not left, f"admission state left in Redis after the test: {sorted(left)}"
 
 
 async def redis_contents(url: str) -> dict[str, object]:
