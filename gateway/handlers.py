@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -111,7 +112,9 @@ def _ticket(
     band = ""
     if tenant.allow_priority_header and (asked := request.headers.get("X-Fairgate-Priority")):
         lowest = min(t.priority for t in gateway.settings.tenants.values())
-        band = band_of(max(lowest, min(_number(asked, "X-Fairgate-Priority"), tenant.priority)))
+        band = band_of(
+            max(lowest, min(int(_number(asked, "X-Fairgate-Priority")), tenant.priority))
+        )
     timeout = tenant.queue_timeout_s
     if asked := request.headers.get("X-Fairgate-Queue-Timeout"):
         timeout = min(timeout, max(_number(asked, "X-Fairgate-Queue-Timeout"), 0.001))
@@ -126,11 +129,14 @@ def _ticket(
     )
 
 
-def _number(value: str, header: str) -> int:
+def _number(value: str, header: str) -> float:
     try:
-        return int(float(value))
+        number = float(value)
     except ValueError:
-        raise invalid_request(f"The {header} header must be a number, not {value!r}.") from None
+        number = math.nan
+    if not math.isfinite(number):
+        raise invalid_request(f"The {header} header must be a number, not {value!r}.")
+    return number
 
 
 async def _admit_and_connect(

@@ -1,0 +1,270 @@
+"""Who goes next: weighted fairness, the lift rule, priority bands, FCFS as the baseline.
+
+The first tests drive the admission scripts directly on a real Redis, releasing one request
+at a time, so the order of grants is exact. The last ones run real traffic through a gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai
+import pytest
+from redis.asyncio import Redis
+
+from admission.domain import domain_prefix, publish_config
+from admission.scripts import AdmissionScripts
+from fairgate.settings import Settings
+from tests.conftest import RunningGateway, StartGateway, StartSim, gateway_config
+
+SERVICE = 100.0  # every test request costs the same: input charged at dispatch
+_ids = itertools.count()
+
+
+class Domain:
+    """An admission domain on the test Redis, with helpers to enqueue and release."""
+
+    def __init__(self, scripts: AdmissionScripts) -> None:
+        self.scripts = scripts
+        self.leased: list[str] = []
+
+    async def enqueue(self, tenant: str, n: int = 1) -> list[str]:
+        states = []
+        for _ in range(n):
+            request_id = f"{tenant}-{next(_ids)}"
+            outcome = await self.scripts.enqueue(
+                request_id, tenant, 10, SERVICE, "p", "", "owner", 60_000
+            )
+            states.append(outcome.state)
+            if outcome.state == "granted":
+                self.leased.append(request_id)
+        return states
+
+    async def release_next(self, used: float = 3 * SERVICE) -> list[str]:
+        """Release the oldest lease; returns the tenants granted in consequence."""
+        request_id = self.leased.pop(0)
+        outcome = await self.scripts.release(request_id, used)
+        self.leased.extend(i for i, _ in outcome.grants)
+        return [i.split("-")[0] for i, _ in outcome.grants]
+
+    async def drain(self) -> None:
+        """Cancel everything queued and release every lease (tests leave Redis clean)."""
+        for request_id in await self.scripts._cancel.registered_client.hkeys(  # noqa: SLF001
+            self.scripts._keys[0] + "req"  # noqa: SLF001
+        ):
+            await self.scripts.cancel(request_id.decode())
+        while self.leased:
+            await self.scripts.release(self.leased.pop(), None)
+
+
+@pytest.fixture
+async def domain(redis_url: str) -> AsyncIterator[Any]:
+    """Build a domain: ``await domain(tenants={...}, capacity=1, policy="vtc")``."""
+    redis = Redis.from_url(redis_url)
+    made: list[Domain] = []
+
+    async def make(tenants: dict[str, dict], capacity: int = 1, **admission: Any) -> Domain:
+        settings = Settings(
+            redis={"url": redis_url},
+            pools={
+                "p": {
+                    "backends": {
+                        "b": {
+                            "url": "http://127.0.0.1:9",
+                            "models": ["m"],
+                            "max_concurrency": capacity,
+                        }
+                    }
+                }
+            },
+            tenants={name: {"max_queued": 1000, **cfg} for name, cfg in tenants.items()},
+            admission=admission,
+        )
+        await publish_config(redis, domain_prefix(settings), settings)
+        made.append(Domain(AdmissionScripts(redis, domain_prefix(settings), 60_000, 32)))
+        return made[-1]
+
+    yield make
+    for d in made:
+        await d.drain()
+    await redis.aclose()
+
+
+async def test_backlogged_tenants_are_served_in_proportion_to_their_weights(domain: Any) -> None:
+    d = await domain({"a": {"weight": 1}, "b": {"weight": 2}, "c": {"weight": 4}})
+    for tenant in "abc":
+        await d.enqueue(tenant, 80)
+    served = Counter()
+    for _ in range(140):
+        served.update(await d.release_next())
+    assert abs(served["a"] - 20) <= 1 and abs(served["b"] - 40) <= 1 and abs(served["c"] - 80) <= 2
+
+
+async def test_fcfs_serves_in_arrival_order_whatever_the_weights(domain: Any) -> None:
+    d = await domain({"a": {"weight": 1}, "b": {"weight": 2}, "c": {"weight": 4}}, policy="fcfs")
+    for _ in range(50):
+        for tenant in "abc":
+            await d.enqueue(tenant)
+    served = Counter()
+    for _ in range(90):
+        served.update(await d.release_next())
+    assert served == {"a": 30, "b": 30, "c": 30}
+
+
+async def test_shadow_dispatches_fcfs_and_counts_where_vtc_would_differ(
+    domain: Any, redis_url: str
+) -> None:
+    d = await domain({"a": {"weight": 1}, "c": {"weight": 4}}, policy="shadow")
+    for _ in range(20):
+        await d.enqueue("a")
+        await d.enqueue("c")
+    order = [tenant for _ in range(20) for tenant in await d.release_next()]
+    assert order == ["c", "a"] * 10  # arrival order: a's first request was granted at once
+    stats = await Redis.from_url(redis_url).hgetall("fairgate:{adm}:stats")
+    assert int(stats[b"shadow_differ"]) > 0 and int(stats[b"shadow_agree"]) > 0
+
+
+async def test_a_flood_cannot_push_a_light_tenant_back_more_than_one_slot(domain: Any) -> None:
+    d = await domain({"flood": {}, "light": {}}, capacity=2)
+    await d.enqueue("flood", 40)  # two run, 38 wait
+    assert await d.enqueue("light") == ["queued"]
+    assert await d.release_next() == ["light"]  # the very next free slot
+
+
+async def test_with_fcfs_the_light_tenant_waits_behind_the_whole_flood(domain: Any) -> None:
+    d = await domain({"flood": {}, "light": {}}, capacity=2, policy="fcfs")
+    await d.enqueue("flood", 40)
+    await d.enqueue("light")
+    waited = 0
+    while "light" not in await d.release_next():
+        waited += 1
+    assert waited == 38
+
+
+async def test_a_returning_tenant_is_lifted_and_cannot_cash_in_idle_time(domain: Any) -> None:
+    d = await domain({"a": {}, "b": {}, "idle": {}})
+    await d.enqueue("a", 30)
+    await d.enqueue("b", 30)
+    for _ in range(40):
+        await d.release_next()  # a and b have been served a lot; "idle" nothing
+    await d.enqueue("idle", 30)
+    served = Counter()
+    for _ in range(12):
+        served.update(await d.release_next())
+    assert served == {"a": 4, "b": 4, "idle": 4}  # a third, not all twelve
+
+
+async def test_a_lower_priority_band_keeps_its_minimum_share(domain: Any) -> None:
+    d = await domain({"high": {"priority": 1}, "low": {"priority": 0}}, priority_min_share=0.2)
+    await d.enqueue("high", 120)
+    await d.enqueue("low", 120)
+    served = Counter()
+    for _ in range(100):
+        served.update(await d.release_next())
+    assert 18 <= served["low"] <= 22 and served["high"] == 100 - served["low"]
+
+
+async def test_a_lower_band_alone_gets_everything(domain: Any) -> None:
+    d = await domain({"high": {"priority": 1}, "low": {"priority": 0}})
+    assert await d.enqueue("low", 3) == ["granted", "queued", "queued"]
+    assert [await d.release_next(), await d.release_next()] == [["low"], ["low"]]
+
+
+# ------------------------------------------------------------------- through the gateway
+
+
+async def shares(
+    gateway: RunningGateway, tenants: dict[str, float], measured: int
+) -> dict[str, float]:
+    """Keep every tenant backlogged; the service each received over ``measured`` requests."""
+    service: Counter[str] = Counter()
+    done = asyncio.Event()
+    completed = 0
+
+    async def worker(tenant: str) -> None:
+        nonlocal completed
+        client = gateway.client(f"key-{tenant}")
+        while not done.is_set():
+            reply = await client.chat.completions.create(
+                model="llama-3-8b",
+                messages=[{"role": "user", "content": "Tell me about queues."}],
+                max_tokens=40,
+                extra_body={"ignore_eos": True},
+            )
+            if done.is_set():
+                return
+            service[tenant] += reply.usage.prompt_tokens + 2 * reply.usage.completion_tokens
+            completed += 1
+            if completed >= measured:
+                done.set()
+
+    workers = [asyncio.create_task(worker(t)) for t in tenants for _ in range(6)]
+    await asyncio.gather(*workers)
+    total = sum(service.values())
+    return {tenant: service[tenant] / total for tenant in tenants}
+
+
+@pytest.mark.parametrize("policy", ["vtc", "fcfs"])
+async def test_gateway_shares_follow_weights_only_with_vtc(
+    start_sim: StartSim, start_gateway: StartGateway, redis_url: str, policy: str
+) -> None:
+    sim = await start_sim(time_scale=50.0)
+    config = gateway_config(redis_url, {"interactive": [sim.url]}, admission={"policy": policy})
+    config["pools"]["interactive"]["backends"]["interactive-0"]["max_concurrency"] = 2
+    weights = {"w1": 1.0, "w2": 2.0, "w4": 4.0}
+    config["tenants"] = {
+        t: {"weight": w, "api_keys": [f"key-{t}"], "max_concurrency": 6} for t, w in weights.items()
+    }
+    gateway = await start_gateway(config)
+    got = await shares(gateway, weights, measured=280)
+    wanted = {t: w / sum(weights.values()) for t, w in weights.items()}
+    close = all(abs(got[t] / wanted[t] - 1) <= 0.05 for t in weights)
+    assert close is (policy == "vtc"), got
+
+
+async def test_queue_full_and_queue_timeout_are_429_with_retry_after(
+    start_sim: StartSim, start_gateway: StartGateway, redis_url: str
+) -> None:
+    sim = await start_sim(time_scale=1.0)
+    config = gateway_config(redis_url, {"interactive": [sim.url]})
+    config["pools"]["interactive"]["backends"]["interactive-0"]["max_concurrency"] = 1
+    config["tenants"]["a"].update(max_queued=1, queue_timeout_s=30)
+    gateway = await start_gateway(config)
+    client = gateway.client()
+    long = {"max_tokens": 2000, "extra_body": {"ignore_eos": True}}
+    messages = [{"role": "user", "content": "hi"}]
+    running = asyncio.create_task(
+        client.chat.completions.create(model="llama-3-8b", messages=messages, **long)
+    )
+    while not (await sim.state())["running"]:
+        await asyncio.sleep(0.01)
+    waiting = asyncio.create_task(
+        client.chat.completions.create(model="llama-3-8b", messages=messages, max_tokens=1)
+    )
+    redis = Redis.from_url(redis_url)
+
+    async def queued() -> int:
+        return await redis.hlen("fairgate:{adm}:req")
+
+    while not await queued():  # the second request waits
+        await asyncio.sleep(0.01)
+    with pytest.raises(openai.RateLimitError, match="already waiting") as full:
+        await client.chat.completions.create(model="llama-3-8b", messages=messages, max_tokens=1)
+    assert full.value.response.headers["retry-after"] == "1"
+    waiting.cancel()  # a client leaving the queue frees its place at once
+    while await queued():
+        await asyncio.sleep(0.01)
+    with pytest.raises(openai.RateLimitError, match="waited 0.2 s"):
+        await client.chat.completions.with_raw_response.create(
+            model="llama-3-8b",
+            messages=messages,
+            max_tokens=1,
+            extra_headers={"X-Fairgate-Queue-Timeout": "0.2"},
+        )
+    running.cancel()
+    await asyncio.gather(running, waiting, return_exceptions=True)
+    await redis.aclose()
