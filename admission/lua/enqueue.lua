@@ -14,10 +14,19 @@ if redis.call('HEXISTS', P .. 'req', id) == 1 or redis.call('HEXISTS', P .. 'lea
   return {'duplicate', ''}
 end
 local band = ARGV[6] ~= '' and ARGV[6] or tostring(tc.band)
+local r = {t = t, tok = tonumber(ARGV[3]), svc = tonumber(ARGV[4]), pool = pool, band = band,
+           o = owner}
+-- The uncontended fast path: nobody waits anywhere, so no order to respect; run it if it fits.
+if redis.call('EXISTS', P .. 'bandlog') == 0 then
+  local b = place(r, tc, now)
+  if b then
+    lease(id, r, tc, b, now, ttl)
+    return {'granted', b}
+  end
+end
 local seq = redis.call('INCR', P .. 'seq')
 mark_backlogged(t, band)
-local r = {t = t, tok = tonumber(ARGV[3]), svc = tonumber(ARGV[4]), pool = pool, band = band,
-           o = owner, seq = seq}
+r.seq = seq
 redis.call('HSET', P .. 'req', id, cjson.encode(r))
 redis.call('ZADD', P .. 'q:' .. t, seq, id)
 redis.call('ZADD', P .. 'fifo', seq, id)

@@ -51,10 +51,9 @@ local function band_weight(band)
   return tonumber(redis.call('HGET', P .. 'cfg:bands', tostring(band)) or '1')
 end
 
--- add to a load hash; a field that returns to zero is deleted, so idle state is empty
+-- add to a load hash (whole numbers); a field back at zero is deleted, so idle state is empty
 local function add_load(key, field, delta)
-  local v = redis.call('HINCRBYFLOAT', key, field, delta)
-  if tonumber(v) <= 0 then redis.call('HDEL', key, field) end
+  if redis.call('HINCRBY', key, field, delta) <= 0 then redis.call('HDEL', key, field) end
 end
 
 local function load(key, field)
@@ -182,8 +181,8 @@ local function place(r, tc, now)
   return nil, 'pool'
 end
 
-local function grant(id, r, tc, b, now, ttl)
-  unqueue(id)
+-- Hold the budgets, charge the input service, and record the lease of a granted request.
+local function lease(id, r, tc, b, now, ttl)
   add_load(P .. 'tload', r.t .. ':r', 1)
   add_load(P .. 'tload', r.t .. ':t', r.tok)
   add_load(P .. 'bload', b .. ':r', 1)
@@ -203,6 +202,11 @@ local function grant(id, r, tc, b, now, ttl)
   redis.call('ZADD', P .. 'exp', now + ttl, id)
   redis.call('HSET', P .. 'granted', id, b)
   redis.call('HINCRBY', P .. 'stats', 'grants', 1)
+end
+
+local function grant(id, r, tc, b, now, ttl)
+  unqueue(id)
+  lease(id, r, tc, b, now, ttl)
   notify(r.o, id .. ' ' .. b)
 end
 
