@@ -8,20 +8,19 @@ After every request the estimate is compared with the engine's reported ``usage`
 - the **error distribution** of the estimates actually used, prompt and output: a mean absolute
   percentage error and a histogram of signed errors by bucket.
 
-All of it lives in one Redis hash per model (``{prefix}:{calib:<model>}``), updated by one Lua
-script per observation, so every replica learns from every request; each replica re-reads the
-factor every ``estimation.refresh_s`` seconds.
+All of it lives in one Redis hash per model (``{prefix}:{est:<model>}:calib``), updated by
+``observe.lua`` once per finished request (see :mod:`estimators.feedback`), so every replica
+learns from every request; each replica re-reads the factor every ``estimation.refresh_s`` s.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from importlib import resources
 
 from redis.asyncio import Redis
 
-_CALIBRATE = resources.files("estimators").joinpath("calibrate.lua").read_text()
+from estimators.history import model_tag
 
 #: Upper bounds (ratios estimate / actual - 1) of the error buckets, and their names.
 ERROR_BUCKETS = ((-0.5, "under_50"), (-0.2, "under_20"), (-0.05, "under_5"), (0.05, "within_5"),
@@ -47,26 +46,16 @@ class CalibrationReport:
 
 
 class Calibration:
-    """Per-model correction factors and error statistics, shared in Redis."""
+    """Per-model correction factors and error statistics, as shared in Redis."""
 
-    def __init__(self, redis: Redis, prefix: str, alpha: float, refresh_s: float) -> None:
+    def __init__(self, redis: Redis, prefix: str, refresh_s: float) -> None:
         self._redis = redis
         self._prefix = prefix
-        self._alpha = alpha
         self._refresh_s = refresh_s
-        self._script = redis.register_script(_CALIBRATE)
         self._factors: dict[str, tuple[float, float]] = {}
 
     def key(self, model: str) -> str:
-        return f"{self._prefix}:{{calib:{model}}}"
-
-    async def observe(self, model: str, kind: str, raw: int, used: int, actual: int) -> float:
-        """Record one comparison; returns the kind's new correction factor for the model."""
-        bucket = error_bucket(used, actual)
-        factor = await self._script(
-            keys=[self.key(model)], args=[kind, raw, used, actual, self._alpha, bucket]
-        )
-        return float(factor)
+        return f"{model_tag(self._prefix, model)}:calib"
 
     async def prompt_factor(self, model: str) -> float:
         """The correction factor for prompt counts of a model (1 until it has observations)."""

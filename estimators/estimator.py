@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from estimators.calibration import Calibration
 from estimators.cost import Cost, PromptSource
+from estimators.feedback import Feedback
 from estimators.history import OutputEstimate, OutputHistory
 from estimators.prompt_tokens import count_chat_prompt, count_token_input, text_size
 from estimators.reasoning import wants_reasoning
@@ -59,9 +60,8 @@ class CostEstimator:
         self._config = settings.estimation
         prefix = settings.redis.key_prefix
         self.history = OutputHistory(redis, prefix, self._config)
-        self.calibration = Calibration(
-            redis, prefix, self._config.calibration_alpha, self._config.refresh_s
-        )
+        self.calibration = Calibration(redis, prefix, self._config.refresh_s)
+        self._feedback = Feedback(redis, self._config, self.history, self.calibration)
 
     async def estimate(
         self,
@@ -100,27 +100,26 @@ class CostEstimator:
         client abandoned says nothing about how long the answer would have been.
         """
         seen = Observation()
+        actual_prompt = _int(usage.get("prompt_tokens"))
+        prompt = None
+        if actual_prompt and cost.prompt_source != "engine":
+            seen.prompt_ratio = cost.prompt_tokens / actual_prompt
+            prompt = (cost.counted_prompt_tokens, cost.prompt_tokens, actual_prompt)
+        actual_output = _int(usage.get("completion_tokens"))
+        output = None
+        if actual_output and completed and cost.max_output:
+            seen.output_ratio = cost.expected_output / actual_output
+            output = (cost.expected_output, actual_output)
+        if prompt is None and output is None:
+            return seen
+        kind = "reasoning" if cost.reasoning else "chat"
         try:
-            actual_prompt = _int(usage.get("prompt_tokens"))
-            if actual_prompt and cost.prompt_source != "engine":
-                seen.prompt_ratio = cost.prompt_tokens / actual_prompt
-                seen.prompt_factor = await self.calibration.observe(
-                    model_id,
-                    "prompt",
-                    cost.counted_prompt_tokens,
-                    cost.prompt_tokens,
-                    actual_prompt,
-                )
-            actual_output = _int(usage.get("completion_tokens"))
-            if actual_output and completed and cost.max_output:
-                seen.output_ratio = cost.expected_output / actual_output
-                kind = "reasoning" if cost.reasoning else "chat"
-                await self.history.record(tenant, model_id, kind, actual_output)
-                await self.calibration.observe(
-                    model_id, "output", cost.expected_output, cost.expected_output, actual_output
-                )
+            factor = await self._feedback.record(tenant, model_id, kind, prompt, output)
         except RedisError as exc:
             log.warning("could not record estimation feedback: %s", exc)
+            return seen
+        if prompt is not None:
+            seen.prompt_factor = factor
         return seen
 
     async def _count_prompt(

@@ -1,5 +1,7 @@
 """Output lengths learned from history, shared by every replica through Redis.
 
+(Recorded by ``observe.lua``, see :mod:`estimators.feedback`; read and blended here.)
+
 For each (tenant, model, kind), where kind is ``chat`` or ``reasoning``, Redis keeps the most
 recent output lengths (``estimation.history_size``), and the same for the model across all
 tenants. The estimate blends them hierarchically: the configured prior counts as
@@ -15,13 +17,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from importlib import resources
 
 from redis.asyncio import Redis
 
 from fairgate.settings import EstimationConfig, OutputPrior
 
-_RECORD = resources.files("estimators").joinpath("record_output.lua").read_text()
+
+def model_tag(prefix: str, model: str) -> str:
+    """Keys of one model's estimation state share this prefix and its Redis Cluster hash tag."""
+    return f"{prefix}:{{est:{model}}}"
 
 
 @dataclass(frozen=True)
@@ -63,20 +67,12 @@ class OutputHistory:
         self._redis = redis
         self._prefix = prefix
         self._config = config
-        self._record = redis.register_script(_RECORD)
         self._cache: dict[tuple[str, str, str], tuple[list[int], list[int], float]] = {}
 
     def keys(self, tenant: str, model: str, kind: str) -> tuple[str, str]:
-        """The tenant's and the model's list (one hash tag per model: one cluster slot)."""
-        tag = f"{self._prefix}:{{out:{model}}}"
-        return f"{tag}:tenant:{tenant}:{kind}", f"{tag}:all:{kind}"
-
-    async def record(self, tenant: str, model: str, kind: str, output_tokens: int) -> None:
-        ttl_ms = int(self._config.history_ttl_s * 1000)
-        await self._record(
-            keys=list(self.keys(tenant, model, kind)),
-            args=[output_tokens, self._config.history_size, ttl_ms],
-        )
+        """The tenant's and the model's list (the model's hash tag: one cluster slot)."""
+        tag = model_tag(self._prefix, model)
+        return f"{tag}:out:tenant:{tenant}:{kind}", f"{tag}:out:all:{kind}"
 
     async def estimate(self, tenant: str, model: str, kind: str) -> OutputEstimate:
         """The blended estimate for the next request of this tenant, model and kind."""

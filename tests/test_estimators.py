@@ -329,7 +329,7 @@ async def test_gateway_returns_estimates_and_learns_from_usage(
     assert [c async for c in stream][-1].usage is None  # learned from, yet not shown
 
     for _ in range(200):  # learning happens after the responses, in the background
-        history = await redis.lrange("fairgate:{out:llama-3-8b}:tenant:a:chat", 0, -1)
+        history = await redis.lrange("fairgate:{est:llama-3-8b}:out:tenant:a:chat", 0, -1)
         if len(history) == len(CORPUS) + 1:
             break
         await asyncio.sleep(0.01)
