@@ -12,10 +12,16 @@ local function calibrate(kind, raw, used, actual, bucket)
   local n = redis.call('HINCRBY', KEYS[1], kind .. ':n', 1)
   local factor = tonumber(redis.call('HGET', KEYS[1], kind .. ':factor') or '1')
   if raw > 0 and actual > 0 then
-    -- a plain mean for the first 1/alpha observations, then an exponential moving average
+    -- the ratio of moving averages of actual and counted tokens (token-weighted, so long
+    -- prompts count as much as they cost); plain means for the first 1/alpha observations
     local alpha = math.max(tonumber(ARGV[1]), 1 / n)
-    factor = factor + alpha * (actual / raw - factor)
-    redis.call('HSET', KEYS[1], kind .. ':factor', tostring(factor))
+    local mean_raw = tonumber(redis.call('HGET', KEYS[1], kind .. ':mean_raw') or '0')
+    local mean_actual = tonumber(redis.call('HGET', KEYS[1], kind .. ':mean_actual') or '0')
+    mean_raw = mean_raw + alpha * (raw - mean_raw)
+    mean_actual = mean_actual + alpha * (actual - mean_actual)
+    factor = mean_actual / mean_raw
+    redis.call('HSET', KEYS[1], kind .. ':factor', tostring(factor),
+               kind .. ':mean_raw', tostring(mean_raw), kind .. ':mean_actual', tostring(mean_actual))
   end
   if actual > 0 then
     redis.call('HINCRBYFLOAT', KEYS[1], kind .. ':abs_pct_error_sum', math.abs(used - actual) / actual)

@@ -63,6 +63,10 @@ def text_size(body: dict[str, Any]) -> int:
             size += len(content)
         elif isinstance(content, list):
             size += sum(len(str(p.get("text", ""))) for p in content if isinstance(p, dict))
+        if isinstance(message, dict) and message.get("tool_calls"):
+            size += len(json.dumps(message["tool_calls"]))
+    if body.get("tools"):
+        size += len(json.dumps(body["tools"]))
     for field in ("prompt", "input"):
         value = body.get(field)
         if isinstance(value, str):

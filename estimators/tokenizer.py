@@ -92,7 +92,10 @@ class HuggingFaceTokenizer:
         return self._tokenizer.encode(text, add_special_tokens=False).ids
 
     def count(self, text: str) -> int:
-        return len(self.encode(text))
+        # len() of the Encoding: building its Python list of ids would hold the GIL.
+        if len(text) > self._RELEASE_GIL_CHARS:
+            return len(self._tokenizer.encode_batch([text], add_special_tokens=False)[0])
+        return len(self._tokenizer.encode(text, add_special_tokens=False))
 
 
 @lru_cache(maxsize=32)
