@@ -155,7 +155,10 @@ async def _admit_and_connect(
         backend = gateway.router.backend(lease.backend)
         try:
             upstream = await open_upstream(
-                backend, parsed.endpoint.value, parsed.upstream_body(), _upstream_headers(request)
+                backend,
+                parsed.endpoint.value,
+                parsed.upstream_body(),
+                _upstream_headers(request, ticket.tenant),
             )
         except BackendUnreachable as exc:
             failures.append(str(exc))
@@ -240,8 +243,17 @@ def _service_used(cost: Cost, parsed: InferenceRequest, outcome: Outcome | None)
     return None
 
 
-def _upstream_headers(request: web.Request) -> dict[str, str]:
-    headers = {"Content-Type": "application/json", "X-Request-Id": request_id_of(request)}
+def _upstream_headers(request: web.Request, tenant_id: str) -> dict[str, str]:
+    """Headers of the engine request: the request id, trace context, and the tenant's id.
+
+    ``X-Fairgate-Tenant`` names the tenant (its id, never its key) so that engines and their
+    logs can attribute work; the simulator counts requests per tenant by it.
+    """
+    headers = {
+        "Content-Type": "application/json",
+        "X-Request-Id": request_id_of(request),
+        "X-Fairgate-Tenant": tenant_id,
+    }
     for name in _FORWARDED:
         if value := request.headers.get(name):
             headers[name] = value

@@ -101,7 +101,9 @@ async def _close(clients: list[openai.AsyncOpenAI], http: aiohttp.ClientSession)
 
 
 #: Admission keys that hold requests in flight or waiting: all must be gone when traffic stops.
-INFLIGHT_KEYS = ("tload", "bload", "lease", "req", "exp", "dl", "fifo", "granted", "bandlog")
+INFLIGHT_KEYS = (
+    "tload", "bload", "lease", "req", "exp", "dl", "fifo", "granted", "bandlog", "queued"
+)
 
 
 async def inflight_state(client: Redis, prefix: str = "fairgate:{adm}:") -> dict[str, object]:

@@ -16,10 +16,16 @@ import openai
 import pytest
 from redis.asyncio import Redis
 
-from admission.domain import domain_prefix, publish_config
+from admission.domain import band_of, domain_prefix, publish_config
 from admission.scripts import AdmissionScripts
 from fairgate.settings import Settings
-from tests.conftest import RunningGateway, StartGateway, StartSim, gateway_config
+from tests.conftest import (
+    RunningGateway,
+    StartGateway,
+    StartSim,
+    gateway_config,
+    inflight_state,
+)
 
 SERVICE = 100.0  # every test request costs the same: input charged at dispatch
 _ids = itertools.count()
@@ -32,12 +38,12 @@ class Domain:
         self.scripts = scripts
         self.leased: list[str] = []
 
-    async def enqueue(self, tenant: str, n: int = 1) -> list[str]:
+    async def enqueue(self, tenant: str, n: int = 1, band: str = "") -> list[str]:
         states = []
         for _ in range(n):
             request_id = f"{tenant}-{next(_ids)}"
             outcome = await self.scripts.enqueue(
-                request_id, tenant, 10, SERVICE, "p", "", "owner", 60_000
+                request_id, tenant, 10, SERVICE, "p", band, "owner", 60_000
             )
             states.append(outcome.state)
             if outcome.state == "granted":
@@ -172,6 +178,20 @@ async def test_a_lower_band_alone_gets_everything(domain: Any) -> None:
     d = await domain({"high": {"priority": 1}, "low": {"priority": 0}})
     assert await d.enqueue("low", 3) == ["granted", "queued", "queued"]
     assert [await d.release_next(), await d.release_next()] == [["low"], ["low"]]
+
+
+async def test_a_tenant_queued_in_two_bands_leaves_nothing_behind(
+    domain: Any, redis_url: str
+) -> None:
+    d = await domain({"t": {"priority": 1}, "low": {"priority": 0}})
+    await d.enqueue("t", 3)  # its own band (the top)
+    await d.enqueue("t", 2, band=band_of(0))  # lowered per request
+    await d.enqueue("low", 2)
+    served = [tenant for _ in range(6) for tenant in await d.release_next()]
+    assert sorted(served) == ["low", "low", "t", "t", "t", "t"]
+    while d.leased:
+        await d.release_next()
+    assert await inflight_state(Redis.from_url(redis_url)) == {}
 
 
 # ------------------------------------------------------------------- through the gateway

@@ -154,3 +154,50 @@ async def test_disconnect_while_waiting_or_not_streaming_aborts(start_sim: Start
             await task
         except (asyncio.CancelledError, aiohttp.ClientError):
             pass
+
+
+async def test_peak_requests_are_counted_overall_and_per_tenant(start_sim: StartSim) -> None:
+    """Running and waiting requests both count; aborted and finished ones leave the count."""
+    sim = await start_sim(time_scale=1.0, **{"scheduler.max_num_seqs": 2})
+    body = {"model": "llama-3-8b", "prompt": [7] * 50, "max_tokens": 5000, "ignore_eos": True}
+
+    async def open_stream(tenant: str | None) -> aiohttp.ClientResponse:
+        headers = {"X-Fairgate-Tenant": tenant} if tenant else {}
+        resp = await sim.http.post(
+            f"{sim.url}/v1/completions", json={**body, "stream": True}, headers=headers
+        )
+        assert resp.status == 200  # headers come after the request entered the engine
+        return resp
+
+    streams = [await open_stream(t) for t in ("a", "a", "b", None, "a")]
+    state = await wait_until(lambda s: s["running"] == 2, sim)
+    assert state["waiting"] == 3
+    assert state["peak_requests"] == 5
+    assert state["peak_requests_by_tenant"] == {"a": 3, "b": 1}
+    for resp in streams:
+        resp.close()
+    await wait_until(lambda s: s["running"] == 0 and s["waiting"] == 0, sim)
+
+    # aborted requests left: two new ones of b make b's peak 2, not 3; the overall peak stays
+    streams = [await open_stream("b") for _ in range(2)]
+    state = await sim.state()
+    assert state["peak_requests"] == 5
+    assert state["peak_requests_by_tenant"] == {"a": 3, "b": 2}
+    for resp in streams:
+        resp.close()
+    await wait_until(lambda s: s["running"] == 0 and s["waiting"] == 0, sim)
+
+    # finished requests leave too: one after the other, tenant c never has two at once
+    for _ in range(2):
+        async with sim.http.post(
+            f"{sim.url}/v1/completions",
+            json={**body, "max_tokens": 3},
+            headers={"X-Fairgate-Tenant": "c", "X-Request-Id": f"c-{next(_ids)}"},
+        ) as resp:
+            assert resp.status == 200
+            await resp.read()
+    state = await sim.state()
+    assert state["peak_requests_by_tenant"] == {"a": 3, "b": 2, "c": 1}
+    assert state["peak_requests"] == 5
+    last = await sim.timeline(resp.headers["X-Request-Id"])
+    assert last["tenant"] == "c" and last["status"] == "finished"

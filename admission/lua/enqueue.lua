@@ -28,7 +28,8 @@ local seq = redis.call('INCR', P .. 'seq')
 mark_backlogged(t, band)
 r.seq = seq
 redis.call('HSET', P .. 'req', id, cjson.encode(r))
-redis.call('ZADD', P .. 'q:' .. t, seq, id)
+redis.call('ZADD', queue_key(t, band), seq, id)
+add_load(P .. 'queued', t, 1)
 redis.call('ZADD', P .. 'fifo', seq, id)
 redis.call('ZADD', P .. 'exp', now + ttl, id)
 redis.call('ZADD', P .. 'dl', now + tonumber(ARGV[8]), id)
@@ -38,7 +39,7 @@ if backend then
   return {'granted', backend, unpack(grants)}
 end
 -- A request that could not run at once counts against the tenant's queue limit.
-if redis.call('ZCARD', P .. 'q:' .. t) > tc.mq then
+if load(P .. 'queued', t) > tc.mq then
   unqueue(id)
   return {'full', '', unpack(grants)}
 end

@@ -11,7 +11,8 @@
 --   P.cfg:bands    hash  band -> weight
 --   P.cfg:policy   string "vtc" | "fcfs" | "shadow"
 --   P.req          hash  request id -> json of a queued request
---   P.q:<tenant>   zset  queued request ids by arrival sequence (FCFS within a tenant)
+--   P.q:<tenant>:<band> zset queued ids of a tenant in a band, by arrival (FCFS within a flow)
+--   P.queued       hash  tenant -> requests queued in all its bands (its max_queued)
 --   P.fifo         zset  every queued id by arrival sequence (the FCFS policy)
 --   P.backlog:<band> zset backlogged tenants of a band by virtual counter
 --   P.bandlog      zset  backlogged bands by band counter
@@ -101,8 +102,12 @@ local function mark_backlogged(t, band)
   end
 end
 
+-- The queue of one flow: a tenant's requests in one band (a tenant whose requests may pick
+-- their band can have several).
+local function queue_key(t, band) return P .. 'q:' .. t .. ':' .. band end
+
 local function unmark_if_idle(t, band)
-  if redis.call('ZCARD', P .. 'q:' .. t) == 0 then
+  if redis.call('ZCARD', queue_key(t, band)) == 0 then
     redis.call('ZREM', P .. 'backlog:' .. band, t)
     if redis.call('ZCARD', P .. 'backlog:' .. band) == 0 then
       redis.call('ZREM', P .. 'bandlog', band)
@@ -115,7 +120,8 @@ local function unqueue(id)
   local r = decode(redis.call('HGET', P .. 'req', id))
   if not r then return nil end
   redis.call('HDEL', P .. 'req', id)
-  redis.call('ZREM', P .. 'q:' .. r.t, id)
+  redis.call('ZREM', queue_key(r.t, r.band), id)
+  add_load(P .. 'queued', r.t, -1)
   redis.call('ZREM', P .. 'fifo', id)
   redis.call('ZREM', P .. 'exp', id)
   redis.call('ZREM', P .. 'dl', id)
@@ -216,7 +222,7 @@ local function fair_order()
   local bands = redis.call('ZRANGE', P .. 'bandlog', 0, -1)
   for _, band in ipairs(bands) do
     for _, t in ipairs(redis.call('ZRANGE', P .. 'backlog:' .. band, 0, -1)) do
-      local head = redis.call('ZRANGE', P .. 'q:' .. t, 0, 0)[1]
+      local head = redis.call('ZRANGE', queue_key(t, band), 0, 0)[1]
       if head then order[#order + 1] = head end
     end
   end
@@ -227,8 +233,9 @@ local function arrival_order()
   local order, seen = {}, {}
   for _, id in ipairs(redis.call('ZRANGE', P .. 'fifo', 0, -1)) do
     local r = decode(redis.call('HGET', P .. 'req', id))
-    if r and not seen[r.t] then  -- only the head of each tenant's queue may go (FCFS within)
-      seen[r.t] = true
+    local flow = r and (r.t .. ':' .. r.band)
+    if r and not seen[flow] then  -- only the head of each flow's queue may go (FCFS within)
+      seen[flow] = true
       order[#order + 1] = id
     end
   end

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 from loadtest.simulator.clock import SimClock
 from loadtest.simulator.kv_cache import BlockPool
@@ -39,6 +39,10 @@ class Engine:
         self.kv = BlockPool(profile.kv_cache.num_blocks, profile.kv_cache.block_size)
         self.scheduler = Scheduler(profile.scheduler, self.kv)
         self.steps = 0
+        #: Most requests ever present at once (running + waiting), overall and per tenant.
+        self.peak_requests = 0
+        self.peak_requests_by_tenant: dict[str, int] = {}
+        self._present: Counter[str | None] = Counter()
         self._history: OrderedDict[str, Sequence] = OrderedDict()
         self._history_size = history_size
         self._ids = itertools.count()
@@ -57,9 +61,18 @@ class Engine:
             self._task = None
 
     def submit(
-        self, request_id: str, prompt_tokens: int, target_output: int, stop_reason: str
+        self,
+        request_id: str,
+        prompt_tokens: int,
+        target_output: int,
+        stop_reason: str,
+        tenant: str | None = None,
     ) -> Sequence:
-        """Queue a request; its tokens arrive on the returned sequence's outbox."""
+        """Queue a request; its tokens arrive on the returned sequence's outbox.
+
+        ``tenant`` (the gateway's ``X-Fairgate-Tenant`` header) only labels the request, so
+        that tests can see how many requests of each tenant the engine held at once.
+        """
         if self._idle:
             # Anchor the clock at this arrival, so that the time the engine task takes to
             # wake up is not counted (times time_scale) as simulated time.
@@ -76,7 +89,9 @@ class Engine:
             target_output=target_output,
             stop_reason=stop_reason,
             arrival=arrival,
+            tenant=tenant,
         )
+        self._arrived(seq)
         self._remember(seq)
         self.scheduler.add(seq)
         self._publish_load()
@@ -89,6 +104,7 @@ class Engine:
             seq.finished = self.clock.now()
             self.metrics.observe_end(seq, seq.finished)
             seq.outbox.put_nowait(None)
+            self._left(seq)
             self._publish_load()
 
     def lookup(self, seq_id: str) -> Sequence | None:
@@ -104,7 +120,20 @@ class Engine:
             "kv_used_blocks": self.kv.used_blocks,
             "kv_total_blocks": self.kv.num_blocks,
             "kv_usage": self.kv.usage,
+            "peak_requests": self.peak_requests,
+            "peak_requests_by_tenant": dict(self.peak_requests_by_tenant),
         }
+
+    def _arrived(self, seq: Sequence) -> None:
+        """Count a request in; it stays present (running or waiting) until it ends."""
+        self._present[seq.tenant] += 1
+        self.peak_requests = max(self.peak_requests, self._present.total())
+        if seq.tenant is not None:
+            peak = self.peak_requests_by_tenant.get(seq.tenant, 0)
+            self.peak_requests_by_tenant[seq.tenant] = max(peak, self._present[seq.tenant])
+
+    def _left(self, seq: Sequence) -> None:
+        self._present[seq.tenant] -= 1
 
     def _remember(self, seq: Sequence) -> None:
         self._history[seq.seq_id] = seq
@@ -145,3 +174,4 @@ class Engine:
         if seq.done:
             self.metrics.observe_end(seq, now)
             seq.outbox.put_nowait(None)
+            self._left(seq)

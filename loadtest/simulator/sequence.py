@@ -29,6 +29,7 @@ class Sequence:
     target_output: int  # tokens generated before the sequence stops
     stop_reason: str  # finish_reason once target_output is reached: "length" or "stop"
     arrival: float  # simulated seconds
+    tenant: str | None = None  # the X-Fairgate-Tenant header it came with, if any
     output_tokens: int = 0
     num_computed: int = 0
     status: SeqStatus = SeqStatus.WAITING
@@ -65,6 +66,7 @@ class Sequence:
         ttft = None if self.first_token is None else self.first_token - self.arrival
         return {
             "id": self.seq_id,
+            "tenant": self.tenant,
             "status": self.status.value,
             "prompt_tokens": self.prompt_tokens,
             "output_tokens": self.output_tokens,

@@ -3,8 +3,9 @@
 Routes: ``POST /v1/chat/completions``, ``POST /v1/completions`` (streamed or not),
 ``POST /v1/embeddings``,
 ``GET /v1/models``, ``GET /health``, ``GET /metrics``, ``POST /tokenize``, and two debug routes
-that report simulated time: ``GET /sim/state`` and ``GET /sim/requests/{id}`` (a request's
-timeline, by the ``X-Request-Id`` it was sent with or the id in its response).
+that report simulated time: ``GET /sim/state`` (including the peak number of requests present
+at once, overall and per ``X-Fairgate-Tenant`` header value) and ``GET /sim/requests/{id}`` (a
+request's timeline, by the ``X-Request-Id`` it was sent with or the id in its response).
 
 A client that disconnects aborts its request inside the engine, freeing its KV blocks at once,
 as vLLM does; serve the app with :func:`fairgate.serving.serve`, which cancels a handler when
@@ -161,7 +162,7 @@ async def embeddings(request: web.Request) -> web.Response:
     except RequestRejected as rejected:
         return rejected.response
     request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
-    seq = sim.engine.submit(request_id, sum(counts), 1, "stop")
+    seq = sim.engine.submit(request_id, sum(counts), 1, "stop", _tenant(request))
     try:
         await _drain(seq)
     finally:
@@ -271,7 +272,7 @@ async def _generate(
     model = _served_model(sim, body.model)
     target, stop_reason = _plan_output(sim, body, prompt_tokens, length_key)
     request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
-    seq = sim.engine.submit(request_id, prompt_tokens, target, stop_reason)
+    seq = sim.engine.submit(request_id, prompt_tokens, target, stop_reason, _tenant(request))
     response_id = dialect.id_prefix + seq.seq_id
     try:
         if body.stream:
@@ -285,6 +286,11 @@ async def _generate(
     finally:
         if not seq.done:  # the client went away (cancelled handler or broken pipe)
             sim.engine.abort(seq)
+
+
+def _tenant(request: web.Request) -> str | None:
+    """The tenant a fairgate gateway forwarded the request for (``X-Fairgate-Tenant``)."""
+    return request.headers.get("X-Fairgate-Tenant") or None
 
 
 def _served_model(sim: Simulator, requested: str | None) -> str:

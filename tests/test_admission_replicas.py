@@ -1,0 +1,281 @@
+"""Gateway replicas sharing one Redis: limits hold across them; a dead one's capacity returns.
+
+Every replica here is a real ``fairgate serve`` process (so that one can be SIGKILLed) reading
+the same config file; the engines are in-process simulators, which count the requests they
+hold at once, overall and per tenant (the gateway names the tenant in ``X-Fairgate-Tenant``).
+What the engines saw is the ground truth: admission's own counters could agree with a bug.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import openai
+import pytest
+import yaml
+from openai.types.chat import ChatCompletionMessageParam
+from redis.asyncio import Redis
+
+from tests.conftest import REPO, StartSim, gateway_config, inflight_state
+
+PREFIX = "fairgate:{adm}:"
+MODEL = "llama-3-8b"
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell me a long story."}]
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(autouse=True)
+async def _redis_keeps_idle_clients(redis_proc) -> AsyncIterator[None]:  # noqa: ANN001
+    """Let the test Redis keep idle clients while these (multi-second) tests run.
+
+    pytest-redis starts redis-server with ``--timeout 15``: it drops clients idle for 15 s, and
+    the ``redis_url`` fixture's client idles through the whole test until its final check. On a
+    loaded machine these tests can take that long; the previous setting is restored after.
+    """
+    redis = Redis(host=redis_proc.host, port=redis_proc.port)
+    before = (await redis.config_get("timeout"))["timeout"] or "0"
+    await redis.config_set("timeout", 0)
+    yield
+    await redis.config_set("timeout", before)
+    await redis.aclose()
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@dataclass
+class Replica:
+    """One ``fairgate serve`` process on loopback."""
+
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+    clients: dict[str, openai.AsyncOpenAI] = field(default_factory=dict)
+
+    def client(self, key: str) -> openai.AsyncOpenAI:
+        """An async OpenAI client for the tenant of ``key`` (one per key, closed at teardown)."""
+        if key not in self.clients:
+            self.clients[key] = openai.AsyncOpenAI(
+                base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=120
+            )
+        return self.clients[key]
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+
+StartReplicas = Callable[[dict, int], Awaitable[list[Replica]]]
+
+
+def _replica_env(port: int) -> dict[str, str]:
+    """The test's environment without anything that would override the config file."""
+    env = {
+        k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("FAIRGATE_")
+    }
+    env["FAIRGATE_SERVER__PORT"] = str(port)
+    return env
+
+
+async def _wait_alive(replica: Replica, http: aiohttp.ClientSession) -> None:
+    for _ in range(600):
+        if replica.process.poll() is not None:
+            raise AssertionError(f"{replica.name} exited with {replica.process.returncode}")
+        try:
+            async with http.get(f"{replica.url}/healthz") as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{replica.name} at {replica.url} never answered /healthz")
+
+
+@pytest.fixture
+async def start_replicas(
+    tmp_path: Path, unused_tcp_port_factory: Callable[[], int]
+) -> AsyncIterator[StartReplicas]:
+    """``await start_replicas(config, n)``: n gateway processes reading one config file."""
+    replicas: list[Replica] = []
+    names = itertools.count()
+
+    async def start(config: dict, count: int) -> list[Replica]:
+        path = tmp_path / "fairgate.yaml"
+        path.write_text(yaml.safe_dump(config))
+        started = []
+        for _ in range(count):
+            port = unused_tcp_port_factory()
+            process = subprocess.Popen(
+                [sys.executable, "-m", "fairgate.cli", "--log-level", "warning"]
+                + ["serve", "--config", str(path)],
+                env=_replica_env(port),
+                cwd=REPO,
+            )
+            replica = Replica(f"replica-{next(names)}", f"http://127.0.0.1:{port}", process)
+            replicas.append(replica)
+            started.append(replica)
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(*(_wait_alive(r, http) for r in started))
+        return started
+
+    yield start
+    for replica in replicas:
+        for client in replica.clients.values():
+            await client.close()
+        if replica.process.poll() is None:
+            replica.process.terminate()
+    for replica in replicas:
+        try:
+            replica.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            replica.kill()
+
+
+def replica_config(
+    redis_url: str,
+    pools: dict[str, list[str]],
+    backend_concurrency: int,
+    tenants: dict[str, dict],
+    **admission: object,
+) -> dict:
+    """Every backend with the same request budget; a fast upkeep so that waits stay short."""
+    config = gateway_config(
+        redis_url, pools, tenants=tenants, admission={"upkeep_interval_s": 0.1, **admission}
+    )
+    for pool in config["pools"].values():
+        for backend in pool["backends"].values():
+            backend["max_concurrency"] = backend_concurrency
+    return config
+
+
+def tenant(key: str, **limits: object) -> dict:
+    """A tenant that waits patiently: the tests expect every request to be served."""
+    return {"api_keys": [key], "max_queued": 1000, "queue_timeout_s": 60, **limits}
+
+
+async def completion_tokens(client: openai.AsyncOpenAI, max_tokens: int, stream: bool) -> int:
+    """A chat completion of exactly ``max_tokens`` tokens (any error raises); the tokens made."""
+    completions, exact = client.chat.completions, {"ignore_eos": True}
+    if not stream:
+        reply = await completions.create(
+            model=MODEL, messages=MESSAGES, max_tokens=max_tokens, extra_body=exact
+        )
+        assert reply.usage is not None
+        return reply.usage.completion_tokens
+    chunks = await completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=max_tokens,
+        extra_body=exact,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    usage = [chunk.usage async for chunk in chunks if chunk.usage]
+    assert len(usage) == 1
+    return usage[0].completion_tokens
+
+
+async def admission_stat(redis: Redis, name: str) -> int:
+    return int(await redis.hget(PREFIX + "stats", name) or 0)
+
+
+async def test_three_replicas_never_exceed_shared_limits(
+    start_sim: StartSim, start_replicas: StartReplicas, redis_url: str, redis: Redis
+) -> None:
+    """Two tenants per engine, each allowed 2 at once; each engine allows 3; 3 replicas admit."""
+    left, right = await start_sim(time_scale=20.0), await start_sim(time_scale=20.0)
+    pools = {"left": [left.url], "right": [right.url]}
+    tenants = {
+        name: tenant(f"key-{name}", max_concurrency=2, pools=[pool])
+        for name, pool in (("t0", "left"), ("t1", "left"), ("t2", "right"), ("t3", "right"))
+    }
+    replicas = await start_replicas(replica_config(redis_url, pools, 3, tenants), 3)
+
+    per_tenant, max_tokens = 8, 200
+    requests = [
+        completion_tokens(replicas[(i + t) % 3].client(f"key-{name}"), max_tokens, i % 2 == 0)
+        for t, name in enumerate(tenants)
+        for i in range(per_tenant)
+    ]
+    made = await asyncio.gather(*requests)  # any error (a 429, a 5xx) fails the test here
+
+    assert made == [max_tokens] * len(requests)
+    for sim, pool_tenants in ((left, ["t0", "t1"]), (right, ["t2", "t3"])):
+        state = await sim.state()
+        assert (state["running"], state["waiting"]) == (0, 0)
+        # never more than the limits, and the load was enough to reach them
+        assert state["peak_requests"] == 3, state
+        assert state["peak_requests_by_tenant"] == {t: 2 for t in pool_tenants}, state
+    assert await admission_stat(redis, "grants") == len(requests)
+
+
+async def test_a_killed_replicas_capacity_returns_to_the_others(
+    start_sim: StartSim, start_replicas: StartReplicas, redis_url: str, redis: Redis
+) -> None:
+    """Replica A holds the whole engine and dies; B's queued requests run once A's leases expire."""
+    sim = await start_sim(time_scale=20.0)
+    config = replica_config(redis_url, {"p": [sim.url]}, 2, {"a": tenant("key-a")}, lease_ttl_s=2.0)
+    a, b = await start_replicas(config, 2)
+    held_ids = ["held-0", "held-1"]
+
+    async with aiohttp.ClientSession() as http:
+        held = []
+        for request_id in held_ids:  # long streams through A: all of the engine's budget
+            resp = await http.post(
+                f"{a.url}/v1/chat/completions",
+                json={
+                    "model": MODEL,
+                    "messages": MESSAGES,
+                    "max_tokens": 100_000,
+                    "ignore_eos": True,
+                    "stream": True,
+                },
+                headers={"Authorization": "Bearer key-a", "X-Request-Id": request_id},
+            )
+            assert resp.status == 200
+            await resp.content.readuntil(b"\n\n")  # tokens are flowing
+            held.append(resp)
+
+        waiting = [
+            asyncio.create_task(completion_tokens(b.client("key-a"), 20, stream))
+            for stream in (True, False, True)
+        ]
+        while await redis.hlen(PREFIX + "req") < len(waiting):  # B's requests wait their turn
+            for task in waiting:
+                assert not task.done(), task.result()  # raises what went wrong, if it failed
+            await asyncio.sleep(0.01)
+        state = await sim.state()
+        assert (state["running"], state["waiting"]) == (2, 0)
+
+        a.kill()
+        assert await asyncio.gather(*waiting) == [20] * len(waiting)
+        for resp in held:  # A's clients lost their streams with A
+            with pytest.raises(aiohttp.ClientError):
+                await resp.read()
+            resp.close()
+
+    for request_id in held_ids:  # the engine aborted them when A's connections dropped
+        assert (await sim.timeline(request_id))["status"] == "aborted"
+    assert await admission_stat(redis, "reclaimed") == len(held_ids)
+    state = await sim.state()
+    assert state["peak_requests"] == 2, state  # B's requests ran only after A's were gone
+    for _ in range(200):  # B's releases run just after its clients got their answers
+        left = await inflight_state(redis)
+        if not left:
+            break
+        await asyncio.sleep(0.05)
+    assert not left, f"admission state left in Redis: {sorted(left)}"
