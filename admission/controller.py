@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 from admission.domain import domain_prefix, grants_channel, publish_config
 from admission.lease import Lease
 from admission.local import LocalLimits
-from admission.scripts import AdmissionScripts
+from admission.scripts import AdmissionScripts, Outcome
 from fairgate.errors import GatewayError, admission_unavailable, rate_limited
 from fairgate.settings import Settings
 
@@ -93,16 +93,11 @@ class Admission:
     async def acquire(self, ticket: Ticket) -> Lease:
         """Wait until the request may run, in fair order (429: queue full, or waited too long)."""
         try:
-            outcome = await self.scripts.enqueue(
-                ticket.request_id,
-                ticket.tenant,
-                ticket.tokens,
-                ticket.service,
-                ticket.pool,
-                ticket.band,
-                self.owner,
-                int(ticket.timeout_s * 1000),
-            )
+            outcome = await self._enqueue(ticket)
+            if outcome.state in ("unknown_tenant", "unknown_pool"):
+                # Redis lost its data (a restart without persistence): publish ours, try again.
+                await publish_config(self._redis, self.prefix, self._settings)
+                outcome = await self._enqueue(ticket)
         except RedisError as exc:
             return self._without_redis(ticket, exc)
         self._resolve(outcome.grants)
@@ -117,6 +112,18 @@ class Admission:
                 500, f"Admission refused the request: {outcome.state}.", "server_error"
             )
         return await self._wait(ticket)
+
+    async def _enqueue(self, ticket: Ticket) -> Outcome:
+        return await self.scripts.enqueue(
+            ticket.request_id,
+            ticket.tenant,
+            ticket.tokens,
+            ticket.service,
+            ticket.pool,
+            ticket.band,
+            self.owner,
+            int(ticket.timeout_s * 1000),
+        )
 
     async def _wait(self, ticket: Ticket) -> Lease:
         request_id = ticket.request_id

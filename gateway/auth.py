@@ -4,8 +4,8 @@ Keys are stored in Redis only as sha256 digests (``{prefix}:apikeys``, a hash fr
 tenant id), so every replica sees a key added through the admin API. Each replica caches
 answers briefly (found keys for ``auth.cache_ttl_s``, unknown ones for
 ``auth.negative_cache_ttl_s``, so a client retrying a bad key does not hammer Redis). The keys in
-the config file are seeded into Redis at start-up and also kept in memory, so they keep working
-while Redis is unreachable.
+the config file are seeded into Redis at start-up (for tools that list keys) and answered from
+memory, so they cost no round trip and keep working while Redis is unreachable or restarted.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ class KeyStore:
     async def tenant_for(self, key: str) -> str | None:
         """The tenant id that owns ``key``, or None."""
         digest = hash_api_key(key)
+        if configured := self._configured.get(digest):
+            return configured  # config keys: no round trip, and they survive a Redis restart
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached is not None and cached[1] > now:

@@ -1,0 +1,78 @@
+"""Redis goes away and comes back (empty, as after a restart without persistence)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from loadtest.services import free_port, stop, wait_listening
+from tests.conftest import RunningSim, StartGateway, StartSim, gateway_config
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+class RedisProcess:
+    """A redis-server that the test can stop and start again on the same port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", ""],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_listening(self.port, self.process)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+
+
+@pytest.fixture
+def redis_process() -> Iterator[RedisProcess]:
+    redis = RedisProcess()
+    redis.start()
+    yield redis
+    redis.stop()
+
+
+async def ask(client: openai.AsyncOpenAI) -> int:
+    reply = await client.chat.completions.create(
+        model="llama-3-8b", messages=MESSAGES, max_tokens=2, extra_body={"ignore_eos": True}
+    )
+    return reply.usage.completion_tokens
+
+
+@pytest.mark.parametrize("fail_mode", ["closed", "open"])
+async def test_the_gateway_recovers_by_itself_when_redis_returns(
+    start_sim: StartSim,
+    start_gateway: StartGateway,
+    redis_process: RedisProcess,
+    fail_mode: str,
+) -> None:
+    sim: RunningSim = await start_sim(time_scale=100.0)
+    config = gateway_config(
+        redis_process.url, {"interactive": [sim.url]}, admission={"fail_mode": fail_mode}
+    )
+    gateway = await start_gateway(config)
+    client = gateway.client()
+    assert await ask(client) == 2
+
+    redis_process.stop()
+    if fail_mode == "closed":
+        with pytest.raises(openai.InternalServerError) as refused:
+            await ask(client)
+        assert refused.value.code == "admission_unavailable"
+    else:
+        assert await ask(client) == 2  # admitted under per-replica limits
+
+    redis_process.start()  # back, and empty: keys and admission config are gone from it
+    assert [await ask(client) for _ in range(3)] == [2, 2, 2]
+    async with gateway.http.get(f"{gateway.url}/readyz") as resp:
+        assert resp.status == 200
