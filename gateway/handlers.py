@@ -272,8 +272,13 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus metrics of this gateway process."""
-    return request.app[GATEWAY].metrics.response()
+    """Prometheus metrics of this gateway process (and the admission domain's event counts)."""
+    gateway = request.app[GATEWAY]
+    with contextlib.suppress(RedisError, OSError):
+        gateway.metrics.admission_stats(
+            await gateway.redis.hgetall(gateway.admission.prefix + "stats")
+        )
+    return gateway.metrics.response()
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -2,7 +2,8 @@
 
 One registry per application, so several gateways can run in one test process. Labels are
 bounded: ``model`` takes only the model ids the configuration serves (requests for others are
-refused before any metric is touched), ``kind`` is ``prompt`` or ``output``.
+refused before any metric is touched), ``kind`` is ``prompt`` or ``output``, ``event`` one of
+the few admission events.
 """
 
 from __future__ import annotations
@@ -33,6 +34,19 @@ class GatewayMetrics:
             ["model"],
             registry=self.registry,
         )
+
+        self.admission_events = Gauge(
+            "fairgate_admission_events",
+            "Admission events of all replicas since Redis started: grants, reclaimed leases, "
+            "queue timeouts, and under policy shadow whether VTC agreed with the FCFS choice.",
+            ["event"],
+            registry=self.registry,
+        )
+
+    def admission_stats(self, stats: dict[bytes, bytes]) -> None:
+        """Mirror the domain's event counters kept in Redis."""
+        for event, value in stats.items():
+            self.admission_events.labels(event.decode()).set(float(value))
 
     def observed(self, model: str, seen: Observation) -> None:
         """Record what one comparison of estimate and usage showed."""

@@ -275,6 +275,8 @@ async def test_queue_full_and_queue_timeout_are_429_with_retry_after(
     with pytest.raises(openai.RateLimitError, match="already waiting") as full:
         await client.chat.completions.create(model="llama-3-8b", messages=messages, max_tokens=1)
     assert full.value.response.headers["retry-after"] == "1"
+    async with gateway.http.get(f"{gateway.url}/metrics") as resp:
+        assert 'fairgate_admission_events{event="grants"} 1.0' in await resp.text()
     waiting.cancel()  # a client leaving the queue frees its place at once
     while await queued():
         await asyncio.sleep(0.01)
