@@ -25,6 +25,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m loadtest.calibration --write BENCHMARKS.md
+	$(PY) -m loadtest.estimation_bench --write BENCHMARKS.md
+	$(PY) -m loadtest.proxy_overhead --write BENCHMARKS.md
 
 sim: $(STAMP)
 	$(VENV)/bin/fairgate sim --profile config/sim/h100-llama3-8b.yaml --port 8001

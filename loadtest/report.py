@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from pathlib import Path
 
 BENCHMARKS_INTRO = (
@@ -29,6 +30,34 @@ def machine() -> str:
         f"{processor}, {os.cpu_count()} CPUs, {platform.platform()}, "
         f"Python {platform.python_version()}"
     )
+
+
+def revision() -> str:
+    """The commit measured, and whether the working tree differed from it.
+
+    Figures of code that keeps changing are comparable only between runs of the same revision.
+    """
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown revision"
+    return f"commit {commit}" + (" with uncommitted changes" if dirty else "")
 
 
 def section_markers(name: str) -> tuple[str, str]:
