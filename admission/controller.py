@@ -60,7 +60,11 @@ class Admission:
         self.owner = uuid.uuid4().hex[:16]
         self.prefix = domain_prefix(settings)
         self.scripts = AdmissionScripts(
-            redis, self.prefix, int(config.lease_ttl_s * 1000), config.max_grants_per_call
+            redis,
+            self.prefix,
+            int(config.lease_ttl_s * 1000),
+            config.max_grants_per_call,
+            settings.redis.timeout_s,
         )
         self._redis = redis
         self._settings = settings

@@ -13,6 +13,8 @@ from importlib import resources
 
 from redis.asyncio import Redis
 
+from fairgate.redis_client import deadline
+
 _LUA = resources.files("admission").joinpath("lua")
 _LIB = _LUA.joinpath("lib.lua").read_text()
 
@@ -43,8 +45,11 @@ class Outcome:
 class AdmissionScripts:
     """Typed calls of the admission scripts for one admission domain."""
 
-    def __init__(self, redis: Redis, prefix: str, ttl_ms: int, max_grants: int) -> None:
+    def __init__(
+        self, redis: Redis, prefix: str, ttl_ms: int, max_grants: int, timeout_s: float = 2.0
+    ) -> None:
         self._keys = [prefix]
+        self._timeout = timeout_s
         self._ttl = ttl_ms
         self._max = max_grants
         self._enqueue = _load(redis, "enqueue")
@@ -66,27 +71,35 @@ class AdmissionScripts:
         timeout_ms: int,
     ) -> Outcome:
         args = [request_id, tenant, tokens, service, pool, band, owner, timeout_ms]
-        result = await self._enqueue(keys=self._keys, args=[*args, self._ttl, self._max])
+        async with deadline(self._timeout):
+            result = await self._enqueue(keys=self._keys, args=[*args, self._ttl, self._max])
         return Outcome(_text(result[0]), _text(result[1]), _pairs(result[2:]))
 
     async def release(self, request_id: str, service: float | None) -> Outcome:
         used = "" if service is None else service
-        result = await self._release(keys=self._keys, args=[request_id, used, self._ttl, self._max])
+        async with deadline(self._timeout):
+            result = await self._release(
+                keys=self._keys, args=[request_id, used, self._ttl, self._max]
+            )
         return Outcome("released" if int(result[0]) else "gone", "", _pairs(result[1:]))
 
     async def charge(self, request_id: str, service: float) -> bool:
-        return bool(await self._charge(keys=self._keys, args=[request_id, service, self._ttl]))
+        async with deadline(self._timeout):
+            return bool(await self._charge(keys=self._keys, args=[request_id, service, self._ttl]))
 
     async def renew(self, request_ids: list[str]) -> list[str]:
         """Renew expiries; returns the ids that no longer exist."""
         if not request_ids:
             return []
-        lost = await self._renew(keys=self._keys, args=[self._ttl, *request_ids])
+        async with deadline(self._timeout):
+            lost = await self._renew(keys=self._keys, args=[self._ttl, *request_ids])
         return [_text(v) for v in lost]
 
     async def cancel(self, request_id: str) -> Outcome:
-        result = await self._cancel(keys=self._keys, args=[request_id, self._ttl, self._max])
+        async with deadline(self._timeout):
+            result = await self._cancel(keys=self._keys, args=[request_id, self._ttl, self._max])
         return Outcome(_text(result[0]), _text(result[1]), _pairs(result[2:]))
 
     async def tick(self) -> list[tuple[str, str]]:
-        return _pairs(await self._tick(keys=self._keys, args=[self._ttl, self._max]))
+        async with deadline(self._timeout):
+            return _pairs(await self._tick(keys=self._keys, args=[self._ttl, self._max]))

@@ -25,6 +25,7 @@ from estimators.history import OutputEstimate, OutputHistory
 from estimators.prompt_tokens import count_chat_prompt, count_token_input, text_size
 from estimators.reasoning import wants_reasoning
 from estimators.tokenizer import CharEstimateTokenizer, tokenizer_for
+from fairgate.redis_client import deadline
 from fairgate.settings import ModelConfig, Settings
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class CostEstimator:
     def __init__(self, settings: Settings, redis: Redis) -> None:
         self._settings = settings
         self._config = settings.estimation
+        self._timeout = settings.redis.timeout_s
         prefix = settings.redis.key_prefix
         self.history = OutputHistory(redis, prefix, self._config)
         self.calibration = Calibration(redis, prefix, self._config.refresh_s)
@@ -147,14 +149,16 @@ class CostEstimator:
 
     async def _prompt_factor(self, model_id: str) -> float:
         try:
-            return await self.calibration.prompt_factor(model_id)
+            async with deadline(self._timeout):
+                return await self.calibration.prompt_factor(model_id)
         except RedisError:
             return 1.0
 
     async def _output(self, tenant: str, model_id: str, reasoning: bool) -> OutputEstimate:
         kind = "reasoning" if reasoning else "chat"
         try:
-            return await self.history.estimate(tenant, model_id, kind)
+            async with deadline(self._timeout):
+                return await self.history.estimate(tenant, model_id, kind)
         except RedisError:
             prior = self._config.reasoning_prior if reasoning else self._config.chat_prior
             return OutputEstimate.of_prior(prior)

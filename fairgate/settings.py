@@ -232,7 +232,10 @@ class AdmissionConfig(StrictModel):
         0.5, description="How often a replica reclaims, dispatches and polls for lost grants."
     )
     charge_every_tokens: PositiveInt = Field(
-        16, description="Streamed output is charged to the tenant in batches of this many."
+        16, description="Streamed output is charged to the tenant in batches of at least this many"
+    )
+    charge_interval_s: NonNegativeFloat = Field(
+        0.25, description="... and at most once per this many seconds per request."
     )
     max_grants_per_call: PositiveInt = Field(32, description="Grants one script call may make.")
     priority_min_share: Annotated[float, Field(gt=0, lt=0.5)] = Field(
@@ -279,6 +282,10 @@ class RedisConfig(StrictModel):
 
     url: Annotated[str, AfterValidator(_redis_scheme)] = "redis://127.0.0.1:6379/0"
     key_prefix: Name = "fairgate"
+    max_connections: PositiveInt = Field(256, description="Connections per gateway process.")
+    timeout_s: PositiveFloat = Field(
+        2.0, description="Longest wait for a connection or an answer on the request path."
+    )
 
 
 class ServerConfig(StrictModel):

@@ -11,7 +11,6 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from admission.controller import Admission
@@ -19,6 +18,7 @@ from backends.backend import Backend
 from backends.health import HealthChecker
 from backends.pools import Router
 from estimators.estimator import CostEstimator
+from fairgate.redis_client import connect
 from fairgate.settings import Settings
 from gateway import handlers
 from gateway.auth import KeyStore
@@ -37,7 +37,7 @@ def create_app(settings: Settings) -> web.Application:
     )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        redis = Redis.from_url(settings.redis.url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        redis = connect(settings.redis)
         router = Router(settings)
         await router.start()
         admission = Admission(redis, settings)

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from fairgate.errors import invalid_api_key
+from fairgate.redis_client import deadline
 from fairgate.settings import Settings, hash_api_key
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class KeyStore:
         self._key = f"{settings.redis.key_prefix}:apikeys"
         self._ttl = settings.auth.cache_ttl_s
         self._negative_ttl = settings.auth.negative_cache_ttl_s
+        self._timeout = settings.redis.timeout_s
         self._configured = {
             digest: tenant_id
             for tenant_id, tenant in settings.tenants.items()
@@ -53,7 +55,8 @@ class KeyStore:
         if cached is not None and cached[1] > now:
             return cached[0]
         try:
-            found = await self._redis.hget(self._key, digest)
+            async with deadline(self._timeout):
+                found = await self._redis.hget(self._key, digest)
         except RedisError as exc:
             log.warning("API key lookup in Redis failed (%s); using the config file's keys", exc)
             return self._configured.get(digest)

@@ -78,7 +78,9 @@ def inference(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Strea
             headers["X-Fairgate-Backend"] = backend.name
             response, outcome = await _relay(request, gateway, parsed, upstream, headers, lease)
         finally:
-            await asyncio.shield(lease.release(_service_used(cost, parsed, outcome)))
+            # Released however the request ended, without delaying the response: a task that
+            # the cancellation of this handler cannot reach.
+            gateway.in_background(lease.release(_service_used(cost, parsed, outcome)))
         if outcome.usage is not None:
             gateway.in_background(_learn(gateway, tenant_id, parsed.model, cost, outcome))
         return response
@@ -205,19 +207,28 @@ async def _relay(
 
 
 class _OutputMeter:
-    """Charges streamed output to the tenant in batches, off the relay's path."""
+    """Charges streamed output to the tenant in batches, off the relay's path.
+
+    A batch goes when it holds ``charge_every_tokens`` and ``charge_interval_s`` has passed
+    since the last one: fair order needs charges while a long stream runs, not one per token
+    of a fast one (whatever is left is settled at release).
+    """
 
     def __init__(self, gateway: Gateway, lease: Lease) -> None:
         self._gateway = gateway
         self._lease = lease
         self._every = gateway.settings.admission.charge_every_tokens
+        self._interval = gateway.settings.admission.charge_interval_s
         self._weight = gateway.settings.estimation.output_weight
         self._charged = 0
+        self._last = time.monotonic()
 
     def __call__(self, chunks: int) -> None:
         if chunks - self._charged >= self._every:
-            batch, self._charged = chunks - self._charged, chunks
-            self._gateway.in_background(self._lease.charge(self._weight * batch))
+            now = time.monotonic()
+            if now - self._last >= self._interval:
+                batch, self._charged, self._last = chunks - self._charged, chunks, now
+                self._gateway.in_background(self._lease.charge(self._weight * batch))
 
 
 async def _learn(
