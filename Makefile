@@ -26,6 +26,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m loadtest.calibration --write BENCHMARKS.md
 	$(PY) -m loadtest.estimation_bench --write BENCHMARKS.md
+	$(PY) -m loadtest.admission_bench --write BENCHMARKS.md
 	$(PY) -m loadtest.proxy_overhead --write BENCHMARKS.md
 
 sim: $(STAMP)
