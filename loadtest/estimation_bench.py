@@ -37,9 +37,6 @@ import math
 import os
 import random
 import shlex
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -48,12 +45,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import aiohttp
 import uvloop
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -65,6 +61,7 @@ from fairgate.serving import serve
 from fairgate.settings import ChatTemplate, Settings
 from loadtest.calibration import DEFAULT_PROFILE
 from loadtest.report import machine, markdown_table, write_section
+from loadtest.services import redis_server
 from loadtest.simulator.profile import EngineProfile, load_profile
 from loadtest.simulator.server import create_app
 
@@ -72,7 +69,6 @@ from loadtest.simulator.server import create_app
 SECTION = "estimation"
 MODULE = "loadtest.estimation_bench"
 LOOPBACK = "127.0.0.1"
-REDIS_START_TIMEOUT_S = 10.0
 
 #: The model the estimator and the simulator agree on (the default profile's).
 MODEL = "llama-3-8b"
@@ -108,55 +104,18 @@ SYSTEM_PROMPT = "You are a helpful assistant. Answer precisely and cite the code
 # ---------------------------------------------------------------------------------- Redis
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on right now (never 6379: the OS hands out high ports)."""
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.asynccontextmanager
 async def private_redis() -> AsyncIterator[Redis]:
-    """A fresh, empty ``redis-server`` on loopback without persistence, stopped on exit.
+    """A client of a fresh, empty ``redis-server`` of this benchmark's own, stopped on exit.
 
     Its own process, so no developer's Redis is touched and no leftover key skews a figure.
     """
-    executable = shutil.which("redis-server")
-    if executable is None:
-        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    argv = [executable, "--bind", LOOPBACK, "--port", str(port), "--save", "",
-            "--appendonly", "no"]  # fmt: skip
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-        )
-        client = Redis(host=LOOPBACK, port=port)
+    with redis_server() as url:
+        client = Redis.from_url(url)
         try:
-            await _wait_for_redis(client, process, log)
             yield client
         finally:
             await client.aclose()
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-async def _wait_for_redis(client: Redis, process: subprocess.Popen[bytes], log: IO[bytes]) -> None:
-    """Return once the server answers PING; fail with its log if it exits or hangs."""
-    deadline = time.monotonic() + REDIS_START_TIMEOUT_S
-    while True:
-        with contextlib.suppress(RedisConnectionError):
-            if await client.ping():
-                return
-        if process.poll() is not None or time.monotonic() > deadline:
-            log.seek(0)
-            output = log.read().decode(errors="replace")[-2000:]
-            raise RuntimeError(f"redis-server did not start:\n{output}")
-        await asyncio.sleep(0.05)
 
 
 def bench_settings(
