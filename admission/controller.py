@@ -73,6 +73,7 @@ class Admission:
         self._leases: set[str] = set()
         self._local = LocalLimits(settings)
         self._tasks: list[asyncio.Task[None]] = []
+        self._undoing: set[asyncio.Future[None]] = set()
         self._warned_at = 0.0
 
     async def start(self) -> None:
@@ -96,12 +97,13 @@ class Admission:
 
     async def acquire(self, ticket: Ticket) -> Lease:
         """Wait until the request may run, in fair order (429: queue full, or waited too long)."""
+        asking = asyncio.ensure_future(self._ask(ticket))
         try:
-            outcome = await self._enqueue(ticket)
-            if outcome.state in ("unknown_tenant", "unknown_pool"):
-                # Redis lost its data (a restart without persistence): publish ours, try again.
-                await publish_config(self._redis, self.prefix, self._settings)
-                outcome = await self._enqueue(ticket)
+            outcome = await asyncio.shield(asking)
+        except asyncio.CancelledError:
+            # The client left while the script ran: whatever it decided must be undone.
+            asking.add_done_callback(lambda done: self._abandon(ticket.request_id, done))
+            raise
         except RedisError as exc:
             return self._without_redis(ticket, exc)
         self._resolve(outcome.grants)
@@ -116,6 +118,29 @@ class Admission:
                 500, f"Admission refused the request: {outcome.state}.", "server_error"
             )
         return await self._wait(ticket)
+
+    async def _ask(self, ticket: Ticket) -> Outcome:
+        outcome = await self._enqueue(ticket)
+        if outcome.state in ("unknown_tenant", "unknown_pool"):
+            # Redis lost its data (a restart without persistence): publish ours, try again.
+            await publish_config(self._redis, self.prefix, self._settings)
+            outcome = await self._enqueue(ticket)
+        return outcome
+
+    def _abandon(self, request_id: str, asking: asyncio.Future[Outcome]) -> None:
+        """Undo the enqueue of a request whose client left before it answered."""
+        if asking.cancelled() or asking.exception() is not None:
+            return
+        outcome = asking.result()
+        self._resolve(outcome.grants)
+        if outcome.state in ("granted", "queued"):
+            task = asyncio.ensure_future(self._undo(request_id))
+            self._undoing.add(task)
+            task.add_done_callback(self._undoing.discard)
+
+    async def _undo(self, request_id: str) -> None:
+        await self._withdraw(request_id)  # leaves the queue if it is still queued
+        await self.release(request_id, None)  # frees its lease if it was granted (else a no-op)
 
     async def _enqueue(self, ticket: Ticket) -> Outcome:
         return await self.scripts.enqueue(

@@ -13,14 +13,14 @@ from importlib import resources
 
 from redis.asyncio import Redis
 
-from fairgate.redis_client import deadline
+from fairgate.redis_client import BatchedScript, deadline
 
 _LUA = resources.files("admission").joinpath("lua")
 _LIB = _LUA.joinpath("lib.lua").read_text()
 
 
-def _load(redis: Redis, name: str):  # noqa: ANN202 - redis-py's AsyncScript
-    return redis.register_script(_LIB + "\n" + _LUA.joinpath(f"{name}.lua").read_text())
+def _load(redis: Redis, name: str) -> BatchedScript:
+    return BatchedScript(redis, _LIB + "\n" + _LUA.joinpath(f"{name}.lua").read_text())
 
 
 def _text(value: bytes | str) -> str:
@@ -72,34 +72,32 @@ class AdmissionScripts:
     ) -> Outcome:
         args = [request_id, tenant, tokens, service, pool, band, owner, timeout_ms]
         async with deadline(self._timeout):
-            result = await self._enqueue(keys=self._keys, args=[*args, self._ttl, self._max])
+            result = await self._enqueue(self._keys, [*args, self._ttl, self._max])
         return Outcome(_text(result[0]), _text(result[1]), _pairs(result[2:]))
 
     async def release(self, request_id: str, service: float | None) -> Outcome:
         used = "" if service is None else service
         async with deadline(self._timeout):
-            result = await self._release(
-                keys=self._keys, args=[request_id, used, self._ttl, self._max]
-            )
+            result = await self._release(self._keys, [request_id, used, self._ttl, self._max])
         return Outcome("released" if int(result[0]) else "gone", "", _pairs(result[1:]))
 
     async def charge(self, request_id: str, service: float) -> bool:
         async with deadline(self._timeout):
-            return bool(await self._charge(keys=self._keys, args=[request_id, service, self._ttl]))
+            return bool(await self._charge(self._keys, [request_id, service, self._ttl]))
 
     async def renew(self, request_ids: list[str]) -> list[str]:
         """Renew expiries; returns the ids that no longer exist."""
         if not request_ids:
             return []
         async with deadline(self._timeout):
-            lost = await self._renew(keys=self._keys, args=[self._ttl, *request_ids])
+            lost = await self._renew(self._keys, [self._ttl, *request_ids])
         return [_text(v) for v in lost]
 
     async def cancel(self, request_id: str) -> Outcome:
         async with deadline(self._timeout):
-            result = await self._cancel(keys=self._keys, args=[request_id, self._ttl, self._max])
+            result = await self._cancel(self._keys, [request_id, self._ttl, self._max])
         return Outcome(_text(result[0]), _text(result[1]), _pairs(result[2:]))
 
     async def tick(self) -> list[tuple[str, str]]:
         async with deadline(self._timeout):
-            return _pairs(await self._tick(keys=self._keys, args=[self._ttl, self._max]))
+            return _pairs(await self._tick(self._keys, [self._ttl, self._max]))

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from estimators.calibration import Calibration, error_bucket
 from estimators.history import OutputHistory
+from fairgate.redis_client import BatchedScript
 from fairgate.settings import EstimationConfig
 
 _OBSERVE = resources.files("estimators").joinpath("observe.lua").read_text()
@@ -31,7 +32,7 @@ class Feedback:
         self._config = config
         self._history = history
         self._calibration = calibration
-        self._script = redis.register_script(_OBSERVE)
+        self._script = BatchedScript(redis, _OBSERVE)
 
     async def record(
         self,
@@ -58,4 +59,4 @@ class Feedback:
             error_bucket(expected, produced) if output else "",
         ]
         keys = [self._calibration.key(model), *self._history.keys(tenant, model, kind)]
-        return float(await self._script(keys=keys, args=args))
+        return float(await self._script(keys, args))

@@ -34,8 +34,10 @@ _ids = itertools.count()
 class Domain:
     """An admission domain on the test Redis, with helpers to enqueue and release."""
 
-    def __init__(self, scripts: AdmissionScripts) -> None:
+    def __init__(self, scripts: AdmissionScripts, redis: Redis, prefix: str) -> None:
         self.scripts = scripts
+        self.redis = redis
+        self.prefix = prefix
         self.leased: list[str] = []
 
     async def enqueue(self, tenant: str, n: int = 1, band: str = "") -> list[str]:
@@ -59,9 +61,7 @@ class Domain:
 
     async def drain(self) -> None:
         """Cancel everything queued and release every lease (tests leave Redis clean)."""
-        for request_id in await self.scripts._cancel.registered_client.hkeys(  # noqa: SLF001
-            self.scripts._keys[0] + "req"  # noqa: SLF001
-        ):
+        for request_id in await self.redis.hkeys(self.prefix + "req"):
             await self.scripts.cancel(request_id.decode())
         while self.leased:
             await self.scripts.release(self.leased.pop(), None)
@@ -91,7 +91,8 @@ async def domain(redis_url: str) -> AsyncIterator[Any]:
             admission=admission,
         )
         await publish_config(redis, domain_prefix(settings), settings)
-        made.append(Domain(AdmissionScripts(redis, domain_prefix(settings), 60_000, 32)))
+        prefix = domain_prefix(settings)
+        made.append(Domain(AdmissionScripts(redis, prefix, 60_000, 32), redis, prefix))
         return made[-1]
 
     yield make

@@ -41,6 +41,8 @@ end
 -- A request that could not run at once counts against the tenant's queue limit.
 if load(P .. 'queued', t) > tc.mq then
   unqueue(id)
+  -- While queued it may have reserved its pool in the round above: dispatch again without it.
+  for _, v in ipairs(dispatch(now, ttl, max_grants)) do grants[#grants + 1] = v end
   return {'full', '', unpack(grants)}
 end
 return {'queued', '', unpack(grants)}

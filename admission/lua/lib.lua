@@ -61,13 +61,20 @@ local function load(key, field)
   return tonumber(redis.call('HGET', key, field) or '0')
 end
 
+-- A tenant's score is its counter in every band it is backlogged in (its requests may be queued
+-- in several bands), not only in the band of the request that moved the counter.
+local function rescore(t, c)
+  for _, band in ipairs(redis.call('ZRANGE', P .. 'bandlog', 0, -1)) do
+    if redis.call('ZSCORE', P .. 'backlog:' .. band, t) then
+      redis.call('ZADD', P .. 'backlog:' .. band, c, t)
+    end
+  end
+end
+
 -- Charge service to a tenant and its band: counters only grow.
 local function charge(t, band, weight, service)
   if service <= 0 then return end
-  local c = redis.call('HINCRBYFLOAT', P .. 'vtc', t, service / weight)
-  if redis.call('ZSCORE', P .. 'backlog:' .. band, t) then
-    redis.call('ZADD', P .. 'backlog:' .. band, c, t)
-  end
+  rescore(t, redis.call('HINCRBYFLOAT', P .. 'vtc', t, service / weight))
   local bc = redis.call('HINCRBYFLOAT', P .. 'vtc', 'band:' .. band, service / band_weight(band))
   if redis.call('ZSCORE', P .. 'bandlog', band) then
     redis.call('ZADD', P .. 'bandlog', bc, band)
@@ -95,7 +102,9 @@ end
 local function mark_backlogged(t, band)
   local bkey = P .. 'backlog:' .. band
   if not redis.call('ZSCORE', bkey, t) then
-    redis.call('ZADD', bkey, lift(t, bkey, band), t)
+    local c = lift(t, bkey, band)
+    rescore(t, c)
+    redis.call('ZADD', bkey, c, t)
   end
   if not redis.call('ZSCORE', P .. 'bandlog', band) then
     redis.call('ZADD', P .. 'bandlog', lift('band:' .. band, P .. 'bandlog', 'bands'), band)
