@@ -15,7 +15,7 @@ import hashlib
 from collections.abc import AsyncIterator
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fairgate.settings import RedisConfig
@@ -93,6 +93,11 @@ class BatchedScript:
                 future.set_result(result)
 
     async def _execute(self, commands: list[list[object]]) -> list[object]:
+        if len(commands) == 1:  # a pipeline of one costs more than the plain command
+            try:
+                return [await self._redis.evalsha(*commands[0])]
+            except ResponseError as exc:  # e.g. NoScriptError: reported per call, as below
+                return [exc]
         async with self._redis.pipeline(transaction=False) as pipe:
             for command in commands:
                 pipe.evalsha(*command)
