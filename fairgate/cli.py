@@ -15,8 +15,12 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fairgate.settings import ConfigError, load_settings
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PROFILE = REPO_ROOT / "config" / "sim" / "h100-llama3-8b.yaml"
@@ -77,7 +81,6 @@ def _parser() -> argparse.ArgumentParser:
 def _run_sim(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from fairgate.serving import serve
     from loadtest.simulator.profile import load_profile
     from loadtest.simulator.server import create_app
 
@@ -95,48 +98,23 @@ def _run_sim(args: argparse.Namespace) -> int:
         print(f"fairgate sim: bad profile {args.profile}: {exc}", file=sys.stderr)
         return 2
 
-    async def run() -> None:
-        app = create_app(profile, args.models, args.time_scale, args.seed)
-        runner = await serve(app, args.host, args.port)
-        served = ", ".join(args.models or [profile.model])
-        logging.getLogger("fairgate.sim").info(
-            "simulated engine %s serving %s on http://%s:%d (time scale %g)",
-            profile.name,
-            served,
-            args.host,
-            args.port,
-            args.time_scale,
-        )
-        try:
-            await _until_signalled()
-        finally:
-            await runner.cleanup()
-
-    _run_async(run())
+    app = create_app(profile, args.models, args.time_scale, args.seed)
+    served = ", ".join(args.models or [profile.model])
+    banner = f"simulated engine {profile.name} serving {served} on http://{args.host}:{args.port}"
+    _serve_until_signalled(app, args.host, args.port, f"{banner} (time scale {args.time_scale:g})")
     return 0
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from fairgate.serving import serve
     from gateway.app import create_app
 
     settings = load_settings(args.config)
-
-    async def run() -> None:
-        runner = await serve(create_app(settings), settings.server.host, settings.server.port)
-        logging.getLogger("fairgate").info(
-            "fairgate listening on http://%s:%d/v1 (%d pools, %d tenants)",
-            settings.server.host,
-            settings.server.port,
-            len(settings.pools),
-            len(settings.tenants),
-        )
-        try:
-            await _until_signalled()
-        finally:
-            await runner.cleanup()
-
-    _run_async(run())
+    host, port = settings.server.host, settings.server.port
+    banner = (
+        f"fairgate listening on http://{host}:{port}/v1 "
+        f"({len(settings.pools)} pools, {len(settings.tenants)} tenants)"
+    )
+    _serve_until_signalled(create_app(settings), host, port, banner)
     return 0
 
 
@@ -157,6 +135,21 @@ def _check_config(args: argparse.Namespace) -> int:
     for tenant_id, tenant in settings.tenants.items():
         print(f"  tenant {tenant_id}: weight {tenant.weight:g}, {len(tenant.key_hashes())} key(s)")
     return 0
+
+
+def _serve_until_signalled(app: web.Application, host: str, port: int, banner: str) -> None:
+    """Serve ``app`` on uvloop until SIGINT or SIGTERM, then shut it down cleanly."""
+    from fairgate.serving import serve
+
+    async def run() -> None:
+        runner = await serve(app, host, port)
+        logging.getLogger("fairgate").info("%s", banner)
+        try:
+            await _until_signalled()
+        finally:
+            await runner.cleanup()
+
+    _run_async(run())
 
 
 async def _until_signalled() -> None:
