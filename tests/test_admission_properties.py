@@ -13,12 +13,13 @@ the invariants of docs/architecture.md ("Admission invariants") against Redis:
   ``q:<tenant>:<band>`` / ``queued`` / ``backlog:<band>`` / ``bandlog`` hold exactly what the
   model says;
 - one state per request; releasing what is not leased answers "gone" and changes nothing;
-- virtual counters follow an exact model: each charge adds service / weight, the lift of a newly
-  backlogged tenant (band) raises it to the smallest backlogged counter (or the floor), nothing
-  else moves them, and they never decrease;
-- every grant is the head of its flow's queue, fits its tenant's limits and goes to the
-  least-loaded backend of its pool with room (the scripts' placement rule); a request that
-  arrives while nobody waits anywhere runs at once (the fast path: no queue, no lift);
+- virtual counters and floors follow an exact model: each charge adds service / weight, the
+  lift of a newly backlogged tenant (band) raises it to the smallest backlogged counter (or the
+  floor), nothing else moves them, and they never decrease;
+- every grant is exactly the one the scripts' dispatch must make next: the first head (of a
+  flow, FCFS within it) in policy order that fits, skipping pools reserved by a head blocked
+  only by its pool, placed on the least-loaded backend with room; a request that arrives while
+  nobody waits anywhere runs at once (the fast path: no queue, no lift);
 - work conservation, stated exactly as the scripts' dispatch guarantees it (see
   ``AdmissionMachine.check_work_conserving``);
 - at the end of every example, everything queued is cancelled and every lease released, and
@@ -28,9 +29,7 @@ Some requests ask for a band of their own (``X-Fairgate-Priority``), so a tenant
 (a queue) in each band: FCFS holds within a flow, ``max_queued`` over all of a tenant's flows,
 and a tenant's score in every backlog it is in equals its one virtual counter.
 
-Not covered here: the converse of the pool reservation (that a head behind a reserved pool is
-*not* granted in that round; an example test pins it down) and the exact order of grants among
-tenants (tests/test_admission_fairness.py).
+Long-run shares between tenants are tests/test_admission_fairness.py's business.
 
 Plain example tests at the end pin a few behaviours down with exact values.
 """
@@ -38,8 +37,7 @@ Plain example tests at the end pin a few behaviours down with exact values.
 from __future__ import annotations
 
 import asyncio
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -79,7 +77,14 @@ TENANTS = {  # name: (weight, priority, max_concurrency, max_inflight_tokens, ma
 }
 POOLS = {"p1": ["b1", "b2"], "p2": ["b3"]}
 SIZES = [10, 25, 50, 90, 160]
-SERVICES = [0.0, 10.0, 35.5, 100.0]
+# Services are 3 x a binary fraction and the lower band weighs 0.25 (priority_min_share 0.2), so
+# every virtual counter is exact in binary floating point: Redis adds them in long double, the
+# model in double, and the model can replay the scripts' fair order bit for bit (ties, broken by
+# name, included).
+SERVICES = [0.0, 12.0, 37.5, 96.0]  # charged at dispatch
+CHARGES = [0.0, 4.5, 22.5]  # charged while streaming
+USED = [None, 0.0, 48.0, 150.0, 402.0]  # the total reported at release (None: unknown)
+MIN_SHARE = 0.2
 
 
 def make_settings(redis_url: str, policy: str = "vtc") -> Settings:
@@ -102,15 +107,12 @@ def make_settings(redis_url: str, policy: str = "vtc") -> Settings:
         for name, (w, prio, mc, mt, mq) in TENANTS.items()
     }
     config: dict[str, Any] = {"redis": {"url": redis_url}, "pools": pools, "tenants": tenants}
-    return Settings(**config | {"admission": {"policy": policy}})
+    admission = {"policy": policy, "priority_min_share": MIN_SHARE}
+    return Settings(**config | {"admission": admission})
 
 
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _close(a: float, b: float) -> bool:
-    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
 
 
 # ------------------------------------------------------------------------------ Redis side
@@ -205,23 +207,7 @@ class Req:
     charged: float = 0.0  # service charged so far while leased (the lease's `ch`)
 
 
-@dataclass
-class Expected:
-    """What one step should do to the virtual counters: lifts first, then charges."""
-
-    lifted: dict[str, float] = field(default_factory=dict)  # field -> floor it is raised to
-    charged: dict[str, float] = field(default_factory=dict)  # field -> sum of increments
-
-    def charge(self, tenant: str, band: str, service: float) -> None:
-        if service <= 0:
-            return
-        weight = TENANTS[tenant][0]
-        self.charged[tenant] = self.charged.get(tenant, 0.0) + service / weight
-        bfield = "band:" + band
-        self.charged[bfield] = self.charged.get(bfield, 0.0) + service / BAND_WEIGHTS[band]
-
-
-BAND_WEIGHTS = band_weights(make_settings("redis://unused"))  # {"499": 1.0, "500": 0.11...}
+BAND_WEIGHTS = band_weights(make_settings("redis://unused"))  # {"499": 1.0, "500": 0.25}
 #: A flow is a tenant's requests in one band: FCFS within it, one queue each.
 FLOWS = [f"{t}:{b}" for t in TENANTS for b in BAND_WEIGHTS]
 
@@ -245,8 +231,9 @@ class AdmissionMachine(RuleBasedStateMachine):
         self.next_id = 0
         self.grants_seen = 0
         self.reclaimed = 0
+        self.counters: dict[str, float] = {}  # the model of `vtc`: tenant, band:<band>
+        self.vfloor: dict[str, float] = {}  # the model of `vfloor`: <band>, bands
         self.snap = snapshot(self.sync, self.prefix)
-        self.expected = Expected()
         self.step_ok = True  # False while a step runs; stays False if it fails
 
     def run(self, coro: Any) -> Any:
@@ -298,24 +285,105 @@ class AdmissionMachine(RuleBasedStateMachine):
 
     def begin(self) -> None:
         self.step_ok = False
-        self.expected = Expected()
 
-    def apply_grants(self, grants: list[tuple[str, str]]) -> None:
-        """Grants, in the order the scripts made them, each checked as it is applied."""
+    def charge_model(self, tenant: str, band: str, service: float) -> None:
+        """The scripts' charge: counters only grow."""
+        if service <= 0:
+            return
+        self.counters[tenant] = self.counters.get(tenant, 0.0) + service / TENANTS[tenant][0]
+        key = "band:" + band
+        self.counters[key] = self.counters.get(key, 0.0) + service / BAND_WEIGHTS[band]
+
+    def lift(self, key: str, floor: float) -> None:
+        if floor > self.counters.get(key, 0.0):
+            self.counters[key] = floor
+
+    def backlogged(self) -> dict[str, list[str]]:
+        """Band -> the tenants with requests queued in it."""
+        bands: dict[str, list[str]] = {}
+        for r in self.reqs.values():
+            if r.state == "queued" and r.tenant not in bands.setdefault(r.band, []):
+                bands[r.band].append(r.tenant)
+        return bands
+
+    def policy_order(self) -> list[Req]:
+        """The heads in the order the scripts' dispatch visits them (fair_order / arrival_order).
+
+        vtc: bands by band counter, then tenants by counter (ties by name, as a zset orders);
+        fcfs and shadow: by arrival. A head is the first request of a flow (tenant, band).
+        """
+        if self.policy != "vtc":
+            heads = [self.head(*f.split(":")) for f in FLOWS]
+            return sorted((h for h in heads if h is not None), key=lambda r: r.seq)
+        order = []
+        backlog = self.backlogged()
+        for band in sorted(backlog, key=lambda b: (self.counters.get("band:" + b, 0.0), b)):
+            for tenant in sorted(backlog[band], key=lambda t: (self.counters.get(t, 0.0), t)):
+                head = self.head(tenant, band)
+                assert head is not None
+                order.append(head)
+        return order
+
+    def next_grant(self) -> tuple[Req | None, dict[str, str]]:
+        """What one pass of the scripts' dispatch grants next, and the pools it reserved.
+
+        In policy order, the first head whose tenant is under its limits and whose pool has a
+        backend with room; a head blocked by its pool alone reserves that pool for the rest of
+        the pass (heads after it in that pool are skipped: no starvation of large requests).
+        """
+        reserved: dict[str, str] = {}
+        for r in self.policy_order():
+            if r.pool in reserved or not self.tenant_fits(r):
+                continue
+            if self.place(r) is not None:
+                return r, reserved
+            reserved[r.pool] = r.id
+        return None, reserved
+
+    def apply_grants(self, grants: list[tuple[str, str]], full: Req | None = None) -> None:
+        """Grants, in the order the scripts made them, each replayed on the model first.
+
+        ``full``: an enqueue answered "full": the scripts dispatched with it queued, then
+        dropped it and dispatched again.
+        """
         for request_id, backend in grants:
             r = self.reqs.get(request_id)
             assert r is not None, f"grant of an unknown request {request_id}"
             assert r.state == "queued", f"grant of {request_id}, which is {r.state}"
-            head = self.head(r.tenant, r.band)
-            assert head is r, f"{request_id} granted before {head}, queued earlier (FCFS)"
-            assert self.tenant_fits(r), f"{request_id} granted over tenant {r.tenant}'s limits"
+            expected, reserved = self.next_grant()
+            if expected is None and full is not None and full.state == "queued":
+                self.drop_full(full)
+                expected, reserved = self.next_grant()
+            assert expected is r, (
+                f"{request_id} granted, but dispatch must grant "
+                f"{expected.id if expected else 'nothing'} next (order "
+                f"{[h.id for h in self.policy_order()]}, reserved pools {reserved}, counters "
+                f"{self.counters})"
+            )
             assert backend == self.place(r), (
                 f"{request_id} granted on {backend}, expected {self.place(r)} "
                 f"(loads {[(b, self.backend_load(b)) for b in POOLS[r.pool]]}, down {self.down})"
             )
-            r.state, r.backend, r.charged = "leased", backend, r.svc
-            self.expected.charge(r.tenant, r.band, r.svc)
-            self.grants_seen += 1
+            self.lease_model(r, backend)
+        if full is not None and full.state == "queued":
+            self.drop_full(full)
+
+    def lease_model(self, r: Req, backend: str) -> None:
+        """The scripts' lease: raise the floors to the counters served, charge the input."""
+        served = self.counters.get(r.tenant, 0.0)
+        if served > self.vfloor.get(r.band, 0.0):
+            self.vfloor[r.band] = served
+        served = self.counters.get("band:" + r.band, 0.0)
+        if served > self.vfloor.get("bands", 0.0):
+            self.vfloor["bands"] = served
+        self.charge_model(r.tenant, r.band, r.svc)
+        r.state, r.backend, r.charged = "leased", backend, r.svc
+        self.grants_seen += 1
+
+    def drop_full(self, r: Req) -> None:
+        # "full" exactly when, after the first dispatch, the tenant's queue exceeds max_queued
+        assert len(self.queued(r.tenant)) > TENANTS[r.tenant][4], f"{r.id}: full too early"
+        self.gone(r.id)
 
     def gone(self, request_id: str) -> None:
         r = self.reqs[request_id]
@@ -365,32 +433,29 @@ class AdmissionMachine(RuleBasedStateMachine):
             self.reqs[request_id] = r
             self.apply_grants([(request_id, backend)])
             return
-        # The lift of a newly backlogged tenant and band, from the state before this step.
-        backlog = self.snap.backlogs.get(band, [])
-        if tenant not in {t for t, _ in backlog}:
-            floor = backlog[0][1] if backlog else self.snap.vfloor.get(band, 0.0)
-            self.expected.lifted[tenant] = floor
-        if band not in {b for b, _ in self.snap.bandlog}:
-            bandlog = self.snap.bandlog
-            floor = bandlog[0][1] if bandlog else self.snap.vfloor.get("bands", 0.0)
-            self.expected.lifted["band:" + band] = floor
+        # The VTC lift of a newly backlogged tenant (band): to the smallest counter of the
+        # backlogged ones, or with none, to the floor (the counter last served).
+        backlog = self.backlogged()
+        if tenant not in backlog.get(band, []):
+            others = [self.counters.get(t, 0.0) for t in backlog.get(band, [])]
+            self.lift(tenant, min(others) if others else self.vfloor.get(band, 0.0))
+        if band not in backlog:
+            others = [self.counters.get("band:" + b, 0.0) for b in backlog]
+            self.lift("band:" + band, min(others) if others else self.vfloor.get("bands", 0.0))
         out = self.run(
             self.scripts.enqueue(request_id, tenant, tok, svc, pool, asked, "owner", TIMEOUT_MS)
         )
         event(f"enqueue -> {out.state}")
+        assert out.state in ("granted", "queued", "full"), out
         self.reqs[request_id] = r  # it was in the queue while the scripts dispatched
-        self.apply_grants(out.grants)
+        self.apply_grants(out.grants, full=r if out.state == "full" else None)
         if out.state == "granted":
             assert r.state == "leased" and r.backend == out.backend, (out, r)
         elif out.state == "queued":
             assert r.state == "queued" and out.backend == "", (out, r)
             assert len(self.queued(tenant)) <= TENANTS[tenant][4]
         else:
-            assert out.state == "full", out
-            assert r.state == "queued", (out, r)
-            # full exactly when, after dispatch, the tenant's queue would exceed max_queued
-            assert len(self.queued(tenant)) > TENANTS[tenant][4], out
-            self.gone(request_id)
+            assert r.state == "gone" and out.backend == "", (out, r)
 
     @rule(data=st.data(), which=st.sampled_from(["duplicate", "unknown_tenant", "unknown_pool"]))
     def enqueue_refused(self, data: st.DataObject, which: str) -> None:
@@ -419,7 +484,7 @@ class AdmissionMachine(RuleBasedStateMachine):
             kind = data.draw(st.sampled_from(["leased"] * 3 + ["gone", "queued"]), label="kind")
             candidates = self.ids(kind) or self.ids("leased", "gone", "queued")
             request_id = data.draw(st.sampled_from(candidates), label="id")
-            used = data.draw(st.sampled_from([None, 0.0, 50.0, 150.0, 400.0]), label="used")
+            used = data.draw(st.sampled_from(USED), label="used")
             self.release_one(request_id, used)
 
     def release_one(self, request_id: str, used: float | None) -> None:
@@ -431,7 +496,7 @@ class AdmissionMachine(RuleBasedStateMachine):
         if r.state == "leased":
             assert out.state == "released", out
             if used is not None:
-                self.expected.charge(r.tenant, r.band, used - r.charged)
+                self.charge_model(r.tenant, r.band, used - r.charged)
             self.gone(request_id)
             self.apply_grants(out.grants)
         else:
@@ -466,12 +531,12 @@ class AdmissionMachine(RuleBasedStateMachine):
         self.begin()
         if what == "charge" and self.ids("leased", "gone"):
             request_id = data.draw(st.sampled_from(self.ids("leased", "gone")), label="id")
-            svc = data.draw(st.sampled_from([0.0, 5.0, 20.25]), label="service")
+            svc = data.draw(st.sampled_from(CHARGES), label="service")
             r = self.reqs[request_id]
             ok = self.run(self.scripts.charge(request_id, svc))
             assert ok == (r.state == "leased"), (request_id, r.state, ok)
             if ok:
-                self.expected.charge(r.tenant, r.band, svc)
+                self.charge_model(r.tenant, r.band, svc)
                 r.charged += svc
         elif what == "renew" and self.reqs:
             everything = sorted(self.reqs, key=_id_order)
@@ -521,7 +586,7 @@ class AdmissionMachine(RuleBasedStateMachine):
         self.check_budgets()
         self.check_bookkeeping(after)
         self.check_counters(before, after)
-        self.check_work_conserving(after)
+        self.check_work_conserving()
         self.snap = after
         self.step_ok = True
 
@@ -558,65 +623,44 @@ class AdmissionMachine(RuleBasedStateMachine):
         assert s.queues == {f: ids for f, ids in queues.items() if ids}, (s.queues, queues)
         queued_counts = {t: len(self.queued(t)) for t in TENANTS}
         assert s.queued == {t: n for t, n in queued_counts.items() if n}, s.queued
-        # backlogs: tenants with queued requests, per band, scored by their counter
-        backlogs: dict[str, set[str]] = {}
-        for request_id in queued:
-            r = self.reqs[request_id]
-            backlogs.setdefault(r.band, set()).add(r.tenant)
-        assert {b: {t for t, _ in m} for b, m in s.backlogs.items()} == backlogs, s.backlogs
-        assert {b for b, _ in s.bandlog} == set(backlogs), s.bandlog
-        for band, members in s.backlogs.items():
-            for t, score in members:
-                assert score == s.vtc.get(t, 0.0), f"backlog:{band} scores {t} {score} != vtc"
-        for band, score in s.bandlog:
-            assert score == s.vtc.get("band:" + band, 0.0), f"bandlog {band} {score} != vtc"
+
+        # backlogs: per band, the tenants with requests queued in it, each scored by its one
+        # counter (in every band it is in), in zset order; bandlog likewise for the bands
+        def ranked(members: list[str], key: str) -> list[tuple[str, float]]:
+            scored = [(m, self.counters.get(key + m, 0.0)) for m in members]
+            return sorted(scored, key=lambda ms: (ms[1], ms[0]))
+
+        backlog = self.backlogged()
+        assert s.backlogs == {b: ranked(ts, "") for b, ts in backlog.items()}, s.backlogs
+        assert s.bandlog == ranked(list(backlog), "band:"), s.bandlog
         assert s.stats.get("grants", 0) == self.grants_seen, s.stats
         assert s.stats.get("reclaimed", 0) == self.reclaimed, s.stats
 
     def check_counters(self, before: Snapshot, after: Snapshot) -> None:
-        """Virtual counters: exactly the lifts and charges of this step, never down."""
-        expected = dict(before.vtc)
-        for name, floor in self.expected.lifted.items():
-            expected[name] = max(expected.get(name, 0.0), floor)
-        for name, delta in self.expected.charged.items():
-            expected[name] = expected.get(name, 0.0) + delta
-        for name in set(expected) | set(after.vtc):
+        """Virtual counters and floors: exactly the model's (lifts and charges), never down."""
+        for name in set(before.vtc) | set(after.vtc):
             was, now = before.vtc.get(name, 0.0), after.vtc.get(name, 0.0)
             assert now >= was, f"virtual counter {name} went down: {was} -> {now}"
-            assert _close(now, expected.get(name, 0.0)), (
-                f"virtual counter {name}: {was} -> {now}, expected {expected.get(name, 0.0)} "
-                f"(lifts {self.expected.lifted}, charges {self.expected.charged})"
-            )
+        assert after.vtc == self.counters, f"vtc {after.vtc} != model {self.counters}"
+        assert after.vfloor == self.vfloor, f"vfloor {after.vfloor} != model {self.vfloor}"
 
-    def policy_order(self, s: Snapshot) -> list[Req]:
-        """The heads in the order the scripts' dispatch visits them (fair_order / arrival_order)."""
-        if self.policy == "vtc":
-            order = []
-            for band, _ in s.bandlog:  # zsets: by counter, ties by name (as ZRANGE returns them)
-                for tenant, _ in s.backlogs.get(band, []):
-                    head = self.head(tenant, band)
-                    if head is not None:
-                        order.append(head)
-            return order
-        heads = [self.head(*f.split(":")) for f in FLOWS]
-        return sorted((h for h in heads if h is not None), key=lambda r: r.seq)
-
-    def check_work_conserving(self, s: Snapshot) -> None:
+    def check_work_conserving(self) -> None:
         """No queued request stays queued while it could run, except for the pool reservation.
 
         Only heads can go (FCFS within a flow: a tenant in one band). The scripts' dispatch
         repeats passes over the heads in policy order (vtc: bands by band counter, then tenants
-        by counter, ties by name; fcfs/shadow: by arrival) until a pass grants nothing; in a
-        pass, a head whose tenant is
-        under its limits but whose pool has no backend with room *reserves* the pool: heads
-        after it in that pass that target the same pool are not considered (so that a stream of
-        small requests cannot starve a large one). After any step that dispatched, the last
-        pass granted nothing, so exactly this holds, and is what is checked, in policy order:
+        by counter, ties by name; fcfs/shadow: by arrival) until a pass grants nothing. In a
+        pass, a head whose tenant is under its limits but whose pool has no backend with room
+        *reserves* the pool: heads after it in that pass that target the same pool are skipped
+        (so that a stream of small requests cannot starve a large one). After any step that
+        dispatched, the last pass granted nothing, so exactly this holds, in policy order:
 
             for every head h: h's tenant is at its limits, or no non-down backend of h's pool
             has room for h, or an earlier head (in policy order) of h's pool is blocked by the
             pool alone (its tenant under its limits).
 
+        That is ``next_grant()`` finding nothing; `apply_grants` checked the other direction
+        (each grant is the one a pass must make, so nothing overtakes a reservation).
         Steps that do not dispatch (charge, renew, cancel of a leased id, a backend going down)
         change no load nor queue that could make a head fit, so the invariant carries over.
         (An enqueue answered "full" dispatched with the new request queued, possibly a head that
@@ -624,19 +668,14 @@ class AdmissionMachine(RuleBasedStateMachine):
         The `tick` rule also checks it from the other side: a tick right after any step grants
         nothing.
         """
-        reserved: dict[str, str] = {}
-        for r in self.policy_order(s):
-            if r.pool in reserved:
-                if self.tenant_fits(r) and self.place(r) is not None:
-                    event("a head that fits waits behind a reservation of its pool")
-                continue
-            if not self.tenant_fits(r):
-                continue
-            assert self.place(r) is None, (
-                f"{r.id} ({r.tenant}, {r.tok} tokens, pool {r.pool}) fits on {self.place(r)} "
-                f"but stays queued (reserved pools: {reserved})"
-            )
-            reserved[r.pool] = r.id
+        head, reserved = self.next_grant()
+        assert head is None, (
+            f"{head.id} ({head.tenant}, {head.tok} tokens, pool {head.pool}) fits on "
+            f"{self.place(head)} but stays queued (reserved pools: {reserved})"
+        )
+        for r in self.policy_order():
+            if reserved.get(r.pool, r.id) != r.id and self.tenant_fits(r) and self.place(r):
+                event("a head that fits waits behind a reservation of its pool")
 
     # -------------------------------------------------------------------- the end
 
