@@ -727,7 +727,7 @@ def test_random_operations_keep_every_admission_invariant(redis_url: str, policy
     run_state_machine_as_test(
         lambda: AdmissionMachine(redis_url, policy),  # type: ignore[arg-type]  # a factory
         settings=settings(
-            max_examples=30,
+            max_examples=20,
             stateful_step_count=40,
             deadline=None,
             database=None,
