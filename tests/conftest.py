@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,7 +103,16 @@ async def _close(clients: list[openai.AsyncOpenAI], http: aiohttp.ClientSession)
 
 #: Admission keys that hold requests in flight or waiting: all must be gone when traffic stops.
 INFLIGHT_KEYS = (
-    "tload", "bload", "lease", "req", "exp", "dl", "fifo", "granted", "bandlog", "queued"
+    "tload",
+    "bload",
+    "lease",
+    "req",
+    "exp",
+    "dl",
+    "fifo",
+    "granted",
+    "bandlog",
+    "queued",
 )
 
 
@@ -137,6 +147,22 @@ async def redis_url(redis_proc) -> AsyncIterator[str]:  # noqa: ANN001 - pytest-
         await asyncio.sleep(0.05)
     await client.aclose()
     assert not left, f"admission state left in Redis after the test: {sorted(left)}"
+
+
+async def wait_answering(url: str, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll ``url`` until it answers 200; fail at once if ``process`` exits first."""
+    async with aiohttp.ClientSession() as http:
+        for _ in range(600):
+            if process is not None and process.poll() is not None:
+                raise AssertionError(f"the process for {url} exited with {process.returncode}")
+            try:
+                async with http.get(url) as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"{url} never answered 200")
 
 
 async def redis_contents(url: str) -> dict[str, object]:

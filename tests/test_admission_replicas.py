@@ -25,7 +25,7 @@ import yaml
 from openai.types.chat import ChatCompletionMessageParam
 from redis.asyncio import Redis
 
-from tests.conftest import REPO, StartSim, gateway_config, inflight_state
+from tests.conftest import REPO, StartSim, gateway_config, inflight_state, wait_answering
 
 PREFIX = "fairgate:{adm}:"
 MODEL = "llama-3-8b"
@@ -91,20 +91,6 @@ def _replica_env(port: int) -> dict[str, str]:
     return env
 
 
-async def _wait_alive(replica: Replica, http: aiohttp.ClientSession) -> None:
-    for _ in range(600):
-        if replica.process.poll() is not None:
-            raise AssertionError(f"{replica.name} exited with {replica.process.returncode}")
-        try:
-            async with http.get(f"{replica.url}/healthz") as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{replica.name} at {replica.url} never answered /healthz")
-
-
 @pytest.fixture
 async def start_replicas(
     tmp_path: Path, unused_tcp_port_factory: Callable[[], int]
@@ -128,8 +114,7 @@ async def start_replicas(
             replica = Replica(f"replica-{next(names)}", f"http://127.0.0.1:{port}", process)
             replicas.append(replica)
             started.append(replica)
-        async with aiohttp.ClientSession() as http:
-            await asyncio.gather(*(_wait_alive(r, http) for r in started))
+        await asyncio.gather(*(wait_answering(f"{r.url}/healthz", r.process) for r in started))
         return started
 
     yield start

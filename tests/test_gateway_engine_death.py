@@ -9,11 +9,10 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
-import aiohttp
 import openai
 import pytest
 
-from tests.conftest import StartGateway, gateway_config
+from tests.conftest import StartGateway, gateway_config, wait_answering
 
 MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
 LONG = {"max_tokens": 5000, "extra_body": {"ignore_eos": True}}
@@ -32,23 +31,10 @@ def engine(unused_tcp_port: int) -> Iterator[subprocess.Popen[bytes]]:
     process.wait()
 
 
-async def wait_healthy(url: str) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(300):
-            try:
-                async with http.get(f"{url}/health") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"{url} never became healthy")
-
-
 async def test_sdk_raises_a_clear_error_when_the_engine_dies_mid_stream(
     engine: subprocess.Popen[bytes], start_gateway: StartGateway, redis_url: str
 ) -> None:
-    await wait_healthy(engine.url)
+    await wait_answering(f"{engine.url}/health", engine)
     gateway = await start_gateway(gateway_config(redis_url, {"interactive": [engine.url]}))
     stream = await gateway.client().chat.completions.create(
         model="llama-3-8b", messages=MESSAGES, stream=True, **LONG
@@ -76,7 +62,7 @@ async def test_sdk_raises_a_clear_error_when_the_engine_dies_mid_stream(
 async def test_raw_stream_ends_with_an_error_event_and_done(
     engine: subprocess.Popen[bytes], start_gateway: StartGateway, redis_url: str
 ) -> None:
-    await wait_healthy(engine.url)
+    await wait_answering(f"{engine.url}/health", engine)
     gateway = await start_gateway(gateway_config(redis_url, {"interactive": [engine.url]}))
     body = {"model": "llama-3-8b", "messages": MESSAGES, "stream": True, "max_tokens": 5000}
     async with gateway.http.post(
