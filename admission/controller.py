@@ -23,7 +23,6 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from admission.domain import domain_prefix, grants_channel, publish_config
@@ -31,6 +30,7 @@ from admission.lease import Lease
 from admission.local import LocalLimits
 from admission.scripts import AdmissionScripts, Outcome
 from fairgate.errors import GatewayError, admission_unavailable, rate_limited
+from fairgate.redis_client import GatewayRedis
 from fairgate.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class Ticket:
 class Admission:
     """The admission client of one gateway replica."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: GatewayRedis, settings: Settings) -> None:
         config = settings.admission
         self.owner = uuid.uuid4().hex[:16]
         self.prefix = domain_prefix(settings)

@@ -11,16 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 
-from redis.asyncio import Redis
-
-from fairgate.redis_client import BatchedScript, deadline
+from fairgate.redis_client import GatewayRedis, Script, deadline
 
 _LUA = resources.files("admission").joinpath("lua")
 _LIB = _LUA.joinpath("lib.lua").read_text()
 
 
-def _load(redis: Redis, name: str) -> BatchedScript:
-    return BatchedScript(redis, _LIB + "\n" + _LUA.joinpath(f"{name}.lua").read_text())
+def _load(redis: GatewayRedis, name: str) -> Script:
+    return Script(redis, _LIB + "\n" + _LUA.joinpath(f"{name}.lua").read_text())
 
 
 def _text(value: bytes | str) -> str:
@@ -46,7 +44,7 @@ class AdmissionScripts:
     """Typed calls of the admission scripts for one admission domain."""
 
     def __init__(
-        self, redis: Redis, prefix: str, ttl_ms: int, max_grants: int, timeout_s: float = 2.0
+        self, redis: GatewayRedis, prefix: str, ttl_ms: int, max_grants: int, timeout_s: float = 2.0
     ) -> None:
         self._keys = [prefix]
         self._timeout = timeout_s

@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from estimators.calibration import Calibration
@@ -25,7 +24,7 @@ from estimators.history import OutputEstimate, OutputHistory
 from estimators.prompt_tokens import count_chat_prompt, count_token_input, text_size
 from estimators.reasoning import wants_reasoning
 from estimators.tokenizer import CharEstimateTokenizer, tokenizer_for
-from fairgate.redis_client import deadline
+from fairgate.redis_client import GatewayRedis, deadline
 from fairgate.settings import ModelConfig, Settings
 
 log = logging.getLogger(__name__)
@@ -56,7 +55,7 @@ def output_cap(body: dict[str, Any], prompt_tokens: int, model: ModelConfig) -> 
 class CostEstimator:
     """Estimates request costs and learns from every completed request."""
 
-    def __init__(self, settings: Settings, redis: Redis) -> None:
+    def __init__(self, settings: Settings, redis: GatewayRedis) -> None:
         self._settings = settings
         self._config = settings.estimation
         self._timeout = settings.redis.timeout_s

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from importlib import resources
 
-from redis.asyncio import Redis
-
 from estimators.calibration import Calibration, error_bucket
 from estimators.history import OutputHistory
-from fairgate.redis_client import BatchedScript
+from fairgate.redis_client import GatewayRedis, Script
 from fairgate.settings import EstimationConfig
 
 _OBSERVE = resources.files("estimators").joinpath("observe.lua").read_text()
@@ -24,7 +22,7 @@ class Feedback:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: GatewayRedis,
         config: EstimationConfig,
         history: OutputHistory,
         calibration: Calibration,
@@ -32,7 +30,7 @@ class Feedback:
         self._config = config
         self._history = history
         self._calibration = calibration
-        self._script = BatchedScript(redis, _OBSERVE)
+        self._script = Script(redis, _OBSERVE)
 
     async def record(
         self,

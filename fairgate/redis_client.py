@@ -13,23 +13,50 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator
+from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.exceptions import NoScriptError, ResponseError
+from redis.asyncio import BlockingConnectionPool, Redis, SSLConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from fairgate.resp import Endpoint, RespChannel
 from fairgate.settings import RedisConfig
 
 
-def connect(config: RedisConfig) -> Redis:
-    """A client with a blocking pool of ``config.max_connections`` connections."""
+class GatewayRedis(Redis):
+    """redis-py's client, plus a :class:`RespChannel` for the Lua scripts on the request path.
+
+    The channel connects where the client's pool does (same URL, credentials, database, TLS)
+    and is closed with the client.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        pool = self.connection_pool
+        tls = issubclass(pool.connection_class, SSLConnection)
+        self.scripts = RespChannel(Endpoint.of_pool(pool.connection_kwargs, tls))
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await self.scripts.close()
+        await super().aclose(close_connection_pool)
+
+
+def connect(config: RedisConfig) -> GatewayRedis:
+    """A client with a blocking pool of ``config.max_connections`` connections.
+
+    A command that finds its pooled connection dead (Redis restarted since it was last used) is
+    sent once more on a fresh connection, instead of failing a request for a stale socket.
+    """
     pool = BlockingConnectionPool.from_url(
         config.url,
         max_connections=config.max_connections,
+        retry=Retry(NoBackoff(), 1),
         timeout=config.timeout_s,
         socket_connect_timeout=config.timeout_s,
     )
-    return Redis(connection_pool=pool)
+    return GatewayRedis(connection_pool=pool)
 
 
 @contextlib.asynccontextmanager
@@ -42,63 +69,24 @@ async def deadline(seconds: float) -> AsyncIterator[None]:
         raise RedisTimeoutError(f"Redis did not answer within {seconds:g} s") from exc
 
 
-class BatchedScript:
-    """A Lua script whose calls made in one event-loop iteration share one pipeline.
+class Script:
+    """A Lua script, called by its SHA over the client's :class:`RespChannel`.
 
-    Under load, many requests call the same scripts at once (admissions, releases, feedback);
-    sending them together costs one connection checkout, one write and one read instead of one
-    each. Nothing waits for a batch to fill: the batch is sent on the next loop iteration. Calls
-    keep their order. The script is invoked by its SHA; if Redis does not know it (first use, a
-    restart), it is loaded and only the calls that failed for that reason are sent again.
+    Calls made in one event-loop iteration leave in one write (the channel batches them), so
+    under load the admissions, releases and feedback of many requests share one round trip.
+    If Redis does not know the script (first use, a restart, ``SCRIPT FLUSH``), it is loaded
+    and the call sent again.
     """
 
-    def __init__(self, redis: Redis, source: str) -> None:
-        self._redis = redis
+    def __init__(self, redis: GatewayRedis, source: str) -> None:
+        self._channel = redis.scripts
         self._source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
-        self._pending: list[tuple[list[object], asyncio.Future[object]]] = []
-        self._running: set[asyncio.Task[None]] = set()
 
-    async def __call__(self, keys: list[str], args: list[object]) -> object:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[object] = loop.create_future()
-        self._pending.append(([self.sha, len(keys), *keys, *args], future))
-        if len(self._pending) == 1:
-            loop.call_soon(self._flush)
-        return await future
-
-    def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        task = asyncio.create_task(self._send(batch))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
-
-    async def _send(self, batch: list[tuple[list[object], asyncio.Future[object]]]) -> None:
+    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        command = ("EVALSHA", self.sha, len(keys), *keys, *args)
         try:
-            results = await self._execute([command for command, _ in batch])
-            unknown = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-            if unknown:
-                await self._redis.script_load(self._source)
-                retried = await self._execute([batch[i][0] for i in unknown])
-                for i, result in zip(unknown, retried, strict=True):
-                    results[i] = result
-        except Exception as exc:  # noqa: BLE001 - every caller must hear about it
-            results = [exc] * len(batch)
-        for (_, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
-
-    async def _execute(self, commands: list[list[object]]) -> list[object]:
-        if len(commands) == 1:  # a pipeline of one costs more than the plain command
-            try:
-                return [await self._redis.evalsha(*commands[0])]
-            except ResponseError as exc:  # e.g. NoScriptError: reported per call, as below
-                return [exc]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for command in commands:
-                pipe.evalsha(*command)
-            return await pipe.execute(raise_on_error=False)
+            return await self._channel.execute(*command)
+        except NoScriptError:
+            await self._channel.execute("SCRIPT", "LOAD", self._source)
+            return await self._channel.execute(*command)

@@ -57,6 +57,7 @@ from estimators.cost import Cost
 from estimators.estimator import CostEstimator
 from estimators.prompt_tokens import count_chat_prompt, text_size
 from estimators.tokenizer import TiktokenTokenizer, Tokenizer, default_tokenizer, tokenizer_for
+from fairgate.redis_client import GatewayRedis
 from fairgate.serving import serve
 from fairgate.settings import ChatTemplate, Settings
 from loadtest.calibration import DEFAULT_PROFILE
@@ -111,7 +112,7 @@ async def private_redis() -> AsyncIterator[Redis]:
     Its own process, so no developer's Redis is touched and no leftover key skews a figure.
     """
     with redis_server() as url:
-        client = Redis.from_url(url)
+        client = GatewayRedis.from_url(url)
         try:
             yield client
         finally:

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from admission.domain import band_of, domain_prefix, publish_config
 from admission.scripts import AdmissionScripts
+from fairgate.redis_client import GatewayRedis
 from fairgate.settings import Settings
 from tests.conftest import (
     RunningGateway,
@@ -70,7 +71,7 @@ class Domain:
 @pytest.fixture
 async def domain(redis_url: str) -> AsyncIterator[Any]:
     """Build a domain: ``await domain(tenants={...}, capacity=1, policy="vtc")``."""
-    redis = Redis.from_url(redis_url)
+    redis = GatewayRedis.from_url(redis_url)
     made: list[Domain] = []
 
     async def make(tenants: dict[str, dict], capacity: int = 1, **admission: Any) -> Domain:
@@ -131,7 +132,7 @@ async def test_shadow_dispatches_fcfs_and_counts_where_vtc_would_differ(
         await d.enqueue("c")
     order = [tenant for _ in range(20) for tenant in await d.release_next()]
     assert order == ["c", "a"] * 10  # arrival order: a's first request was granted at once
-    stats = await Redis.from_url(redis_url).hgetall("fairgate:{adm}:stats")
+    stats = await GatewayRedis.from_url(redis_url).hgetall("fairgate:{adm}:stats")
     assert int(stats[b"shadow_differ"]) > 0 and int(stats[b"shadow_agree"]) > 0
 
 
@@ -192,7 +193,7 @@ async def test_a_tenant_queued_in_two_bands_leaves_nothing_behind(
     assert sorted(served) == ["low", "low", "t", "t", "t", "t"]
     while d.leased:
         await d.release_next()
-    assert await inflight_state(Redis.from_url(redis_url)) == {}
+    assert await inflight_state(GatewayRedis.from_url(redis_url)) == {}
 
 
 # ------------------------------------------------------------------- through the gateway
@@ -266,7 +267,7 @@ async def test_queue_full_and_queue_timeout_are_429_with_retry_after(
     waiting = asyncio.create_task(
         client.chat.completions.create(model="llama-3-8b", messages=messages, max_tokens=1)
     )
-    redis = Redis.from_url(redis_url)
+    redis = GatewayRedis.from_url(redis_url)
 
     async def queued() -> int:
         return await redis.hlen("fairgate:{adm}:req")

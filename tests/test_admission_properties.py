@@ -51,10 +51,10 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from redis import Redis as SyncRedis
-from redis.asyncio import Redis
 
 from admission.domain import band_of, band_weights, domain_prefix, publish_config
 from admission.scripts import AdmissionScripts
+from fairgate.redis_client import GatewayRedis
 from fairgate.settings import Settings
 from tests.conftest import inflight_state
 
@@ -219,7 +219,7 @@ class AdmissionMachine(RuleBasedStateMachine):
         super().__init__()
         self.policy = policy
         self.loop = asyncio.new_event_loop()
-        self.redis = Redis.from_url(redis_url)  # the scripts' client, on this loop
+        self.redis = GatewayRedis.from_url(redis_url)  # the scripts' client, on this loop
         self.sync = SyncRedis.from_url(redis_url)  # reads Redis for the checks
         settings_ = make_settings(redis_url, policy)
         self.prefix = domain_prefix(settings_)
@@ -761,7 +761,7 @@ def _hash(h: dict) -> dict[str, str]:
 
 
 async def test_a_second_release_is_a_no_op(redis_url: str) -> None:
-    redis = Redis.from_url(redis_url)
+    redis = GatewayRedis.from_url(redis_url)
     scripts, prefix = await _domain(redis, _one_backend(redis_url, 1, 1000, {"a": {}, "b": {}}))
     first = await scripts.enqueue("r1", "a", 10, 5.0, "p", "", "o", TIMEOUT_MS)
     second = await scripts.enqueue("r2", "b", 20, 5.0, "p", "", "o", TIMEOUT_MS)
@@ -790,7 +790,7 @@ async def test_a_second_release_is_a_no_op(redis_url: str) -> None:
 
 
 async def test_cancel_of_a_granted_request_answers_leased_with_its_backend(redis_url: str) -> None:
-    redis = Redis.from_url(redis_url)
+    redis = GatewayRedis.from_url(redis_url)
     scripts, prefix = await _domain(redis, _one_backend(redis_url, 1, 1000, {"a": {}}))
     assert (await scripts.enqueue("r1", "a", 10, 1.0, "p", "", "o", TIMEOUT_MS)).state == "granted"
     assert (await scripts.enqueue("r2", "a", 10, 1.0, "p", "", "o", TIMEOUT_MS)).state == "queued"
@@ -812,7 +812,7 @@ async def test_cancel_of_a_granted_request_answers_leased_with_its_backend(redis
 
 async def test_a_request_larger_than_the_backend_runs_alone(redis_url: str) -> None:
     """150 tokens on a 100-token backend: runs only on an idle backend, and alone."""
-    redis = Redis.from_url(redis_url)
+    redis = GatewayRedis.from_url(redis_url)
     tenants = {t: {"max_inflight_tokens": 1000} for t in ("a", "b", "c")}
     scripts, prefix = await _domain(redis, _one_backend(redis_url, 3, 100, tenants))
 
@@ -840,7 +840,7 @@ async def test_a_request_larger_than_the_backend_runs_alone(redis_url: str) -> N
 
 
 async def test_an_expired_lease_is_reclaimed_and_its_capacity_granted(redis_url: str) -> None:
-    redis = Redis.from_url(redis_url)
+    redis = GatewayRedis.from_url(redis_url)
     scripts, prefix = await _domain(redis, _one_backend(redis_url, 1, 1000, {"a": {}, "b": {}}))
     assert (await scripts.enqueue("dead", "a", 10, 1.0, "p", "", "o1", TIMEOUT_MS)).state == (
         "granted"

@@ -16,6 +16,7 @@ from estimators.estimator import CostEstimator
 from estimators.prompt_tokens import count_chat_prompt
 from estimators.reasoning import wants_reasoning
 from estimators.tokenizer import HuggingFaceTokenizer, default_tokenizer
+from fairgate.redis_client import GatewayRedis
 from fairgate.settings import ModelConfig, Settings
 from tests.conftest import RunningSim, StartSim
 
@@ -90,7 +91,7 @@ def settings_for(redis_url: str, **sections: Any) -> Settings:
 
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
+    client = GatewayRedis.from_url(redis_url)
     yield client
     await client.aclose()
 
@@ -276,7 +277,7 @@ async def test_output_is_capped_by_max_tokens_or_the_context(redis_url: str, red
 
 
 async def test_redis_down_falls_back_to_priors(unused_tcp_port: int) -> None:
-    redis = Redis.from_url(f"redis://127.0.0.1:{unused_tcp_port}/0")
+    redis = GatewayRedis.from_url(f"redis://127.0.0.1:{unused_tcp_port}/0")
     estimator = CostEstimator(settings_for(f"redis://127.0.0.1:{unused_tcp_port}/0"), redis)
     cost = await estimator.estimate("t", MODEL, {"messages": [{"role": "user", "content": "hi"}]})
     assert cost.expected_output == 256 and cost.prompt_tokens == 11
