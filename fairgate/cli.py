@@ -5,6 +5,7 @@ Subcommands:
   ``sim``           run one simulated engine (an OpenAI-compatible server that behaves like vLLM)
   ``up``            start the local stack described by a config file (what ``make run`` does)
   ``check-config``  validate a config file and print what it declares
+  ``plan``          KV-cache capacity and budgets, per backend of a config or for presets
 """
 
 from __future__ import annotations
@@ -75,7 +76,70 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file")
     check.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     check.set_defaults(handler=_check_config)
+
+    plan = commands.add_parser("plan", help="KV-cache capacity and budgets (config or presets)")
+    plan.add_argument("--config", type=Path, help="print the derivation for each backend")
+    plan.add_argument("--preset", help="model preset (config/plan/presets.yaml)")
+    plan.add_argument("--gpu", help="GPU preset")
+    plan.add_argument("--gpu-memory-gib", type=float, help="GPU memory instead of a preset")
+    plan.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
+    plan.add_argument("--context", type=int, help="context length for the concurrency figure")
+    plan.add_argument("--weight-dtype", default="bf16", help="bf16, fp16, fp8, int8, int4")
+    plan.add_argument("--kv-dtype", default="auto", help="auto (16-bit), fp8, ...")
+    plan.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    plan.add_argument("--reserve-gib", type=float, help="activations etc. per GPU (2.5)")
+    plan.add_argument("--block-size", type=int, default=16)
+    plan.add_argument("--max-num-seqs", type=int)
+    plan.add_argument("--headroom", type=float, help="share of KV for max_inflight_tokens (0.9)")
+    plan.set_defaults(handler=_run_plan)
     return parser
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from backends import kv_capacity
+    from fairgate.settings import CapacityConfig
+
+    if args.config is not None:
+        settings = load_settings(args.config)
+        blocks = [kv_capacity.render_backend(n, p, b) for n, (p, b) in settings.backends().items()]
+        print("\n\n".join(blocks))
+        return 0
+    if args.preset is None:
+        print(kv_capacity.render_matrix(utilization=args.gpu_memory_utilization))
+        print("\nKV tokens per engine; '-': no room for KV; '!': one full context does not fit.")
+        print("Details: fairgate plan --preset MODEL --gpu GPU --tp N [--context N]")
+        return 0
+    given = {
+        "gpu": args.gpu,
+        "gpu_memory_gib": args.gpu_memory_gib,
+        "model": args.preset,
+        "tensor_parallel_size": args.tp,
+        "context_length": args.context,
+        "weight_dtype": args.weight_dtype,
+        "kv_cache_dtype": args.kv_dtype,
+        "gpu_memory_utilization": args.gpu_memory_utilization,
+        "reserve_gib": args.reserve_gib,
+        "block_size": args.block_size,
+        "max_num_seqs": args.max_num_seqs,
+        "headroom": args.headroom,
+    }
+    try:
+        spec = CapacityConfig(**{k: v for k, v in given.items() if v is not None})
+        print(kv_capacity.plan_capacity(spec).render())
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            where = ".".join(str(part) for part in err["loc"]) or "arguments"
+            print(
+                f"fairgate plan: {where}: {err['msg'].removeprefix('Value error, ')}",
+                file=sys.stderr,
+            )
+        return 2
+    except kv_capacity.CapacityError as exc:
+        print(f"fairgate plan: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _run_sim(args: argparse.Namespace) -> int:
