@@ -198,23 +198,22 @@ class BackendConfig(StrictModel):
         """Which of max_concurrency / max_inflight_tokens were derived from ``capacity``."""
         return self._derived
 
-    @model_validator(mode="wrap")
-    @classmethod
-    def _derive_budgets(cls, data: Any, handler: Any) -> BackendConfig:
+    @model_validator(mode="after")
+    def _derive_budgets(self) -> BackendConfig:
         """Budgets the file does not give come from the capacity, if it declares one."""
-        backend: BackendConfig = handler(data)
-        missing = {"max_concurrency", "max_inflight_tokens"} - backend.model_fields_set
-        if backend.capacity is None or not missing:
-            return backend
+        missing = {"max_concurrency", "max_inflight_tokens"} - self.model_fields_set
+        if self.capacity is None or not missing:
+            return self
         from backends.kv_capacity import CapacityError, plan_capacity
 
         try:
-            plan = plan_capacity(backend.capacity)
+            plan = plan_capacity(self.capacity)
         except CapacityError as exc:
             raise ValueError(f"capacity: {exc}") from None
-        derived = backend.model_copy(update={name: getattr(plan, name) for name in missing})
-        derived._derived = frozenset(missing)
-        return derived
+        for name in missing:  # the model is frozen; this is still its construction
+            self.__dict__[name] = getattr(plan, name)
+        self._derived = frozenset(missing)
+        return self
 
 
 class PoolConfig(StrictModel):
