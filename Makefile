@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) -m loadtest.estimation_bench --write BENCHMARKS.md
 	$(PY) -m loadtest.admission_bench --write BENCHMARKS.md
 	$(PY) -m loadtest.proxy_overhead --write BENCHMARKS.md
+	$(PY) -m loadtest.kit --all --short --no-progress --out docs/loadtest --write BENCHMARKS.md
 
 sim: $(STAMP)
 	$(VENV)/bin/fairgate sim --profile config/sim/h100-llama3-8b.yaml --port 8001

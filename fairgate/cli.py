@@ -5,6 +5,7 @@ Subcommands:
   ``sim``           run one simulated engine (an OpenAI-compatible server that behaves like vLLM)
   ``up``            start the local stack described by a config file (what ``make run`` does)
   ``check-config``  validate a config file and print what it declares
+  ``loadtest``      run load-test scenarios and write their reports (``fairgate loadtest -h``)
   ``plan``          KV-cache capacity and budgets, per backend of a config or for presets
 """
 
@@ -77,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     check.set_defaults(handler=_check_config)
 
+    loadtest = commands.add_parser(
+        "loadtest", help="run load-test scenarios", add_help=False, prefix_chars="+"
+    )
+    loadtest.add_argument("args", nargs="*")  # all of them for loadtest.kit.cli
+    loadtest.set_defaults(handler=_run_loadtest)
+
     plan = commands.add_parser("plan", help="KV-cache capacity and budgets (config or presets)")
     plan.add_argument("--config", type=Path, help="print the derivation for each backend")
     plan.add_argument("--preset", help="model preset (config/plan/presets.yaml)")
@@ -93,6 +100,12 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--headroom", type=float, help="share of KV for max_inflight_tokens (0.9)")
     plan.set_defaults(handler=_run_plan)
     return parser
+
+
+def _run_loadtest(args: argparse.Namespace) -> int:
+    from loadtest.kit.cli import main as loadtest
+
+    return loadtest(args.args)
 
 
 def _run_plan(args: argparse.Namespace) -> int:

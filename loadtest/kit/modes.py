@@ -1,0 +1,59 @@
+"""How a scenario is served: straight to the engines, or through fairgate with a policy.
+
+A mode name is one of
+
+- ``alone``: straight to the shared pool's engines, only the tenants that belong to that pool
+  (the baseline a chat tenant would see without its noisy neighbours);
+- ``direct``: straight to the shared pool's engines, every tenant (what a shared endpoint
+  without a gateway does: the engine's FIFO decides);
+- ``fcfs`` / ``vtc``: through fairgate with that admission policy, every tenant on the shared
+  pool (what fair admission alone changes);
+- ``vtc-pools``: through fairgate with ``vtc``, each tenant on its own pool (``pool:`` in the
+  scenario);
+
+optionally followed by ``-x<N>`` for N gateway replicas sharing one Redis, which the clients
+reach round robin (``vtc-x3``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+_MODE = re.compile(r"^(alone|direct|fcfs|vtc|vtc-pools)(?:-x([1-9][0-9]?))?$")
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    kind: Literal["alone", "direct", "gateway"]
+    policy: Literal["fcfs", "vtc"] | None = None
+    pools: bool = False
+    replicas: int = 1
+
+    @property
+    def through_gateway(self) -> bool:
+        return self.kind == "gateway"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def parse_mode(value: object) -> Mode:
+    """A :class:`Mode` from its name; raises ValueError naming the known forms."""
+    if isinstance(value, Mode):
+        return value
+    match = _MODE.match(str(value))
+    if match is None:
+        raise ValueError(
+            f"unknown mode {value!r}: one of alone, direct, fcfs, vtc, vtc-pools, "
+            "optionally with -x<replicas> (vtc-x3)"
+        )
+    base, replicas = match.group(1), int(match.group(2) or 1)
+    if base in ("alone", "direct"):
+        if replicas != 1:
+            raise ValueError(f"mode {value!r}: replicas apply to gateway modes only")
+        return Mode(base, base)  # type: ignore[arg-type]
+    policy = "fcfs" if base == "fcfs" else "vtc"
+    return Mode(str(value), "gateway", policy, pools=base == "vtc-pools", replicas=replicas)

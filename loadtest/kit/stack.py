@@ -1,0 +1,192 @@
+"""The processes of one run: simulated engines, a private Redis, gateway replicas.
+
+Every run starts its own: fresh engines (empty queues and KV), a fresh Redis (no virtual
+counters, estimation history or leases from the previous mode) and fresh gateways, so that
+modes run with the same seed are compared from the same state. Each process logs to a file in
+the run's work directory, and every one is stopped however the run ends.
+
+The gateway configuration is generated from the scenario (:func:`gateway_config`): one backend
+per engine with the pool's budget, one tenant per scenario tenant with its weight and limits
+(queue timeouts converted to wall seconds), and the mode's admission policy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from loadtest.kit.modes import Mode
+from loadtest.kit.scenario import Scenario
+from loadtest.kit.workload import Endpoints
+from loadtest.services import free_port, redis_server, stop, wait_listening
+
+KEY_PREFIX = "fairgate"
+
+
+def tenants_of(scenario: Scenario, mode: Mode) -> list[str]:
+    """The tenants that take part in ``mode``: ``alone`` keeps the shared pool's tenants."""
+    if mode.kind == "alone":
+        return [t for t in scenario.tenants if scenario.pool_of(t) == scenario.shared_pool]
+    return list(scenario.tenants)
+
+
+def pools_of(scenario: Scenario, mode: Mode) -> list[str]:
+    """The pools whose engines ``mode`` needs: all of them only when pools are isolated."""
+    return list(scenario.pools) if mode.pools else [scenario.shared_pool]
+
+
+def gateway_config(
+    scenario: Scenario, mode: Mode, redis_url: str, engines: dict[str, dict[str, str]]
+) -> dict[str, Any]:
+    """fairgate's configuration for ``mode``; ``engines`` maps pool -> backend name -> URL.
+
+    Isolated pools are expressed today by restricting each tenant to its scenario pool
+    (``tenants.<id>.pools``), which the gateway already honours. Issue 7's classifier will
+    replace this: the gateway will send long and reasoning requests to their pool by their
+    estimated cost, whoever sends them, and this restriction can then go.
+    """
+    scale = scenario.time_scale
+    pools = {
+        pool: {
+            "backends": {
+                name: {
+                    "url": url,
+                    "models": [scenario.model],
+                    "max_concurrency": scenario.pools[pool].max_concurrency,
+                    "max_inflight_tokens": scenario.pools[pool].max_inflight_tokens,
+                }
+                for name, url in backends.items()
+            }
+        }
+        for pool, backends in engines.items()
+    }
+    tenants = {}
+    for name in tenants_of(scenario, mode):
+        spec = scenario.tenants[name]
+        tenant: dict[str, Any] = {
+            "weight": spec.weight,
+            "max_concurrency": spec.max_concurrency,
+            "max_inflight_tokens": spec.max_inflight_tokens,
+            "max_queued": spec.max_queued,
+            "queue_timeout_s": spec.queue_timeout_s / scale,
+            "api_keys": [scenario.key(name)],
+        }
+        if mode.pools:  # issue 7: classification by cost replaces this restriction
+            tenant["pools"] = [scenario.pool_of(name)]
+        tenants[name] = tenant
+    return {
+        "server": {"host": "127.0.0.1", "port": 8080, "health_check_interval_s": 1.0},
+        "redis": {"url": redis_url, "key_prefix": KEY_PREFIX},
+        "pools": pools,
+        "tenants": tenants,
+        "estimation": {
+            "input_weight": scenario.service.input,
+            "output_weight": scenario.service.output,
+        },
+        "admission": {"policy": mode.policy or "vtc"},
+    }
+
+
+@contextlib.contextmanager
+def running(scenario: Scenario, mode: Mode, workdir: Path) -> Iterator[Endpoints]:
+    """Start what ``mode`` needs, yield where to send each tenant, stop it all afterwards."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        engines: dict[str, dict[str, str]] = {}
+        started = []
+        for pool in pools_of(scenario, mode):
+            engines[pool] = {}
+            for index in range(scenario.pools[pool].engines):
+                name, port = f"{pool}-{index}", free_port()
+                process = _spawn(stack, workdir / f"{mode}-{name}.log", _sim_args(scenario, port))
+                engines[pool][name] = f"http://127.0.0.1:{port}"
+                started.append((port, process))
+        for port, process in started:
+            wait_listening(port, process)
+        flat = {name: url for backends in engines.values() for name, url in backends.items()}
+        tenants = tenants_of(scenario, mode)
+        if not mode.through_gateway:
+            shared = list(engines[scenario.shared_pool].values())
+            yield Endpoints({t: shared for t in tenants}, flat)
+            return
+        redis_url = stack.enter_context(redis_server())
+        config_path = workdir / f"{mode}.yaml"
+        config = gateway_config(scenario, mode, redis_url, engines)
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        replicas = []
+        for index in range(mode.replicas):
+            port = free_port()
+            args = ["serve", "--config", str(config_path)]
+            env = {"FAIRGATE_SERVER__PORT": str(port)}
+            log = workdir / f"{mode}-gateway-{index}.log"
+            replicas.append((port, _spawn(stack, log, args, env)))
+        urls = [f"http://127.0.0.1:{port}" for port, _ in replicas]
+        for (_, process), url in zip(replicas, urls, strict=True):
+            _wait_ready(f"{url}/readyz", process)
+        yield Endpoints({t: urls for t in tenants}, flat, redis_url, f"{KEY_PREFIX}:{{adm}}:queued")
+
+
+def _sim_args(scenario: Scenario, port: int) -> list[str]:
+    engine = scenario.engine
+    args = [
+        "sim",
+        "--profile", str(engine.profile),
+        "--port", str(port),
+        "--time-scale", str(scenario.time_scale),
+        "--seed", str(scenario.seed),
+        "--model", scenario.model,
+    ]  # fmt: skip
+    for flag, value in (
+        ("--max-num-seqs", engine.max_num_seqs),
+        ("--max-num-batched-tokens", engine.max_num_batched_tokens),
+        ("--num-gpu-blocks", engine.num_gpu_blocks),
+    ):
+        if value is not None:
+            args += [flag, str(value)]
+    return args
+
+
+def _spawn(
+    stack: contextlib.ExitStack, log: Path, args: list[str], env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``fairgate ARGS`` in a child process that logs to ``log`` and stops with ``stack``.
+
+    The caller's ``REDIS_URL`` and ``FAIRGATE_*`` variables are not passed on: they would
+    override the generated configuration (and point a run at someone else's Redis).
+    """
+    out = stack.enter_context(log.open("wb"))
+    inherited = {
+        k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("FAIRGATE_")
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fairgate.cli", "--log-level", "warning", *args],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**inherited, **(env or {})},
+    )
+    stack.callback(stop, process)
+    return process
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    """Poll ``url`` until it answers 200; fail at once if ``process`` exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the process for {url} exited with {process.returncode}")
+        with contextlib.suppress(urllib.error.URLError, OSError):
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout_s:.0f} s")

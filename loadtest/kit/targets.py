@@ -1,0 +1,181 @@
+"""The targets of issue 6, checked on a scenario's runs: one row per figure, met or not.
+
+- ``shares``: under VTC, service within 5% of the weights in every window, Jain's index of
+  weighted service at least 0.99, and a service gap that stays bounded (at most twice the
+  largest single request's service at the end of the window) while FCFS's grows.
+- ``isolation``: the shared pool's tenants' p99 TTFT (and p99 inter-token latency) against the
+  same tenants running alone; issue 7's target is at most 1.25x with isolated pools.
+- ``overload``: at each load factor, no tenant starves (each completes some requests, and the
+  lightest ones nearly all), 429s come early, throughput matches direct.
+- ``replicas``: N replicas give the same fairness figures as one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from loadtest.kit.modes import parse_mode
+
+SHARE_TOLERANCE = 0.05
+JAIN_MIN = 0.99
+ISOLATION_MAX = 1.25
+THROUGHPUT_MIN = 0.95  # fraction of direct's throughput
+EARLY_MIN = 0.9  # fraction of 429s that came before half the queue timeout
+
+
+@dataclass(frozen=True)
+class Check:
+    target: str
+    run: str
+    figure: str
+    met: bool | None  # None: informative, no threshold
+
+    @property
+    def verdict(self) -> str:
+        return {True: "met", False: "missed", None: "-"}[self.met]
+
+
+def evaluate(targets: list[str], runs: list[dict[str, Any]]) -> list[Check]:
+    checks: list[Check] = []
+    for target in targets:
+        checks += _EVALUATORS[target](runs)
+    return checks
+
+
+def _policy(run: dict[str, Any]) -> str | None:
+    if run["mode"] == "target":
+        return None
+    return parse_mode(run["mode"]).policy
+
+
+def _shares(runs: list[dict[str, Any]]) -> list[Check]:
+    checks = []
+    fcfs_slopes = {
+        name: w["gap_slope"]
+        for run in runs
+        if _policy(run) == "fcfs"
+        for name, w in run["windows"].items()
+    }
+    for run in runs:
+        for name, w in run["windows"].items():
+            label = f"{run['label']}, window {name}"
+            shares = ", ".join(
+                f"{t} {w['shares'][t]:.3f} ({w['targets'][t]:.3f})" for t in w["shares"]
+            )
+            vtc = _policy(run) == "vtc"
+            error = w["worst_share_error"]
+            checks.append(
+                Check("shares within 5% of weights", label,
+                      f"{shares}; worst {error:.1%}", error <= SHARE_TOLERANCE if vtc else None)
+            )  # fmt: skip
+            checks.append(
+                Check("Jain's index >= 0.99", label, f"{w['jain']:.4f}",
+                      w["jain"] >= JAIN_MIN if vtc else None)
+            )  # fmt: skip
+            bound = 2 * run["max_request_service"]
+            gap = (
+                f"half {w['gap_half']:,.0f}, end {w['gap_end']:,.0f}, "
+                f"growth {w['gap_slope']:,.0f}/s (bound {bound:,.0f})"
+            )
+            met = None
+            if vtc:
+                met = w["gap_end"] <= bound and w["gap_slope"] < fcfs_slopes.get(name, float("inf"))
+            checks.append(Check("service gap bounded", label, gap, met))
+    return checks
+
+
+def _isolation(runs: list[dict[str, Any]]) -> list[Check]:
+    alone = next((r for r in runs if r["mode"] == "alone"), None)
+    checks = []
+    for run in runs:
+        pool = run["shared_pool"]
+        if run is alone or pool["ttft_p99"] is None and pool["itl_p99"] is None:
+            continue
+        parts, met = [], None
+        for key, name in (("ttft_p99", "p99 TTFT"), ("itl_p99", "p99 ITL")):
+            if pool[key] is None:
+                continue
+            figure = f"{name} {pool[key] * 1e3:,.0f} ms"
+            if alone is not None and alone["shared_pool"][key]:
+                ratio = pool[key] / alone["shared_pool"][key]
+                figure += f" = {ratio:.2f}x alone"
+                if run["mode"].startswith("vtc-pools"):
+                    met = ratio <= ISOLATION_MAX if met is None else met and ratio <= ISOLATION_MAX
+            parts.append(figure)
+        checks.append(
+            Check("chat latency within 1.25x of alone", run["label"], "; ".join(parts), met)
+        )
+    return checks
+
+
+def _overload(runs: list[dict[str, Any]]) -> list[Check]:
+    checks = []
+    direct = {r["factor"]: r for r in runs if r["mode"] == "direct"}
+    for run in runs:
+        tenants = run["tenants"].values()
+        served = {t["tenant"]: t["ok"] / t["sent"] for t in tenants if t["sent"]}
+        lightest = list(run["tenants"])[-1]
+        gateway = run["mode"] not in ("direct", "alone", "target")
+        checks.append(
+            Check(
+                "no tenant starves",
+                run["label"],
+                "served " + ", ".join(f"{t} {v:.0%}" for t, v in served.items()),
+                (min(served.values()) > 0 and served[lightest] >= 0.9) if gateway else None,
+            )
+        )
+        rejections = run["rejections"]
+        if rejections["total"]:
+            early = rejections["early"] / rejections["total"]
+            checks.append(
+                Check(
+                    "429s are early",
+                    run["label"],
+                    f"{rejections['total']} 429s, {early:.0%} before half the queue timeout",
+                    early >= EARLY_MIN,
+                )
+            )
+        base = direct.get(run["factor"])
+        if base is not None and run is not base and base["completed_rps"]:
+            ratio = run["completed_rps"] / base["completed_rps"]
+            checks.append(
+                Check(
+                    "throughput matches direct",
+                    run["label"],
+                    f"{run['completed_rps']:.2f} req/s = {ratio:.2f}x direct",
+                    ratio >= THROUGHPUT_MIN,
+                )
+            )
+    return checks
+
+
+def _replicas(runs: list[dict[str, Any]]) -> list[Check]:
+    single = next((r for r in runs if r["mode"] == "vtc"), None)
+    checks = []
+    for run in runs:
+        if single is None or run is single or not run["mode"].startswith("vtc-x"):
+            continue
+        for name, w in run["windows"].items():
+            one = single["windows"].get(name)
+            if one is None:
+                continue
+            drift = max(abs(w["shares"][t] - one["shares"][t]) for t in w["shares"])
+            figure = (
+                f"Jain {w['jain']:.4f} vs {one['jain']:.4f}; worst share error "
+                f"{w['worst_share_error']:.1%} vs {one['worst_share_error']:.1%}; "
+                f"largest share difference {drift:.3f}"
+            )
+            met = w["worst_share_error"] <= SHARE_TOLERANCE and w["jain"] >= JAIN_MIN
+            checks.append(
+                Check("same fairness as one replica", f"{run['label']}, {name}", figure, met)
+            )
+    return checks
+
+
+_EVALUATORS = {
+    "shares": _shares,
+    "isolation": _isolation,
+    "overload": _overload,
+    "replicas": _replicas,
+}
