@@ -1,0 +1,321 @@
+"""The load-test kit: scenarios, seeded arrivals and shapes, the metrics math, and a real run.
+
+The pure parts are checked on known inputs; the last tests run a tiny scenario end to end
+against real simulator processes, a real redis-server and a real gateway (all started by the
+kit on loopback), and check what the report holds, never how fast anything was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from estimators.prompt_tokens import count_chat_prompt
+from estimators.tokenizer import default_tokenizer
+from loadtest.kit.arrivals import burst_times, poisson_times, rng_for, schedule, zipf_shares
+from loadtest.kit.capacity import capacity_rps
+from loadtest.kit.cli import main as loadtest_main
+from loadtest.kit.client import Record
+from loadtest.kit.metrics import fairness, jain, percentile, served_by, slope
+from loadtest.kit.modes import parse_mode
+from loadtest.kit.scenario import (
+    Bursts,
+    Scenario,
+    ScenarioError,
+    ServiceWeights,
+    load_scenario,
+    shipped_scenarios,
+)
+from loadtest.kit.shapes import draw_plan, prompt_text
+from loadtest.kit.stack import gateway_config
+
+W = ServiceWeights()
+
+
+def scenario(**changes: object) -> Scenario:
+    data: dict = {
+        "name": "tiny",
+        "title": "tiny",
+        "duration_s": 10,
+        "modes": ["direct", "vtc"],
+        "tenants": {
+            "a": {
+                "weight": 1,
+                "arrival": {"kind": "poisson", "rate": 5},
+                "shapes": [{"prompt_tokens": 100, "output_tokens": 10}],
+            },
+            "b": {
+                "weight": 3,
+                "pool": "interactive",
+                "arrival": {"kind": "closed", "concurrency": 2},
+                "shapes": [
+                    {"prompt_tokens": {"dist": "uniform", "min": 50, "max": 80},
+                     "output_tokens": {"dist": "lognormal", "median": 20, "max": 40}},
+                ],
+            },
+        },
+    }  # fmt: skip
+    data.update(changes)
+    return Scenario(**data)
+
+
+# ----------------------------------------------------------------------- scenarios, modes
+
+
+@pytest.mark.parametrize("path", shipped_scenarios(), ids=lambda p: p.stem)
+@pytest.mark.parametrize("short", [False, True])
+def test_shipped_scenarios_are_valid(path: Path, short: bool) -> None:
+    loaded = load_scenario(path, short=short)
+    assert loaded.modes and loaded.tenants and loaded.targets
+
+
+def test_six_shipped_scenarios_and_the_short_versions_are_shorter() -> None:
+    names = [load_scenario(p).name for p in shipped_scenarios()]
+    assert names == [
+        "noisy-neighbour",
+        "weighted-shares",
+        "returning-tenant",
+        "long-prompt-stalls",
+        "overload",
+        "three-replicas",
+    ]
+    for path in shipped_scenarios():
+        assert load_scenario(path, short=True).duration_s <= load_scenario(path).duration_s
+
+
+def test_a_scenario_extends_its_base() -> None:
+    replicas, shares = load_scenario("three-replicas"), load_scenario("weighted-shares")
+    assert [m.name for m in replicas.modes] == ["vtc", "vtc-x3"]
+    assert replicas.tenants == shares.tenants
+    assert replicas.name == "three-replicas"
+
+
+def test_a_typo_in_a_scenario_names_the_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\ntitle: x\nduration_s: 1\nmodes: [vtc]\ntenants: {}\nsede: 3\n")
+    with pytest.raises(ScenarioError) as error:
+        load_scenario(bad)
+    assert "sede" in str(error.value) and "tenants" in str(error.value)
+
+
+def test_modes() -> None:
+    assert parse_mode("direct").kind == "direct"
+    pools = parse_mode("vtc-pools-x3")
+    assert (pools.kind, pools.policy, pools.pools, pools.replicas) == ("gateway", "vtc", True, 3)
+    assert parse_mode("fcfs").policy == "fcfs"
+    for bad in ("lifo", "direct-x2", "vtc-x0"):
+        with pytest.raises(ValueError):
+            parse_mode(bad)
+
+
+def test_gateway_config_isolates_pools_only_in_pools_modes() -> None:
+    s = scenario(
+        pools={"interactive": {}, "reasoning": {"max_concurrency": 4}},
+        time_scale=4,
+        tenants={
+            **scenario().model_dump()["tenants"],
+            "r": {
+                "pool": "reasoning",
+                "queue_timeout_s": 20,
+                "arrival": {"kind": "poisson", "rate": 1},
+                "shapes": [{"prompt_tokens": 100, "output_tokens": 10}],
+            },
+        },
+    )
+    engines = {
+        "interactive": {"i-0": "http://127.0.0.1:1"},
+        "reasoning": {"r-0": "http://127.0.0.1:2"},
+    }
+    shared = gateway_config(
+        s, parse_mode("vtc"), "redis://127.0.0.1:1/0", {"interactive": engines["interactive"]}
+    )
+    assert all("pools" not in t for t in shared["tenants"].values())
+    assert shared["tenants"]["r"]["queue_timeout_s"] == 5  # 20 simulated s at time scale 4
+    pooled = gateway_config(s, parse_mode("vtc-pools"), "redis://127.0.0.1:1/0", engines)
+    assert pooled["tenants"]["r"]["pools"] == ["reasoning"]
+    assert pooled["tenants"]["a"]["pools"] == ["interactive"]
+    assert pooled["pools"]["reasoning"]["backends"]["r-0"]["max_concurrency"] == 4
+    assert gateway_config(s, parse_mode("fcfs"), "redis://x:1/0", engines)["admission"] == {
+        "policy": "fcfs"
+    }
+
+
+# --------------------------------------------------------------------- arrivals and shapes
+
+
+def test_arrivals_are_seeded() -> None:
+    first = schedule(scenario(), "a")
+    assert first == schedule(scenario(), "a")
+    assert first != schedule(scenario(seed=99), "a")
+    assert all(0 <= t < 10 for t, _ in first)
+    assert [t for t, _ in first] == sorted(t for t, _ in first)
+
+
+def test_poisson_count_and_bursts() -> None:
+    times = poisson_times(50.0, 0.0, 100.0, rng_for(scenario(), "x"))
+    assert 4700 < len(times) < 5300  # 5,000 expected; 4 standard deviations either side
+    bursts = Bursts(kind="bursts", at=[1.0, 5.0, 50.0], size=4, spread_s=2.0)
+    assert burst_times(bursts, 0.0, 10.0) == [1.0, 1.5, 2.0, 2.5, 5.0, 5.5, 6.0, 6.5]
+
+
+def test_zipf_shares() -> None:
+    shares = zipf_shares(4, 1.0)
+    assert math.isclose(sum(shares), 1.0)
+    assert shares == sorted(shares, reverse=True)
+    assert math.isclose(shares[0] / shares[1], 2.0)
+    assert zipf_shares(3, 0.0) == pytest.approx([1 / 3] * 3)
+
+
+def test_shapes_are_seeded_and_within_bounds() -> None:
+    spec = scenario().tenants["b"]
+    plans = [draw_plan("b", spec.shapes, rng_for(scenario(), "b", i)) for i in range(200)]
+    again = [draw_plan("b", spec.shapes, rng_for(scenario(), "b", i)) for i in range(200)]
+    assert plans == again
+    assert all(50 <= p.prompt_tokens <= 80 and 1 <= p.output_tokens <= 40 for p in plans)
+    assert len({p.prompt_tokens for p in plans}) > 10
+
+
+@pytest.mark.parametrize("tokens", [11, 12, 100, 1_000, 28_000])
+def test_prompt_text_has_exactly_the_tokens_drawn(tokens: int) -> None:
+    message = [{"role": "user", "content": prompt_text(tokens)}]
+    assert count_chat_prompt(message, default_tokenizer()) == tokens
+
+
+# --------------------------------------------------------------------------------- metrics
+
+
+def test_percentile_and_jain_on_known_inputs() -> None:
+    assert percentile([], 50) is None
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile([0.0, 10.0], 99) == pytest.approx(9.9)
+    assert jain([5.0, 5.0, 5.0]) == 1.0
+    assert jain([1.0, 0.0, 0.0, 0.0]) == 0.25
+    assert jain([1.0, 2.0]) == pytest.approx(9 / 10)
+    assert slope([(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)]) == pytest.approx(2.0)
+
+
+def done(tenant: str, end: float, prompt: int = 100, output: int = 50, **kw: object) -> Record:
+    record = Record(tenant, 0, False, end - 1, prompt, output, end, end, 200)
+    record.__dict__.update(kw)
+    return record
+
+
+def test_service_of_a_stream_is_spread_between_first_and_last_token() -> None:
+    record = done("a", 10.0, stream=True, first_token=6.0)
+    assert served_by(record, 5.9, W) == 0
+    assert served_by(record, 6.0, W) == 100  # the prompt at the first token
+    assert served_by(record, 8.0, W) == 100 + 50  # half of 2 x 50 output tokens
+    assert served_by(record, 11.0, W) == 200
+    rejected = done("a", 3.0, status=429)
+    assert served_by(rejected, 99.0, W) == 0
+
+
+def test_fairness_of_exactly_weighted_service() -> None:
+    # Tenant b (weight 2) gets two requests for each of a's, every second, for 100 s.
+    records = [done("a", t) for t in range(1, 101)]
+    records += [done("b", t) for t in range(1, 101) for _ in range(2)]
+    result = fairness(records, {"a": 1, "b": 2}, (0, 100), W, step=1)
+    assert result.service == {"a": 100 * 200, "b": 200 * 200}
+    assert result.shares == pytest.approx({"a": 1 / 3, "b": 2 / 3})
+    assert result.worst_share_error == pytest.approx(0)
+    assert result.jain == pytest.approx(1.0)
+    assert result.gap_max <= 200  # never more than one request's service apart
+
+
+def test_fairness_of_equal_service_for_unequal_weights() -> None:
+    # FCFS-like: both tenants get the same service though b weighs 3; the gap grows with time.
+    records = [done(t, s) for t in ("a", "b") for s in range(1, 101)]
+    result = fairness(records, {"a": 1, "b": 3}, (0, 100), W, step=1)
+    assert result.shares == pytest.approx({"a": 0.5, "b": 0.5})
+    assert result.worst_share_error == pytest.approx(1.0)  # a gets 0.5 of a 0.25 target
+    assert result.jain == pytest.approx(jain([1.0, 1 / 3]))
+    # x_a - x_b = 200 t - 200 t / 3: grows by 133.3 per second
+    assert result.gap_slope == pytest.approx(400 / 3, rel=0.01)
+    assert result.gap_end == pytest.approx(2 * result.gap_half, rel=0.05)
+
+
+def test_capacity_in_closed_form() -> None:
+    s = scenario(
+        engine={"max_num_seqs": 10},
+        pools={"interactive": {"engines": 2, "max_concurrency": 64}},
+        tenants={
+            "a": {
+                "arrival": {"kind": "poisson", "rate": 1},
+                "shapes": [{"prompt_tokens": 1000, "output_tokens": 100}],
+            }
+        },
+        load={"factors": [1.0]},
+    )
+    # 5.75 ms x 100 / 10 + 17.25 us x 1000 + 6 us x 100 = 75.35 ms per request per engine
+    assert capacity_rps(s) == pytest.approx(2 / 0.07535)
+
+
+# ----------------------------------------------------------------------- a real, tiny run
+
+
+def tiny_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        """
+name: tiny
+title: Tiny
+seed: 7
+duration_s: 4
+drain_s: 4
+time_scale: 10
+sample_interval_s: 0.5
+modes: [direct, vtc-pools]
+targets: [shares, isolation]
+pools:
+  interactive: {max_concurrency: 4}
+  side: {max_concurrency: 2}
+tenants:
+  small:
+    weight: 1
+    arrival: {kind: closed, concurrency: 3}
+    shapes: [{prompt_tokens: 60, output_tokens: 20}]
+  big:
+    weight: 2
+    arrival: {kind: closed, concurrency: 3}
+    shapes: [{prompt_tokens: 80, output_tokens: 10, stream: false}]
+  side:
+    pool: side
+    arrival: {kind: bursts, at: [1], size: 3}
+    shapes: [{prompt_tokens: 2000, output_tokens: 5, stream: false}]
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_a_short_run_writes_json_markdown_and_plots(tmp_path: Path) -> None:
+    out, benchmarks = tmp_path / "out", tmp_path / "BENCHMARKS.md"
+    argv = [str(tiny_file(tmp_path)), "--out", str(out), "--write", str(benchmarks)]
+    assert loadtest_main([*argv, "--no-progress"]) == 0
+
+    report = json.loads((out / "tiny.json").read_text())
+    runs = {run["label"]: run for run in report["runs"]}
+    assert set(runs) == {"direct", "vtc-pools"}
+    assert set(runs["direct"]["tenants"]) == {"small", "big", "side"}
+    for run in runs.values():
+        tenants = run["tenants"]
+        assert tenants["side"]["sent"] == 3  # one burst of three
+        assert all(t["ok"] > 0 and t["failed"] == 0 for t in tenants.values())
+        assert run["tenants"]["small"]["itl_p50"] is not None  # streamed
+        assert run["queue_samples"] and "steady" in run["windows"]
+    # Through fairgate, the side tenant ran on its own pool and everyone else on the shared one.
+    assert runs["vtc-pools"]["pools"]["side"] == {"side": 3}
+    assert set(runs["vtc-pools"]["pools"]["small"]) == {"interactive"}
+    assert runs["direct"]["pools"] == {}
+    assert {c["target"] for c in report["targets"]} >= {"Jain's index >= 0.99"}
+
+    for kind in ("ttft", "service", "queue"):
+        png = out / f"tiny-{kind}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    section = benchmarks.read_text()
+    assert "<!-- loadtest-tiny:start -->" in section and "| vtc-pools | side |" in section
+    assert "fairgate loadtest tiny" in section
