@@ -64,7 +64,6 @@ class Admission:
             self.prefix,
             int(config.lease_ttl_s * 1000),
             config.max_grants_per_call,
-            settings.redis.timeout_s,
         )
         self._redis = redis
         self._settings = settings

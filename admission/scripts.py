@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 
-from fairgate.redis_client import GatewayRedis, Script, deadline
+from fairgate.redis_client import GatewayRedis, Script
 
 _LUA = resources.files("admission").joinpath("lua")
 _LIB = _LUA.joinpath("lib.lua").read_text()
@@ -41,13 +41,14 @@ class Outcome:
 
 
 class AdmissionScripts:
-    """Typed calls of the admission scripts for one admission domain."""
+    """Typed calls of the admission scripts for one admission domain.
 
-    def __init__(
-        self, redis: GatewayRedis, prefix: str, ttl_ms: int, max_grants: int, timeout_s: float = 2.0
-    ) -> None:
+    Calls are bounded by the channel's deadline (``redis.timeout_s``): past it they raise
+    redis-py's ``TimeoutError``, a ``RedisError`` like every other Redis failure.
+    """
+
+    def __init__(self, redis: GatewayRedis, prefix: str, ttl_ms: int, max_grants: int) -> None:
         self._keys = [prefix]
-        self._timeout = timeout_s
         self._ttl = ttl_ms
         self._max = max_grants
         self._enqueue = _load(redis, "enqueue")
@@ -69,33 +70,27 @@ class AdmissionScripts:
         timeout_ms: int,
     ) -> Outcome:
         args = [request_id, tenant, tokens, service, pool, band, owner, timeout_ms]
-        async with deadline(self._timeout):
-            result = await self._enqueue(self._keys, [*args, self._ttl, self._max])
+        result = await self._enqueue(self._keys, [*args, self._ttl, self._max])
         return Outcome(_text(result[0]), _text(result[1]), _pairs(result[2:]))
 
     async def release(self, request_id: str, service: float | None) -> Outcome:
         used = "" if service is None else service
-        async with deadline(self._timeout):
-            result = await self._release(self._keys, [request_id, used, self._ttl, self._max])
+        result = await self._release(self._keys, [request_id, used, self._ttl, self._max])
         return Outcome("released" if int(result[0]) else "gone", "", _pairs(result[1:]))
 
     async def charge(self, request_id: str, service: float) -> bool:
-        async with deadline(self._timeout):
-            return bool(await self._charge(self._keys, [request_id, service, self._ttl]))
+        return bool(await self._charge(self._keys, [request_id, service, self._ttl]))
 
     async def renew(self, request_ids: list[str]) -> list[str]:
         """Renew expiries; returns the ids that no longer exist."""
         if not request_ids:
             return []
-        async with deadline(self._timeout):
-            lost = await self._renew(self._keys, [self._ttl, *request_ids])
+        lost = await self._renew(self._keys, [self._ttl, *request_ids])
         return [_text(v) for v in lost]
 
     async def cancel(self, request_id: str) -> Outcome:
-        async with deadline(self._timeout):
-            result = await self._cancel(self._keys, [request_id, self._ttl, self._max])
+        result = await self._cancel(self._keys, [request_id, self._ttl, self._max])
         return Outcome(_text(result[0]), _text(result[1]), _pairs(result[2:]))
 
     async def tick(self) -> list[tuple[str, str]]:
-        async with deadline(self._timeout):
-            return _pairs(await self._tick(self._keys, [self._ttl, self._max]))
+        return _pairs(await self._tick(self._keys, [self._ttl, self._max]))

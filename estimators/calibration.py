@@ -57,12 +57,19 @@ class Calibration:
     def key(self, model: str) -> str:
         return f"{model_tag(self._prefix, model)}:calib"
 
+    def cached_factor(self, model: str) -> float | None:
+        """The factor this replica read last, while it is fresh (no I/O)."""
+        cached = self._factors.get(model)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        return None
+
     async def prompt_factor(self, model: str) -> float:
         """The correction factor for prompt counts of a model (1 until it has observations)."""
+        cached = self.cached_factor(model)
+        if cached is not None:
+            return cached
         now = time.monotonic()
-        cached = self._factors.get(model)
-        if cached is not None and cached[1] > now:
-            return cached[0]
         stored = await self._redis.hget(self.key(model), "prompt:factor")
         factor = float(stored) if stored else 1.0
         self._factors[model] = (factor, now + self._refresh_s)

@@ -147,6 +147,9 @@ class CostEstimator:
         return count(), source
 
     async def _prompt_factor(self, model_id: str) -> float:
+        cached = self.calibration.cached_factor(model_id)
+        if cached is not None:  # the common case: no Redis call, no deadline to set up
+            return cached
         try:
             async with deadline(self._timeout):
                 return await self.calibration.prompt_factor(model_id)
@@ -155,6 +158,9 @@ class CostEstimator:
 
     async def _output(self, tenant: str, model_id: str, reasoning: bool) -> OutputEstimate:
         kind = "reasoning" if reasoning else "chat"
+        cached = self.history.cached(tenant, model_id, kind)
+        if cached is not None:
+            return cached
         try:
             async with deadline(self._timeout):
                 return await self.history.estimate(tenant, model_id, kind)

@@ -67,34 +67,43 @@ class OutputHistory:
         self._redis = redis
         self._prefix = prefix
         self._config = config
-        self._cache: dict[tuple[str, str, str], tuple[list[int], list[int], float]] = {}
+        self._cache: dict[tuple[str, str, str], tuple[OutputEstimate, float]] = {}
 
     def keys(self, tenant: str, model: str, kind: str) -> tuple[str, str]:
         """The tenant's and the model's list (the model's hash tag: one cluster slot)."""
         tag = model_tag(self._prefix, model)
         return f"{tag}:out:tenant:{tenant}:{kind}", f"{tag}:out:all:{kind}"
 
+    def cached(self, tenant: str, model: str, kind: str) -> OutputEstimate | None:
+        """The estimate computed from this replica's last read, while it is fresh (no I/O)."""
+        cached = self._cache.get((tenant, model, kind))
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        return None
+
     async def estimate(self, tenant: str, model: str, kind: str) -> OutputEstimate:
         """The blended estimate for the next request of this tenant, model and kind."""
+        estimate = self.cached(tenant, model, kind)
+        if estimate is None:
+            estimate = self._blend(kind, *await self._samples(tenant, model, kind))
+            if len(self._cache) > 50_000:
+                self._cache.clear()
+            self._cache[(tenant, model, kind)] = (
+                estimate,
+                time.monotonic() + self._config.refresh_s,
+            )
+        return estimate
+
+    def _blend(self, kind: str, own: list[int], everyone: list[int]) -> OutputEstimate:
         prior = self._config.reasoning_prior if kind == "reasoning" else self._config.chat_prior
-        own, everyone = await self._samples(tenant, model, kind)
         weight = self._config.prior_weight
         model_wide = blend(OutputEstimate.of_prior(prior), everyone, weight)
         return blend(model_wide, own, weight)
 
     async def _samples(self, tenant: str, model: str, kind: str) -> tuple[list[int], list[int]]:
-        cache_key = (tenant, model, kind)
-        now = time.monotonic()
-        cached = self._cache.get(cache_key)
-        if cached is not None and cached[2] > now:
-            return cached[0], cached[1]
         tenant_key, model_key = self.keys(tenant, model, kind)
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.lrange(tenant_key, 0, -1)
             pipe.lrange(model_key, 0, -1)
             own, everyone = await pipe.execute()
-        result = ([int(v) for v in own], [int(v) for v in everyone])
-        if len(self._cache) > 50_000:
-            self._cache.clear()
-        self._cache[cache_key] = (*result, now + self._config.refresh_s)
-        return result
+        return [int(v) for v in own], [int(v) for v in everyone]

@@ -30,11 +30,13 @@ import hiredis
 from redis.exceptions import (
     AuthenticationError,
     NoScriptError,
+    RedisError,
     ResponseError,
 )
 from redis.exceptions import (
     ConnectionError as RedisConnectionError,
 )
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 #: Arguments hiredis can pack (and Redis understands).
 Arg = str | bytes | int | float
@@ -51,7 +53,10 @@ class Endpoint:
     username: str | None = None
     password: str | None = None
     ssl: ssl.SSLContext | None = None
-    connect_timeout_s: float = 2.0
+    #: Bounds connecting, and how long Redis may leave commands unanswered before the
+    #: connection is declared dead (fairgate sets the pool's connect timeout to
+    #: ``redis.timeout_s``, so both come from there).
+    timeout_s: float = 2.0
 
     @classmethod
     def of_pool(cls, kwargs: Mapping[str, Any], tls: bool) -> Endpoint:
@@ -64,7 +69,7 @@ class Endpoint:
             username=kwargs.get("username"),
             password=kwargs.get("password"),
             ssl=_tls_context(kwargs) if tls else None,
-            connect_timeout_s=float(kwargs.get("socket_connect_timeout") or 2.0),
+            timeout_s=float(kwargs.get("socket_connect_timeout") or 2.0),
         )
 
 
@@ -93,10 +98,19 @@ def _error(reply: hiredis.ReplyError) -> ResponseError:
 
 
 class _Connection(asyncio.Protocol):
-    """One Redis connection: writes batched per loop iteration, replies matched in order."""
+    """One Redis connection: writes batched per loop iteration, replies matched in order.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    Deadlines cost nothing per command: a watchdog runs only while commands are outstanding
+    and declares the connection dead when Redis has answered none of them for ``timeout_s``
+    (every caller then gets redis-py's ``TimeoutError``). Replies come in order, so the oldest
+    command waiting that long means all of them are stuck.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
         self.loop = loop
+        self._timeout_s = timeout_s
+        self._progress_at = 0.0  # when Redis last answered, or commands started waiting
+        self._watchdog: asyncio.TimerHandle | None = None
         self._reader = hiredis.Reader()
         self._transport: asyncio.Transport | None = None
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
@@ -116,6 +130,10 @@ class _Connection(asyncio.Protocol):
         if self.lost is not None:
             future.set_exception(RedisConnectionError(f"Redis connection lost: {self.lost}"))
             return future
+        if not self._waiting:
+            self._progress_at = self.loop.time()
+            if self._watchdog is None:
+                self._watchdog = self.loop.call_later(self._timeout_s, self._watch)
         self._waiting.append(future)
         self._outgoing.append(packed)
         if len(self._outgoing) == 1:
@@ -129,7 +147,18 @@ class _Connection(asyncio.Protocol):
         self._outgoing.clear()
         self._transport.write(data)
 
+    def _watch(self) -> None:
+        self._watchdog = None
+        if not self._waiting or self.lost is not None:
+            return
+        silent_for = self.loop.time() - self._progress_at
+        if silent_for >= self._timeout_s:
+            self.close(RedisTimeoutError(f"Redis did not answer within {self._timeout_s:g} s"))
+        else:
+            self._watchdog = self.loop.call_later(self._timeout_s - silent_for, self._watch)
+
     def data_received(self, data: bytes) -> None:
+        self._progress_at = self.loop.time()
         self._reader.feed(data)
         try:
             while (reply := self._reader.gets()) is not False:
@@ -158,11 +187,14 @@ class _Connection(asyncio.Protocol):
         """Every caller still waiting hears that its command's fate is unknown."""
         if self.lost is None:
             self.lost = reason
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         self._outgoing.clear()
         while self._waiting:
             future = self._waiting.popleft()
             if not future.done():
-                future.set_exception(RedisConnectionError(f"Redis connection lost: {reason}"))
+                future.set_exception(_lost(reason))
 
 
 class RespChannel:
@@ -206,14 +238,18 @@ class RespChannel:
         loop = _loop()
         endpoint = self.endpoint
         try:
-            async with asyncio.timeout(endpoint.connect_timeout_s):
+            async with asyncio.timeout(endpoint.timeout_s):
+
+                def protocol() -> _Connection:
+                    return _Connection(loop, endpoint.timeout_s)
+
                 if endpoint.path:
                     _, connection = await loop.create_unix_connection(
-                        lambda: _Connection(loop), endpoint.path, ssl=endpoint.ssl
+                        protocol, endpoint.path, ssl=endpoint.ssl
                     )
                 else:
                     _, connection = await loop.create_connection(
-                        lambda: _Connection(loop), endpoint.host, endpoint.port, ssl=endpoint.ssl
+                        protocol, endpoint.host, endpoint.port, ssl=endpoint.ssl
                     )
                 await self._handshake(connection)
         except (OSError, TimeoutError) as exc:
@@ -239,6 +275,13 @@ class RespChannel:
         except BaseException:
             connection.close(RedisConnectionError("handshake failed"))
             raise
+
+
+def _lost(reason: BaseException) -> RedisError:
+    """What a caller whose command was in flight hears: a timeout, or a lost connection."""
+    if isinstance(reason, RedisTimeoutError):
+        return RedisTimeoutError(str(reason))
+    return RedisConnectionError(f"Redis connection lost: {reason}")
 
 
 def _loop() -> asyncio.AbstractEventLoop:

@@ -21,6 +21,7 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._models: dict[str, tuple[Histogram, Histogram, Gauge]] = {}
         self.estimate_ratio = Histogram(
             "fairgate_estimate_ratio",
             "Estimated / actual tokens of finished requests (1 is exact).",
@@ -50,12 +51,24 @@ class GatewayMetrics:
 
     def observed(self, model: str, seen: Observation) -> None:
         """Record what one comparison of estimate and usage showed."""
+        prompt_ratio, output_ratio, factor = self._of_model(model)
         if seen.prompt_ratio is not None:
-            self.estimate_ratio.labels(model, "prompt").observe(seen.prompt_ratio)
+            prompt_ratio.observe(seen.prompt_ratio)
         if seen.output_ratio is not None:
-            self.estimate_ratio.labels(model, "output").observe(seen.output_ratio)
+            output_ratio.observe(seen.output_ratio)
         if seen.prompt_factor is not None:
-            self.correction_factor.labels(model).set(seen.prompt_factor)
+            factor.set(seen.prompt_factor)
+
+    def _of_model(self, model: str) -> tuple[Histogram, Histogram, Gauge]:
+        """A model's labelled series, looked up once (``labels()`` is costly per request)."""
+        series = self._models.get(model)
+        if series is None:
+            series = self._models[model] = (
+                self.estimate_ratio.labels(model, "prompt"),
+                self.estimate_ratio.labels(model, "output"),
+                self.correction_factor.labels(model),
+            )
+        return series
 
     def response(self) -> web.Response:
         return web.Response(body=generate_latest(self.registry), content_type="text/plain")
