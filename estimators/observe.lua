@@ -1,12 +1,14 @@
--- Learn from one finished request, in one step: compare the prompt estimate with the engine's
--- count (correction factor and error distribution), record the true output length in the
--- tenant's and the model's recent history, and compare the output estimate with it.
--- KEYS[1]: the model's calibration hash, KEYS[2]: the tenant's history list,
--- KEYS[3]: the model-wide history list (all three share the model's hash tag)
+-- Learn from a batch of finished requests of one model, in one step: compare each prompt
+-- estimate with the engine's count (correction factor and error distribution), record each
+-- true output length in the tenant's and the model's recent history, and compare the output
+-- estimate with it. A replica sends what it observed over a few milliseconds as one batch.
+-- KEYS[1]: the model's calibration hash; KEYS[2..]: history lists (tenants' and model-wide);
+-- all share the model's hash tag.
 -- ARGV[1]: EWMA weight, ARGV[2]: history length kept, ARGV[3]: history time to live (ms)
--- ARGV[4..7]: prompt raw count, prompt estimate used, prompt actual ('' to skip), error bucket
--- ARGV[8..10]: output estimate used, output actual ('' to skip), error bucket
--- Returns the prompt correction factor after this observation (a string).
+-- then 9 values per observation: index in KEYS of the tenant's history list, of the model-wide
+-- list; prompt raw count, prompt estimate used, prompt actual ('' to skip), error bucket;
+-- output estimate used, output actual ('' to skip), error bucket.
+-- Returns the prompt correction factor after the batch (a string).
 
 local function calibrate(kind, raw, used, actual, bucket)
   local n = redis.call('HINCRBY', KEYS[1], kind .. ':n', 1)
@@ -30,17 +32,25 @@ local function calibrate(kind, raw, used, actual, bucket)
   return factor
 end
 
+local size, ttl = tonumber(ARGV[2]), ARGV[3]
+local touched = {}
 local factor = tonumber(redis.call('HGET', KEYS[1], 'prompt:factor') or '1')
-if ARGV[6] ~= '' then
-  factor = calibrate('prompt', tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7])
-end
-if ARGV[9] ~= '' then
-  local output = tonumber(ARGV[9])
-  for i = 2, 3 do
-    redis.call('LPUSH', KEYS[i], output)
-    redis.call('LTRIM', KEYS[i], 0, tonumber(ARGV[2]) - 1)
-    redis.call('PEXPIRE', KEYS[i], ARGV[3])
+for i = 4, #ARGV, 9 do
+  if ARGV[i + 4] ~= '' then
+    factor = calibrate('prompt', tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]),
+                       tonumber(ARGV[i + 4]), ARGV[i + 5])
   end
-  calibrate('output', tonumber(ARGV[8]), tonumber(ARGV[8]), output, ARGV[10])
+  if ARGV[i + 7] ~= '' then
+    local output = tonumber(ARGV[i + 7])
+    for _, k in ipairs({tonumber(ARGV[i]), tonumber(ARGV[i + 1])}) do
+      redis.call('LPUSH', KEYS[k], output)
+      touched[k] = true
+    end
+    calibrate('output', tonumber(ARGV[i + 6]), tonumber(ARGV[i + 6]), output, ARGV[i + 8])
+  end
+end
+for k in pairs(touched) do
+  redis.call('LTRIM', KEYS[k], 0, size - 1)
+  redis.call('PEXPIRE', KEYS[k], ttl)
 end
 return tostring(factor)

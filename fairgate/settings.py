@@ -327,6 +327,11 @@ class EstimationConfig(StrictModel):
     off_loop_chars: PositiveInt = Field(
         16_000, description="Prompts longer than this are tokenized in a worker thread."
     )
+    feedback_flush_s: NonNegativeFloat = Field(
+        0.02,
+        description="Observations of finished requests are sent to Redis in one batch per "
+        "model this often (0: at the next event-loop iteration).",
+    )
 
 
 class AdmissionConfig(StrictModel):

@@ -129,7 +129,7 @@ def bench_settings(
             "pools": {"bench": {"backends": {"sim": {"url": f"http://{LOOPBACK}:9",
                                                      "models": [MODEL]}}}},  # never contacted
             "redis": {"key_prefix": prefix},
-            "estimation": {} if refresh_s is None else {"refresh_s": refresh_s},
+            "estimation": {"feedback_flush_s": 0, **({} if refresh_s is None else {"refresh_s": refresh_s})},
             "models": {HF_MODEL: {"tokenizer": str(hf_tokenizer)}} if hf_tokenizer else {},
         }
     )  # fmt: skip

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from estimators.estimator import CostEstimator
+from estimators.feedback import OBSERVE_LUA
 from estimators.prompt_tokens import count_chat_prompt
 from estimators.reasoning import wants_reasoning
 from estimators.tokenizer import HuggingFaceTokenizer, default_tokenizer
@@ -98,7 +99,9 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 
 @pytest.fixture
 def estimator(redis_url: str, redis: Redis) -> CostEstimator:
-    return CostEstimator(settings_for(redis_url, estimation={"refresh_s": 0}), redis)
+    return CostEstimator(
+        settings_for(redis_url, estimation={"refresh_s": 0, "feedback_flush_s": 0}), redis
+    )
 
 
 @pytest.fixture(scope="session")
@@ -242,6 +245,42 @@ async def test_output_history_converges_to_the_true_distribution(
     learned = await estimator.estimate("t", MODEL, body)
     assert abs(learned.expected_output / true_p50 - 1) < 0.15
     assert abs(learned.likely_output / true_p90 - 1) < 0.2
+
+
+async def test_concurrent_observations_go_as_one_batch_and_none_is_lost(
+    redis_url: str, redis: Redis
+) -> None:
+    """Observations within ``feedback_flush_s`` share one script call; each still lands."""
+    settings = settings_for(redis_url, estimation={"refresh_s": 0, "feedback_flush_s": 0.05})
+    estimator = CostEstimator(settings, redis)
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    cost = await estimator.estimate("a", MODEL, body)
+    await redis.script_load(OBSERVE_LUA)  # so that the batch is one EVALSHA, not NOSCRIPT + retry
+    before = _script_calls(await redis.info("commandstats"))
+    outputs = {"a": [10, 20, 30], "b": [40, 50]}
+    factors = await asyncio.gather(
+        *(
+            estimator.observe(
+                tenant, MODEL, cost, {"prompt_tokens": 2 * cost.prompt_tokens,
+                                      "completion_tokens": n}, completed=True
+            )
+            for tenant, lengths in outputs.items()
+            for n in lengths
+        )
+    )  # fmt: skip
+    assert _script_calls(await redis.info("commandstats")) - before == 1  # one EVALSHA
+    assert {seen.prompt_factor for seen in factors} == {2.0}  # all heard the batch's factor
+    for tenant, lengths in outputs.items():
+        own, _ = estimator.history.keys(tenant, MODEL, "chat")
+        assert sorted(int(v) for v in await redis.lrange(own, 0, -1)) == lengths
+    _, everyone = estimator.history.keys("a", MODEL, "chat")
+    assert sorted(int(v) for v in await redis.lrange(everyone, 0, -1)) == [10, 20, 30, 40, 50]
+    report = await estimator.calibration.report(MODEL, "prompt")
+    assert report.observations == 5
+
+
+def _script_calls(stats: dict[str, Any]) -> int:
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
 async def test_reasoning_has_its_own_history_and_new_tenants_start_from_the_model(
