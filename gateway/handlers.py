@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from functools import partial
@@ -80,9 +80,7 @@ def inference(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Strea
         finally:
             # Released however the request ended, without delaying the response: a task that
             # the cancellation of this handler cannot reach.
-            gateway.in_background(lease.release(_service_used(cost, parsed, outcome)))
-        if outcome.usage is not None:
-            gateway.in_background(_learn(gateway, tenant_id, parsed.model, cost, outcome))
+            gateway.in_background(_settle(gateway, tenant_id, parsed, cost, lease, outcome))
         return response
 
     return handle
@@ -121,7 +119,7 @@ def _ticket(
     if asked := request.headers.get("X-Fairgate-Queue-Timeout"):
         timeout = min(timeout, max(_number(asked, "X-Fairgate-Queue-Timeout"), 0.001))
     return Ticket(
-        request_id=f"{request_id_of(request)}.{uuid.uuid4().hex[:8]}",
+        request_id=f"{request_id_of(request)}.{os.urandom(4).hex()}",
         tenant=tenant_id,
         tokens=cost.inflight_tokens,
         service=cost.input_weight * cost.prompt_tokens,
@@ -231,13 +229,23 @@ class _OutputMeter:
                 self._gateway.in_background(self._lease.charge(self._weight * batch))
 
 
-async def _learn(
-    gateway: Gateway, tenant_id: str, model: str, cost: Cost, outcome: Outcome
+async def _settle(
+    gateway: Gateway,
+    tenant_id: str,
+    parsed: InferenceRequest,
+    cost: Cost,
+    lease: Lease,
+    outcome: Outcome | None,
 ) -> None:
-    assert outcome.usage is not None
+    """After the response: release the lease with the service used, then learn from usage."""
+    await lease.release(_service_used(cost, parsed, outcome))
+    if outcome is None or outcome.usage is None:
+        return
     completed = outcome.completed and outcome.status == 200
-    seen = await gateway.estimator.observe(tenant_id, model, cost, outcome.usage, completed)
-    gateway.metrics.observed(model, seen)
+    seen = await gateway.estimator.observe(
+        tenant_id, parsed.model, cost, outcome.usage, completed
+    )
+    gateway.metrics.observed(parsed.model, seen)
 
 
 def _service_used(cost: Cost, parsed: InferenceRequest, outcome: Outcome | None) -> float | None:

@@ -10,8 +10,8 @@ exceptions, the client receives a JSON error body it can parse, never an HTML pa
 from __future__ import annotations
 
 import logging
+import os
 import re
-import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -33,7 +33,7 @@ def request_id_of(request: web.Request) -> str:
 @web.middleware
 async def request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
     given = request.headers.get("X-Request-Id", "")
-    request[REQUEST_ID] = given if _SANE_ID.match(given) else uuid.uuid4().hex
+    request[REQUEST_ID] = given if _SANE_ID.match(given) else os.urandom(16).hex()
     try:
         response = await handler(request)
     except web.HTTPException as exc:

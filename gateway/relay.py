@@ -12,6 +12,7 @@ makes the engine abort the request and free its KV cache.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -142,9 +143,26 @@ async def relay_body(
 
 
 def _usage_of(body: bytes) -> dict[str, Any] | None:
+    """The ``usage`` object of a completion body.
+
+    Engines put ``usage`` last, so it is decoded from where its key starts rather than by
+    decoding the whole answer (which can be long); anything unusual gets the full decode.
+    """
+    at = body.rfind(b'"usage"')
+    if at > 0:
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            text = body[at:].decode()
+            start = text.index("{")
+            if not text[len('"usage"') : start].strip(" \t\r\n:"):
+                usage, _ = _DECODER.raw_decode(text, start)
+                if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+                    return usage
     try:
         value = json.loads(body)
     except ValueError:
         return None
     usage = value.get("usage") if isinstance(value, dict) else None
     return usage if isinstance(usage, dict) else None
+
+
+_DECODER = json.JSONDecoder()

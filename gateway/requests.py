@@ -74,9 +74,12 @@ class InferenceRequest:
     model: str
     stream: bool
     client_wants_usage: bool
+    raw: bytes | None = None  # the client's bytes, while the body is forwarded unchanged
 
     def upstream_body(self) -> bytes:
-        """The JSON sent to the engine."""
+        """The JSON sent to the engine: the client's own bytes unless the body was changed."""
+        if self.raw is not None:
+            return self.raw
         return json.dumps(self.body, separators=(",", ":")).encode()
 
 
@@ -95,9 +98,11 @@ def parse_request(endpoint: Endpoint, raw: bytes) -> InferenceRequest:
     stream = bool(checked.stream) and endpoint.streams
     options = checked.stream_options or {}
     wants_usage = bool(options.get("include_usage"))
-    if stream:
+    if stream and not wants_usage:
         body["stream_options"] = {**options, "include_usage": True}
-    return InferenceRequest(endpoint, body, checked.model, stream, stream and wants_usage)
+    unchanged = raw if not stream or wants_usage else None
+    client_usage = stream and wants_usage
+    return InferenceRequest(endpoint, body, checked.model, stream, client_usage, unchanged)
 
 
 _TOKEN_INPUT = "a string, an array of strings, an array of token ids or an array of those"
