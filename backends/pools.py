@@ -1,8 +1,8 @@
 """Pools of interchangeable engines, and which pools serve which model.
 
 The model named in a request selects the pools that serve it (restricted to the pools its
-tenant may use); classifying a request into one of them by cost comes with isolated pools.
-Within a pool, backends are tried round robin, healthy ones first.
+tenant may use); the routing rules (:mod:`backends.classify`) choose one of them by the
+request's estimated cost. Within a pool, backends are tried round robin, healthy ones first.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 
 from backends.backend import Backend
+from backends.classify import Classifier
 from fairgate.settings import Settings
 
 
@@ -43,7 +44,9 @@ class Router:
             )
             for name, pool in settings.pools.items()
         }
-
+        self.classifier = Classifier(
+            settings.routing.rules, {name: pool.models for name, pool in self.pools.items()}
+        )
         self._by_name = {b.name: b for pool in self.pools.values() for b in pool.backends}
 
     @property

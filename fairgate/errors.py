@@ -65,6 +65,11 @@ def invalid_api_key(message: str) -> GatewayError:
     return GatewayError(401, message, code="invalid_api_key")
 
 
+def permission_denied(message: str, param: str | None = None) -> GatewayError:
+    """403: the key is valid but its tenant may not do this (``PermissionDeniedError``)."""
+    return GatewayError(403, message, "permission_error", "permission_denied", param)
+
+
 def model_not_found(model: str) -> GatewayError:
     return GatewayError(
         404,

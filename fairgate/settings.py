@@ -363,6 +363,73 @@ class AdmissionConfig(StrictModel):
         description="With Redis unreachable: closed answers 503; open admits under per-replica "
         "limits (no fairness, no shared limits) and warns.",
     )
+    engine_max_waiting: NonNegativeInt | None = Field(
+        0,
+        description="A backend whose engine reports more requests waiting inside it than this "
+        "gets no new work until a scrape shows it drained (null: engines' queues are ignored).",
+    )
+
+
+def _as_list(value: object) -> object:
+    """``models: llama-3-8b`` is short for ``models: [llama-3-8b]``."""
+    return [value] if isinstance(value, str) else value
+
+
+#: Route names the gateway gives itself: no rule matched, or the client named the pool.
+RESERVED_ROUTES = frozenset({"default", "header"})
+
+
+class RoutingRule(StrictModel):
+    """Send the requests that match every condition given to ``pool``.
+
+    Conditions left unset match anything; bounds are inclusive. Token figures are the
+    request's estimate (:class:`estimators.cost.Cost`): ``prompt_tokens`` as counted before it
+    runs, ``expected_output`` the p50 of recent outputs of the tenant and model (the prior
+    until there is history), ``max_output`` its hard cap (``max_tokens`` or what is left of
+    the context).
+    """
+
+    name: Name = Field(description="Shown in X-Fairgate-Route and the metrics' rule label.")
+    pool: Name = Field(description="Where matching requests go.")
+    models: Annotated[list[ModelId] | None, BeforeValidator(_as_list)] = Field(
+        None, description="A model id or a list of them."
+    )
+    tenants: Annotated[list[Name] | None, BeforeValidator(_as_list)] = Field(
+        None, description="A tenant id or a list of them."
+    )
+    min_prompt_tokens: NonNegativeInt | None = None
+    max_prompt_tokens: NonNegativeInt | None = None
+    min_expected_output: NonNegativeInt | None = None
+    max_expected_output: NonNegativeInt | None = None
+    min_max_output: NonNegativeInt | None = None
+    max_max_output: NonNegativeInt | None = None
+    reasoning: bool | None = Field(None, description="Match only requests that (do not) reason.")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name in RESERVED_ROUTES:
+            raise ValueError(f"{name!r} is reserved (the gateway's own route names)")
+        return name
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> RoutingRule:
+        for what in ("prompt_tokens", "expected_output", "max_output"):
+            low, high = getattr(self, f"min_{what}"), getattr(self, f"max_{what}")
+            if low is not None and high is not None and low > high:
+                raise ValueError(f"min_{what} ({low}) is above max_{what} ({high})")
+        return self
+
+
+class RoutingConfig(StrictModel):
+    """How requests are classified into pools (see backends/classify.py).
+
+    Rules are tried in order and the first that matches wins, provided its pool serves the
+    request's model and the tenant may use it; otherwise the request goes to the first pool
+    (in file order) that serves the model and the tenant may use.
+    """
+
+    rules: list[RoutingRule] = Field(default_factory=list)
 
 
 class TenantConfig(StrictModel):
@@ -382,6 +449,11 @@ class TenantConfig(StrictModel):
     max_queued: NonNegativeInt = Field(256, description="Requests waiting in the queue.")
     queue_timeout_s: PositiveFloat = Field(30.0, description="Longest wait before a 429.")
     pools: list[Name] | None = Field(None, description="Pools this tenant may use; all if unset.")
+    allow_pool_header: bool = Field(
+        False,
+        description="May name its pool per request (X-Fairgate-Pool), among those it may use; "
+        "otherwise such a request gets 403.",
+    )
     api_keys: list[SecretStr] = Field(
         default_factory=list, description="Keys in clear, to seed; stored only as hashes."
     )
@@ -460,6 +532,7 @@ class Settings(BaseSettings):
     models: dict[ModelId, ModelConfig] = Field(default_factory=dict)
     estimation: EstimationConfig = EstimationConfig()
     admission: AdmissionConfig = AdmissionConfig()
+    routing: RoutingConfig = RoutingConfig()
 
     def model(self, model_id: str) -> ModelConfig:
         """The configuration of a model (defaults for one the file does not describe)."""
@@ -503,7 +576,36 @@ class Settings(BaseSettings):
                         f"tenants.{tenant_id}.pools: unknown pool {pool!r} "
                         f"(known: {', '.join(sorted(self.pools))})"
                     )
+        self._check_routing()
         return self
+
+    def _check_routing(self) -> None:
+        """Every rule names a known pool that serves its models, and known tenants that may
+        use it; rule names are unique."""
+        _no_repeats("routing.rules", "rule name", [rule.name for rule in self.routing.rules])
+        for index, rule in enumerate(self.routing.rules):
+            where = f"routing.rules.{index}"
+            pool = self.pools.get(rule.pool)
+            if pool is None:
+                raise ValueError(
+                    f"{where}.pool: unknown pool {rule.pool!r} "
+                    f"(known: {', '.join(sorted(self.pools))})"
+                )
+            for model in rule.models or ():
+                if model not in pool.models:
+                    raise ValueError(
+                        f"{where}.models: pool {rule.pool!r} does not serve {model!r} "
+                        f"(it serves: {', '.join(sorted(pool.models))})"
+                    )
+            for tenant_id in rule.tenants or ():
+                tenant = self.tenants.get(tenant_id)
+                if tenant is None:
+                    raise ValueError(f"{where}.tenants: unknown tenant {tenant_id!r}")
+                if tenant.pools is not None and rule.pool not in tenant.pools:
+                    raise ValueError(
+                        f"{where}.tenants: tenant {tenant_id!r} may not use pool {rule.pool!r} "
+                        f"(tenants.{tenant_id}.pools)"
+                    )
 
     def backends(self) -> dict[str, tuple[str, BackendConfig]]:
         """Every backend by name, with the name of its pool."""

@@ -29,7 +29,6 @@ from fairgate.errors import (
     backend_unavailable,
     invalid_api_key,
     invalid_request,
-    model_not_found,
 )
 from fairgate.settings import TenantConfig
 from gateway.auth import authenticate
@@ -42,6 +41,7 @@ from gateway.relay import (
     relay_stream,
 )
 from gateway.requests import Endpoint, InferenceRequest, parse_request
+from gateway.routing import default_pool, requested_pool, route
 from gateway.state import GATEWAY, Gateway
 
 #: Request headers passed on to the engine (the tenant's key never is).
@@ -63,11 +63,14 @@ def inference(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Strea
         gateway = request.app[GATEWAY]
         tenant_id, tenant = await _tenant(request, gateway)
         parsed = parse_request(endpoint, await request.read())
-        pool = _pool_for(gateway, parsed, tenant)
-        cost = await _estimate(gateway, tenant_id, parsed, pool)
+        pinned = requested_pool(request, gateway, parsed.model, tenant)
+        estimating = pinned or default_pool(gateway, parsed.model, tenant)
+        cost = await _estimate(gateway, tenant_id, parsed, estimating)
+        pool, chosen = route(gateway, tenant_id, tenant, parsed.model, cost, pinned)
         headers = {
             "X-Request-Id": request_id_of(request),
             "X-Fairgate-Pool": pool.name,
+            "X-Fairgate-Route": chosen.rule,
             "x-fairgate-estimate-prompt-tokens": str(cost.prompt_tokens),
             "x-fairgate-estimate-output-tokens": str(cost.expected_output),
         }
@@ -84,13 +87,6 @@ def inference(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Strea
         return response
 
     return handle
-
-
-def _pool_for(gateway: Gateway, parsed: InferenceRequest, tenant: TenantConfig) -> Pool:
-    pools = gateway.router.pools_for(parsed.model, tenant.pools)
-    if not pools:
-        raise model_not_found(parsed.model)
-    return pools[0]
 
 
 async def _estimate(gateway: Gateway, tenant_id: str, parsed: InferenceRequest, pool: Pool) -> Cost:

@@ -3,13 +3,14 @@
 One registry per application, so several gateways can run in one test process. Labels are
 bounded: ``model`` takes only the model ids the configuration serves (requests for others are
 refused before any metric is touched), ``kind`` is ``prompt`` or ``output``, ``event`` one of
-the few admission events.
+the few admission events, ``pool`` and ``rule`` the configured pools and routing rules (plus
+``default`` and ``header``).
 """
 
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from estimators.estimator import Observation
 
@@ -35,7 +36,14 @@ class GatewayMetrics:
             ["model"],
             registry=self.registry,
         )
-
+        self.routed_requests = Counter(
+            "fairgate_routed_requests",
+            "Requests by the pool they were sent to and the routing rule that chose it "
+            "(default: no rule matched; header: the client named the pool).",
+            ["pool", "rule"],
+            registry=self.registry,
+        )
+        self._routes: dict[tuple[str, str], Counter] = {}
         self.admission_events = Gauge(
             "fairgate_admission_events",
             "Admission events of all replicas since Redis started: grants, reclaimed leases, "
@@ -48,6 +56,13 @@ class GatewayMetrics:
         """Mirror the domain's event counters kept in Redis."""
         for event, value in stats.items():
             self.admission_events.labels(event.decode()).set(float(value))
+
+    def routed(self, pool: str, rule: str) -> None:
+        """Count one request classified into ``pool`` by ``rule``."""
+        child = self._routes.get((pool, rule))
+        if child is None:
+            child = self._routes[(pool, rule)] = self.routed_requests.labels(pool, rule)
+        child.inc()
 
     def observed(self, model: str, seen: Observation) -> None:
         """Record what one comparison of estimate and usage showed."""
