@@ -209,6 +209,34 @@ class Admission:
             return
         self._resolve(outcome.grants)
 
+    async def engine_reported(
+        self,
+        backend: str,
+        busy_for_s: float,
+        tokens_in_use: int | None,
+        token_budget: int | None,
+        keep_for_s: float,
+    ) -> None:
+        """Pass on what an engine reports of its own load, for every replica's dispatch.
+
+        ``busy_for_s`` > 0 holds the backend (its engine has requests waiting inside it);
+        ``tokens_in_use`` corrects the least-loaded choice; ``token_budget`` replaces the
+        backend's token budget (the KV capacity the engine really has). The report lapses after
+        ``keep_for_s`` unless refreshed. A backend no longer busy may take queued work at once.
+        """
+        try:
+            grants = await self.scripts.engine(
+                backend,
+                int(busy_for_s * 1000),
+                tokens_in_use,
+                token_budget,
+                int(keep_for_s * 1000),
+            )
+        except RedisError as exc:
+            log.debug("could not record the load of %s: %s", backend, exc)
+            return
+        self._resolve(grants)
+
     async def set_backend_down(self, backend: str, down_for_s: float) -> None:
         """Keep ``backend`` out of dispatch for a while (0 brings it back), on every replica."""
         try:

@@ -57,6 +57,7 @@ class AdmissionScripts:
         self._renew = _load(redis, "renew")
         self._cancel = _load(redis, "cancel")
         self._tick = _load(redis, "tick")
+        self._engine = _load(redis, "engine")
 
     async def enqueue(
         self,
@@ -94,3 +95,11 @@ class AdmissionScripts:
 
     async def tick(self) -> list[tuple[str, str]]:
         return _pairs(await self._tick(self._keys, [self._ttl, self._max]))
+
+    async def engine(
+        self, backend: str, busy_ms: int, tokens: int | None, budget: int | None, ttl_ms: int
+    ) -> list[tuple[str, str]]:
+        """Record an engine's reported load (see ``engine.lua``); returns the grants made."""
+        args = [backend, busy_ms, "" if tokens is None else tokens]
+        args += ["" if budget is None else budget, ttl_ms, self._ttl, self._max]
+        return _pairs(await self._engine(self._keys, args))

@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal
 
 import aiohttp
@@ -312,6 +312,17 @@ async def read_engine_loads(
 # --------------------------------------------------------------------------------- scraping
 
 
+#: Told every snapshot (None: the load is unknown), e.g. to pass it on to admission.
+LoadCallback = Callable[[Backend, "EngineLoad | None"], Awaitable[None]]
+
+
+def tokens_in_use(load: EngineLoad | None) -> int | None:
+    """The KV tokens the engine holds now, if it reports both usage and capacity."""
+    if load is None or load.kv_cache_usage is None or not load.kv_capacity_tokens:
+        return None
+    return round(load.kv_cache_usage * load.kv_capacity_tokens)
+
+
 class LoadScraper:
     """Scrapes each backend's own load every ``interval_s`` and keeps the latest snapshot.
 
@@ -327,9 +338,13 @@ class LoadScraper:
         redis: Redis | None = None,
         key: str | None = None,
         max_age_s: float | None = None,
+        on_load: LoadCallback | None = None,
+        max_waiting: int | None = None,
     ) -> None:
         self._backends = [b for b in backends if _scrapable(b)]
         self._interval_s = interval_s
+        self._on_load = on_load
+        self._max_waiting = max_waiting
         self._redis = redis
         self._key = key
         self.max_age_s = max_age_s if max_age_s is not None else 3 * interval_s
@@ -361,8 +376,21 @@ class LoadScraper:
 
     async def _run(self, backend: Backend) -> None:
         while True:
-            await self.scrape(backend)
-            await asyncio.sleep(self._interval_s)
+            load = await self.scrape(backend)
+            await asyncio.sleep(self.next_delay(load))
+
+    def saturated(self, load: EngineLoad | None) -> bool:
+        """The engine queues requests inside it beyond ``max_waiting``: it should get no more."""
+        return (
+            self._max_waiting is not None
+            and load is not None
+            and load.waiting is not None
+            and load.waiting > self._max_waiting
+        )
+
+    def next_delay(self, load: EngineLoad | None) -> float:
+        """A saturated engine is looked at again four times as often, to see it drain soon."""
+        return self._interval_s / 4 if self.saturated(load) else self._interval_s
 
     async def scrape(self, backend: Backend) -> EngineLoad | None:
         """Scrape one backend once; on any failure its load becomes unknown."""
@@ -375,6 +403,11 @@ class LoadScraper:
             self._latest.pop(backend.name, None)
         else:
             self._latest[backend.name] = load
+        if self._on_load is not None:
+            try:
+                await self._on_load(backend, load)
+            except Exception:  # noqa: BLE001 - a scraper must outlive its listeners' failures
+                log.exception("engine load listener failed for %s", backend.name)
         if self._redis is not None and self._key is not None:
             try:
                 await publish_engine_load(

@@ -7,6 +7,7 @@ handler as soon as its client disconnects.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -15,10 +16,18 @@ from redis.exceptions import RedisError
 
 from admission.controller import Admission
 from backends.backend import Backend
+from backends.engine_load import (
+    EngineLoad,
+    LoadScraper,
+    effective_budget,
+    engine_load_key,
+    tokens_in_use,
+)
 from backends.health import HealthChecker
 from backends.pools import Router
 from estimators.estimator import CostEstimator
-from fairgate.redis_client import connect
+from estimators.tokenizer import default_tokenizer, tokenizer_for
+from fairgate.redis_client import GatewayRedis, connect
 from fairgate.settings import Settings
 from gateway import handlers
 from gateway.auth import KeyStore
@@ -50,12 +59,15 @@ def create_app(settings: Settings) -> web.Application:
         health = HealthChecker(
             router.backends, settings.server.health_check_interval_s, health_changed
         )
+        engines = _engine_scraper(settings, router, admission, redis)
         keys = KeyStore(redis, settings)
         try:
             await keys.seed()
         except RedisError as exc:
             log.warning("could not seed API keys into Redis (%s); config keys still work", exc)
         await health.start()
+        await engines.start()
+        await asyncio.to_thread(load_tokenizers, settings)
         estimator = CostEstimator(settings, redis)
         gateway = Gateway(
             settings, redis, keys, router, health, estimator, GatewayMetrics(), admission
@@ -63,6 +75,7 @@ def create_app(settings: Settings) -> web.Application:
         app[GATEWAY] = gateway
         yield
         await gateway.drain()
+        await engines.stop()
         await health.stop()
         await admission.stop()
         await router.close()
@@ -76,3 +89,46 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
     return app
+
+
+def _engine_scraper(
+    settings: Settings, router: Router, admission: Admission, redis: GatewayRedis
+) -> LoadScraper:
+    """Scrape each engine's own metrics and pass what they say on to admission.
+
+    An engine that queues requests inside it is held (busy) until a later scrape shows it
+    drained; its KV usage corrects the least-loaded choice; the KV capacity it reports becomes
+    its token budget unless the configuration sets one.
+    """
+    interval = settings.server.engine_load_interval_s
+
+    async def reported(backend: Backend, load: EngineLoad | None) -> None:
+        budget = effective_budget(backend.config, load)
+        await admission.engine_reported(
+            backend.name,
+            2 * scraper.next_delay(load) if scraper.saturated(load) else 0.0,
+            tokens_in_use(load),
+            budget.max_inflight_tokens if budget.tokens_source == "engine" else None,
+            scraper.max_age_s,
+        )
+
+    scraper = LoadScraper(
+        router.backends,
+        interval,
+        redis,
+        engine_load_key(settings.redis.key_prefix),
+        on_load=reported,
+        max_waiting=settings.admission.engine_max_waiting,
+    )
+    return scraper
+
+
+def load_tokenizers(settings: Settings) -> None:
+    """Load every tokenizer the estimates need before serving, not on the first request.
+
+    Loading cl100k_base takes about 0.25 s of CPU: done lazily, the first request (and every
+    request that arrives meanwhile, since it holds the event loop) would pay for it.
+    """
+    default_tokenizer()
+    for model in settings.models.values():
+        tokenizer_for(model.tokenizer)

@@ -25,6 +25,9 @@
 --   P.bload        hash  <backend>:r / <backend>:t -> requests / tokens in flight
 --   P.granted      hash  id -> backend (for owners polling instead of hearing pub/sub)
 --   P.down         hash  backend -> ms until which it takes no work
+--   P.engine       hash  <backend>:busy -> ms until which it takes no work (its engine reported
+--                        waiting requests); <backend>:tokens -> KV tokens the engine reports in
+--                        use (engine.lua, from each replica's scrape of the engine's metrics)
 --   P.stats        hash  counters (grants, reclaimed, timeouts, shadow agreement)
 --   channel P.grants:<owner>  "<id> <backend>" on grant, "<id> !timeout" on queue timeout
 
@@ -181,14 +184,18 @@ local function place(r, tc, now)
   local tr, tt = load(P .. 'tload', r.t .. ':r'), load(P .. 'tload', r.t .. ':t')
   if tr >= tc.mc or (tt + r.tok > tc.mt and tr > 0) then return nil, 'tenant' end
   local backends = decode(redis.call('HGET', P .. 'cfg:pools', r.pool)) or {}
-  local best, best_tokens = nil, nil
+  local best, best_score = nil, nil
   for _, b in ipairs(backends) do
-    local down = tonumber(redis.call('HGET', P .. 'down', b) or '0')
     local bc = backend_cfg(b)
-    if bc and down <= now then
+    local engine = redis.call('HMGET', P .. 'engine', b .. ':busy', b .. ':tokens')
+    local down = tonumber(redis.call('HGET', P .. 'down', b) or '0')
+    if bc and down <= now and tonumber(engine[1] or '0') <= now then
       local br, bt = load(P .. 'bload', b .. ':r'), load(P .. 'bload', b .. ':t')
-      if br < bc.mc and (bt + r.tok <= bc.mt or br == 0) and (not best or bt < best_tokens) then
-        best, best_tokens = b, bt
+      -- least outstanding tokens: fairgate's own estimate, or the engine's report if higher
+      -- (work that did not come through fairgate, or outputs longer than estimated)
+      local score = math.max(bt, tonumber(engine[2] or '0'))
+      if br < bc.mc and (bt + r.tok <= bc.mt or br == 0) and (not best or score < best_score) then
+        best, best_score = b, score
       end
     end
   end

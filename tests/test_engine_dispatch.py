@@ -1,0 +1,161 @@
+"""Engine-aware dispatch: what engines report of their own load steers admission.
+
+An engine with requests waiting inside it gets no more work until it drains (the queue stays
+in fairgate, where it is fair); the KV usage an engine reports corrects the least-loaded
+choice; the KV capacity it reports becomes its token budget. Real Redis, the real scripts, a
+real simulator and gateway for the end-to-end case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from admission.controller import Admission, Ticket
+from fairgate.redis_client import GatewayRedis
+from fairgate.settings import Settings
+from tests.conftest import StartGateway, StartSim, gateway_config
+
+PREFIX = "fairgate:{adm}:"
+
+
+def settings_for(redis_url: str, backends: int = 2, max_tokens: int = 100_000) -> Settings:
+    return Settings(
+        redis={"url": redis_url},
+        pools={
+            "p": {
+                "backends": {
+                    f"b{i}": {
+                        "url": f"http://127.0.0.1:{9000 + i}",
+                        "models": ["m"],
+                        "max_concurrency": 10,
+                        "max_inflight_tokens": max_tokens,
+                    }
+                    for i in range(backends)
+                }
+            }
+        },
+        tenants={"t": {"api_keys": ["k"], "max_concurrency": 100, "max_inflight_tokens": 10**9}},
+        admission={"upkeep_interval_s": 30},  # no polling: grants come from the scripts
+    )
+
+
+@pytest.fixture
+async def admission_for(redis_url: str) -> AsyncIterator:
+    started: list[tuple[Admission, Redis]] = []
+
+    async def make(settings: Settings) -> Admission:
+        redis = GatewayRedis.from_url(redis_url)
+        admission = Admission(redis, settings)
+        await admission.start()
+        started.append((admission, redis))
+        return admission
+
+    yield make
+    for admission, redis in started:
+        await admission.stop()
+        await redis.aclose()
+
+
+def ticket(tokens: int = 100) -> Ticket:
+    return Ticket(uuid.uuid4().hex, "t", tokens, float(tokens), "p", "", 30.0)
+
+
+async def test_a_busy_engine_gets_no_work_until_it_drains(redis_url: str, admission_for) -> None:
+    admission = await admission_for(settings_for(redis_url))
+    await admission.engine_reported("b0", 60.0, None, None, 60.0)
+    leases = [await admission.acquire(ticket()) for _ in range(4)]
+    assert {lease.backend for lease in leases} == {"b1"}  # b0 is saturated: not even least-loaded
+    await admission.engine_reported("b0", 0.0, None, None, 60.0)
+    leases.append(await admission.acquire(ticket()))
+    assert leases[-1].backend == "b0"  # drained: the least loaded again
+    for lease in leases:
+        await lease.release(None)
+
+
+async def test_work_held_for_a_busy_engine_is_granted_when_it_drains(
+    redis_url: str, admission_for
+) -> None:
+    admission = await admission_for(settings_for(redis_url, backends=1))
+    await admission.engine_reported("b0", 60.0, None, None, 60.0)
+    waiting = asyncio.ensure_future(admission.acquire(ticket()))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()  # queued in fairgate, though b0 has room in its budgets
+    await admission.engine_reported("b0", 0.0, None, None, 60.0)
+    lease = await asyncio.wait_for(waiting, 10)  # dispatched by the report itself
+    assert lease.backend == "b0"
+    await lease.release(None)
+
+
+async def test_reported_kv_usage_corrects_the_least_loaded_choice(
+    redis_url: str, admission_for
+) -> None:
+    admission = await admission_for(settings_for(redis_url))
+    first = await admission.acquire(ticket(1_000))  # fairgate's own accounting: one each...
+    second = await admission.acquire(ticket(1_000))
+    assert {first.backend, second.backend} == {"b0", "b1"}
+    # ...but b0's engine says it holds 50k tokens (work from elsewhere, longer outputs)
+    await admission.engine_reported("b0", 0.0, 50_000, None, 60.0)
+    await admission.engine_reported("b1", 0.0, 2_000, None, 60.0)
+    third = await admission.acquire(ticket(1_000))
+    assert third.backend == "b1"
+    for lease in (first, second, third):
+        await lease.release(None)
+
+
+async def test_the_kv_capacity_an_engine_reports_becomes_its_token_budget(
+    redis_url: str, admission_for
+) -> None:
+    admission = await admission_for(settings_for(redis_url, backends=1, max_tokens=100_000))
+    await admission.engine_reported("b0", 0.0, None, 1_000, 60.0)
+    first = await admission.acquire(ticket(800))
+    second = asyncio.ensure_future(admission.acquire(ticket(800)))
+    await asyncio.sleep(0.2)
+    assert not second.done()  # 800 + 800 > the engine's 1,000 tokens
+    await first.release(None)
+    lease = await asyncio.wait_for(second, 10)
+    await lease.release(None)
+
+
+async def test_gateway_holds_requests_while_the_engine_queues_them(
+    start_sim: StartSim, start_gateway: StartGateway, redis_url: str
+) -> None:
+    """One sequence at a time inside the engine: the engine queues the 2nd and 3rd request;
+    once its metrics say so, the 4th waits in fairgate instead, until the engine drains."""
+    sim = await start_sim(time_scale=1.0, **{"scheduler.max_num_seqs": 1})
+    config = gateway_config(redis_url, {"interactive": [sim.url]})
+    config["server"]["engine_load_interval_s"] = 0.05
+    gateway = await start_gateway(config)
+    client = gateway.client()
+    redis = Redis.from_url(redis_url)
+
+    async def ask() -> int:
+        reply = await client.chat.completions.create(
+            model="llama-3-8b",
+            messages=[{"role": "user", "content": "hello"}],
+            max_tokens=250,
+            extra_body={"ignore_eos": True},
+        )
+        return reply.usage.completion_tokens
+
+    try:
+        first = [asyncio.ensure_future(ask()) for _ in range(3)]
+        await _until(lambda: redis.hexists(PREFIX + "engine", "interactive-0:busy"))
+        fourth = asyncio.ensure_future(ask())
+        await _until(lambda: redis.hlen(PREFIX + "req"))  # queued in fairgate, not the engine
+        assert await asyncio.gather(*first, fourth) == [250] * 4
+        assert sim.sim.engine.peak_requests == 3  # the engine never held the 4th with the rest
+    finally:
+        await redis.aclose()
+
+
+async def _until(probe, attempts: int = 400) -> None:  # noqa: ANN001 - an async predicate
+    for _ in range(attempts):
+        if await probe():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the condition never held")
