@@ -106,7 +106,10 @@ def test_modes() -> None:
     pools = parse_mode("vtc-pools-x3")
     assert (pools.kind, pools.policy, pools.pools, pools.replicas) == ("gateway", "vtc", True, 3)
     assert parse_mode("fcfs").policy == "fcfs"
-    for bad in ("lifo", "direct-x2", "vtc-x0"):
+    twin = parse_mode("alone-vtc-pools")
+    assert (twin.kind, twin.pools, twin.alone) == ("gateway", True, True)
+    assert parse_mode("alone").alone and not parse_mode("vtc-pools").alone
+    for bad in ("lifo", "direct-x2", "vtc-x0", "alone-direct", "alone-alone"):
         with pytest.raises(ValueError):
             parse_mode(bad)
 
@@ -134,9 +137,21 @@ def test_gateway_config_isolates_pools_only_in_pools_modes() -> None:
     )
     assert all("pools" not in t for t in shared["tenants"].values())
     assert shared["tenants"]["r"]["queue_timeout_s"] == 5  # 20 simulated s at time scale 4
+    assert "routing" not in shared
     pooled = gateway_config(s, parse_mode("vtc-pools"), "redis://127.0.0.1:1/0", engines)
-    assert pooled["tenants"]["r"]["pools"] == ["reasoning"]
-    assert pooled["tenants"]["a"]["pools"] == ["interactive"]
+    # Without routing rules of its own, the scenario's tenant pools become tenant rules...
+    assert all("pools" not in t for t in pooled["tenants"].values())
+    assert pooled["routing"]["rules"] == [
+        {"name": "tenant-r", "pool": "reasoning", "tenants": ["r"]}
+    ]
+    # ... and a scenario's routing rules classify by cost, whoever sends the request.
+    rules = [{"name": "long", "pool": "reasoning", "min_prompt_tokens": 4096}]
+    by_cost = gateway_config(
+        s.model_copy(update={"routing": rules}), parse_mode("vtc-pools"), "redis://x:1/0", engines
+    )
+    assert by_cost["routing"]["rules"] == rules
+    alone = gateway_config(s, parse_mode("alone-vtc-pools"), "redis://x:1/0", engines)
+    assert set(alone["tenants"]) == {"a", "b"} and alone["routing"] == pooled["routing"]
     assert pooled["pools"]["reasoning"]["backends"]["r-0"]["max_concurrency"] == 4
     assert gateway_config(s, parse_mode("fcfs"), "redis://x:1/0", engines)["admission"] == {
         "policy": "fcfs"

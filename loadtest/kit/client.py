@@ -54,6 +54,7 @@ class Record:
     status: int = NO_RESPONSE
     error: str | None = None
     pool: str | None = None
+    request_id: str = ""
     itl: list[float] = field(default_factory=list)
 
     @property
@@ -92,8 +93,9 @@ async def send(
     first token is the whole answer.
     """
     record = Record(plan.tenant, plan.shape, plan.stream, clock.now(), plan.prompt_tokens, 0)
+    record.request_id = uuid.uuid4().hex  # the engine's timeline is /sim/requests/{this}
     sink.append(record)
-    headers = {"Authorization": f"Bearer {api_key}", "X-Request-Id": uuid.uuid4().hex}
+    headers = {"Authorization": f"Bearer {api_key}", "X-Request-Id": record.request_id}
     try:
         async with http.post(
             f"{base_url}/v1/chat/completions", json=request_body(plan, model), headers=headers

@@ -8,8 +8,10 @@ A mode name is one of
   without a gateway does: the engine's FIFO decides);
 - ``fcfs`` / ``vtc``: through fairgate with that admission policy, every tenant on the shared
   pool (what fair admission alone changes);
-- ``vtc-pools``: through fairgate with ``vtc``, each tenant on its own pool (``pool:`` in the
-  scenario);
+- ``vtc-pools``: through fairgate with ``vtc`` and every pool of the scenario, requests
+  classified into pools by the scenario's ``routing:`` rules (by estimated cost);
+- ``alone-<gateway mode>`` (``alone-vtc-pools``): that gateway mode with only the shared pool's
+  tenants, the baseline that separates what the neighbours cost from what the gateway costs;
 
 optionally followed by ``-x<N>`` for N gateway replicas sharing one Redis, which the clients
 reach round robin (``vtc-x3``).
@@ -21,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-_MODE = re.compile(r"^(alone|direct|fcfs|vtc|vtc-pools)(?:-x([1-9][0-9]?))?$")
+_MODE = re.compile(r"^(alone|direct|(?:alone-)?(?:fcfs|vtc|vtc-pools))(?:-x([1-9][0-9]?))?$")
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Mode:
     policy: Literal["fcfs", "vtc"] | None = None
     pools: bool = False
     replicas: int = 1
+    alone: bool = False  # only the shared pool's tenants (``alone`` and ``alone-<mode>``)
 
     @property
     def through_gateway(self) -> bool:
@@ -48,12 +51,15 @@ def parse_mode(value: object) -> Mode:
     if match is None:
         raise ValueError(
             f"unknown mode {value!r}: one of alone, direct, fcfs, vtc, vtc-pools, "
-            "optionally with -x<replicas> (vtc-x3)"
+            "alone-<fcfs|vtc|vtc-pools>, optionally with -x<replicas> (vtc-x3)"
         )
     base, replicas = match.group(1), int(match.group(2) or 1)
     if base in ("alone", "direct"):
         if replicas != 1:
             raise ValueError(f"mode {value!r}: replicas apply to gateway modes only")
-        return Mode(base, base)  # type: ignore[arg-type]
+        return Mode(base, base, alone=base == "alone")  # type: ignore[arg-type]
+    alone, base = base.startswith("alone-"), base.removeprefix("alone-")
     policy = "fcfs" if base == "fcfs" else "vtc"
-    return Mode(str(value), "gateway", policy, pools=base == "vtc-pools", replicas=replicas)
+    return Mode(
+        str(value), "gateway", policy, pools=base == "vtc-pools", replicas=replicas, alone=alone
+    )

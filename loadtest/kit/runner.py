@@ -141,6 +141,12 @@ def summarize(scenario: Scenario, run: RunResult) -> dict[str, Any]:
         "windows": windows,
         "completed_rps": sum(1 for r in ok if r.end is not None and r.end <= scenario.duration_s)
         / scenario.duration_s,
+        "tokens_per_s": sum(
+            r.prompt_tokens + r.output_tokens
+            for r in ok
+            if r.end is not None and r.end <= scenario.duration_s
+        )
+        / scenario.duration_s,
         "service_series": {
             "t": grid,
             "by_tenant": cumulative_service(run.records, tenants, grid, scenario.service),

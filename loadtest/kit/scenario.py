@@ -135,7 +135,10 @@ class TenantSpec(StrictModel):
     weight: PositiveFloat = 1.0
     api_key: str | None = Field(None, description="Default: lt-<tenant name>.")
     pool: str | None = Field(
-        None, description="Its pool in `-pools` modes; default the first pool (shared)."
+        None,
+        description="The pool its requests belong to: `alone` modes and the chat-latency "
+        "figures keep the shared pool's tenants; without `routing:`, `-pools` modes route the "
+        "tenant there. Default the first pool (shared).",
     )
     arrival: Arrival
     shapes: list[Shape] = Field(min_length=1)
@@ -204,6 +207,11 @@ class Scenario(StrictModel):
         default_factory=dict,
         description="Named measurement windows (sim s); default one from warmup to duration.",
     )
+    routing: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="fairgate's routing.rules in `-pools` modes (validated by fairgate at "
+        "start-up); default one rule per tenant with a `pool:`.",
+    )
     load: LoadSweep | None = None
     service: ServiceWeights = ServiceWeights()
     targets: list[Literal["shares", "isolation", "overload", "replicas"]] = Field(
@@ -217,6 +225,10 @@ class Scenario(StrictModel):
         for name, tenant in self.tenants.items():
             if tenant.pool is not None and tenant.pool not in self.pools:
                 raise ValueError(f"tenants.{name}.pool: unknown pool {tenant.pool!r}")
+        for index, rule in enumerate(self.routing):
+            if rule.get("pool") not in self.pools:
+                raise ValueError(f"routing.{index}.pool: unknown pool {rule.get('pool')!r}")
+        for name, tenant in self.tenants.items():
             if (
                 isinstance(tenant.arrival, Poisson)
                 and tenant.arrival.rate is None

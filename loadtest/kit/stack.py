@@ -34,8 +34,8 @@ KEY_PREFIX = "fairgate"
 
 
 def tenants_of(scenario: Scenario, mode: Mode) -> list[str]:
-    """The tenants that take part in ``mode``: ``alone`` keeps the shared pool's tenants."""
-    if mode.kind == "alone":
+    """The tenants that take part in ``mode``: ``alone`` modes keep the shared pool's tenants."""
+    if mode.alone:
         return [t for t in scenario.tenants if scenario.pool_of(t) == scenario.shared_pool]
     return list(scenario.tenants)
 
@@ -50,10 +50,8 @@ def gateway_config(
 ) -> dict[str, Any]:
     """fairgate's configuration for ``mode``; ``engines`` maps pool -> backend name -> URL.
 
-    Isolated pools are expressed today by restricting each tenant to its scenario pool
-    (``tenants.<id>.pools``), which the gateway already honours. Issue 7's classifier will
-    replace this: the gateway will send long and reasoning requests to their pool by their
-    estimated cost, whoever sends them, and this restriction can then go.
+    In ``-pools`` modes every pool is configured and requests are classified into them by
+    fairgate's routing rules (:func:`routing_rules`): by estimated cost, whoever sends them.
     """
     scale = scenario.time_scale
     pools = {
@@ -81,10 +79,8 @@ def gateway_config(
             "queue_timeout_s": spec.queue_timeout_s / scale,
             "api_keys": [scenario.key(name)],
         }
-        if mode.pools:  # issue 7: classification by cost replaces this restriction
-            tenant["pools"] = [scenario.pool_of(name)]
         tenants[name] = tenant
-    return {
+    config: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 8080, "health_check_interval_s": 1.0},
         "redis": {"url": redis_url, "key_prefix": KEY_PREFIX},
         "pools": pools,
@@ -95,6 +91,21 @@ def gateway_config(
         },
         "admission": {"policy": mode.policy or "vtc"},
     }
+    if mode.pools:
+        config["routing"] = {"rules": routing_rules(scenario)}
+    return config
+
+
+def routing_rules(scenario: Scenario) -> list[dict[str, Any]]:
+    """The scenario's ``routing:`` rules; without them, one rule per tenant with a ``pool:``
+    other than the shared one (classification by tenant, the weaker form)."""
+    if scenario.routing:
+        return [dict(rule) for rule in scenario.routing]
+    return [
+        {"name": f"tenant-{name}", "pool": scenario.pool_of(name), "tenants": [name]}
+        for name in scenario.tenants
+        if scenario.pool_of(name) != scenario.shared_pool
+    ]
 
 
 @contextlib.contextmanager
