@@ -50,6 +50,7 @@ class Ticket:
     pool: str
     band: str  # '' for the tenant's own
     timeout_s: float
+    prompt_tokens: int = 0  # held against a backend's prefill cap until output flows
 
 
 class Admission:
@@ -151,6 +152,7 @@ class Admission:
             ticket.band,
             self.owner,
             int(ticket.timeout_s * 1000),
+            ticket.prompt_tokens,
         )
 
     async def _wait(self, ticket: Ticket) -> Lease:
@@ -194,8 +196,10 @@ class Admission:
 
     async def _charge(self, request_id: str, service: float) -> None:
         try:
-            if not await self.scripts.charge(request_id, service):
+            outcome = await self.scripts.charge(request_id, service)
+            if outcome.state == "gone":
                 log.warning("lease %s was reclaimed while its request ran", request_id)
+            self._resolve(outcome.grants)
         except RedisError as exc:
             log.debug("charge of %s failed: %s", request_id, exc)
 

@@ -56,7 +56,10 @@ async def publish_config(redis: Redis, prefix: str, settings: Settings) -> None:
         for tenant_id, t in settings.tenants.items()
     }
     backends = {
-        name: json.dumps({"pool": pool, "mc": b.max_concurrency, "mt": b.max_inflight_tokens})
+        name: json.dumps(
+            {"pool": pool, "mc": b.max_concurrency, "mt": b.max_inflight_tokens}
+            | ({"mp": b.max_prefill_tokens} if b.max_prefill_tokens else {})
+        )
         for name, (pool, b) in settings.backends().items()
     }
     pools = {name: json.dumps(list(pool.backends)) for name, pool in settings.pools.items()}

@@ -69,9 +69,10 @@ class AdmissionScripts:
         band: str,
         owner: str,
         timeout_ms: int,
+        prompt_tokens: int = 0,
     ) -> Outcome:
         args = [request_id, tenant, tokens, service, pool, band, owner, timeout_ms]
-        result = await self._enqueue(self._keys, [*args, self._ttl, self._max])
+        result = await self._enqueue(self._keys, [*args, self._ttl, self._max, prompt_tokens])
         return Outcome(_text(result[0]), _text(result[1]), _pairs(result[2:]))
 
     async def release(self, request_id: str, service: float | None) -> Outcome:
@@ -79,8 +80,11 @@ class AdmissionScripts:
         result = await self._release(self._keys, [request_id, used, self._ttl, self._max])
         return Outcome("released" if int(result[0]) else "gone", "", _pairs(result[1:]))
 
-    async def charge(self, request_id: str, service: float) -> bool:
-        return bool(await self._charge(self._keys, [request_id, service, self._ttl]))
+    async def charge(self, request_id: str, service: float) -> Outcome:
+        """Charge streamed output (``charged``, or ``gone``); ends the request's prefill hold,
+        so the grants that freed are returned."""
+        result = await self._charge(self._keys, [request_id, service, self._ttl, self._max])
+        return Outcome("charged" if int(result[0]) else "gone", "", _pairs(result[1:]))
 
     async def renew(self, request_ids: list[str]) -> list[str]:
         """Renew expiries; returns the ids that no longer exist."""

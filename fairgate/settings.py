@@ -175,6 +175,13 @@ class BackendConfig(StrictModel):
     max_inflight_tokens: PositiveInt = Field(
         200_000, description="Estimated prompt + output tokens in flight at once."
     )
+    max_prefill_tokens: PositiveInt | None = Field(
+        None,
+        description="Prompt tokens of requests still in prefill at once on this engine (until "
+        "their first output token; a non-streamed request until it ends), so that long "
+        "prefills run one after another instead of stalling every decode together; one "
+        "prompt larger than the cap still runs alone. Unset: no cap.",
+    )
     api_key: SecretStr | None = Field(
         None, description="Bearer token fairgate sends to this engine (hosted APIs)."
     )

@@ -122,6 +122,7 @@ def _ticket(
         pool=pool.name,
         band=band,
         timeout_s=timeout,
+        prompt_tokens=cost.prompt_tokens,
     )
 
 
@@ -183,7 +184,8 @@ async def _relay(
     """Relay the engine's answer; streamed output is charged to the tenant as it flows."""
     try:
         if parsed.stream and is_event_stream(upstream):
-            meter = _OutputMeter(gateway, lease)
+            capped = gateway.router.backend(lease.backend).config.max_prefill_tokens is not None
+            meter = _OutputMeter(gateway, lease, prefill_held=capped)
             result = await relay_stream(
                 request, upstream, parsed.client_wants_usage, headers, meter
             )
@@ -205,12 +207,15 @@ class _OutputMeter:
 
     A batch goes when it holds ``charge_every_tokens`` and ``charge_interval_s`` has passed
     since the last one: fair order needs charges while a long stream runs, not one per token
-    of a fast one (whatever is left is settled at release).
+    of a fast one (whatever is left is settled at release). On a backend with a prefill cap,
+    the first output also goes at once: it ends the request's hold on the cap, so the next
+    long prompt may start its prefill.
     """
 
-    def __init__(self, gateway: Gateway, lease: Lease) -> None:
+    def __init__(self, gateway: Gateway, lease: Lease, prefill_held: bool = False) -> None:
         self._gateway = gateway
         self._lease = lease
+        self._prefill_held = prefill_held
         self._every = gateway.settings.admission.charge_every_tokens
         self._interval = gateway.settings.admission.charge_interval_s
         self._weight = gateway.settings.estimation.output_weight
@@ -218,7 +223,11 @@ class _OutputMeter:
         self._last = time.monotonic()
 
     def __call__(self, chunks: int) -> None:
-        if chunks - self._charged >= self._every:
+        if self._prefill_held:
+            self._prefill_held = False
+            self._charged, self._last = chunks, time.monotonic()
+            self._gateway.in_background(self._lease.charge(self._weight * chunks))
+        elif chunks - self._charged >= self._every:
             now = time.monotonic()
             if now - self._last >= self._interval:
                 batch, self._charged, self._last = chunks - self._charged, chunks, now

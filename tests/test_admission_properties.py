@@ -533,7 +533,7 @@ class AdmissionMachine(RuleBasedStateMachine):
             request_id = data.draw(st.sampled_from(self.ids("leased", "gone")), label="id")
             svc = data.draw(st.sampled_from(CHARGES), label="service")
             r = self.reqs[request_id]
-            ok = self.run(self.scripts.charge(request_id, svc))
+            ok = self.run(self.scripts.charge(request_id, svc)).state == "charged"
             assert ok == (r.state == "leased"), (request_id, r.state, ok)
             if ok:
                 self.charge_model(r.tenant, r.band, svc)
@@ -750,7 +750,7 @@ def _one_backend(redis_url: str, mc: int, mt: int, tenants: dict[str, dict]) -> 
     return Settings(**config)
 
 
-async def _domain(redis: Redis, settings_: Settings) -> tuple[AdmissionScripts, str]:
+async def _domain(redis: GatewayRedis, settings_: Settings) -> tuple[AdmissionScripts, str]:
     prefix = domain_prefix(settings_)
     await publish_config(redis, prefix, settings_)
     return AdmissionScripts(redis, prefix, TTL_MS, MAX_GRANTS), prefix
@@ -780,7 +780,7 @@ async def test_a_second_release_is_a_no_op(redis_url: str) -> None:
     assert _hash(await redis.hgetall(prefix + "tload")) == {"b:r": "1", "b:t": "20"}
     assert _hash(await redis.hgetall(prefix + "bload")) == {"b:r": "1", "b:t": "20"}
     assert _hash(await redis.hgetall(prefix + "vtc")) == counters
-    assert await scripts.charge("r1", 10.0) is False
+    assert (await scripts.charge("r1", 10.0)).state == "gone"
 
     assert (await scripts.release("r2", None)).state == "released"
     assert (await scripts.release("r2", None)).state == "gone"
@@ -859,7 +859,7 @@ async def test_an_expired_lease_is_reclaimed_and_its_capacity_granted(redis_url:
 
     # the late owner of the reclaimed lease finds it gone and frees nothing
     assert await scripts.renew(["dead", "next"]) == ["dead"]
-    assert await scripts.charge("dead", 5.0) is False
+    assert (await scripts.charge("dead", 5.0)).state == "gone"
     assert (await scripts.release("dead", None)).state == "gone"
     assert _hash(await redis.hgetall(prefix + "bload")) == {"b:r": "1", "b:t": "20"}
     assert (await scripts.release("next", None)).state == "released"

@@ -159,3 +159,66 @@ async def _until(probe, attempts: int = 400) -> None:  # noqa: ANN001 - an async
             return
         await asyncio.sleep(0.05)
     raise AssertionError("the condition never held")
+
+
+# ------------------------------------------------------------------------- prefill cap
+
+
+def capped_settings(redis_url: str, cap: int) -> Settings:
+    settings = settings_for(redis_url, backends=1).model_dump(mode="json")
+    settings["pools"]["p"]["backends"]["b0"]["max_prefill_tokens"] = cap
+    settings["tenants"]["u"] = {"api_keys": ["k2"], "max_concurrency": 100}
+    return Settings(**settings)
+
+
+def prompt_ticket(prompt: int, tenant: str = "t") -> Ticket:
+    return Ticket(uuid.uuid4().hex, tenant, prompt + 100, float(prompt), "p", "", 30.0, prompt)
+
+
+async def test_long_prefills_wait_for_each_other_but_not_for_decodes(
+    redis_url: str, admission_for
+) -> None:
+    admission = await admission_for(capped_settings(redis_url, cap=10_000))
+    first = await admission.acquire(prompt_ticket(8_000))
+    short = await admission.acquire(prompt_ticket(1_000))  # fits beside the first
+    second = asyncio.ensure_future(admission.acquire(prompt_ticket(8_000, "u")))
+    await asyncio.sleep(0.2)
+    assert not second.done()  # 8k + 8k in prefill at once would pass the 10k cap
+    await first.charge(0.0)  # its first output: its prefill is over, the second may start
+    second_lease = await asyncio.wait_for(second, 10)
+    await short.charge(0.0)
+    await second_lease.charge(0.0)
+    giant = await admission.acquire(prompt_ticket(50_000))  # larger than the cap: runs alone
+    for lease in (first, short, second_lease, giant):
+        await lease.release(None)
+
+
+async def test_engine_never_prefills_two_long_prompts_at_once(
+    start_sim: StartSim, start_gateway: StartGateway, redis_url: str
+) -> None:
+    sim = await start_sim(time_scale=1.0)
+    config = gateway_config(redis_url, {"interactive": [sim.url]})
+    config["pools"]["interactive"]["backends"]["interactive-0"]["max_prefill_tokens"] = 8_000
+    gateway = await start_gateway(config)
+    client = gateway.client()
+
+    async def stream(word: str) -> str:
+        chunks = await client.chat.completions.create(
+            model="llama-3-8b",
+            messages=[{"role": "user", "content": f"{word} " * 6_000}],
+            max_tokens=20,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+        ids = [chunk.id async for chunk in chunks]
+        return ids[0]
+
+    ids = await asyncio.gather(stream("alpha"), stream("beta"))
+    timelines = []
+    for request_id in ids:
+        async with sim.http.get(f"{sim.url}/sim/requests/{request_id}") as response:
+            timelines.append(await response.json())
+    first, second = sorted(timelines, key=lambda t: t["arrival"])
+    assert first["prompt_tokens"] > 5_000 and second["prompt_tokens"] > 5_000
+    # the second long prompt reached the engine only once the first was past its prefill
+    assert second["arrival"] >= first["first_token"]

@@ -1,10 +1,22 @@
 -- Charge service to a running request's tenant as its output streams, and renew its lease.
--- ARGV: id, service, ttl ms. Returns 1, or 0 if the lease is gone (reclaimed or released).
+-- Output is flowing, so the request's prefill is over: what it held of its backend's prefill
+-- cap is freed, and whatever that lets run is dispatched.
+-- ARGV: id, service, ttl ms, max grants.
+-- Returns {1, grants...}, or {0} if the lease is gone (reclaimed or released).
 local id, service, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local l = decode(redis.call('HGET', P .. 'lease', id))
-if not l then return 0 end
+if not l then return {0} end
 charge(l.t, l.band, l.w, service)
 l.ch = l.ch + service
+local prefilled = l.pf
+if prefilled then
+  add_load(P .. 'bload', l.b .. ':p', -prefilled)
+  l.pf = nil
+end
 redis.call('HSET', P .. 'lease', id, cjson.encode(l))
-redis.call('ZADD', P .. 'exp', 'XX', now_ms() + ttl, id)
-return 1
+local now = now_ms()
+redis.call('ZADD', P .. 'exp', 'XX', now + ttl, id)
+if prefilled then
+  return {1, unpack(dispatch(now, ttl, tonumber(ARGV[4])))}
+end
+return {1}

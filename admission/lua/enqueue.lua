@@ -1,6 +1,6 @@
 -- Queue a request and dispatch whatever fits now (often this very request: one round trip).
 -- ARGV: id, tenant, tokens in flight, service charged at dispatch, pool, band ('' = the
---       tenant's), owner, queue timeout ms, ttl ms, max grants
+--       tenant's), owner, queue timeout ms, ttl ms, max grants, prompt tokens (optional)
 -- Returns {state, backend or '', grants...}; state: granted | queued | full | unknown_tenant
 --         | unknown_pool | duplicate. grants: id, backend pairs of every grant made.
 local id, t, pool, owner = ARGV[1], ARGV[2], ARGV[5], ARGV[7]
@@ -15,12 +15,12 @@ if redis.call('HEXISTS', P .. 'req', id) == 1 or redis.call('HEXISTS', P .. 'lea
 end
 local band = ARGV[6] ~= '' and ARGV[6] or tostring(tc.band)
 local r = {t = t, tok = tonumber(ARGV[3]), svc = tonumber(ARGV[4]), pool = pool, band = band,
-           o = owner}
+           o = owner, pt = tonumber(ARGV[11] or '0')}
 -- The uncontended fast path: nobody waits anywhere, so no order to respect; run it if it fits.
 if redis.call('EXISTS', P .. 'bandlog') == 0 then
-  local b = place(r, tc, now)
+  local b, _, bc = place(r, tc, now)
   if b then
-    lease(id, r, tc, b, now, ttl)
+    lease(id, r, tc, b, bc, now, ttl)
     return {'granted', b}
   end
 end

@@ -6,7 +6,7 @@
 --
 -- State (P = prefix):
 --   P.cfg:tenants  hash  tenant -> json {w, mc, mt, mq, band}
---   P.cfg:backends hash  backend -> json {pool, mc, mt}
+--   P.cfg:backends hash  backend -> json {pool, mc, mt, mp (optional)}
 --   P.cfg:pools    hash  pool -> json [backend, ...]
 --   P.cfg:bands    hash  band -> weight
 --   P.cfg:policy   string "vtc" | "fcfs" | "shadow"
@@ -22,7 +22,9 @@
 --   P.exp          zset  id -> expiry ms (leases and queued entries; renewed by their owner)
 --   P.dl           zset  queued id -> queue deadline ms
 --   P.tload        hash  <tenant>:r / <tenant>:t -> requests / tokens in flight
---   P.bload        hash  <backend>:r / <backend>:t -> requests / tokens in flight
+--   P.bload        hash  <backend>:r / <backend>:t -> requests / tokens in flight;
+--                        <backend>:p -> prompt tokens of its requests still in prefill
+--                        (only for backends with a max_prefill_tokens cap, "mp")
 --   P.granted      hash  id -> backend (for owners polling instead of hearing pub/sub)
 --   P.down         hash  backend -> ms until which it takes no work
 --   P.engine       hash  <backend>:busy -> ms until which it takes no work (its engine reported
@@ -152,6 +154,7 @@ local function unlease(id)
   add_load(P .. 'tload', l.t .. ':t', -l.tok)
   add_load(P .. 'bload', l.b .. ':r', -1)
   add_load(P .. 'bload', l.b .. ':t', -l.tok)
+  if l.pf then add_load(P .. 'bload', l.b .. ':p', -l.pf) end
   return l
 end
 
@@ -184,7 +187,7 @@ local function place(r, tc, now)
   local tr, tt = load(P .. 'tload', r.t .. ':r'), load(P .. 'tload', r.t .. ':t')
   if tr >= tc.mc or (tt + r.tok > tc.mt and tr > 0) then return nil, 'tenant' end
   local backends = decode(redis.call('HGET', P .. 'cfg:pools', r.pool)) or {}
-  local best, best_score = nil, nil
+  local best, best_score, best_cfg = nil, nil, nil
   for _, b in ipairs(backends) do
     local bc = backend_cfg(b)
     local engine = redis.call('HMGET', P .. 'engine', b .. ':busy', b .. ':tokens')
@@ -194,17 +197,22 @@ local function place(r, tc, now)
       -- least outstanding tokens: fairgate's own estimate, or the engine's report if higher
       -- (work that did not come through fairgate, or outputs longer than estimated)
       local score = math.max(bt, tonumber(engine[2] or '0'))
-      if br < bc.mc and (bt + r.tok <= bc.mt or br == 0) and (not best or score < best_score) then
-        best, best_score = b, score
+      local fits = br < bc.mc and (bt + r.tok <= bc.mt or br == 0)
+      if fits and bc.mp then  -- long prefills one after another, never all at once
+        local bp = load(P .. 'bload', b .. ':p')
+        fits = bp + (r.pt or 0) <= bc.mp or bp == 0
+      end
+      if fits and (not best or score < best_score) then
+        best, best_score, best_cfg = b, score, bc
       end
     end
   end
-  if best then return best, nil end
+  if best then return best, nil, best_cfg end
   return nil, 'pool'
 end
 
 -- Hold the budgets, charge the input service, and record the lease of a granted request.
-local function lease(id, r, tc, b, now, ttl)
+local function lease(id, r, tc, b, bc, now, ttl)
   add_load(P .. 'tload', r.t .. ':r', 1)
   add_load(P .. 'tload', r.t .. ':t', r.tok)
   add_load(P .. 'bload', b .. ':r', 1)
@@ -220,15 +228,19 @@ local function lease(id, r, tc, b, now, ttl)
   end
   charge(r.t, r.band, tc.w, r.svc)
   local l = {t = r.t, b = b, tok = r.tok, o = r.o, band = r.band, ch = r.svc, w = tc.w}
+  if bc.mp and (r.pt or 0) > 0 then  -- in prefill until its first output (or its end)
+    l.pf = r.pt
+    add_load(P .. 'bload', b .. ':p', r.pt)
+  end
   redis.call('HSET', P .. 'lease', id, cjson.encode(l))
   redis.call('ZADD', P .. 'exp', now + ttl, id)
   redis.call('HSET', P .. 'granted', id, b)
   redis.call('HINCRBY', P .. 'stats', 'grants', 1)
 end
 
-local function grant(id, r, tc, b, now, ttl)
+local function grant(id, r, tc, b, bc, now, ttl)
   unqueue(id)
-  lease(id, r, tc, b, now, ttl)
+  lease(id, r, tc, b, bc, now, ttl)
   notify(r.o, id .. ' ' .. b)
 end
 
@@ -271,13 +283,13 @@ local function dispatch(now, ttl, max_grants)
       local r = decode(redis.call('HGET', P .. 'req', id))
       local tc = r and tenant_cfg(r.t)
       if r and tc and not reserved[r.pool] then
-        local b, blocked = place(r, tc, now)
+        local b, blocked, bc = place(r, tc, now)
         if b then
           if policy == 'shadow' then
             local fair = fair_order()[1]
             redis.call('HINCRBY', P .. 'stats', fair == id and 'shadow_agree' or 'shadow_differ', 1)
           end
-          grant(id, r, tc, b, now, ttl)
+          grant(id, r, tc, b, bc, now, ttl)
           grants[#grants + 1] = id
           grants[#grants + 1] = b
           granted = true
