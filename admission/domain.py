@@ -63,11 +63,17 @@ async def publish_config(redis: Redis, prefix: str, settings: Settings) -> None:
         for name, (pool, b) in settings.backends().items()
     }
     pools = {name: json.dumps(list(pool.backends)) for name, pool in settings.pools.items()}
+    lenders: dict[str, list[list[object]]] = {}
+    for name, pool in settings.pools.items():
+        for borrower, cap in pool.lend_to.items():
+            lenders.setdefault(borrower, []).append([name, cap])
+    lending = {borrower: json.dumps(pairs) for borrower, pairs in lenders.items()}
     async with redis.pipeline(transaction=True) as pipe:
         for key, mapping in (
             ("cfg:tenants", tenants),
             ("cfg:backends", backends),
             ("cfg:pools", pools),
+            ("cfg:lend", lending),
             ("cfg:bands", band_weights(settings)),
         ):
             pipe.delete(prefix + key)

@@ -233,6 +233,14 @@ class PoolConfig(StrictModel):
         description="Count prompt tokens locally, or ask the engine's /tokenize (exact, a round "
         "trip; falls back to local counting if the engine cannot answer).",
     )
+    lend_to: dict[Name, PositiveInt] = Field(
+        default_factory=dict,
+        description="Bounded lending: while this pool has nothing of its own queued, requests "
+        "waiting for another pool may run on its engines, at most this many at once per "
+        "borrowing pool. Its own work takes the capacity back first (nothing new is lent while "
+        "it queues; lent work is never preempted). Off by default: lending to the interactive "
+        "pool is harmless, lending from it lets long prefills in.",
+    )
 
     @property
     def models(self) -> frozenset[str]:
@@ -584,7 +592,23 @@ class Settings(BaseSettings):
                         f"(known: {', '.join(sorted(self.pools))})"
                     )
         self._check_routing()
+        self._check_lending()
         return self
+
+    def _check_lending(self) -> None:
+        """A pool lends only to known pools whose every model all of its backends serve."""
+        for name, pool in self.pools.items():
+            for borrower in pool.lend_to:
+                where = f"pools.{name}.lend_to"
+                if borrower not in self.pools or borrower == name:
+                    raise ValueError(f"{where}: no other pool is named {borrower!r}")
+                for backend_name, backend in pool.backends.items():
+                    missing = self.pools[borrower].models - set(backend.models)
+                    if missing:
+                        raise ValueError(
+                            f"{where}: backend {backend_name!r} does not serve "
+                            f"{', '.join(sorted(missing))} of pool {borrower!r}"
+                        )
 
     def _check_routing(self) -> None:
         """Every rule names a known pool that serves its models, and known tenants that may

@@ -105,6 +105,7 @@ async def _close(clients: list[openai.AsyncOpenAI], http: aiohttp.ClientSession)
 INFLIGHT_KEYS = (
     "tload",
     "bload",
+    "lent",
     "lease",
     "req",
     "exp",

@@ -622,6 +622,10 @@ class AdmissionMachine(RuleBasedStateMachine):
         queues = {f: [r.id for r in self.queued(*f.split(":"))] for f in FLOWS}
         assert s.queues == {f: ids for f, ids in queues.items() if ids}, (s.queues, queues)
         queued_counts = {t: len(self.queued(t)) for t in TENANTS}
+        for pool in POOLS:  # and each pool's (lenders lend only while theirs is empty)
+            queued_counts[f"pool:{pool}"] = sum(
+                r.state == "queued" and r.pool == pool for r in self.reqs.values()
+            )
         assert s.queued == {t: n for t, n in queued_counts.items() if n}, s.queued
 
         # backlogs: per band, the tenants with requests queued in it, each scored by its one

@@ -222,3 +222,63 @@ async def test_engine_never_prefills_two_long_prompts_at_once(
     assert first["prompt_tokens"] > 5_000 and second["prompt_tokens"] > 5_000
     # the second long prompt reached the engine only once the first was past its prefill
     assert second["arrival"] >= first["first_token"]
+
+
+# ----------------------------------------------------------------------------- lending
+
+
+def lending_settings(redis_url: str, cap: int) -> Settings:
+    def pool(name: str, port: int, concurrency: int, **extra: object) -> dict:
+        backend = {"url": f"http://127.0.0.1:{port}", "models": ["m"]}
+        return {"backends": {name: {**backend, "max_concurrency": concurrency}}, **extra}
+
+    return Settings(
+        redis={"url": redis_url},
+        pools={"chat": pool("c0", 9100, 1), "long": pool("l0", 9101, 2, lend_to={"chat": cap})},
+        # a tenant per pool: within one tenant, FCFS holds one pool's work behind the other's
+        tenants={
+            "chatter": {"api_keys": ["k"], "max_concurrency": 100},
+            "batcher": {"api_keys": ["k2"], "max_concurrency": 100},
+        },
+        admission={"upkeep_interval_s": 30},
+    )
+
+
+def pool_ticket(pool: str) -> Ticket:
+    tenant = "chatter" if pool == "chat" else "batcher"
+    return Ticket(uuid.uuid4().hex, tenant, 100, 100.0, pool, "", 30.0)
+
+
+async def test_an_idle_pool_lends_within_its_cap_and_takes_its_capacity_back_first(
+    redis_url: str, admission_for
+) -> None:
+    admission = await admission_for(lending_settings(redis_url, cap=1))
+    own = await admission.acquire(pool_ticket("chat"))
+    lent = await admission.acquire(pool_ticket("chat"))  # chat is full: long lends its engine
+    assert (own.backend, lent.backend) == ("c0", "l0")
+    capped = asyncio.ensure_future(admission.acquire(pool_ticket("chat")))
+    long_first = await admission.acquire(pool_ticket("long"))  # the lender's own work fits
+    long_second = asyncio.ensure_future(admission.acquire(pool_ticket("long")))
+    await asyncio.sleep(0.2)
+    assert not capped.done()  # at most one request lent at once
+    assert not long_second.done()  # l0 is full: one lent, one of its own
+    await lent.release(None)  # the lent slot returns to the lender's own queue, not to chat
+    assert (await asyncio.wait_for(long_second, 10)).backend == "l0"
+    assert not capped.done()
+    await own.release(None)  # chat's own engine frees: the waiting chat request runs there
+    assert (await asyncio.wait_for(capped, 10)).backend == "c0"
+    for lease in (long_first, long_second.result(), capped.result()):
+        await lease.release(None)
+
+
+def test_a_pool_lends_only_to_pools_its_engines_can_serve() -> None:
+    with pytest.raises(ValueError, match=r"pools.long.lend_to: backend 'l0' does not serve"):
+        Settings(
+            pools={
+                "chat": {"backends": {"c0": {"url": "http://127.0.0.1:9100", "models": ["m"]}}},
+                "long": {
+                    "backends": {"l0": {"url": "http://127.0.0.1:9101", "models": ["other"]}},
+                    "lend_to": {"chat": 1},
+                },
+            }
+        )

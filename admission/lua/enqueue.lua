@@ -18,9 +18,9 @@ local r = {t = t, tok = tonumber(ARGV[3]), svc = tonumber(ARGV[4]), pool = pool,
            o = owner, pt = tonumber(ARGV[11] or '0')}
 -- The uncontended fast path: nobody waits anywhere, so no order to respect; run it if it fits.
 if redis.call('EXISTS', P .. 'bandlog') == 0 then
-  local b, _, bc = place(r, tc, now)
+  local b, _, bc, lender = place(r, tc, now)
   if b then
-    lease(id, r, tc, b, bc, now, ttl)
+    lease(id, r, tc, b, bc, now, ttl, lender)
     return {'granted', b}
   end
 end
@@ -30,6 +30,7 @@ r.seq = seq
 redis.call('HSET', P .. 'req', id, cjson.encode(r))
 redis.call('ZADD', queue_key(t, band), seq, id)
 add_load(P .. 'queued', t, 1)
+add_load(P .. 'queued', 'pool:' .. pool, 1)
 redis.call('ZADD', P .. 'fifo', seq, id)
 redis.call('ZADD', P .. 'exp', now + ttl, id)
 redis.call('ZADD', P .. 'dl', now + tonumber(ARGV[8]), id)

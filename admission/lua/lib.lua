@@ -8,11 +8,14 @@
 --   P.cfg:tenants  hash  tenant -> json {w, mc, mt, mq, band}
 --   P.cfg:backends hash  backend -> json {pool, mc, mt, mp (optional)}
 --   P.cfg:pools    hash  pool -> json [backend, ...]
+--   P.cfg:lend     hash  borrowing pool -> json [[lending pool, most requests lent], ...]
 --   P.cfg:bands    hash  band -> weight
 --   P.cfg:policy   string "vtc" | "fcfs" | "shadow"
 --   P.req          hash  request id -> json of a queued request
 --   P.q:<tenant>:<band> zset queued ids of a tenant in a band, by arrival (FCFS within a flow)
---   P.queued       hash  tenant -> requests queued in all its bands (its max_queued)
+--   P.queued       hash  tenant -> requests queued in all its bands (its max_queued);
+--                        pool:<pool> -> requests queued for a pool (lenders lend only when 0)
+--   P.lent         hash  <lender>:<borrower> -> requests running on a lender's engines
 --   P.fifo         zset  every queued id by arrival sequence (the FCFS policy)
 --   P.backlog:<band> zset backlogged tenants of a band by virtual counter
 --   P.bandlog      zset  backlogged bands by band counter
@@ -136,6 +139,7 @@ local function unqueue(id)
   redis.call('HDEL', P .. 'req', id)
   redis.call('ZREM', queue_key(r.t, r.band), id)
   add_load(P .. 'queued', r.t, -1)
+  add_load(P .. 'queued', 'pool:' .. r.pool, -1)
   redis.call('ZREM', P .. 'fifo', id)
   redis.call('ZREM', P .. 'exp', id)
   redis.call('ZREM', P .. 'dl', id)
@@ -155,6 +159,7 @@ local function unlease(id)
   add_load(P .. 'bload', l.b .. ':r', -1)
   add_load(P .. 'bload', l.b .. ':t', -l.tok)
   if l.pf then add_load(P .. 'bload', l.b .. ':p', -l.pf) end
+  if l.lent then add_load(P .. 'lent', l.lent, -1) end
   return l
 end
 
@@ -183,10 +188,9 @@ end
 
 -- Where the request could run now: a backend with room, or why not ("tenant" or "pool").
 -- One request larger than a whole budget may still run alone on an idle tenant / backend.
-local function place(r, tc, now)
-  local tr, tt = load(P .. 'tload', r.t .. ':r'), load(P .. 'tload', r.t .. ':t')
-  if tr >= tc.mc or (tt + r.tok > tc.mt and tr > 0) then return nil, 'tenant' end
-  local backends = decode(redis.call('HGET', P .. 'cfg:pools', r.pool)) or {}
+-- The least loaded backend of ``pool`` with room for ``r`` (and its config), or nil.
+local function pick(pool, r, now)
+  local backends = decode(redis.call('HGET', P .. 'cfg:pools', pool)) or {}
   local best, best_score, best_cfg = nil, nil, nil
   for _, b in ipairs(backends) do
     local bc = backend_cfg(b)
@@ -207,12 +211,31 @@ local function place(r, tc, now)
       end
     end
   end
-  if best then return best, nil, best_cfg end
+  return best, best_cfg
+end
+
+-- Where the request could run now: a backend with room, or why not ("tenant" or "pool").
+-- One request larger than a whole budget may still run alone on an idle tenant / backend.
+-- With its own pool full, a pool that lends to it may take it: only while that pool has
+-- nothing of its own queued, and within its cap. Returns backend, nil, its config, lender.
+local function place(r, tc, now)
+  local tr, tt = load(P .. 'tload', r.t .. ':r'), load(P .. 'tload', r.t .. ':t')
+  if tr >= tc.mc or (tt + r.tok > tc.mt and tr > 0) then return nil, 'tenant' end
+  local b, bc = pick(r.pool, r, now)
+  if b then return b, nil, bc end
+  for _, lender in ipairs(decode(redis.call('HGET', P .. 'cfg:lend', r.pool)) or {}) do
+    local pool, cap = lender[1], lender[2]
+    if load(P .. 'queued', 'pool:' .. pool) == 0
+        and load(P .. 'lent', pool .. ':' .. r.pool) < cap then
+      b, bc = pick(pool, r, now)
+      if b then return b, nil, bc, pool end
+    end
+  end
   return nil, 'pool'
 end
 
 -- Hold the budgets, charge the input service, and record the lease of a granted request.
-local function lease(id, r, tc, b, bc, now, ttl)
+local function lease(id, r, tc, b, bc, now, ttl, lender)
   add_load(P .. 'tload', r.t .. ':r', 1)
   add_load(P .. 'tload', r.t .. ':t', r.tok)
   add_load(P .. 'bload', b .. ':r', 1)
@@ -232,15 +255,19 @@ local function lease(id, r, tc, b, bc, now, ttl)
     l.pf = r.pt
     add_load(P .. 'bload', b .. ':p', r.pt)
   end
+  if lender then
+    l.lent = lender .. ':' .. r.pool
+    add_load(P .. 'lent', l.lent, 1)
+  end
   redis.call('HSET', P .. 'lease', id, cjson.encode(l))
   redis.call('ZADD', P .. 'exp', now + ttl, id)
   redis.call('HSET', P .. 'granted', id, b)
   redis.call('HINCRBY', P .. 'stats', 'grants', 1)
 end
 
-local function grant(id, r, tc, b, bc, now, ttl)
+local function grant(id, r, tc, b, bc, now, ttl, lender)
   unqueue(id)
-  lease(id, r, tc, b, bc, now, ttl)
+  lease(id, r, tc, b, bc, now, ttl, lender)
   notify(r.o, id .. ' ' .. b)
 end
 
@@ -283,13 +310,13 @@ local function dispatch(now, ttl, max_grants)
       local r = decode(redis.call('HGET', P .. 'req', id))
       local tc = r and tenant_cfg(r.t)
       if r and tc and not reserved[r.pool] then
-        local b, blocked, bc = place(r, tc, now)
+        local b, blocked, bc, lender = place(r, tc, now)
         if b then
           if policy == 'shadow' then
             local fair = fair_order()[1]
             redis.call('HINCRBY', P .. 'stats', fair == id and 'shadow_agree' or 'shadow_differ', 1)
           end
-          grant(id, r, tc, b, bc, now, ttl)
+          grant(id, r, tc, b, bc, now, ttl, lender)
           grants[#grants + 1] = id
           grants[#grants + 1] = b
           granted = true
