@@ -51,6 +51,7 @@ class Ticket:
     band: str  # '' for the tenant's own
     timeout_s: float
     prompt_tokens: int = 0  # held against a backend's prefill cap until output flows
+    priority: int = 0  # the request's effective priority (its band; passed on to engines)
 
 
 class Admission:

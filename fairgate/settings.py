@@ -185,6 +185,12 @@ class BackendConfig(StrictModel):
     api_key: SecretStr | None = Field(
         None, description="Bearer token fairgate sends to this engine (hosted APIs)."
     )
+    forward_priority: bool = Field(
+        False,
+        description="Send each request's priority in the engine's own priority field (vLLM "
+        "with --scheduling-policy priority, SGLang with --enable-priority-scheduling), so the "
+        "engine orders what it holds as fairgate does.",
+    )
     connect_timeout_s: PositiveFloat = Field(5.0, description="TCP connect timeout.")
     read_timeout_s: PositiveFloat = Field(
         600.0, description="Longest silence between two reads of a response (also a stream)."

@@ -105,12 +105,11 @@ def _ticket(
     cost: Cost,
 ) -> Ticket:
     """What admission needs to know, including the per-request priority and queue timeout."""
-    band = ""
+    band, priority = "", tenant.priority
     if tenant.allow_priority_header and (asked := request.headers.get("X-Fairgate-Priority")):
         lowest = min(t.priority for t in gateway.settings.tenants.values())
-        band = band_of(
-            max(lowest, min(int(_number(asked, "X-Fairgate-Priority")), tenant.priority))
-        )
+        priority = max(lowest, min(int(_number(asked, "X-Fairgate-Priority")), tenant.priority))
+        band = band_of(priority)
     timeout = tenant.queue_timeout_s
     if asked := request.headers.get("X-Fairgate-Queue-Timeout"):
         timeout = min(timeout, max(_number(asked, "X-Fairgate-Queue-Timeout"), 0.001))
@@ -123,6 +122,7 @@ def _ticket(
         band=band,
         timeout_s=timeout,
         prompt_tokens=cost.prompt_tokens,
+        priority=priority,
     )
 
 
@@ -154,7 +154,7 @@ async def _admit_and_connect(
             upstream = await open_upstream(
                 backend,
                 parsed.endpoint.value,
-                parsed.upstream_body(),
+                parsed.upstream_body(_engine_fields(backend, ticket, parsed)),
                 _upstream_headers(request, ticket.tenant),
             )
         except BackendUnreachable as exc:
@@ -247,9 +247,7 @@ async def _settle(
     if outcome is None or outcome.usage is None:
         return
     completed = outcome.completed and outcome.status == 200
-    seen = await gateway.estimator.observe(
-        tenant_id, parsed.model, cost, outcome.usage, completed
-    )
+    seen = await gateway.estimator.observe(tenant_id, parsed.model, cost, outcome.usage, completed)
     gateway.metrics.observed(parsed.model, seen)
 
 
@@ -265,6 +263,19 @@ def _service_used(cost: Cost, parsed: InferenceRequest, outcome: Outcome | None)
     if parsed.stream:
         return cost.input_weight * cost.prompt_tokens + cost.output_weight * outcome.chunks
     return None
+
+
+def _engine_fields(backend: Backend, ticket: Ticket, parsed: InferenceRequest) -> dict[str, int]:
+    """Body fields for this engine: the request's priority, where the engine orders by one.
+
+    Only for a backend configured with ``forward_priority`` (vLLM refuses a priority unless it
+    runs with ``--scheduling-policy priority``), and never over the client's own value. The
+    engine then orders its own queue as fairgate does: higher fairgate priority first.
+    """
+    field, first = backend.traits.priority_field, backend.traits.priority_first
+    if not backend.config.forward_priority or field is None or field in parsed.body:
+        return {}
+    return {field: -ticket.priority if first == "lower" else ticket.priority}
 
 
 def _upstream_headers(request: web.Request, tenant_id: str) -> dict[str, str]:

@@ -76,11 +76,13 @@ class InferenceRequest:
     client_wants_usage: bool
     raw: bytes | None = None  # the client's bytes, while the body is forwarded unchanged
 
-    def upstream_body(self) -> bytes:
-        """The JSON sent to the engine: the client's own bytes unless the body was changed."""
-        if self.raw is not None:
+    def upstream_body(self, extra: dict[str, Any] | None = None) -> bytes:
+        """The JSON sent to the engine: the client's own bytes unless the body was changed
+        (or ``extra`` fields are added for this engine)."""
+        if self.raw is not None and not extra:
             return self.raw
-        return json.dumps(self.body, separators=(",", ":")).encode()
+        body = {**self.body, **extra} if extra else self.body
+        return json.dumps(body, separators=(",", ":")).encode()
 
 
 def parse_request(endpoint: Endpoint, raw: bytes) -> InferenceRequest:

@@ -308,6 +308,41 @@ async def test_unknown_fields_and_trace_headers_reach_the_engine_but_not_the_key
     assert headers["Authorization"] == "Bearer engine-secret"  # never the tenant's key
 
 
+async def test_priority_reaches_engines_that_order_by_it(
+    start_gateway: StartGateway, echo_engine: Any, redis_url: str
+) -> None:
+    url, received = echo_engine
+    config = gateway_config(redis_url, {"interactive": [url]})
+    config["pools"]["interactive"]["backends"]["interactive-0"]["forward_priority"] = True
+    config["tenants"] = {
+        "a": {"api_keys": ["key-a"], "priority": 3},
+        "b": {"api_keys": ["key-b"], "priority": 3, "allow_priority_header": True},
+        "c": {"api_keys": ["key-c"], "priority": 0},
+    }
+    gateway = await start_gateway(config)
+    await gateway.client().chat.completions.create(model="llama-3-8b", messages=MESSAGES)
+    assert received[-1][0]["priority"] == -3  # vLLM serves lower values first
+    await gateway.client("key-b").chat.completions.create(
+        model="llama-3-8b", messages=MESSAGES, extra_headers={"X-Fairgate-Priority": "1"}
+    )
+    assert received[-1][0]["priority"] == -1  # the header lowered b's priority to 1
+    await gateway.client().chat.completions.create(
+        model="llama-3-8b", messages=MESSAGES, extra_body={"priority": 9}
+    )
+    assert received[-1][0]["priority"] == 9  # the client's own value is never overwritten
+
+
+async def test_priority_is_not_sent_unless_the_backend_asks_for_it(
+    start_gateway: StartGateway, echo_engine: Any, redis_url: str
+) -> None:
+    url, received = echo_engine
+    config = gateway_config(redis_url, {"interactive": [url]})
+    config["tenants"]["a"]["priority"] = 3
+    gateway = await start_gateway(config)
+    await gateway.client().chat.completions.create(model="llama-3-8b", messages=MESSAGES)
+    assert "priority" not in received[-1][0]
+
+
 # ------------------------------------------------------------------- disconnects, failures
 
 
