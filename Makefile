@@ -7,7 +7,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 CONFIG  ?= config/fairgate.yaml
 
-.PHONY: install run test bench sim clean
+.PHONY: install run test bench sim clean e2e-vllm
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ bench: $(STAMP)
 	$(PY) -m loadtest.admission_bench --write BENCHMARKS.md
 	$(PY) -m loadtest.proxy_overhead --write BENCHMARKS.md
 	$(PY) -m loadtest.kit --all --short --no-progress --out docs/loadtest --write BENCHMARKS.md
+
+# fairgate in front of two real vLLM servers (CPU build, tiny model; ../shared/tools/real-vllm).
+e2e-vllm: $(STAMP)
+	PY=$(PY) bash scripts/e2e_vllm.sh
 
 sim: $(STAMP)
 	$(VENV)/bin/fairgate sim --profile config/sim/h100-llama3-8b.yaml --port 8001

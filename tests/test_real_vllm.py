@@ -1,29 +1,42 @@
-"""The gateway in front of a real vLLM (CPU build, tiny model), unchanged.
+"""The gateway in front of real vLLM servers (CPU build, tiny model), unchanged.
 
-Runs when ``FAIRGATE_REAL_VLLM_URL`` names a running vLLM serving the model ``tiny`` (see
-``../shared/tools/real-vllm/``: ``serve.sh 8100`` then ``FAIRGATE_REAL_VLLM_URL=
-http://127.0.0.1:8100 make test``); skipped otherwise, since starting one takes minutes.
+Runs when ``FAIRGATE_REAL_VLLM_URLS`` (comma-separated; or ``FAIRGATE_REAL_VLLM_URL`` for one)
+names running vLLM servers serving the model ``tiny``: ``make e2e-vllm`` starts two with
+``../shared/tools/real-vllm/`` and runs this file. ``make test`` skips it, since starting an
+engine takes minutes. Engines are expected with an 80 MB KV cache (40,960 tokens), as
+``make e2e-vllm`` starts them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import os
 
+import aiohttp
 import openai
 import pytest
+from redis.asyncio import Redis
 
-from tests.conftest import RunningGateway, StartGateway, gateway_config
+from backends.engine_load import DEFAULT_HEADROOM
+from tests.conftest import RunningGateway, StartGateway, gateway_config, inflight_state
 
-URL = os.environ.get("FAIRGATE_REAL_VLLM_URL")
-pytestmark = pytest.mark.skipif(not URL, reason="set FAIRGATE_REAL_VLLM_URL to a running vLLM")
+_GIVEN = os.environ.get("FAIRGATE_REAL_VLLM_URLS") or os.environ.get("FAIRGATE_REAL_VLLM_URL", "")
+URLS = [url.strip().rstrip("/") for url in _GIVEN.split(",") if url.strip()]
+pytestmark = pytest.mark.skipif(not URLS, reason="set FAIRGATE_REAL_VLLM_URLS to running vLLMs")
+two_engines = pytest.mark.skipif(len(URLS) < 2, reason="needs two vLLM servers")
 MESSAGES = [{"role": "user", "content": "Hello"}]
+PREFIX = "fairgate:{adm}:"
 
 
 @pytest.fixture
 async def gateway(start_gateway: StartGateway, redis_url: str) -> RunningGateway:
-    config = gateway_config(redis_url, {"interactive": [URL]})
-    config["pools"]["interactive"]["backends"]["interactive-0"]["models"] = ["tiny"]
+    config = gateway_config(redis_url, {"interactive": URLS})
+    for backend in config["pools"]["interactive"]["backends"].values():
+        backend["models"] = ["tiny"]
+    config["server"]["engine_load_interval_s"] = 0.2
+    config["admission"] = {"engine_max_waiting": None}  # this test loads engines on purpose
     return await start_gateway(config)
 
 
@@ -54,6 +67,92 @@ async def test_engine_errors_pass_through(gateway: RunningGateway) -> None:
         )
 
 
+async def test_usage_reconciles_the_tenants_service(
+    gateway: RunningGateway, redis_url: str
+) -> None:
+    """The tenant is charged what vLLM reports (prompt + 2 x output), not what was estimated,
+    also for a stream whose client did not ask for the usage chunk."""
+    redis = Redis.from_url(redis_url)
+    client = gateway.client()
+    try:
+        reply = await client.chat.completions.create(
+            model="tiny", messages=MESSAGES, max_tokens=7, extra_body={"ignore_eos": True}
+        )
+        longer = [{"role": "user", "content": "Tell me more " * 40}]
+        stream = await client.chat.completions.create(
+            model="tiny",
+            messages=longer,
+            max_tokens=11,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+        chunks = [chunk async for chunk in stream]
+        assert all(chunk.usage is None for chunk in chunks)
+        usage = reply.usage
+        engine_prompt = await _engine_prompt_tokens(
+            [{"role": "user", "content": "Tell me more " * 40}]
+        )
+        expected = usage.prompt_tokens + 2 * 7 + engine_prompt + 2 * 11
+        for _ in range(100):  # released in the background, after the response
+            if not await inflight_state(redis):
+                break
+            await asyncio.sleep(0.05)
+        assert float(await redis.hget(PREFIX + "vtc", "a")) == pytest.approx(expected)
+    finally:
+        await redis.aclose()
+
+
+async def test_engine_metrics_are_scraped_into_budgets(
+    gateway: RunningGateway, redis_url: str
+) -> None:
+    """vLLM's reported KV capacity becomes each backend's token budget (none is configured)."""
+    redis = Redis.from_url(redis_url)
+    try:
+        for _ in range(100):
+            loads = await redis.hgetall(PREFIX + "engine_load")
+            if len(loads) == len(URLS):
+                break
+            await asyncio.sleep(0.1)
+        snapshots = {k.decode(): json.loads(v) for k, v in loads.items()}
+        assert {s["engine"] for s in snapshots.values()} == {"vllm"}
+        for name, snapshot in snapshots.items():
+            budget = math.floor(snapshot["kv_capacity_tokens"] * DEFAULT_HEADROOM)
+            config = json.loads(await redis.hget(PREFIX + "cfg:backends", name))
+            assert config["mt"] == budget, (name, snapshot)
+    finally:
+        await redis.aclose()
+
+
+@two_engines
+async def test_an_engine_loaded_by_others_gets_less_work(
+    gateway: RunningGateway, redis_url: str
+) -> None:
+    """Clients outside fairgate load the first engine; its KV usage, scraped from its metrics,
+    steers the gateway's requests to the second (by fairgate's own books they are equal)."""
+    redis = Redis.from_url(redis_url)
+    outside = [asyncio.ensure_future(_long_stream(URLS[0], i)) for i in range(6)]
+    try:
+        for _ in range(200):
+            engine = await redis.hgetall(PREFIX + "engine")
+            used = [int(engine.get(f"interactive-{i}:tokens".encode(), 0)) for i in range(2)]
+            if used[0] > used[1] + 1000:
+                break
+            await asyncio.sleep(0.1)
+        assert used[0] > used[1] + 1000, used
+        backends = []
+        for _ in range(4):
+            raw = await gateway.client().chat.completions.with_raw_response.create(
+                model="tiny", messages=MESSAGES, max_tokens=4, extra_body={"ignore_eos": True}
+            )
+            backends.append(raw.headers["X-Fairgate-Backend"])
+        assert backends == ["interactive-1"] * 4
+    finally:
+        for task in outside:
+            task.cancel()
+        await asyncio.gather(*outside, return_exceptions=True)
+        await redis.aclose()
+
+
 async def test_disconnect_frees_the_engine(gateway: RunningGateway) -> None:
     body = {"model": "tiny", "messages": MESSAGES, "max_tokens": 30000, "ignore_eos": True}
     resp = await gateway.http.post(
@@ -62,14 +161,41 @@ async def test_disconnect_frees_the_engine(gateway: RunningGateway) -> None:
         headers={"Authorization": "Bearer key-a"},
     )
     await resp.content.readuntil(b"\n\n")
+    backend = resp.headers["X-Fairgate-Backend"]
+    url = URLS[int(backend.rsplit("-", 1)[1])]
+    assert await _running(gateway.http, url) >= 1
     resp.close()
     for _ in range(200):  # vLLM frees a disconnected request within about 0.1 s
-        async with gateway.http.get(f"{URL}/metrics") as metrics:
-            text = await metrics.text()
-        running = [
-            line for line in text.splitlines() if line.startswith("vllm:num_requests_running")
-        ]
-        if running and float(running[0].rsplit(" ", 1)[1]) == 0:
+        if await _running(gateway.http, url) == 0:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("vLLM still runs the request after the client went away")
+
+
+async def _running(http: aiohttp.ClientSession, url: str) -> float:
+    async with http.get(f"{url}/metrics") as metrics:
+        text = await metrics.text()
+    lines = [line for line in text.splitlines() if line.startswith("vllm:num_requests_running")]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+
+async def _engine_prompt_tokens(messages: list[dict[str, str]]) -> int:
+    async with aiohttp.ClientSession() as http:
+        body = {"model": "tiny", "messages": messages}
+        async with http.post(f"{URLS[0]}/tokenize", json=body) as response:
+            return int((await response.json())["count"])
+
+
+async def _long_stream(url: str, index: int) -> None:
+    """A long request straight to the engine (unique prompt: no prefix-cache hit)."""
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": f"load {index} " + "word " * 2500}],
+        "max_tokens": 20000,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/v1/chat/completions", json=body) as response:
+            async for _ in response.content.iter_any():
+                pass
