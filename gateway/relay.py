@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ UPSTREAM_READ_ERRORS = (
     aiohttp.ClientOSError,
     TimeoutError,
 )
+_NULL_USAGE = re.compile(rb'"usage"\s*:\s*null')
 _HOP_HEADERS = {
     "content-length",
     "transfer-encoding",
@@ -68,7 +70,8 @@ class _StreamFilter:
         return bytes(out)
 
     def _keep(self, event: bytes) -> bool:
-        if b'"usage"' in event:
+        # OpenAI-style APIs put "usage": null on every chunk; only a real usage is decoded
+        if b'"usage"' in event and not _NULL_USAGE.search(event):
             chunk = json_data(event)
             if chunk is not None and chunk.get("usage"):
                 self.outcome.usage = chunk["usage"]

@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from fairgate.serving import serve
+from gateway.relay import Outcome, _StreamFilter
 from tests.conftest import (
     RunningGateway,
     RunningSim,
@@ -467,3 +468,16 @@ async def test_unknown_route_and_method_get_json_errors(gateway: RunningGateway)
         assert resp.status == 404 and "error" in await resp.json()
     async with gateway.http.get(f"{gateway.url}/v1/chat/completions") as resp:
         assert resp.status == 405 and (await resp.json())["error"]["code"] == "method_not_allowed"
+
+
+def test_usage_null_chunks_pass_and_only_the_real_usage_is_taken() -> None:
+    """OpenAI-style APIs send ``"usage": null`` on every chunk when usage was asked for."""
+    outcome = Outcome(200)
+    stream = _StreamFilter(client_wants_usage=False, outcome=outcome)
+    chunk = b'data: {"choices":[{"delta":{"content":"x"}}],"usage": null}\n\n'
+    final = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
+    relayed = stream.feed(chunk + chunk + final + b"data: [DONE]\n\n")
+    assert relayed == chunk + chunk + b"data: [DONE]\n\n"  # the usage chunk was not asked for
+    assert outcome.usage == {"prompt_tokens": 3, "completion_tokens": 2}
+    assert (outcome.chunks, outcome.completed) == (2, True)
+
