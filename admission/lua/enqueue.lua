@@ -6,7 +6,6 @@
 local id, t, pool, owner = ARGV[1], ARGV[2], ARGV[5], ARGV[7]
 local ttl, max_grants = tonumber(ARGV[9]), tonumber(ARGV[10])
 local now = now_ms()
-sweep(now)
 local tc = tenant_cfg(t)
 if not tc then return {'unknown_tenant', ''} end
 if redis.call('HEXISTS', P .. 'cfg:pools', pool) == 0 then return {'unknown_pool', ''} end
@@ -24,6 +23,9 @@ if redis.call('EXISTS', P .. 'bandlog') == 0 then
     return {'granted', b}
   end
 end
+-- Reclaim what dead replicas left (and drop late entries) before queueing: the fast path above
+-- needs no sweep (what it placed fit anyway); every replica's upkeep sweeps regularly.
+sweep(now)
 local seq = redis.call('INCR', P .. 'seq')
 mark_backlogged(t, band)
 r.seq = seq

@@ -7,6 +7,9 @@ local l = unlease(id)
 if l and ARGV[2] ~= '' then
   charge(l.t, l.band, l.w, tonumber(ARGV[2]) - l.ch)  -- only ever adds: counters never shrink
 end
+if redis.call('EXISTS', P .. 'bandlog') == 0 then
+  return {l and 1 or 0}  -- nothing waits: nothing to dispatch (upkeep sweeps regularly)
+end
 sweep(now)
 local grants = dispatch(now, ttl, max_grants)
 return {l and 1 or 0, unpack(grants)}
