@@ -81,3 +81,21 @@ async def publish_config(redis: Redis, prefix: str, settings: Settings) -> None:
                 pipe.hset(prefix + key, mapping=mapping)
         pipe.set(prefix + "cfg:policy", settings.admission.policy)
         await pipe.execute()
+
+
+async def set_drained(redis: Redis, prefix: str, backend: str, drained: bool) -> None:
+    """Drain a backend (no new work on any replica; what runs finishes) or bring it back.
+
+    Kept apart from health (``down``), which probes set and clear on their own: a drain holds
+    until an operator lifts it.
+    """
+    if drained:
+        await redis.hset(prefix + "drained", backend, 1)
+    else:
+        await redis.hdel(prefix + "drained", backend)
+
+
+async def backend_load(redis: Redis, prefix: str, backend: str) -> tuple[int, int]:
+    """Requests and estimated tokens a backend has in flight, across every replica."""
+    running, tokens = await redis.hmget(prefix + "bload", [f"{backend}:r", f"{backend}:t"])
+    return int(running or 0), int(tokens or 0)

@@ -84,6 +84,15 @@ def _parser() -> argparse.ArgumentParser:
     loadtest.add_argument("args", nargs="*")  # all of them for loadtest.kit.cli
     loadtest.set_defaults(handler=_run_loadtest)
 
+    drain = commands.add_parser(
+        "drain", help="stop new work to a backend on every replica (running work finishes)"
+    )
+    drain.add_argument("backend", help="backend name, as in the config's pools")
+    drain.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    drain.add_argument("--undo", action="store_true", help="take work again")
+    drain.add_argument("--wait", action="store_true", help="return once nothing runs on it")
+    drain.set_defaults(handler=_run_drain)
+
     plan = commands.add_parser("plan", help="KV-cache capacity and budgets (config or presets)")
     plan.add_argument("--config", type=Path, help="print the derivation for each backend")
     plan.add_argument("--preset", help="model preset (config/plan/presets.yaml)")
@@ -152,6 +161,37 @@ def _run_plan(args: argparse.Namespace) -> int:
     except kv_capacity.CapacityError as exc:
         print(f"fairgate plan: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _run_drain(args: argparse.Namespace) -> int:
+    """Drain a backend through Redis, which every replica's admission reads at each decision."""
+    from admission.domain import backend_load, domain_prefix, set_drained
+    from fairgate.redis_client import connect
+
+    settings = load_settings(args.config)
+    if args.backend not in settings.backends():
+        known = ", ".join(sorted(settings.backends()))
+        print(f"fairgate drain: no backend {args.backend!r} (known: {known})", file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        redis = connect(settings.redis)
+        prefix = domain_prefix(settings)
+        try:
+            await set_drained(redis, prefix, args.backend, not args.undo)
+            running, _ = await backend_load(redis, prefix, args.backend)
+            state = "takes work again" if args.undo else "drained: it gets no new work"
+            print(f"{args.backend} {state}; {running} requests running on it")
+            while args.wait and not args.undo and running:
+                await asyncio.sleep(0.5)
+                running, _ = await backend_load(redis, prefix, args.backend)
+            if args.wait and not args.undo:
+                print(f"{args.backend}: nothing runs on it any more")
+        finally:
+            await redis.aclose()
+
+    _run_async(run())
     return 0
 
 

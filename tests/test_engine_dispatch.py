@@ -13,9 +13,13 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+import yaml
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from admission.controller import Admission, Ticket
+from admission.domain import backend_load, set_drained
+from fairgate import cli
 from fairgate.redis_client import GatewayRedis
 from fairgate.settings import Settings
 from tests.conftest import StartGateway, StartSim, gateway_config
@@ -282,3 +286,38 @@ def test_a_pool_lends_only_to_pools_its_engines_can_serve() -> None:
                 },
             }
         )
+
+
+# ------------------------------------------------------------------------------- drain
+
+
+async def test_a_drained_backend_gets_no_new_work_but_finishes_its_own(
+    redis_url: str, admission_for
+) -> None:
+    admission = await admission_for(settings_for(redis_url))
+    running = await admission.acquire(ticket())  # the least loaded: b0
+    assert running.backend == "b0"
+    redis = Redis.from_url(redis_url)
+    await set_drained(redis, PREFIX, "b0", True)
+    later = [await admission.acquire(ticket()) for _ in range(3)]
+    assert {lease.backend for lease in later} == {"b1"}
+    assert await backend_load(redis, PREFIX, "b0") == (1, 100)  # still running there
+    await running.release(None)
+    await set_drained(redis, PREFIX, "b0", False)
+    later.append(await admission.acquire(ticket()))
+    assert later[-1].backend == "b0"
+    for lease in later:
+        await lease.release(None)
+    await redis.aclose()
+
+
+def test_fairgate_drain_marks_and_unmarks_a_backend(redis_url: str, tmp_path) -> None:  # noqa: ANN001
+    config = tmp_path / "fairgate.yaml"
+    config.write_text(yaml.safe_dump(settings_for(redis_url).model_dump(mode="json")))
+    redis = SyncRedis.from_url(redis_url)
+    assert cli.main(["drain", "b1", "--config", str(config)]) == 0
+    assert redis.hgetall(PREFIX + "drained") == {b"b1": b"1"}
+    assert cli.main(["drain", "b1", "--undo", "--config", str(config)]) == 0
+    assert redis.hgetall(PREFIX + "drained") == {}
+    assert cli.main(["drain", "nope", "--config", str(config)]) == 2
+    redis.close()

@@ -30,6 +30,7 @@
 --                        (only for backends with a max_prefill_tokens cap, "mp")
 --   P.granted      hash  id -> backend (for owners polling instead of hearing pub/sub)
 --   P.down         hash  backend -> ms until which it takes no work
+--   P.drained      hash  backend -> 1 while an operator drains it (no new work; `fairgate drain`)
 --   P.engine       hash  <backend>:busy -> ms until which it takes no work (its engine reported
 --                        waiting requests); <backend>:tokens -> KV tokens the engine reports in
 --                        use (engine.lua, from each replica's scrape of the engine's metrics)
@@ -196,7 +197,8 @@ local function pick(pool, r, now)
     local bc = backend_cfg(b)
     local engine = redis.call('HMGET', P .. 'engine', b .. ':busy', b .. ':tokens')
     local down = tonumber(redis.call('HGET', P .. 'down', b) or '0')
-    if bc and down <= now and tonumber(engine[1] or '0') <= now then
+    local open = down <= now and tonumber(engine[1] or '0') <= now
+    if bc and open and redis.call('HEXISTS', P .. 'drained', b) == 0 then
       local br, bt = load(P .. 'bload', b .. ':r'), load(P .. 'bload', b .. ':t')
       -- least outstanding tokens: fairgate's own estimate, or the engine's report if higher
       -- (work that did not come through fairgate, or outputs longer than estimated)
