@@ -52,6 +52,8 @@ class Ticket:
     timeout_s: float
     prompt_tokens: int = 0  # held against a backend's prefill cap until output flows
     priority: int = 0  # the request's effective priority (its band; passed on to engines)
+    prefer: str = ""  # the session's backend (affinity), taken while within prefer_slack tokens
+    prefer_slack: int = 0
 
 
 class Admission:
@@ -154,6 +156,8 @@ class Admission:
             self.owner,
             int(ticket.timeout_s * 1000),
             ticket.prompt_tokens,
+            ticket.prefer,
+            ticket.prefer_slack,
         )
 
     async def _wait(self, ticket: Ticket) -> Lease:

@@ -70,9 +70,12 @@ class AdmissionScripts:
         owner: str,
         timeout_ms: int,
         prompt_tokens: int = 0,
+        prefer: str = "",
+        prefer_slack: int = 0,
     ) -> Outcome:
         args = [request_id, tenant, tokens, service, pool, band, owner, timeout_ms]
-        result = await self._enqueue(self._keys, [*args, self._ttl, self._max, prompt_tokens])
+        args += [self._ttl, self._max, prompt_tokens, prefer, prefer_slack]
+        result = await self._enqueue(self._keys, args)
         return Outcome(_text(result[0]), _text(result[1]), _pairs(result[2:]))
 
     async def release(self, request_id: str, service: float | None) -> Outcome:

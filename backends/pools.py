@@ -8,7 +8,10 @@ request's estimated cost. Within a pool, backends are tried round robin, healthy
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
+from typing import Any
 
+from backends.affinity import AffinityMode, preferred_backend, session_key
 from backends.backend import Backend
 from backends.classify import Classifier
 from fairgate.settings import Settings
@@ -17,12 +20,26 @@ from fairgate.settings import Settings
 class Pool:
     """A named set of backends that serve the same models."""
 
-    def __init__(self, name: str, backends: list[Backend], tokenize: str = "local") -> None:
+    def __init__(
+        self,
+        name: str,
+        backends: list[Backend],
+        tokenize: str = "local",
+        affinity: AffinityMode = "off",
+        affinity_slack_tokens: int = 0,
+    ) -> None:
         self.name = name
         self.backends = backends
         self.tokenize = tokenize
+        self.affinity: AffinityMode = affinity
+        self.affinity_slack_tokens = affinity_slack_tokens
         self.models = frozenset(m for b in backends for m in b.config.models)
         self._turn = itertools.count()
+
+    def session_backend(self, headers: Mapping[str, str], body: dict[str, Any]) -> str:
+        """The backend this request's session prefers ('' without affinity or a session)."""
+        session = session_key(self.affinity, headers, body)
+        return preferred_backend(session, (b.name for b in self.backends))
 
     def candidates(self) -> list[Backend]:
         """Backends to try, in order: the next in the rotation first, unhealthy ones last."""
@@ -41,6 +58,8 @@ class Router:
                 name,
                 [Backend(b_name, name, b, backoff) for b_name, b in pool.backends.items()],
                 pool.tokenize,
+                pool.affinity,
+                pool.affinity_slack_tokens,
             )
             for name, pool in settings.pools.items()
         }

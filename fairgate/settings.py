@@ -239,6 +239,17 @@ class PoolConfig(StrictModel):
         description="Count prompt tokens locally, or ask the engine's /tokenize (exact, a round "
         "trip; falls back to local counting if the engine cannot answer).",
     )
+    affinity: Literal["off", "header", "prefix"] = Field(
+        "off",
+        description="Send a session's requests to the same engine (prefix-cache hits): header "
+        "= sessions named by X-Fairgate-Session; prefix = also conversations recognised by "
+        "their opening messages.",
+    )
+    affinity_slack_tokens: NonNegativeInt = Field(
+        32_768,
+        description="A session keeps its engine while that engine holds at most this many "
+        "more outstanding tokens than the least loaded one.",
+    )
     lend_to: dict[Name, PositiveInt] = Field(
         default_factory=dict,
         description="Bounded lending: while this pool has nothing of its own queued, requests "

@@ -74,7 +74,7 @@ def inference(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Strea
             "x-fairgate-estimate-prompt-tokens": str(cost.prompt_tokens),
             "x-fairgate-estimate-output-tokens": str(cost.expected_output),
         }
-        ticket = _ticket(request, gateway, tenant_id, tenant, pool, cost)
+        ticket = _ticket(request, gateway, tenant_id, tenant, pool, cost, parsed)
         lease, backend, upstream = await _admit_and_connect(request, gateway, ticket, parsed)
         outcome: Outcome | None = None
         try:
@@ -103,6 +103,7 @@ def _ticket(
     tenant: TenantConfig,
     pool: Pool,
     cost: Cost,
+    parsed: InferenceRequest,
 ) -> Ticket:
     """What admission needs to know, including the per-request priority and queue timeout."""
     band, priority = "", tenant.priority
@@ -123,6 +124,8 @@ def _ticket(
         timeout_s=timeout,
         prompt_tokens=cost.prompt_tokens,
         priority=priority,
+        prefer=pool.session_backend(request.headers, parsed.body),
+        prefer_slack=pool.affinity_slack_tokens,
     )
 
 

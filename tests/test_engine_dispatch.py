@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from admission.controller import Admission, Ticket
 from admission.domain import backend_load, set_drained
+from backends.affinity import SESSION_HEADER, preferred_backend, session_key
 from fairgate import cli
 from fairgate.redis_client import GatewayRedis
 from fairgate.settings import Settings
@@ -321,3 +322,74 @@ def test_fairgate_drain_marks_and_unmarks_a_backend(redis_url: str, tmp_path) ->
     assert redis.hgetall(PREFIX + "drained") == {}
     assert cli.main(["drain", "nope", "--config", str(config)]) == 2
     redis.close()
+
+
+# ------------------------------------------------------------------------ session affinity
+
+
+def test_session_keys_and_their_rendezvous_backend() -> None:
+    turn1 = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]}
+    turn2 = {"messages": [*turn1["messages"], {"role": "assistant", "content": "yo"},
+                          {"role": "user", "content": "more"}]}  # fmt: skip
+    other = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "x"}]}
+    assert session_key("off", {SESSION_HEADER: "abc"}, turn1) == ""
+    assert session_key("header", {SESSION_HEADER: "abc"}, turn1) == "abc"
+    assert session_key("header", {}, turn2) == ""
+    assert session_key("prefix", {}, turn1) == session_key("prefix", {}, turn2) != ""
+    assert session_key("prefix", {}, other) != session_key("prefix", {}, turn1)
+    assert session_key("prefix", {}, {"messages": [{"role": "user", "content": "a"}]}) == ""
+    backends = ["b0", "b1", "b2"]
+    chosen = {s: preferred_backend(f"s{s}", backends) for s in range(300)}
+    assert set(chosen.values()) == set(backends)  # sessions spread over every backend
+    fewer = {s: preferred_backend(f"s{s}", ["b0", "b1"]) for s in range(300)}
+    moved = [s for s in chosen if chosen[s] != fewer[s]]
+    assert moved and all(chosen[s] == "b2" for s in moved)  # only b2's sessions move
+
+
+async def test_a_session_keeps_its_backend_while_the_load_allows(
+    redis_url: str, admission_for
+) -> None:
+    admission = await admission_for(settings_for(redis_url, backends=3))
+
+    def session_ticket(tokens: int) -> Ticket:
+        return Ticket(uuid.uuid4().hex, "t", tokens, 1.0, "p", "", 30.0, 0, 0, "b2", 2_500)
+
+    held = [await admission.acquire(session_ticket(1_000)) for _ in range(3)]
+    assert [lease.backend for lease in held] == ["b2"] * 3  # 0, 1,000, 2,000 ahead: in slack
+    spill = await admission.acquire(session_ticket(1_000))  # b2 would be 3,000 ahead
+    assert spill.backend != "b2"
+    for lease in (*held, spill):
+        await lease.release(None)
+
+
+async def test_turns_of_a_conversation_reach_the_same_engine(
+    start_sim: StartSim, start_gateway: StartGateway, redis_url: str
+) -> None:
+    sims = [await start_sim(time_scale=100.0) for _ in range(2)]
+    config = gateway_config(redis_url, {"interactive": [sim.url for sim in sims]})
+    config["pools"]["interactive"]["affinity"] = "prefix"
+    gateway = await start_gateway(config)
+    client = gateway.client()
+
+    async def turn(messages: list[dict[str, str]]) -> str:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="llama-3-8b", messages=messages, max_tokens=2
+        )
+        return raw.headers["X-Fairgate-Backend"]
+
+    engines = set()
+    for topic in range(8):
+        history = [
+            {"role": "system", "content": "helpful"},
+            {"role": "user", "content": f"t{topic}"},
+        ]
+        served = []
+        for step in range(3):
+            served.append(await turn(history))
+            history += [
+                {"role": "assistant", "content": "ok"},
+                {"role": "user", "content": f"{step}"},
+            ]
+        assert len(set(served[1:])) == 1, served  # every turn after the first on one engine
+        engines.update(served[1:])
+    assert engines == {"interactive-0", "interactive-1"}  # conversations spread over both

@@ -1,6 +1,7 @@
 -- Queue a request and dispatch whatever fits now (often this very request: one round trip).
 -- ARGV: id, tenant, tokens in flight, service charged at dispatch, pool, band ('' = the
---       tenant's), owner, queue timeout ms, ttl ms, max grants, prompt tokens (optional)
+--       tenant's), owner, queue timeout ms, ttl ms, max grants, and optionally: prompt
+--       tokens, preferred backend (session affinity, '' for none), its slack in tokens
 -- Returns {state, backend or '', grants...}; state: granted | queued | full | unknown_tenant
 --         | unknown_pool | duplicate. grants: id, backend pairs of every grant made.
 local id, t, pool, owner = ARGV[1], ARGV[2], ARGV[5], ARGV[7]
@@ -15,6 +16,7 @@ end
 local band = ARGV[6] ~= '' and ARGV[6] or tostring(tc.band)
 local r = {t = t, tok = tonumber(ARGV[3]), svc = tonumber(ARGV[4]), pool = pool, band = band,
            o = owner, pt = tonumber(ARGV[11] or '0')}
+if ARGV[12] and ARGV[12] ~= '' then r.pref, r.slack = ARGV[12], tonumber(ARGV[13]) end
 -- The uncontended fast path: nobody waits anywhere, so no order to respect; run it if it fits.
 if redis.call('EXISTS', P .. 'bandlog') == 0 then
   local b, _, bc, lender = place(r, tc, now)

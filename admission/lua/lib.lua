@@ -193,6 +193,7 @@ end
 local function pick(pool, r, now)
   local backends = decode(redis.call('HGET', P .. 'cfg:pools', pool)) or {}
   local best, best_score, best_cfg = nil, nil, nil
+  local pref_score, pref_cfg = nil, nil
   for _, b in ipairs(backends) do
     local bc = backend_cfg(b)
     local engine = redis.call('HMGET', P .. 'engine', b .. ':busy', b .. ':tokens')
@@ -211,8 +212,11 @@ local function pick(pool, r, now)
       if fits and (not best or score < best_score) then
         best, best_score, best_cfg = b, score, bc
       end
+      if fits and b == r.pref then pref_score, pref_cfg = score, bc end
     end
   end
+  -- session affinity, while the load allows: the session's engine if within the slack
+  if pref_score and pref_score <= best_score + (r.slack or 0) then return r.pref, pref_cfg end
   return best, best_cfg
 end
 
