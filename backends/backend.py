@@ -24,14 +24,27 @@ _KEEPALIVE_S = 4.0
 class Backend:
     """An engine of a pool: where it is, how to reach it, whether to send it work."""
 
-    def __init__(self, name: str, pool: str, config: BackendConfig, backoff_s: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        pool: str,
+        config: BackendConfig,
+        backoff_s: float,
+        eject_after: int = 3,
+        max_backoff_s: float = 60.0,
+    ) -> None:
         self.name = name
         self.pool = pool
         self.config = config
         self.traits: EngineTraits = ENGINES[config.engine]
         self.base_url = str(config.url).rstrip("/")
         self._backoff_s = backoff_s
+        self._max_backoff_s = max_backoff_s
+        self._eject_after = eject_after
         self._down_until = 0.0
+        self._failures = 0  # failed requests in a row
+        self._ejections = 0  # ejections in a row: each doubles the back-off
+        self._ejected_until = 0.0
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -72,7 +85,34 @@ class Backend:
             log.warning("backend %s (%s) is down: %s", self.name, self.base_url, reason)
         self._down_until = time.monotonic() + self._backoff_s
 
+    def request_failed(self, reason: object) -> float:
+        """Count a failed request; returns how long the backend is now ejected for (0: not).
+
+        Passive ejection catches an engine whose health endpoint answers while its requests
+        fail (out of memory, a wedged worker). Each ejection in a row doubles the back-off.
+        """
+        self._failures += 1
+        if self._failures < self._eject_after:
+            return 0.0
+        self._failures = 0
+        self._ejections += 1
+        backoff = min(self._backoff_s * 2 ** (self._ejections - 1), self._max_backoff_s)
+        log.warning(
+            "backend %s ejected for %.0f s after %d failed requests in a row (last: %s)",
+            self.name,
+            backoff,
+            self._eject_after,
+            reason,
+        )
+        self._ejected_until = self._down_until = time.monotonic() + backoff
+        return backoff
+
+    def request_succeeded(self) -> None:
+        self._failures = self._ejections = 0
+
     def mark_up(self) -> None:
+        if time.monotonic() < self._ejected_until:
+            return  # a passing health probe does not cut an ejection short
         if not self.healthy:
             log.info("backend %s (%s) is back", self.name, self.base_url)
         self._down_until = 0.0

@@ -53,10 +53,15 @@ class Router:
 
     def __init__(self, settings: Settings) -> None:
         backoff = settings.server.unhealthy_backoff_s
+        eject_after = settings.server.eject_after_failures
+        max_backoff = settings.server.max_unhealthy_backoff_s
         self.pools = {
             name: Pool(
                 name,
-                [Backend(b_name, name, b, backoff) for b_name, b in pool.backends.items()],
+                [
+                    Backend(b_name, name, b, backoff, eject_after, max_backoff)
+                    for b_name, b in pool.backends.items()
+                ],
                 pool.tokenize,
                 pool.affinity,
                 pool.affinity_slack_tokens,

@@ -519,7 +519,17 @@ class ServerConfig(StrictModel):
         5.0, description="How often each backend's health endpoint is probed."
     )
     unhealthy_backoff_s: PositiveFloat = Field(
-        5.0, description="How long a backend that refused a connection is skipped."
+        5.0,
+        description="How long a backend that refused a connection (or was ejected) is skipped; "
+        "doubles with each ejection in a row, up to max_unhealthy_backoff_s.",
+    )
+    max_unhealthy_backoff_s: PositiveFloat = Field(
+        60.0, description="The longest a failing backend is skipped at once."
+    )
+    eject_after_failures: PositiveInt = Field(
+        3,
+        description="Consecutive failed requests (engine 5xx, timeouts, deaths mid-response) "
+        "after which a backend is ejected for a back-off, even though its health probe passes.",
     )
     engine_load_interval_s: PositiveFloat = Field(
         1.0, description="How often each engine's own load (its /metrics) is scraped."

@@ -25,6 +25,7 @@ from backends.pools import Pool
 from backends.tokenize import engine_token_count
 from estimators.cost import Cost
 from fairgate.errors import (
+    GatewayError,
     backend_failed,
     backend_unavailable,
     invalid_api_key,
@@ -80,10 +81,17 @@ def inference(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Strea
         try:
             headers["X-Fairgate-Backend"] = backend.name
             response, outcome = await _relay(request, gateway, parsed, upstream, headers, lease)
+        except GatewayError as exc:
+            _engine_failed(gateway, backend, exc.message)  # it failed mid-response
+            raise
         finally:
             # Released however the request ended, without delaying the response: a task that
             # the cancellation of this handler cannot reach.
             gateway.in_background(_settle(gateway, tenant_id, parsed, cost, lease, outcome))
+        if outcome.error is not None or outcome.status >= 500:
+            _engine_failed(gateway, backend, outcome.error or f"status {outcome.status}")
+        else:
+            backend.request_succeeded()
         return response
 
     return handle
@@ -167,13 +175,22 @@ async def _admit_and_connect(
                 backend.name, gateway.settings.server.unhealthy_backoff_s
             )
             continue
-        except BaseException:
+        except BaseException as exc:
             await asyncio.shield(lease.release(None))
+            if isinstance(exc, GatewayError):  # the engine failed or timed out before answering
+                _engine_failed(gateway, backend, exc.message)
             raise
         return lease, backend, upstream
     raise backend_unavailable(
         f"No engine of pool '{ticket.pool}' could be reached ({'; '.join(failures)})."
     )
+
+
+def _engine_failed(gateway: Gateway, backend: Backend, reason: str) -> None:
+    """Count a failed request against its engine; enough in a row eject it on every replica."""
+    ejected_for = backend.request_failed(reason)
+    if ejected_for:
+        gateway.in_background(gateway.admission.set_backend_down(backend.name, ejected_for))
 
 
 async def _relay(

@@ -11,8 +11,11 @@ from collections.abc import Iterator
 
 import openai
 import pytest
+from aiohttp import web
+from redis.asyncio import Redis
 
-from tests.conftest import StartGateway, gateway_config, wait_answering
+from fairgate.serving import serve
+from tests.conftest import StartGateway, StartSim, gateway_config, wait_answering
 
 MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
 LONG = {"max_tokens": 5000, "extra_body": {"ignore_eos": True}}
@@ -78,3 +81,43 @@ async def test_raw_stream_ends_with_an_error_event_and_done(
     assert events[-1] == b"data: [DONE]"
     error = json.loads(events[-2].removeprefix(b"data: "))["error"]
     assert error["code"] == "backend_error" and "stopped in the middle" in error["message"]
+
+
+async def test_an_engine_whose_requests_keep_failing_is_ejected(
+    start_sim: StartSim, start_gateway: StartGateway, redis_url: str
+) -> None:
+    """Its health endpoint answers, its requests fail: after three failures in a row every
+    replica skips it for the back-off, and the pool's other engine takes the work."""
+
+    async def broken(request: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": "CUDA out of memory"}}, status=500)
+
+    async def health(request: web.Request) -> web.Response:
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", broken)
+    app.router.add_get("/health", health)
+    runner = await serve(app, "127.0.0.1", 0)
+    host, port = runner.addresses[0][:2]
+    sim = await start_sim(time_scale=100.0)
+    config = gateway_config(redis_url, {"interactive": [f"http://{host}:{port}", sim.url]})
+    config["server"]["unhealthy_backoff_s"] = 60  # longer than the test
+    gateway = await start_gateway(config)
+    client = gateway.client()
+    try:
+        for _ in range(3):  # the least loaded engine (both idle: the first) fails
+            with pytest.raises(openai.InternalServerError):
+                await client.chat.completions.create(model="llama-3-8b", messages=MESSAGES)
+        served = []
+        for _ in range(3):
+            raw = await client.chat.completions.with_raw_response.create(
+                model="llama-3-8b", messages=MESSAGES, max_tokens=2
+            )
+            served.append(raw.headers["X-Fairgate-Backend"])
+        assert served == ["interactive-1"] * 3
+        redis = Redis.from_url(redis_url)
+        assert await redis.hexists("fairgate:{adm}:down", "interactive-0")  # for every replica
+        await redis.aclose()
+    finally:
+        await runner.cleanup()
