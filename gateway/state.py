@@ -45,10 +45,19 @@ class Gateway:
         if not task.cancelled() and task.exception() is not None:
             log.error("background bookkeeping failed", exc_info=task.exception())
 
-    async def drain(self) -> None:
-        """Wait for bookkeeping still running (at shutdown)."""
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+    async def drain(self, timeout_s: float = 10.0) -> None:
+        """Wait for bookkeeping still running (at shutdown), for at most ``timeout_s``.
+
+        Releases and feedback finish in milliseconds; one that does not is stuck on something
+        that will not come back, and shutdown must not hang on it (a lease it held expires
+        with its TTL). What was still running is logged with where it waits.
+        """
+        if not self._background:
+            return
+        _, stuck = await asyncio.wait(set(self._background), timeout=timeout_s)
+        for task in stuck:
+            log.warning("bookkeeping still running at shutdown, cancelled: %r", task.get_stack())
+            task.cancel()
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

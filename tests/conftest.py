@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 import openai
 import pytest
+from aiohttp import web
 from redis.asyncio import Redis
 
 from fairgate.serving import serve
@@ -249,4 +250,15 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
     for gateway in gateways:
         await _close(gateway.clients, gateway.http)
     for runner in runners:
-        await runner.cleanup()
+        await _cleanup(runner)
+
+
+async def _cleanup(runner: web.AppRunner, timeout_s: float = 30.0) -> None:
+    """Stop a gateway; a shutdown that hangs fails with what it still waits for."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await runner.cleanup()
+    except TimeoutError:
+        stuck = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        stacks = "\n".join(f"{task!r}: {task.get_stack(limit=8)}" for task in stuck)
+        raise AssertionError(f"the gateway did not shut down; still running:\n{stacks}") from None
