@@ -32,6 +32,7 @@ from admission.scripts import AdmissionScripts, Outcome
 from fairgate.errors import GatewayError, admission_unavailable, rate_limited
 from fairgate.redis_client import GatewayRedis
 from fairgate.settings import Settings
+from fairgate.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +91,7 @@ class Admission:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
 
     # ------------------------------------------------------------------------- acquiring
 

@@ -20,7 +20,6 @@ name, value = the snapshot as JSON with its ``scraped_at``); readers ignore stal
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -37,6 +36,7 @@ from redis.exceptions import RedisError
 
 from backends.backend import Backend
 from fairgate.settings import BackendConfig, EngineKind
+from fairgate.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 
@@ -367,11 +367,7 @@ class LoadScraper:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         self._tasks = []
 
     async def _run(self, backend: Backend) -> None:

@@ -8,13 +8,13 @@ to find it, and takes a hung one out before a request does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 import aiohttp
 
 from backends.backend import Backend
+from fairgate.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,7 @@ class HealthChecker:
         self._task = asyncio.create_task(self._run(), name="backend-health")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_all([self._task])
 
     async def check_all(self) -> None:
         await asyncio.gather(*(probe(b) for b in self._backends))
