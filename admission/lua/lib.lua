@@ -194,19 +194,21 @@ local function pick(pool, r, now)
   local backends = decode(redis.call('HGET', P .. 'cfg:pools', pool)) or {}
   local best, best_score, best_cfg = nil, nil, nil
   local pref_score, pref_cfg = nil, nil
+  local draining = redis.call('EXISTS', P .. 'drained') == 1
   for _, b in ipairs(backends) do
     local bc = backend_cfg(b)
     local engine = redis.call('HMGET', P .. 'engine', b .. ':busy', b .. ':tokens')
     local down = tonumber(redis.call('HGET', P .. 'down', b) or '0')
     local open = down <= now and tonumber(engine[1] or '0') <= now
-    if bc and open and redis.call('HEXISTS', P .. 'drained', b) == 0 then
-      local br, bt = load(P .. 'bload', b .. ':r'), load(P .. 'bload', b .. ':t')
+    if bc and open and not (draining and redis.call('HEXISTS', P .. 'drained', b) == 1) then
+      local l = redis.call('HMGET', P .. 'bload', b .. ':r', b .. ':t', b .. ':p')
+      local br, bt = tonumber(l[1] or '0'), tonumber(l[2] or '0')
       -- least outstanding tokens: fairgate's own estimate, or the engine's report if higher
       -- (work that did not come through fairgate, or outputs longer than estimated)
       local score = math.max(bt, tonumber(engine[2] or '0'))
       local fits = br < bc.mc and (bt + r.tok <= bc.mt or br == 0)
       if fits and bc.mp then  -- long prefills one after another, never all at once
-        local bp = load(P .. 'bload', b .. ':p')
+        local bp = tonumber(l[3] or '0')
         fits = bp + (r.pt or 0) <= bc.mp or bp == 0
       end
       if fits and (not best or score < best_score) then
