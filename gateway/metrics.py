@@ -9,6 +9,8 @@ the few admission events, ``pool`` and ``rule`` the configured pools and routing
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -22,7 +24,7 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._models: dict[str, tuple[Histogram, Histogram, Gauge]] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.estimate_ratio = Histogram(
             "fairgate_estimate_ratio",
             "Estimated / actual tokens of finished requests (1 is exact).",
@@ -43,7 +45,6 @@ class GatewayMetrics:
             ["pool", "rule"],
             registry=self.registry,
         )
-        self._routes: dict[tuple[str, str], Counter] = {}
         self.admission_events = Gauge(
             "fairgate_admission_events",
             "Admission events of all replicas since Redis started: grants, reclaimed leases, "
@@ -59,31 +60,24 @@ class GatewayMetrics:
 
     def routed(self, pool: str, rule: str) -> None:
         """Count one request classified into ``pool`` by ``rule``."""
-        child = self._routes.get((pool, rule))
-        if child is None:
-            child = self._routes[(pool, rule)] = self.routed_requests.labels(pool, rule)
-        child.inc()
+        self._child(self.routed_requests, pool, rule).inc()
 
     def observed(self, model: str, seen: Observation) -> None:
         """Record what one comparison of estimate and usage showed."""
-        prompt_ratio, output_ratio, factor = self._of_model(model)
         if seen.prompt_ratio is not None:
-            prompt_ratio.observe(seen.prompt_ratio)
+            self._child(self.estimate_ratio, model, "prompt").observe(seen.prompt_ratio)
         if seen.output_ratio is not None:
-            output_ratio.observe(seen.output_ratio)
+            self._child(self.estimate_ratio, model, "output").observe(seen.output_ratio)
         if seen.prompt_factor is not None:
-            factor.set(seen.prompt_factor)
+            self._child(self.correction_factor, model).set(seen.prompt_factor)
 
-    def _of_model(self, model: str) -> tuple[Histogram, Histogram, Gauge]:
-        """A model's labelled series, looked up once (``labels()`` is costly per request)."""
-        series = self._models.get(model)
-        if series is None:
-            series = self._models[model] = (
-                self.estimate_ratio.labels(model, "prompt"),
-                self.estimate_ratio.labels(model, "output"),
-                self.correction_factor.labels(model),
-            )
-        return series
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """A metric's labelled series, looked up once (``labels()`` is costly per request)."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def response(self) -> web.Response:
         return web.Response(body=generate_latest(self.registry), content_type="text/plain")
