@@ -16,13 +16,13 @@ import contextlib
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from gateway.sse import DONE, EventSplitter, data_of, error_event, json_data
+from gateway.sse import DONE, error_event, event_around, json_data, last_event_end
 
 #: Failures of the engine side while reading its response.
 UPSTREAM_READ_ERRORS = (
@@ -31,7 +31,6 @@ UPSTREAM_READ_ERRORS = (
     aiohttp.ClientOSError,
     TimeoutError,
 )
-_NULL_USAGE = re.compile(rb'"usage"\s*:\s*null')
 _HOP_HEADERS = {
     "content-length",
     "transfer-encoding",
@@ -54,34 +53,56 @@ class Outcome:
     error: str | None = None
 
 
+_REAL_USAGE = re.compile(rb'"usage"\s*:\s*\{')
+_DONE_EVENT = re.compile(rb"(?:^|\n)data: ?\[DONE\]\r?\n")
+#: The key every chunk of a completion has (a string value is never followed by a colon).
+_CHOICES_KEY = b'"choices":'
+
+
 @dataclass
 class _StreamFilter:
-    """Decides, event by event, what of the engine's stream reaches the client."""
+    """Decides what of the engine's stream reaches the client, a read at a time.
+
+    A read usually holds many events; only the one with a real usage (OpenAI-style APIs put
+    ``"usage": null`` on every other chunk) is decoded, and dropped if the client did not ask
+    for it. Content chunks are counted by their ``"choices"`` key, without decoding them.
+    """
 
     client_wants_usage: bool
     outcome: Outcome
-    splitter: EventSplitter = field(default_factory=EventSplitter)
+    tail: bytes = b""  # an event whose end has not arrived (sent as is if the stream ends)
 
     def feed(self, data: bytes) -> bytes:
-        out = bytearray()
-        for event in self.splitter.feed(data):
-            if self._keep(event):
-                out += event
-        return bytes(out)
+        buffer = self.tail + data if self.tail else data
+        end = last_event_end(buffer)
+        if end < 0:
+            self.tail = buffer
+            return b""
+        events, self.tail = buffer[:end], buffer[end:]
+        if b'"usage"' in events:
+            events = self._take_usage(events)
+        self.outcome.chunks += events.count(_CHOICES_KEY)
+        if DONE in events and _DONE_EVENT.search(events):
+            self.outcome.completed = True
+        return events
 
-    def _keep(self, event: bytes) -> bool:
-        # OpenAI-style APIs put "usage": null on every chunk; only a real usage is decoded
-        if b'"usage"' in event and not _NULL_USAGE.search(event):
-            chunk = json_data(event)
+    def _take_usage(self, events: bytes) -> bytes:
+        """Record the usage the events carry; drop the usage-only chunk unless it was asked for."""
+        dropped: list[tuple[int, int]] = []
+        seen = 0  # the end of the last event looked at: one look per event
+        for found in _REAL_USAGE.finditer(events):
+            if found.start() < seen:
+                continue
+            start, end = event_around(events, found.start())
+            seen = end
+            chunk = json_data(events[start:end])
             if chunk is not None and chunk.get("usage"):
                 self.outcome.usage = chunk["usage"]
                 if chunk.get("choices") == [] and not self.client_wants_usage:
-                    return False
-        if data_of(event) == DONE:
-            self.outcome.completed = True
-        elif b'"choices"' in event:
-            self.outcome.chunks += 1
-        return True
+                    dropped.append((start, end))
+        for start, end in reversed(dropped):
+            events = events[:start] + events[end:]
+        return events
 
 
 def response_headers(upstream: aiohttp.ClientResponse, extra: Mapping[str, str]) -> dict[str, str]:
@@ -126,8 +147,8 @@ async def relay_stream(
             await response.write(out)
             if meter is not None:
                 meter(outcome.chunks)
-    if stream.splitter.tail and outcome.error is None:
-        await response.write(stream.splitter.tail)
+    if stream.tail and outcome.error is None:
+        await response.write(stream.tail)
     await response.write_eof()
     return response, outcome
 

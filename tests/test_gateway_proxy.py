@@ -481,3 +481,26 @@ def test_usage_null_chunks_pass_and_only_the_real_usage_is_taken() -> None:
     assert outcome.usage == {"prompt_tokens": 3, "completion_tokens": 2}
     assert (outcome.chunks, outcome.completed) == (2, True)
 
+
+@pytest.mark.parametrize("terminator", [b"\n\n", b"\r\n\r\n"])
+@pytest.mark.parametrize("client_wants_usage", [False, True])
+def test_stream_filter_gives_the_same_bytes_however_the_stream_is_cut(
+    terminator: bytes, client_wants_usage: bool
+) -> None:
+    """Events split anywhere across reads: complete events pass at once, the rest waits."""
+    chunk = b'data: {"choices":[{"delta":{"content":"\\"choices\\""}}],"usage":null}'
+    final = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}'
+    events = [b": keep-alive", chunk, chunk, final, b"data: [DONE]"]
+    stream = terminator.join(events) + terminator
+    expected = b"".join(
+        e + terminator for e in events if client_wants_usage or e != final
+    )
+    for cut in range(1, len(stream)):
+        outcome = Outcome(200)
+        relay = _StreamFilter(client_wants_usage=client_wants_usage, outcome=outcome)
+        first = relay.feed(stream[:cut])
+        assert expected.startswith(first) and not relay.tail.endswith(terminator)
+        assert first + relay.feed(stream[cut:]) == expected and relay.tail == b""
+        assert outcome.usage == {"prompt_tokens": 3, "completion_tokens": 2}
+        assert (outcome.chunks, outcome.completed) == (3 if client_wants_usage else 2, True)
+
