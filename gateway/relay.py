@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.sse import DONE, error_event, event_around, json_data, last_event_end
+from gateway.sse import DONE, data_of, error_event, event_around, json_data, last_event_end
 
 #: Failures of the engine side while reading its response.
 UPSTREAM_READ_ERRORS = (
@@ -54,7 +54,6 @@ class Outcome:
 
 
 _REAL_USAGE = re.compile(rb'"usage"\s*:\s*\{')
-_DONE_EVENT = re.compile(rb"(?:^|\n)data: ?\[DONE\]\r?\n")
 #: The key every chunk of a completion has (a string value is never followed by a colon).
 _CHOICES_KEY = b'"choices":'
 
@@ -82,8 +81,9 @@ class _StreamFilter:
         if b'"usage"' in events:
             events = self._take_usage(events)
         self.outcome.chunks += events.count(_CHOICES_KEY)
-        if DONE in events and _DONE_EVENT.search(events):
-            self.outcome.completed = True
+        if (at := events.rfind(DONE)) >= 0:
+            start, end = event_around(events, at)
+            self.outcome.completed = self.outcome.completed or data_of(events[start:end]) == DONE
         return events
 
     def _take_usage(self, events: bytes) -> bytes:
