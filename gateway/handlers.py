@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -31,6 +30,7 @@ from fairgate.errors import (
     invalid_api_key,
     invalid_request,
 )
+from fairgate.ids import new_id
 from fairgate.settings import TenantConfig
 from gateway.auth import authenticate
 from gateway.middleware import request_id_of
@@ -123,7 +123,7 @@ def _ticket(
     if asked := request.headers.get("X-Fairgate-Queue-Timeout"):
         timeout = min(timeout, max(_number(asked, "X-Fairgate-Queue-Timeout"), 0.001))
     return Ticket(
-        request_id=f"{request_id_of(request)}.{os.urandom(4).hex()}",
+        request_id=f"{request_id_of(request)}.{new_id()}",
         tenant=tenant_id,
         tokens=cost.inflight_tokens,
         service=cost.input_weight * cost.prompt_tokens,

@@ -10,13 +10,13 @@ exceptions, the client receives a JSON error body it can parse, never an HTML pa
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from fairgate.errors import GatewayError, body_too_large
+from fairgate.ids import new_id
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def request_id_of(request: web.Request) -> str:
 @web.middleware
 async def request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
     given = request.headers.get("X-Request-Id", "")
-    request[REQUEST_ID] = given if _SANE_ID.match(given) else os.urandom(16).hex()
+    request[REQUEST_ID] = given if _SANE_ID.match(given) else new_id()
     try:
         response = await handler(request)
     except web.HTTPException as exc:

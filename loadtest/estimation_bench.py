@@ -124,12 +124,15 @@ def bench_settings(
 ) -> Settings:
     """Settings for one estimator. Each experiment gets its own key prefix, so that none learns
     from another's history or correction factor; ``refresh_s=None`` keeps the default."""
+    estimation: dict[str, float] = {"feedback_flush_s": 0}
+    if refresh_s is not None:
+        estimation["refresh_s"] = refresh_s
     return Settings.model_validate(
         {
             "pools": {"bench": {"backends": {"sim": {"url": f"http://{LOOPBACK}:9",
                                                      "models": [MODEL]}}}},  # never contacted
             "redis": {"key_prefix": prefix},
-            "estimation": {"feedback_flush_s": 0, **({} if refresh_s is None else {"refresh_s": refresh_s})},
+            "estimation": estimation,
             "models": {HF_MODEL: {"tokenizer": str(hf_tokenizer)}} if hf_tokenizer else {},
         }
     )  # fmt: skip

@@ -492,9 +492,7 @@ def test_stream_filter_gives_the_same_bytes_however_the_stream_is_cut(
     final = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}'
     events = [b": keep-alive", chunk, chunk, final, b"data: [DONE]"]
     stream = terminator.join(events) + terminator
-    expected = b"".join(
-        e + terminator for e in events if client_wants_usage or e != final
-    )
+    expected = b"".join(e + terminator for e in events if client_wants_usage or e != final)
     for cut in range(1, len(stream)):
         outcome = Outcome(200)
         relay = _StreamFilter(client_wants_usage=client_wants_usage, outcome=outcome)
@@ -503,4 +501,3 @@ def test_stream_filter_gives_the_same_bytes_however_the_stream_is_cut(
         assert first + relay.feed(stream[cut:]) == expected and relay.tail == b""
         assert outcome.usage == {"prompt_tokens": 3, "completion_tokens": 2}
         assert (outcome.chunks, outcome.completed) == (3 if client_wants_usage else 2, True)
-
