@@ -9,8 +9,11 @@ local ttl, max_grants = tonumber(ARGV[9]), tonumber(ARGV[10])
 local now = now_ms()
 local tc = tenant_cfg(t)
 if not tc then return {'unknown_tenant', ''} end
-if redis.call('HEXISTS', P .. 'cfg:pools', pool) == 0 then return {'unknown_pool', ''} end
-if redis.call('HEXISTS', P .. 'req', id) == 1 or redis.call('HEXISTS', P .. 'lease', id) == 1 then
+if not pool_backends(pool) then return {'unknown_pool', ''} end
+-- Nothing is queued anywhere unless some band is backlogged: then no queued duplicate either.
+local contended = #backlogged_bands() > 0
+if redis.call('HEXISTS', P .. 'lease', id) == 1
+    or (contended and redis.call('HEXISTS', P .. 'req', id) == 1) then
   return {'duplicate', ''}
 end
 local band = ARGV[6] ~= '' and ARGV[6] or tostring(tc.band)
@@ -18,7 +21,7 @@ local r = {t = t, tok = tonumber(ARGV[3]), svc = tonumber(ARGV[4]), pool = pool,
            o = owner, pt = tonumber(ARGV[11] or '0')}
 if ARGV[12] and ARGV[12] ~= '' then r.pref, r.slack = ARGV[12], tonumber(ARGV[13]) end
 -- The uncontended fast path: nobody waits anywhere, so no order to respect; run it if it fits.
-if redis.call('EXISTS', P .. 'bandlog') == 0 then
+if not contended then
   local b, _, bc, lender = place(r, tc, now)
   if b then
     lease(id, r, tc, b, bc, now, ttl, lender)

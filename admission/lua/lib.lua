@@ -50,15 +50,37 @@ local function decode(raw)
   return cjson.decode(raw)
 end
 
-local function tenant_cfg(t) return decode(redis.call('HGET', P .. 'cfg:tenants', t)) end
-local function backend_cfg(b) return decode(redis.call('HGET', P .. 'cfg:backends', b)) end
+-- Configuration does not change while a script runs: each entry is read and decoded once per
+-- call (a dispatch round looks at the same tenants and backends again and again).
+local cfg_cache = {}
+local function cfg(hash, field)
+  local key = hash .. '\0' .. field
+  local value = cfg_cache[key]
+  if value == nil then
+    value = decode(redis.call('HGET', P .. hash, field)) or false
+    cfg_cache[key] = value
+  end
+  return value or nil
+end
+
+local function tenant_cfg(t) return cfg('cfg:tenants', t) end
+local function backend_cfg(b) return cfg('cfg:backends', b) end
+local function pool_backends(pool) return cfg('cfg:pools', pool) end
 
 local function counter(field)
   return tonumber(redis.call('HGET', P .. 'vtc', field) or '0')
 end
 
 local function band_weight(band)
-  return tonumber(redis.call('HGET', P .. 'cfg:bands', tostring(band)) or '1')
+  return cfg('cfg:bands', tostring(band)) or 1
+end
+
+-- The backlogged bands, read at most once per call while nothing becomes backlogged: on the
+-- uncontended path (no band backlogged) charging then costs no lookups of backlog scores.
+local bands_cache = nil
+local function backlogged_bands()
+  if bands_cache == nil then bands_cache = redis.call('ZRANGE', P .. 'bandlog', 0, -1) end
+  return bands_cache
 end
 
 -- add to a load hash (whole numbers); a field back at zero is deleted, so idle state is empty
@@ -73,7 +95,7 @@ end
 -- A tenant's score is its counter in every band it is backlogged in (its requests may be queued
 -- in several bands), not only in the band of the request that moved the counter.
 local function rescore(t, c)
-  for _, band in ipairs(redis.call('ZRANGE', P .. 'bandlog', 0, -1)) do
+  for _, band in ipairs(backlogged_bands()) do
     if redis.call('ZSCORE', P .. 'backlog:' .. band, t) then
       redis.call('ZADD', P .. 'backlog:' .. band, c, t)
     end
@@ -85,7 +107,7 @@ local function charge(t, band, weight, service)
   if service <= 0 then return end
   rescore(t, redis.call('HINCRBYFLOAT', P .. 'vtc', t, service / weight))
   local bc = redis.call('HINCRBYFLOAT', P .. 'vtc', 'band:' .. band, service / band_weight(band))
-  if redis.call('ZSCORE', P .. 'bandlog', band) then
+  if #backlogged_bands() > 0 and redis.call('ZSCORE', P .. 'bandlog', band) then
     redis.call('ZADD', P .. 'bandlog', bc, band)
   end
 end
@@ -117,6 +139,7 @@ local function mark_backlogged(t, band)
   end
   if not redis.call('ZSCORE', P .. 'bandlog', band) then
     redis.call('ZADD', P .. 'bandlog', lift('band:' .. band, P .. 'bandlog', 'bands'), band)
+    bands_cache = nil
   end
 end
 
@@ -129,6 +152,7 @@ local function unmark_if_idle(t, band)
     redis.call('ZREM', P .. 'backlog:' .. band, t)
     if redis.call('ZCARD', P .. 'backlog:' .. band) == 0 then
       redis.call('ZREM', P .. 'bandlog', band)
+      bands_cache = nil
     end
   end
 end
@@ -191,7 +215,7 @@ end
 -- One request larger than a whole budget may still run alone on an idle tenant / backend.
 -- The least loaded backend of ``pool`` with room for ``r`` (and its config), or nil.
 local function pick(pool, r, now)
-  local backends = decode(redis.call('HGET', P .. 'cfg:pools', pool)) or {}
+  local backends = pool_backends(pool) or {}
   local best, best_score, best_cfg = nil, nil, nil
   local pref_score, pref_cfg = nil, nil
   local draining = redis.call('EXISTS', P .. 'drained') == 1
@@ -227,7 +251,8 @@ end
 -- With its own pool full, a pool that lends to it may take it: only while that pool has
 -- nothing of its own queued, and within its cap. Returns backend, nil, its config, lender.
 local function place(r, tc, now)
-  local tr, tt = load(P .. 'tload', r.t .. ':r'), load(P .. 'tload', r.t .. ':t')
+  local tl = redis.call('HMGET', P .. 'tload', r.t .. ':r', r.t .. ':t')
+  local tr, tt = tonumber(tl[1] or '0'), tonumber(tl[2] or '0')
   if tr >= tc.mc or (tt + r.tok > tc.mt and tr > 0) then return nil, 'tenant' end
   local b, bc = pick(r.pool, r, now)
   if b then return b, nil, bc end
@@ -249,14 +274,11 @@ local function lease(id, r, tc, b, bc, now, ttl, lender)
   add_load(P .. 'bload', b .. ':r', 1)
   add_load(P .. 'bload', b .. ':t', r.tok)
   -- system virtual time: the counter of the tenant served, before its charge
-  local vt = counter(r.t)
-  if vt > tonumber(redis.call('HGET', P .. 'vfloor', r.band) or '0') then
-    redis.call('HSET', P .. 'vfloor', r.band, vt)
-  end
-  local bvt = counter('band:' .. r.band)
-  if bvt > tonumber(redis.call('HGET', P .. 'vfloor', 'bands') or '0') then
-    redis.call('HSET', P .. 'vfloor', 'bands', bvt)
-  end
+  local vts = redis.call('HMGET', P .. 'vtc', r.t, 'band:' .. r.band)
+  local floors = redis.call('HMGET', P .. 'vfloor', r.band, 'bands')
+  local vt, bvt = tonumber(vts[1] or '0'), tonumber(vts[2] or '0')
+  if vt > tonumber(floors[1] or '0') then redis.call('HSET', P .. 'vfloor', r.band, vt) end
+  if bvt > tonumber(floors[2] or '0') then redis.call('HSET', P .. 'vfloor', 'bands', bvt) end
   charge(r.t, r.band, tc.w, r.svc)
   local l = {t = r.t, b = b, tok = r.tok, o = r.o, band = r.band, ch = r.svc, w = tc.w}
   if bc.mp and (r.pt or 0) > 0 then  -- in prefill until its first output (or its end)

@@ -7,7 +7,7 @@ local l = unlease(id)
 if l and ARGV[2] ~= '' then
   charge(l.t, l.band, l.w, tonumber(ARGV[2]) - l.ch)  -- only ever adds: counters never shrink
 end
-if redis.call('EXISTS', P .. 'bandlog') == 0 then
+if #backlogged_bands() == 0 then
   return {l and 1 or 0}  -- nothing waits: nothing to dispatch (upkeep sweeps regularly)
 end
 sweep(now)
