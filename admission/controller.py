@@ -8,7 +8,9 @@ replicas left behind, dispatches, and renews this replica's queued entries and l
 they expire, and their capacity returns, only if this replica dies).
 
 Every grant ends in exactly one release: the gateway releases in a ``finally``; a waiter whose
-client leaves withdraws, and if its grant raced the withdrawal, releases it at once.
+client leaves withdraws, and if its grant raced the withdrawal, releases it at once. While
+nothing waits, a lease that ended well may first pass to the next request of its flow on this
+replica (see :mod:`admission.reuse`); the last request to hold it releases it.
 
 With Redis unreachable, ``fail_mode: closed`` answers 503 and ``fail_mode: open`` admits under
 per-replica limits (see :mod:`admission.local`), loudly; both recover on their own.
@@ -21,13 +23,16 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from redis.exceptions import RedisError
 
 from admission.domain import domain_prefix, grants_channel, publish_config
 from admission.lease import Lease
 from admission.local import LocalLimits
+from admission.reuse import Flow, HeldLease, LeaseShelf
 from admission.scripts import AdmissionScripts, Outcome
 from fairgate.errors import GatewayError, admission_unavailable, rate_limited
 from fairgate.redis_client import GatewayRedis
@@ -77,8 +82,15 @@ class Admission:
         self._leases: set[str] = set()
         self._local = LocalLimits(settings)
         self._tasks: list[asyncio.Task[None]] = []
-        self._undoing: set[asyncio.Future[None]] = set()
+        self._background: set[asyncio.Future[None]] = set()
         self._warned_at = 0.0
+        self._shelf = LeaseShelf(config.lease_reuse_s, self._let_go)
+        self._may_reuse = False  # the last word from Redis: nothing waits anywhere
+        self._reusable_backends = {
+            name
+            for name, (_, backend) in settings.backends().items()
+            if backend.max_prefill_tokens is None
+        }
 
     async def start(self) -> None:
         try:
@@ -91,12 +103,22 @@ class Admission:
         ]
 
     async def stop(self) -> None:
+        """Release every lease held for reuse, finish what runs in the background, stop."""
+        self._may_reuse = False
+        self._let_go_all()
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=self._settings.redis.timeout_s)
         await cancel_all(self._tasks)
 
     # ------------------------------------------------------------------------- acquiring
 
     async def acquire(self, ticket: Ticket) -> Lease:
         """Wait until the request may run, in fair order (429: queue full, or waited too long)."""
+        if self._may_reuse and not self._waiters:
+            held = self._shelf.take(_flow(ticket), ticket.tokens, ticket.prefer)
+            if held is not None:
+                self._spawn(self._reuse(held, ticket))
+                return self._lease(held.lease_id, held.backend, ticket)
         asking = asyncio.ensure_future(self._ask(ticket))
         try:
             outcome = await asyncio.shield(asking)
@@ -106,9 +128,9 @@ class Admission:
             raise
         except RedisError as exc:
             return self._without_redis(ticket, exc)
-        self._resolve(outcome.grants)
+        self._heard(outcome)
         if outcome.state == "granted":
-            return self._lease(ticket.request_id, outcome.backend)
+            return self._lease(ticket.request_id, outcome.backend, ticket)
         if outcome.state == "full":
             raise rate_limited(
                 f"Too many requests of tenant '{ticket.tenant}' are already waiting.", 1.0
@@ -134,9 +156,13 @@ class Admission:
         outcome = asking.result()
         self._resolve(outcome.grants)
         if outcome.state in ("granted", "queued"):
-            task = asyncio.ensure_future(self._undo(request_id))
-            self._undoing.add(task)
-            task.add_done_callback(self._undoing.discard)
+            self._spawn(self._undo(request_id))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run admission bookkeeping apart from any request (kept referenced; awaited at stop)."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _undo(self, request_id: str) -> None:
         await self._withdraw(request_id)  # leaves the queue if it is still queued
@@ -181,7 +207,7 @@ class Admission:
             )
         if backend == _LOST:
             raise admission_unavailable("The queued request was lost; please retry.")
-        return self._lease(request_id, backend)
+        return self._lease(request_id, backend, ticket)
 
     async def _withdraw(self, request_id: str) -> str | None:
         """Leave the queue; the backend if the request was granted meanwhile (a lease to use)."""
@@ -192,18 +218,66 @@ class Admission:
         self._resolve(outcome.grants)
         return outcome.backend if outcome.state == "leased" else None
 
-    def _lease(self, request_id: str, backend: str) -> Lease:
-        self._leases.add(request_id)
-        return Lease(request_id, backend, self._charge, self.release)
+    def _lease(self, lease_id: str, backend: str, ticket: Ticket) -> Lease:
+        self._leases.add(lease_id)
+        return Lease(lease_id, backend, self._charge, self._end, _flow(ticket), ticket.tokens)
 
     async def _charge(self, request_id: str, service: float) -> None:
         try:
             outcome = await self.scripts.charge(request_id, service)
             if outcome.state == "gone":
-                log.warning("lease %s was reclaimed while its request ran", request_id)
+                self._reclaimed(request_id)
             self._resolve(outcome.grants)
         except RedisError as exc:
             log.debug("charge of %s failed: %s", request_id, exc)
+
+    def _reclaimed(self, lease_id: str) -> None:
+        log.warning("lease %s was reclaimed while its request ran", lease_id)
+        self._leases.discard(lease_id)  # never to be held for reuse
+
+    async def _end(self, lease: Lease, service: float | None, reusable: bool) -> None:
+        """A request ended: hold its lease for the next of its flow if it may, else release."""
+        if (
+            reusable
+            and self._may_reuse
+            and not self._waiters
+            and self._shelf.hold_s > 0
+            and lease.flow is not None
+            and lease.backend in self._reusable_backends
+            and lease.request_id in self._leases
+        ):
+            held = HeldLease(lease.request_id, lease.backend, lease.tokens, service)
+            self._shelf.put(lease.flow, held)
+            return
+        await self.release(lease.request_id, service)
+
+    async def _reuse(self, held: HeldLease, ticket: Ticket) -> None:
+        """Tell Redis that the lease passed on: settle the last request, serve the next."""
+        try:
+            outcome = await self.scripts.reuse(
+                held.lease_id, held.used, ticket.tokens, ticket.service
+            )
+        except RedisError as exc:
+            log.debug("reuse of lease %s not recorded: %s", held.lease_id, exc)
+            return
+        if outcome.state == "gone":
+            self._reclaimed(held.lease_id)
+        self._heard(outcome)
+
+    def _let_go(self, held: HeldLease) -> None:
+        """Release a held lease nobody took (or that may not be reused any more)."""
+        self._spawn(self.release(held.lease_id, held.used))
+
+    def _let_go_all(self) -> None:
+        for held in self._shelf.take_all():
+            self._let_go(held)
+
+    def _heard(self, outcome: Outcome) -> None:
+        """Act on a script's answer: its grants, and whether leases may still be held."""
+        self._resolve(outcome.grants)
+        self._may_reuse = outcome.may_reuse
+        if not outcome.may_reuse:
+            self._let_go_all()
 
     async def release(self, request_id: str, service: float | None) -> None:
         """Free a lease (idempotent); hands what it frees to the next in fair order."""
@@ -213,7 +287,7 @@ class Admission:
         except RedisError as exc:
             log.warning("release of %s failed (%s); it expires with its lease TTL", request_id, exc)
             return
-        self._resolve(outcome.grants)
+        self._heard(outcome)
 
     async def engine_reported(
         self,
@@ -245,6 +319,8 @@ class Admission:
 
     async def set_backend_down(self, backend: str, down_for_s: float) -> None:
         """Keep ``backend`` out of dispatch for a while (0 brings it back), on every replica."""
+        if down_for_s > 0:
+            self._let_go_all()  # none of them is to be reused on it
         try:
             if down_for_s <= 0:
                 await self._redis.hdel(self.prefix + "down", backend)
@@ -256,6 +332,9 @@ class Admission:
             log.debug("could not record the health of %s: %s", backend, exc)
 
     def _resolve(self, grants: list[tuple[str, str]]) -> None:
+        if grants:  # someone waited: fair order decides again, no lease is held for reuse
+            self._may_reuse = False
+            self._let_go_all()
         for request_id, backend in grants:
             future = self._waiters.get(request_id)
             if future is not None and not future.done():
@@ -316,3 +395,7 @@ class Admission:
             future = self._waiters.get(request_id)
             if future is not None and not future.done():
                 future.set_result(_LOST)
+
+
+def _flow(ticket: Ticket) -> Flow:
+    return ticket.tenant, ticket.pool, ticket.band

@@ -5,15 +5,30 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 Charger = Callable[[str, float], Awaitable[None]]
-Releaser = Callable[[str, float | None], Awaitable[None]]
+#: Ends a lease: (the lease, the service used or None, whether it may pass to the next request)
+Releaser = Callable[["Lease", float | None, bool], Awaitable[None]]
 
 
 class Lease:
-    """Granted by admission; the gateway charges streamed output to it and releases it."""
+    """Granted by admission; the gateway charges streamed output to it and releases it.
 
-    def __init__(self, request_id: str, backend: str, charge: Charger, release: Releaser) -> None:
+    ``flow`` and ``tokens`` say which later requests could reuse it (see
+    :mod:`admission.reuse`): those of the same flow that need no more tokens than it holds.
+    """
+
+    def __init__(
+        self,
+        request_id: str,
+        backend: str,
+        charge: Charger,
+        release: Releaser,
+        flow: tuple[str, str, str] | None = None,
+        tokens: int = 0,
+    ) -> None:
         self.request_id = request_id
         self.backend = backend
+        self.flow = flow
+        self.tokens = tokens
         self._charge = charge
         self._release = release
         self.released = False
@@ -23,11 +38,12 @@ class Lease:
         if not self.released:
             await self._charge(self.request_id, service)
 
-    async def release(self, service: float | None) -> None:
+    async def release(self, service: float | None, reusable: bool = False) -> None:
         """End the lease with the service actually used (None: keep what was charged).
 
-        Idempotent: only the first call releases.
+        ``reusable``: the request ended well, so the lease may pass to the next request of its
+        flow rather than go back at once. Idempotent: only the first call releases.
         """
         if not self.released:
             self.released = True
-            await self._release(self.request_id, service)
+            await self._release(self, service, reusable)

@@ -49,7 +49,7 @@ class LocalLimits:
     async def _charge(self, request_id: str, service: float) -> None:
         return None  # no fairness without Redis: nothing to charge
 
-    async def _release(self, request_id: str, service: float | None) -> None:
-        tenant, backend = self._held.pop(request_id)
+    async def _release(self, lease: Lease, service: float | None, reusable: bool) -> None:
+        tenant, backend = self._held.pop(lease.request_id)
         self._tenants[tenant] -= 1
         self._backends[backend] -= 1

@@ -38,6 +38,9 @@ class Outcome:
     state: str
     backend: str
     grants: list[tuple[str, str]]
+    #: Whether a finished lease may be held for reuse now: nothing waits anywhere (and, from
+    #: ``reuse``, the lease's backend is open). See :mod:`admission.reuse`.
+    may_reuse: bool = False
 
 
 class AdmissionScripts:
@@ -58,6 +61,7 @@ class AdmissionScripts:
         self._cancel = _load(redis, "cancel")
         self._tick = _load(redis, "tick")
         self._engine = _load(redis, "engine")
+        self._reuse = _load(redis, "reuse")
 
     async def enqueue(
         self,
@@ -76,12 +80,28 @@ class AdmissionScripts:
         args = [request_id, tenant, tokens, service, pool, band, owner, timeout_ms]
         args += [self._ttl, self._max, prompt_tokens, prefer, prefer_slack]
         result = await self._enqueue(self._keys, args)
-        return Outcome(_text(result[0]), _text(result[1]), _pairs(result[2:]))
+        state, grants = _text(result[0]), _pairs(result[2:])
+        # granted with no grant listed: the fast path, taken only while nothing waits
+        return Outcome(state, _text(result[1]), grants, state == "granted" and not grants)
 
     async def release(self, request_id: str, service: float | None) -> Outcome:
         used = "" if service is None else service
         result = await self._release(self._keys, [request_id, used, self._ttl, self._max])
-        return Outcome("released" if int(result[0]) else "gone", "", _pairs(result[1:]))
+        state = "released" if int(result[0]) else "gone"
+        return Outcome(state, "", _pairs(result[2:]), may_reuse=not int(result[1]))
+
+    async def reuse(
+        self, lease_id: str, used: float | None, tokens: int, service: float
+    ) -> Outcome:
+        """Pass a finished request's lease (``used``: its service) to the next of its flow.
+
+        ``reused`` (or ``gone``); ``may_reuse`` if nothing waits anywhere and the lease's
+        backend is open.
+        """
+        args = [lease_id, "" if used is None else used, tokens, service, self._ttl, self._max]
+        result = await self._reuse(self._keys, args)
+        state = "reused" if int(result[0]) else "gone"
+        return Outcome(state, "", _pairs(result[2:]), may_reuse=bool(int(result[1])))
 
     async def charge(self, request_id: str, service: float) -> Outcome:
         """Charge streamed output (``charged``, or ``gone``); ends the request's prefill hold,

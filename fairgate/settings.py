@@ -387,6 +387,12 @@ class AdmissionConfig(StrictModel):
         0.25, description="... and at most once per this many seconds per request."
     )
     max_grants_per_call: PositiveInt = Field(32, description="Grants one script call may make.")
+    lease_reuse_s: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.005,
+        description="While nothing waits, a finished request's lease is held this long for the "
+        "next request of its tenant and pool on the same replica, which then starts without a "
+        "Redis round trip (0: never; see admission/reuse.py).",
+    )
     priority_min_share: Annotated[float, Field(gt=0, lt=0.5)] = Field(
         0.1, description="Share of capacity a lower priority band keeps under contention."
     )

@@ -262,8 +262,15 @@ async def _settle(
     lease: Lease,
     outcome: Outcome | None,
 ) -> None:
-    """After the response: release the lease with the service used, then learn from usage."""
-    await lease.release(_service_used(cost, parsed, outcome))
+    """After the response: release the lease with the service used, then learn from usage.
+
+    A request that ended well leaves its lease reusable by the next of its flow (admission
+    decides whether it is reused); one that failed or was abandoned releases it.
+    """
+    ended_well = (
+        outcome is not None and outcome.error is None and outcome.status < 500 and outcome.completed
+    )
+    await lease.release(_service_used(cost, parsed, outcome), reusable=ended_well)
     if outcome is None or outcome.usage is None:
         return
     completed = outcome.completed and outcome.status == 200

@@ -1,7 +1,8 @@
 """Admission invariants, checked on the real Lua scripts and a real Redis.
 
 A hypothesis state machine drives random sequences of enqueue, release (twice, too), charge,
-cancel, renew, tick, lease expiry and backends going down and up against the scripts, keeps a
+lease reuse, cancel, renew, tick, lease expiry and backends going down and up against the
+scripts, keeps a
 plain Python model of every request (queued / leased on a backend / gone) built only from what
 the scripts answered (including grants made for *other* requests), and after every step checks
 the invariants of docs/architecture.md ("Admission invariants") against Redis:
@@ -504,6 +505,37 @@ class AdmissionMachine(RuleBasedStateMachine):
             assert (out.state, out.grants) == ("gone", []), out
             after = snapshot(self.sync, self.prefix)
             assert (after.tload, after.bload, after.vtc) == (before.tload, before.bload, before.vtc)
+
+    @precondition(lambda self: self.ids("leased", "gone"))
+    @rule(data=st.data())
+    def reuse(self, data: st.DataObject) -> None:
+        """A replica passes a finished request's lease to the next request of its flow.
+
+        The next request needs at most the tokens the lease holds; the finished one's service
+        is settled, the next one served as at a grant (floors, input charge), and what the
+        smaller hold freed is dispatched if anything waits. Reuse may go on only while nothing
+        waits and the backend is up. A lease that is gone is not reused and nothing moves.
+        """
+        self.begin()
+        kind = data.draw(st.sampled_from(["leased"] * 4 + ["gone"]), label="kind")
+        request_id = data.draw(st.sampled_from(self.ids(kind) or self.ids("leased", "gone")))
+        r = self.reqs[request_id]
+        tok = data.draw(st.sampled_from([s for s in SIZES if s <= r.tok] or [r.tok]), label="tok")
+        svc = data.draw(st.sampled_from(SERVICES), label="service")
+        used = data.draw(st.sampled_from(USED), label="used")
+        waiting = bool(self.ids("queued"))
+        out = self.run(self.scripts.reuse(request_id, used, tok, svc))
+        event(f"reuse of a {r.state} lease" + (" while requests wait" if waiting else ""))
+        if r.state != "leased":
+            assert (out.state, out.grants, out.may_reuse) == ("gone", [], False), out
+            return
+        assert out.state == "reused", out
+        assert out.may_reuse == (not waiting and r.backend not in self.down), out
+        if used is not None:
+            self.charge_model(r.tenant, r.band, used - r.charged)
+        r.tok, r.svc = tok, svc
+        self.lease_model(r, r.backend)
+        self.apply_grants(out.grants)
 
     @precondition(lambda self: self.reqs)
     @rule(data=st.data())

@@ -267,19 +267,24 @@ local function place(r, tc, now)
   return nil, 'pool'
 end
 
+-- Serve a tenant: the system virtual time (the lift floor) advances to the counters of the
+-- tenant and band served, before their charge; then the input service is charged.
+local function serve(t, band, weight, service)
+  local vts = redis.call('HMGET', P .. 'vtc', t, 'band:' .. band)
+  local floors = redis.call('HMGET', P .. 'vfloor', band, 'bands')
+  local vt, bvt = tonumber(vts[1] or '0'), tonumber(vts[2] or '0')
+  if vt > tonumber(floors[1] or '0') then redis.call('HSET', P .. 'vfloor', band, vt) end
+  if bvt > tonumber(floors[2] or '0') then redis.call('HSET', P .. 'vfloor', 'bands', bvt) end
+  charge(t, band, weight, service)
+end
+
 -- Hold the budgets, charge the input service, and record the lease of a granted request.
 local function lease(id, r, tc, b, bc, now, ttl, lender)
   add_load(P .. 'tload', r.t .. ':r', 1)
   add_load(P .. 'tload', r.t .. ':t', r.tok)
   add_load(P .. 'bload', b .. ':r', 1)
   add_load(P .. 'bload', b .. ':t', r.tok)
-  -- system virtual time: the counter of the tenant served, before its charge
-  local vts = redis.call('HMGET', P .. 'vtc', r.t, 'band:' .. r.band)
-  local floors = redis.call('HMGET', P .. 'vfloor', r.band, 'bands')
-  local vt, bvt = tonumber(vts[1] or '0'), tonumber(vts[2] or '0')
-  if vt > tonumber(floors[1] or '0') then redis.call('HSET', P .. 'vfloor', r.band, vt) end
-  if bvt > tonumber(floors[2] or '0') then redis.call('HSET', P .. 'vfloor', 'bands', bvt) end
-  charge(r.t, r.band, tc.w, r.svc)
+  serve(r.t, r.band, tc.w, r.svc)
   local l = {t = r.t, b = b, tok = r.tok, o = r.o, band = r.band, ch = r.svc, w = tc.w}
   if bc.mp and (r.pt or 0) > 0 then  -- in prefill until its first output (or its end)
     l.pf = r.pt

@@ -1,0 +1,197 @@
+"""Lease reuse: while nothing waits, a finished lease passes to the next request of its flow.
+
+The budgets must hold exactly as if the lease had been released and granted again (the scripts'
+side is also driven by the property test's ``reuse`` rule); these tests pin down the replica's
+side: when it holds a lease, who may take it, and that it lets go as soon as anyone waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+from redis.asyncio import Redis
+
+from admission.controller import Admission, Ticket
+from fairgate.redis_client import GatewayRedis
+from fairgate.settings import Settings
+from tests.conftest import StartGateway, StartSim, gateway_config, inflight_state
+
+PREFIX = "fairgate:{adm}:"
+MessageList = list[ChatCompletionMessageParam]
+
+
+def settings_for(redis_url: str, max_tokens: int = 100_000, hold_s: float = 1.0) -> Settings:
+    """One backend; leases held for reuse for ``hold_s`` (long: nothing here depends on timing)."""
+    return Settings(
+        redis={"url": redis_url},
+        pools={
+            "p": {
+                "backends": {
+                    "b0": {
+                        "url": "http://127.0.0.1:9000",
+                        "models": ["m"],
+                        "max_concurrency": 10,
+                        "max_inflight_tokens": max_tokens,
+                    }
+                }
+            }
+        },
+        tenants={"t": {"api_keys": ["k"], "max_concurrency": 100, "max_inflight_tokens": 10**9}},
+        admission={"upkeep_interval_s": 30, "lease_reuse_s": hold_s},
+    )
+
+
+def ticket(tokens: int = 100) -> Ticket:
+    return Ticket(uuid.uuid4().hex, "t", tokens, float(tokens), "p", "", 30.0)
+
+
+MakeAdmission = Callable[[Settings], Awaitable[Admission]]
+
+
+@pytest.fixture
+async def admission_for(redis_url: str) -> AsyncIterator[MakeAdmission]:
+    started: list[tuple[Admission, GatewayRedis]] = []
+
+    async def make(settings: Settings) -> Admission:
+        redis = GatewayRedis.from_url(redis_url)
+        admission = Admission(redis, settings)
+        await admission.start()
+        started.append((admission, redis))
+        return admission
+
+    yield make
+    for admission, redis in started:
+        await admission.stop()  # releases whatever is still held for reuse
+        await redis.aclose()
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def stat(redis: Redis, name: str, expected: int) -> int:
+    """The admission stat ``name`` once it reaches ``expected`` (script calls run in the
+    background), or its value after a few seconds."""
+    for _ in range(100):
+        value = int(await redis.hget(PREFIX + "stats", name) or 0)
+        if value >= expected:
+            return value
+        await asyncio.sleep(0.02)
+    return value
+
+
+async def test_the_next_request_of_a_flow_takes_the_finished_lease(
+    redis_url: str, redis: Redis, admission_for: MakeAdmission
+) -> None:
+    admission = await admission_for(settings_for(redis_url))
+    first = await admission.acquire(ticket(100))
+    await first.release(150.0, reusable=True)
+    assert await redis.hget(PREFIX + "tload", "t:r") == b"1"  # held, not released
+    second = await admission.acquire(ticket(80))
+    assert second.request_id == first.request_id  # the same lease, no new grant
+    assert await stat(redis, "reused", 1) == 1
+    assert await stat(redis, "grants", 2) == 2  # still one grant per request admitted
+    # the finished request's 150 settled, the next one's 80 charged at its "grant"
+    assert float(await redis.hget(PREFIX + "vtc", "t")) == 150.0 + 80.0
+    assert await redis.hmget(PREFIX + "tload", "t:r", "t:t") == [b"1", b"80"]
+    await second.release(None)  # not reusable: released at once
+    assert await inflight_state(redis) == {}
+
+
+async def test_a_bigger_request_gets_a_lease_of_its_own(
+    redis_url: str, redis: Redis, admission_for: MakeAdmission
+) -> None:
+    admission = await admission_for(settings_for(redis_url))
+    first = await admission.acquire(ticket(100))
+    await first.release(None, reusable=True)
+    bigger = await admission.acquire(ticket(101))  # more than the held lease holds
+    assert bigger.request_id != first.request_id
+    assert await redis.hmget(PREFIX + "tload", "t:r", "t:t") == [b"2", b"201"]
+    await bigger.release(None)
+    assert await stat(redis, "reused", 0) == 0
+
+
+async def test_a_failed_request_releases_its_lease(
+    redis_url: str, redis: Redis, admission_for: MakeAdmission
+) -> None:
+    admission = await admission_for(settings_for(redis_url))
+    first = await admission.acquire(ticket(100))
+    await first.release(None)  # reusable=False: it failed, or its client left
+    assert await inflight_state(redis) == {}
+    second = await admission.acquire(ticket(100))
+    assert second.request_id != first.request_id
+    await second.release(None)
+
+
+async def test_a_lease_nobody_takes_goes_back(
+    redis_url: str, redis: Redis, admission_for: MakeAdmission
+) -> None:
+    admission = await admission_for(settings_for(redis_url, hold_s=0.05))
+    lease = await admission.acquire(ticket(100))
+    await lease.release(10.0, reusable=True)
+    for _ in range(200):  # released by its timer, with the service it used
+        if not await inflight_state(redis):
+            break
+        await asyncio.sleep(0.02)
+    assert await inflight_state(redis) == {}
+    assert float(await redis.hget(PREFIX + "vtc", "t")) == 100.0  # 10 < the 100 charged
+
+
+async def test_no_lease_is_held_while_a_request_waits(
+    redis_url: str, redis: Redis, admission_for: MakeAdmission
+) -> None:
+    """The waiter is granted the capacity the finished request frees: fair order decides."""
+    admission = await admission_for(settings_for(redis_url, max_tokens=100))
+    first = await admission.acquire(ticket(100))
+    waiting = asyncio.ensure_future(admission.acquire(ticket(100)))
+    while not await redis.exists(PREFIX + "bandlog"):  # queued: the token budget is full
+        await asyncio.sleep(0.01)
+    await first.release(100.0, reusable=True)
+    second = await asyncio.wait_for(waiting, 10)
+    assert second.request_id != first.request_id
+    assert await stat(redis, "reused", 0) == 0
+    await second.release(None)
+
+
+async def test_a_replica_holding_a_lease_lets_go_when_another_has_requests_waiting(
+    redis_url: str, redis: Redis, admission_for: MakeAdmission
+) -> None:
+    """Replica A does not hear that B's request waits until Redis tells it: at its next use of
+    the held lease (which serves the request it already started), and it then lets go."""
+    a = await admission_for(settings_for(redis_url, max_tokens=100, hold_s=1.0))
+    b = await admission_for(settings_for(redis_url, max_tokens=100, hold_s=1.0))
+    first = await a.acquire(ticket(100))
+    await first.release(None, reusable=True)  # held by A for up to 1 s
+    waiting = asyncio.ensure_future(b.acquire(ticket(100)))
+    while not await redis.exists(PREFIX + "bandlog"):
+        await asyncio.sleep(0.01)
+    again = await a.acquire(ticket(100))  # takes the held lease; Redis answers "requests wait"
+    assert again.request_id == first.request_id
+    await again.release(None, reusable=True)  # so it is not held again: B's request runs
+    granted = await asyncio.wait_for(waiting, 10)
+    assert granted.request_id != first.request_id
+    await granted.release(None)
+
+
+async def test_sequential_requests_through_the_gateway_reuse_one_lease(
+    redis_url: str, redis: Redis, start_sim: StartSim, start_gateway: StartGateway
+) -> None:
+    sim = await start_sim()
+    config = gateway_config(redis_url, {"chat": [sim.url]}, admission={"lease_reuse_s": 1.0})
+    gateway = await start_gateway(config)
+    client = gateway.client()
+    messages: MessageList = [{"role": "user", "content": "Hello there."}]
+    for _ in range(5):
+        reply = await client.chat.completions.create(
+            model="llama-3-8b", messages=messages, max_tokens=4
+        )
+        assert reply.usage is not None and reply.usage.completion_tokens == 4
+    assert await stat(redis, "reused", 4) == 4  # one lease served all five
+    assert await stat(redis, "grants", 5) == 5
