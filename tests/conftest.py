@@ -14,6 +14,8 @@ import pytest
 from aiohttp import web
 from redis.asyncio import Redis
 
+from admission.controller import Admission
+from fairgate.redis_client import GatewayRedis
 from fairgate.serving import serve
 from fairgate.settings import Settings
 from gateway.app import create_app as create_gateway
@@ -149,6 +151,35 @@ async def redis_url(redis_proc) -> AsyncIterator[str]:  # noqa: ANN001 - pytest-
         await asyncio.sleep(0.05)
     await client.aclose()
     assert not left, f"admission state left in Redis after the test: {sorted(left)}"
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[GatewayRedis]:
+    """A client of the test's Redis (the gateway's own kind: redis-py plus the script channel)."""
+    client = GatewayRedis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+MakeAdmission = Callable[[Settings], Awaitable[Admission]]
+
+
+@pytest.fixture
+async def admission_for(redis_url: str) -> AsyncIterator[MakeAdmission]:
+    """Admission clients (one per simulated replica), stopped after the test."""
+    started: list[tuple[Admission, GatewayRedis]] = []
+
+    async def make(settings: Settings) -> Admission:
+        client = GatewayRedis.from_url(redis_url)
+        admission = Admission(client, settings)
+        await admission.start()
+        started.append((admission, client))
+        return admission
+
+    yield make
+    for admission, client in started:
+        await admission.stop()  # also releases what it holds for reuse
+        await client.aclose()
 
 
 async def wait_answering(url: str, process: subprocess.Popen[bytes] | None = None) -> None:

@@ -50,13 +50,6 @@ async def _redis_keeps_idle_clients(redis_proc) -> AsyncIterator[None]:  # noqa:
     await redis.aclose()
 
 
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
 @dataclass
 class Replica:
     """One ``fairgate serve`` process on loopback."""

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 import yaml
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from admission.controller import Admission, Ticket
+from admission.controller import Ticket
 from admission.domain import backend_load, set_drained
 from backends.affinity import SESSION_HEADER, preferred_backend, session_key
 from fairgate import cli
-from fairgate.redis_client import GatewayRedis
 from fairgate.settings import Settings
 from tests.conftest import StartGateway, StartSim, gateway_config
 
@@ -47,23 +45,6 @@ def settings_for(redis_url: str, backends: int = 2, max_tokens: int = 100_000) -
         tenants={"t": {"api_keys": ["k"], "max_concurrency": 100, "max_inflight_tokens": 10**9}},
         admission={"upkeep_interval_s": 30},  # no polling: grants come from the scripts
     )
-
-
-@pytest.fixture
-async def admission_for(redis_url: str) -> AsyncIterator:
-    started: list[tuple[Admission, Redis]] = []
-
-    async def make(settings: Settings) -> Admission:
-        redis = GatewayRedis.from_url(redis_url)
-        admission = Admission(redis, settings)
-        await admission.start()
-        started.append((admission, redis))
-        return admission
-
-    yield make
-    for admission, redis in started:
-        await admission.stop()
-        await redis.aclose()
 
 
 def ticket(tokens: int = 100) -> Ticket:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -88,13 +87,6 @@ def settings_for(redis_url: str, **sections: Any) -> Settings:
         pools={"p": {"backends": {"b": {"url": "http://127.0.0.1:9", "models": [MODEL]}}}},
         **sections,
     )
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = GatewayRedis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

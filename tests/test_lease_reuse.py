@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 
-import pytest
 from openai.types.chat import ChatCompletionMessageParam
 from redis.asyncio import Redis
 
-from admission.controller import Admission, Ticket
-from fairgate.redis_client import GatewayRedis
+from admission.controller import Ticket
 from fairgate.settings import Settings
-from tests.conftest import StartGateway, StartSim, gateway_config, inflight_state
+from tests.conftest import (
+    MakeAdmission,
+    StartGateway,
+    StartSim,
+    gateway_config,
+    inflight_state,
+)
 
 PREFIX = "fairgate:{adm}:"
 MessageList = list[ChatCompletionMessageParam]
@@ -47,33 +50,6 @@ def settings_for(redis_url: str, max_tokens: int = 100_000, hold_s: float = 1.0)
 
 def ticket(tokens: int = 100) -> Ticket:
     return Ticket(uuid.uuid4().hex, "t", tokens, float(tokens), "p", "", 30.0)
-
-
-MakeAdmission = Callable[[Settings], Awaitable[Admission]]
-
-
-@pytest.fixture
-async def admission_for(redis_url: str) -> AsyncIterator[MakeAdmission]:
-    started: list[tuple[Admission, GatewayRedis]] = []
-
-    async def make(settings: Settings) -> Admission:
-        redis = GatewayRedis.from_url(redis_url)
-        admission = Admission(redis, settings)
-        await admission.start()
-        started.append((admission, redis))
-        return admission
-
-    yield make
-    for admission, redis in started:
-        await admission.stop()  # releases whatever is still held for reuse
-        await redis.aclose()
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 async def stat(redis: Redis, name: str, expected: int) -> int:
