@@ -42,6 +42,9 @@ from fairgate.tasks import cancel_all
 log = logging.getLogger(__name__)
 
 _TIMEOUT = "!timeout"
+#: Reuse calls (made off the request path) that may be in flight at once; past this, requests
+#: take the path that waits for Redis, so a replica cannot run ahead of what Redis has recorded.
+MAX_REUSES_IN_FLIGHT = 64
 _LOST = "!lost"
 
 
@@ -86,6 +89,7 @@ class Admission:
         self._warned_at = 0.0
         self._shelf = LeaseShelf(config.lease_reuse_s, self._let_go)
         self._may_reuse = False  # the last word from Redis: nothing waits anywhere
+        self._reusing = 0  # reuse calls in flight
         self._reusable_backends = {
             name
             for name, (_, backend) in settings.backends().items()
@@ -114,7 +118,7 @@ class Admission:
 
     async def acquire(self, ticket: Ticket) -> Lease:
         """Wait until the request may run, in fair order (429: queue full, or waited too long)."""
-        if self._may_reuse and not self._waiters:
+        if self._may_reuse and not self._waiters and self._reusing < MAX_REUSES_IN_FLIGHT:
             held = self._shelf.take(_flow(ticket), ticket.tokens, ticket.prefer)
             if held is not None:
                 self._spawn(self._reuse(held, ticket))
@@ -253,6 +257,7 @@ class Admission:
 
     async def _reuse(self, held: HeldLease, ticket: Ticket) -> None:
         """Tell Redis that the lease passed on: settle the last request, serve the next."""
+        self._reusing += 1
         try:
             outcome = await self.scripts.reuse(
                 held.lease_id, held.used, ticket.tokens, ticket.service
@@ -260,6 +265,8 @@ class Admission:
         except RedisError as exc:
             log.debug("reuse of lease %s not recorded: %s", held.lease_id, exc)
             return
+        finally:
+            self._reusing -= 1
         if outcome.state == "gone":
             self._reclaimed(held.lease_id)
         self._heard(outcome)

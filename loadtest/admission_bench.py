@@ -3,10 +3,12 @@
 ``python -m loadtest.admission_bench [--duration S] [--write BENCHMARKS.md]``
 
 1. **Uncontended cost**: one request at a time, ``Admission.acquire`` then ``Lease.release``
-   (each one Lua script call), as a gateway does it: the latency admission adds per request.
+   (each one Lua script call), as a gateway does it: the latency admission adds per request;
+   and the same with lease reuse (a finished lease passes to the next request of its flow: no
+   script call on the request's path, one in the background).
 2. **Decisions per second** from one and from three processes sharing one Redis, with budgets
-   that never bind (every request granted at once) and with budgets that do (requests queue,
-   grants arrive by pub/sub from other processes' releases).
+   that never bind (every request granted at once; with and without lease reuse) and with
+   budgets that do (requests queue, grants arrive by pub/sub from other processes' releases).
 
 Each process runs the real ``Admission`` client (pub/sub listener and upkeep included) against
 a private redis-server; the machine has 2 cores shared by Redis and the client processes.
@@ -74,28 +76,39 @@ async def started(redis_url: str, contended: bool) -> tuple[Admission, Redis]:
     return admission, redis
 
 
-async def uncontended_latency(redis_url: str, requests: int) -> dict[str, list[float]]:
-    """Seconds spent in acquire and in release, one request at a time."""
+async def uncontended_latency(
+    redis_url: str, requests: int, reuse: bool = False
+) -> dict[str, list[float]]:
+    """Seconds spent in acquire and in release, one request at a time.
+
+    With ``reuse``, each request ends well (its lease may be held for the next of its flow)
+    and the next request starts half a millisecond later, as the next request of a busy
+    tenant would: time for the background script call of the previous reuse to finish.
+    """
     admission, redis = await started(redis_url, contended=False)
-    times: dict[str, list[float]] = {"acquire": [], "release": [], "both": []}
+    suffix = ", lease reused" if reuse else ""
+    acquire, release, both = f"acquire{suffix}", f"release{suffix}", f"both{suffix}"
+    times: dict[str, list[float]] = {acquire: [], release: [], both: []}
     try:
         for i in range(requests + 200):
             t0 = time.perf_counter()
             lease = await admission.acquire(ticket(TENANTS[i % len(TENANTS)]))
             t1 = time.perf_counter()
-            await lease.release(300.0)
+            await lease.release(300.0, reusable=reuse)
             t2 = time.perf_counter()
+            if reuse:
+                await asyncio.sleep(0.0005)
             if i >= 200:  # warm-up: script loading, connection pool
-                times["acquire"].append(t1 - t0)
-                times["release"].append(t2 - t1)
-                times["both"].append(t2 - t0)
+                times[acquire].append(t1 - t0)
+                times[release].append(t2 - t1)
+                times[both].append(t2 - t0)
     finally:
         await admission.stop()
         await redis.aclose()
     return times
 
 
-async def decisions(redis_url: str, contended: bool, duration: float) -> int:
+async def decisions(redis_url: str, contended: bool, duration: float, reuse: bool = False) -> int:
     """Acquire/release pairs completed by ``CONCURRENCY`` loops in ``duration`` seconds."""
     admission, redis = await started(redis_url, contended)
     done = 0
@@ -107,7 +120,7 @@ async def decisions(redis_url: str, contended: bool, duration: float) -> int:
         while time.monotonic() < stop_at:
             lease = await admission.acquire(ticket(tenant))
             await asyncio.sleep(0)  # the request "runs"
-            await lease.release(300.0)
+            await lease.release(300.0, reusable=reuse)
             done += 1
 
     try:
@@ -118,18 +131,22 @@ async def decisions(redis_url: str, contended: bool, duration: float) -> int:
     return done
 
 
-def run_worker(redis_url: str, contended: bool, duration: float) -> None:
+def run_worker(redis_url: str, contended: bool, duration: float, reuse: bool) -> None:
     """Entry point of a worker process: prints its decision count."""
     import uvloop
 
-    print(uvloop.run(decisions(redis_url, contended, duration)))
+    print(uvloop.run(decisions(redis_url, contended, duration, reuse)))
 
 
-def in_processes(redis_url: str, contended: bool, duration: float, count: int) -> int:
+def in_processes(
+    redis_url: str, contended: bool, duration: float, count: int, reuse: bool = False
+) -> int:
     """Run ``count`` worker processes at once; their decisions added up."""
     command = [sys.executable, "-m", "loadtest.admission_bench", "--worker", redis_url]
     if contended:
         command.append("--contended")
+    if reuse:
+        command.append("--reuse")
     command += ["--duration", str(duration)]
     workers = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(count)]
     return sum(int(w.communicate()[0].strip()) for w in workers)
@@ -157,7 +174,10 @@ def render(latency: dict[str, list[float]], rates: list[Throughput], duration: f
     return f"""## Admission: cost per request and decisions per second
 
 One request at a time through the real `Admission` client and Lua scripts on a private
-redis-server ({len(latency["both"]):,} requests after a warm-up):
+redis-server ({len(latency["both"]):,} requests after a warm-up; "lease reused": each request
+ends well and
+the next starts 0.5 ms later, so that a finished lease passes to the next request of its flow,
+whose acquire then makes no Redis call, and its release only holds the lease):
 
 {markdown_table(["step", "p50", "p99"], "lrr", ms)}
 
@@ -170,7 +190,8 @@ another loop's release, often from another process, through pub/sub):
 Reproduce with `make bench` (or `python -m loadtest.admission_bench --write BENCHMARKS.md`).
 Machine: {machine()}; {revision()}; run on {today}. The two cores are shared by Redis and the
 client processes, so the three-process figures measure the machine as much as Redis: one
-uncontended decision costs two script calls of well under a millisecond."""
+uncontended decision costs two script calls of well under a millisecond, or one (in the
+background) when the lease is reused."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,17 +201,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", type=Path)
     parser.add_argument("--worker", metavar="REDIS_URL", help=argparse.SUPPRESS)
     parser.add_argument("--contended", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--reuse", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        run_worker(args.worker, args.contended, args.duration)
+        run_worker(args.worker, args.contended, args.duration, args.reuse)
         return 0
     import uvloop
 
     with redis_server() as url:
         latency = uvloop.run(uncontended_latency(url, args.requests))
+        latency |= uvloop.run(uncontended_latency(url, args.requests, reuse=True))
+        runs = (
+            ("never bind", False, False),
+            ("never bind, lease reuse", False, True),
+            ("queueing", True, False),
+        )
         rates = [
-            Throughput(label, n, in_processes(url, contended, args.duration, n) / args.duration)
-            for label, contended in (("never bind", False), ("queueing", True))
+            Throughput(
+                label, n, in_processes(url, contended, args.duration, n, reuse) / args.duration
+            )
+            for label, contended, reuse in runs
             for n in (1, 3)
         ]
     section = render(latency, rates, args.duration)
