@@ -311,6 +311,8 @@ class Admission:
         backend's token budget (the KV capacity the engine really has). The report lapses after
         ``keep_for_s`` unless refreshed. A backend no longer busy may take queued work at once.
         """
+        if busy_for_s > 0:
+            self._let_go_all()  # a busy engine takes no more work, reused leases included
         try:
             grants = await self.scripts.engine(
                 backend,

@@ -73,6 +73,10 @@ SLICE_S = 1.0
 TARGET_ADDED_P50_RATIO = 1.5
 #: fairgate's requests/s must be at least this fraction of the forwarder's.
 TARGET_THROUGHPUT_RATIO = 0.8
+#: The full path's absolute targets: requests/s from one gateway process (non-streaming, at
+#: the best concurrency measured) and added p50 at concurrency 1 (non-streaming).
+TARGET_FULL_PATH_RPS = 2000.0
+TARGET_ALONE_ADDED_S = 0.001
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
@@ -783,6 +787,32 @@ def headline_table(rows: list[Headline]) -> str:
     )
 
 
+def full_path_table(results: dict[Cell, Result], concurrencies: list[int]) -> str:
+    """fairgate's absolute targets: requests/s from one process, added p50 when alone."""
+    rows = []
+    best = max(concurrencies, key=lambda c: results[Cell("fairgate", False, c)].rps)
+    rps = results[Cell("fairgate", False, best)].rps
+    rows.append(
+        [
+            f"requests/s, one gateway process (≥ {TARGET_FULL_PATH_RPS:,.0f})",
+            f"{rps:,.0f} (non-streaming, concurrency {best})",
+            _verdict(rps >= TARGET_FULL_PATH_RPS),
+        ]
+    )
+    if 1 in concurrencies:
+        for stream, metric in ((False, "total"), (True, "ttfb")):
+            alone = added(results, Cell("fairgate", stream, 1), metric, 0.5)
+            what = "non-streaming" if not stream else "streaming, first byte"
+            rows.append(
+                [
+                    f"added p50 at concurrency 1, {what} (< {ms(TARGET_ALONE_ADDED_S)})",
+                    ms(alone),
+                    _verdict(alone < TARGET_ALONE_ADDED_S),
+                ]
+            )
+    return markdown_table(["Target", "fairgate", "Verdict"], "lrl", rows)
+
+
 def _log_message(line: str, limit: int = 160) -> str:
     """A log line without its date and time, shortened."""
     message = line.split(" ", 2)[-1] if line[:4].isdigit() else line
@@ -880,6 +910,11 @@ fairgate / forwarder (targets: added p50 within {TARGET_ADDED_P50_RATIO:g}× the
 throughput within {1 - TARGET_THROUGHPUT_RATIO:.0%} of it):
 
 {headline_table(rows)}
+
+The full path's own targets (auth, estimate, admission, relay and release, against the instant
+upstream):
+
+{full_path_table(results, concurrencies)}
 
 Non-streaming requests:
 
