@@ -29,7 +29,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from admission.domain import domain_prefix, grants_channel, publish_config
+from admission.domain import contended_channel, domain_prefix, grants_channel, publish_config
 from admission.lease import Lease
 from admission.local import LocalLimits
 from admission.reuse import Flow, HeldLease, LeaseShelf
@@ -363,13 +363,19 @@ class Admission:
     # ---------------------------------------------------------------------------- upkeep
 
     async def _listen(self) -> None:
-        """Hear grants to this replica's waiters (and queue timeouts) on pub/sub."""
-        channel = grants_channel(self.prefix, self.owner)
+        """Hear grants to this replica's waiters (and queue timeouts) on pub/sub, and that
+        requests started to wait somewhere (no more lease reuse)."""
+        grants = grants_channel(self.prefix, self.owner)
+        contended = contended_channel(self.prefix).encode()
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(channel)
+                await pubsub.subscribe(grants, contended)
                 async for message in pubsub.listen():
+                    if message["channel"] == contended:
+                        self._may_reuse = False
+                        self._let_go_all()
+                        continue
                     request_id, _, backend = message["data"].decode().partition(" ")
                     self._resolve([(request_id, backend)])
             except (RedisError, OSError) as exc:

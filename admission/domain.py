@@ -28,6 +28,15 @@ def grants_channel(prefix: str, owner: str) -> str:
     return f"{prefix}grants:{owner}"
 
 
+def contended_channel(prefix: str) -> str:
+    """The pub/sub channel on which every replica hears that requests started to wait.
+
+    Replicas then stop reusing leases at once (see :mod:`admission.reuse`): fair order
+    decides who runs next.
+    """
+    return f"{prefix}contended"
+
+
 def band_of(priority: int) -> str:
     return f"{_BAND_OFFSET - priority:03d}"
 

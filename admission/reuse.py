@@ -9,9 +9,12 @@ charges the new one's input as a grant would, and holds the new one's tokens, wh
 exceed what the lease held: every budget holds exactly as if the lease had been released and
 granted again, and the replica makes one script call per request instead of two.
 
-Reuse stops as soon as an answer from Redis says that requests wait (fair order decides again
-who runs next) or that the lease's backend closed (down, busy or drained); the leases held are
-then released. A lease no request takes within the moment is released; so is every held lease
+Reuse stops as soon as requests wait anywhere, and the leases held are released, so that fair
+order decides again who runs next: the first request to wait is announced to every replica on
+pub/sub (``contended``), and every answer from Redis says whether requests wait. A request that
+took a held lease before the news arrived runs (the lease was the replica's); that is the most
+reuse can take ahead of fair order. Reuse also stops when the lease's backend closes (down,
+busy or drained). A lease no request takes within the moment is released; so is every held lease
 at shutdown. A replica that dies holding leases loses them with the lease TTL, like any lease.
 Backends with a prefill cap never reuse (their hold lasts until a request's first output).
 """

@@ -32,6 +32,10 @@ end
 -- needs no sweep (what it placed fit anyway); every replica's upkeep sweeps regularly.
 sweep(now)
 local seq = redis.call('INCR', P .. 'seq')
+if not contended then
+  -- the first request to wait: every replica stops reusing leases (fair order decides now)
+  redis.call('PUBLISH', P .. 'contended', id)
+end
 mark_backlogged(t, band)
 r.seq = seq
 redis.call('HSET', P .. 'req', id, cjson.encode(r))

@@ -36,6 +36,7 @@
 --                        use (engine.lua, from each replica's scrape of the engine's metrics)
 --   P.stats        hash  counters (grants, reclaimed, timeouts, shadow agreement)
 --   channel P.grants:<owner>  "<id> <backend>" on grant, "<id> !timeout" on queue timeout
+--   channel P.contended  "<id>" when a request starts to wait while none did (no lease reuse)
 
 local P = KEYS[1]
 local MAX_SWEEP = 64
