@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import Coroutine
@@ -82,6 +83,7 @@ class Admission:
         self._settings = settings
         self._config = config
         self._waiters: dict[str, asyncio.Future[str]] = {}
+        self._due: dict[str, float] = {}  # a waiter's queue deadline (loop time)
         self._leases: set[str] = set()
         self._local = LocalLimits(settings)
         self._tasks: list[asyncio.Task[None]] = []
@@ -123,6 +125,9 @@ class Admission:
             if held is not None:
                 self._spawn(self._reuse(held, ticket))
                 return self._lease(held.lease_id, held.backend, ticket)
+        # The queue deadline counts from before the enqueue, so that it never falls after the
+        # one Redis keeps (counted from the enqueue): the replica times its waiter out first.
+        due = asyncio.get_running_loop().time() + ticket.timeout_s
         asking = asyncio.ensure_future(self._ask(ticket))
         try:
             outcome = await asyncio.shield(asking)
@@ -143,7 +148,7 @@ class Admission:
             raise GatewayError(
                 500, f"Admission refused the request: {outcome.state}.", "server_error"
             )
-        return await self._wait(ticket)
+        return await self._wait(ticket, due)
 
     async def _ask(self, ticket: Ticket) -> Outcome:
         outcome = await self._enqueue(ticket)
@@ -187,12 +192,13 @@ class Admission:
             ticket.prefer_slack,
         )
 
-    async def _wait(self, ticket: Ticket) -> Lease:
+    async def _wait(self, ticket: Ticket, due: float) -> Lease:
         request_id = ticket.request_id
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiters[request_id] = future
+        self._due[request_id] = due
         try:
-            async with asyncio.timeout(ticket.timeout_s):
+            async with asyncio.timeout_at(due):
                 backend = await future
         except TimeoutError:
             backend = await self._withdraw(request_id) or _TIMEOUT
@@ -203,6 +209,7 @@ class Admission:
             raise
         finally:
             self._waiters.pop(request_id, None)
+            self._due.pop(request_id, None)
         if backend == _TIMEOUT:
             raise rate_limited(
                 f"The request waited {ticket.timeout_s:g} s in the queue of tenant "
@@ -406,10 +413,13 @@ class Admission:
             self._resolve([(i, b.decode()) for i, b in zip(waiting, found, strict=True) if b])
 
     async def _renew(self) -> None:
+        """Renew what this replica holds; a waiter whose entry is gone was dropped by Redis as
+        late (past its deadline: 429, like any queue timeout) or reclaimed (lost: 503)."""
         for request_id in await self.scripts.renew([*self._waiters, *self._leases]):
             future = self._waiters.get(request_id)
             if future is not None and not future.done():
-                future.set_result(_LOST)
+                late = asyncio.get_running_loop().time() >= self._due.get(request_id, math.inf)
+                future.set_result(_TIMEOUT if late else _LOST)
 
 
 def _flow(ticket: Ticket) -> Flow:
