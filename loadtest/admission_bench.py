@@ -174,10 +174,10 @@ def render(latency: dict[str, list[float]], rates: list[Throughput], duration: f
     return f"""## Admission: cost per request and decisions per second
 
 One request at a time through the real `Admission` client and Lua scripts on a private
-redis-server ({len(latency["both"]):,} requests after a warm-up; "lease reused": each request
-ends well and
-the next starts 0.5 ms later, so that a finished lease passes to the next request of its flow,
-whose acquire then makes no Redis call, and its release only holds the lease):
+redis-server ({len(latency["both"]):,} requests after a warm-up). "Lease reused": each request
+ends well and the next starts 0.5 ms later, so that the finished lease passes to the next
+request of its flow, whose acquire makes no Redis call (the reuse is recorded in the
+background), and whose release only holds the lease for the request after it:
 
 {markdown_table(["step", "p50", "p99"], "lrr", ms)}
 
