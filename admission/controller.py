@@ -43,10 +43,10 @@ from fairgate.tasks import cancel_all
 log = logging.getLogger(__name__)
 
 _TIMEOUT = "!timeout"
+_LOST = "!lost"
 #: Reuse calls (made off the request path) that may be in flight at once; past this, requests
 #: take the path that waits for Redis, so a replica cannot run ahead of what Redis has recorded.
 MAX_REUSES_IN_FLIGHT = 64
-_LOST = "!lost"
 
 
 @dataclass(frozen=True)
