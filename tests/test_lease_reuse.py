@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import pytest
 from openai.types.chat import ChatCompletionMessageParam
 from redis.asyncio import Redis
 
+from admission import controller
 from admission.controller import Ticket
 from fairgate.settings import Settings
 from tests.conftest import (
@@ -104,6 +106,20 @@ async def test_a_failed_request_releases_its_lease(
     second = await admission.acquire(ticket(100))
     assert second.request_id != first.request_id
     await second.release(None)
+
+
+async def test_no_reuse_while_too_many_reuse_calls_are_in_flight(
+    redis_url: str, redis: Redis, admission_for: MakeAdmission, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the bound, a request asks Redis (and waits for it) instead of taking a held lease."""
+    monkeypatch.setattr(controller, "MAX_REUSES_IN_FLIGHT", 0)
+    admission = await admission_for(settings_for(redis_url))
+    first = await admission.acquire(ticket(100))
+    await first.release(None, reusable=True)
+    second = await admission.acquire(ticket(100))
+    assert second.request_id != first.request_id
+    await second.release(None)
+    assert await stat(redis, "reused", 0) == 0
 
 
 async def test_a_lease_nobody_takes_goes_back(
