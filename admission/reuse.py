@@ -48,9 +48,6 @@ class LeaseShelf:
         self._let_go = let_go
         self._held: dict[Flow, list[HeldLease]] = {}
 
-    def __len__(self) -> int:
-        return sum(len(shelf) for shelf in self._held.values())
-
     def put(self, flow: Flow, held: HeldLease) -> None:
         held.timer = asyncio.get_running_loop().call_later(self.hold_s, self._expired, flow, held)
         self._held.setdefault(flow, []).append(held)

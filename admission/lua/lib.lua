@@ -212,6 +212,17 @@ local function sweep(now)
   end
 end
 
+-- Whether backend ``b`` takes new work now: not down, its engine not busy, not drained.
+-- ``busy`` (the engine's busy-until, '0' if none) and ``draining`` (whether any backend is
+-- drained) may be passed in by a caller that has read them already.
+local function backend_open(b, now, busy, draining)
+  busy = busy or redis.call('HGET', P .. 'engine', b .. ':busy') or '0'
+  if draining == nil then draining = redis.call('EXISTS', P .. 'drained') == 1 end
+  return tonumber(redis.call('HGET', P .. 'down', b) or '0') <= now
+    and tonumber(busy) <= now
+    and not (draining and redis.call('HEXISTS', P .. 'drained', b) == 1)
+end
+
 -- Where the request could run now: a backend with room, or why not ("tenant" or "pool").
 -- One request larger than a whole budget may still run alone on an idle tenant / backend.
 -- The least loaded backend of ``pool`` with room for ``r`` (and its config), or nil.
@@ -223,9 +234,7 @@ local function pick(pool, r, now)
   for _, b in ipairs(backends) do
     local bc = backend_cfg(b)
     local engine = redis.call('HMGET', P .. 'engine', b .. ':busy', b .. ':tokens')
-    local down = tonumber(redis.call('HGET', P .. 'down', b) or '0')
-    local open = down <= now and tonumber(engine[1] or '0') <= now
-    if bc and open and not (draining and redis.call('HEXISTS', P .. 'drained', b) == 1) then
+    if bc and backend_open(b, now, engine[1] or '0', draining) then
       local l = redis.call('HMGET', P .. 'bload', b .. ':r', b .. ':t', b .. ':p')
       local br, bt = tonumber(l[1] or '0'), tonumber(l[2] or '0')
       -- least outstanding tokens: fairgate's own estimate, or the engine's report if higher

@@ -28,7 +28,4 @@ if contended then
   sweep(now)
   return {1, 0, unpack(dispatch(now, ttl, max_grants))}
 end
-local open = tonumber(redis.call('HGET', P .. 'down', l.b) or '0') <= now
-  and tonumber(redis.call('HGET', P .. 'engine', l.b .. ':busy') or '0') <= now
-  and redis.call('HEXISTS', P .. 'drained', l.b) == 0
-return {1, open and 1 or 0}
+return {1, backend_open(l.b, now) and 1 or 0}
