@@ -565,11 +565,17 @@ class AdmissionMachine(RuleBasedStateMachine):
             request_id = data.draw(st.sampled_from(self.ids("leased", "gone")), label="id")
             svc = data.draw(st.sampled_from(CHARGES), label="service")
             r = self.reqs[request_id]
-            ok = self.run(self.scripts.charge(request_id, svc)).state == "charged"
+            out = self.run(self.scripts.charge(request_id, svc))
+            ok = out.state == "charged"
             assert ok == (r.state == "leased"), (request_id, r.state, ok)
             if ok:
                 self.charge_model(r.tenant, r.band, svc)
                 r.charged += svc
+                # the charge may reorder the waiting heads: dispatch grants what now comes
+                # first and fits (a head that a pool reservation held back, for one)
+                self.apply_grants(out.grants)
+            else:
+                assert out.grants == [], out
         elif what == "renew" and self.reqs:
             everything = sorted(self.reqs, key=_id_order)
             chosen = data.draw(st.lists(st.sampled_from(everything), max_size=5), label="ids")
@@ -697,8 +703,10 @@ class AdmissionMachine(RuleBasedStateMachine):
 
         That is ``next_grant()`` finding nothing; `apply_grants` checked the other direction
         (each grant is the one a pass must make, so nothing overtakes a reservation).
-        Steps that do not dispatch (charge, renew, cancel of a leased id, a backend going down)
-        change no load nor queue that could make a head fit, so the invariant carries over.
+        Steps that do not dispatch (renew, cancel of a leased id, a backend going down) change
+        no load, queue nor order that could make a head fit, so the invariant carries over. A
+        charge changes the order (a tenant's counter grows), so it dispatches while requests
+        wait.
         (An enqueue answered "full" dispatched with the new request queued, possibly a head that
         reserved its pool; it dispatches again once the request is out of the queue.)
         The `tick` rule also checks it from the other side: a tick right after any step grants
@@ -899,4 +907,27 @@ async def test_an_expired_lease_is_reclaimed_and_its_capacity_granted(redis_url:
     assert (await scripts.release("dead", None)).state == "gone"
     assert _hash(await redis.hgetall(prefix + "bload")) == {"b:r": "1", "b:t": "20"}
     assert (await scripts.release("next", None)).state == "released"
+    await redis.aclose()
+
+
+async def test_a_charge_that_reorders_the_queue_dispatches_the_head_that_now_fits(
+    redis_url: str,
+) -> None:
+    """a's big head waits for room and holds the pool back for b's small head behind it (in
+    fair order, by name on equal counters); once a is charged for streamed output, b's head
+    comes first, fits, and runs at once, not at the next release."""
+    redis = GatewayRedis.from_url(redis_url)
+    scripts, _ = await _domain(redis, _one_backend(redis_url, 2, 100, {"a": {}, "b": {}}))
+    running = await scripts.enqueue("r0", "a", 25, 0.0, "p", "", "o", TIMEOUT_MS)
+    big = await scripts.enqueue("r1", "a", 90, 0.0, "p", "", "o", TIMEOUT_MS)
+    small = await scripts.enqueue("r2", "b", 10, 0.0, "p", "", "o", TIMEOUT_MS)
+    assert (running.state, big.state, small.state) == ("granted", "queued", "queued")
+    assert small.grants == []  # the pool is reserved for a's head, which came first
+
+    charged = await scripts.charge("r0", 4.5)
+    assert (charged.state, charged.grants) == ("charged", [("r2", "b")])
+
+    assert (await scripts.release("r0", None)).grants == [("r1", "b")]  # 10 + 90 fit
+    for request_id in ("r1", "r2"):
+        assert (await scripts.release(request_id, None)).state == "released"
     await redis.aclose()
