@@ -14,6 +14,7 @@ import time
 import aiohttp
 
 from backends.engines import ENGINES, EngineTraits
+from backends.delivery import DeliveryRate
 from fairgate.settings import BackendConfig
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ class Backend:
         self._ejections = 0  # ejections in a row: each doubles the back-off
         self._ejected_until = 0.0
         self._session: aiohttp.ClientSession | None = None
+        #: Output tokens per second a request gets here (charges plain responses as they run).
+        self.delivery = DeliveryRate()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -71,6 +74,11 @@ class Backend:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    @property
+    def prefill_capped(self) -> bool:
+        """Whether requests hold this backend's prefill cap until their first output."""
+        return self.config.max_prefill_tokens is not None
 
     def url(self, path: str) -> str:
         return self.base_url + path

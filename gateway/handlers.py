@@ -33,6 +33,7 @@ from fairgate.errors import (
 from fairgate.ids import new_id
 from fairgate.settings import TenantConfig
 from gateway.auth import authenticate
+from gateway.metering import PlainMeter, StreamMeter
 from gateway.middleware import request_id_of
 from gateway.relay import (
     UPSTREAM_READ_ERRORS,
@@ -76,11 +77,15 @@ def inference(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Strea
             "x-fairgate-estimate-output-tokens": str(cost.expected_output),
         }
         ticket = _ticket(request, gateway, tenant_id, tenant, pool, cost, parsed)
-        lease, backend, upstream = await _admit_and_connect(request, gateway, ticket, parsed)
+        lease, backend, upstream, meter = await _admit_and_connect(
+            request, gateway, ticket, parsed, cost
+        )
         outcome: Outcome | None = None
         try:
             headers["X-Fairgate-Backend"] = backend.name
-            response, outcome = await _relay(request, gateway, parsed, upstream, headers, lease)
+            response, outcome = await _relay(
+                request, gateway, parsed, upstream, headers, lease, backend, meter
+            )
         except GatewayError as exc:
             _engine_failed(gateway, backend, exc.message)  # it failed mid-response
             raise
@@ -148,12 +153,14 @@ def _number(value: str, header: str) -> float:
 
 
 async def _admit_and_connect(
-    request: web.Request, gateway: Gateway, ticket: Ticket, parsed: InferenceRequest
-) -> tuple[Lease, Backend, aiohttp.ClientResponse]:
+    request: web.Request, gateway: Gateway, ticket: Ticket, parsed: InferenceRequest, cost: Cost
+) -> tuple[Lease, Backend, aiohttp.ClientResponse, PlainMeter | None]:
     """Wait for admission, then connect to the granted backend.
 
     A backend that cannot be reached received nothing: it is marked down for every replica,
     its lease released, and admission asked once more (it grants another backend if any).
+    A plain response's meter starts with the connection: an engine sends its headers only
+    with the whole answer.
     """
     failures = []
     for attempt in range(2):
@@ -161,6 +168,9 @@ async def _admit_and_connect(
             ticket if attempt == 0 else replace(ticket, request_id=ticket.request_id + ".retry")
         )
         backend = gateway.router.backend(lease.backend)
+        meter = None
+        if not parsed.stream and not backend.prefill_capped and cost.expected_output > 0:
+            meter = PlainMeter(gateway, lease, backend.delivery, cost.expected_output)
         try:
             upstream = await open_upstream(
                 backend,
@@ -169,6 +179,8 @@ async def _admit_and_connect(
                 _upstream_headers(request, ticket.tenant),
             )
         except BackendUnreachable as exc:
+            if meter is not None:
+                meter.stop()
             failures.append(str(exc))
             await asyncio.shield(lease.release(None))
             await gateway.admission.set_backend_down(
@@ -176,11 +188,13 @@ async def _admit_and_connect(
             )
             continue
         except BaseException as exc:
+            if meter is not None:
+                meter.stop()
             await asyncio.shield(lease.release(None))
             if isinstance(exc, GatewayError):  # the engine failed or timed out before answering
                 _engine_failed(gateway, backend, exc.message)
             raise
-        return lease, backend, upstream
+        return lease, backend, upstream, meter
     raise backend_unavailable(
         f"No engine of pool '{ticket.pool}' could be reached ({'; '.join(failures)})."
     )
@@ -200,21 +214,18 @@ async def _relay(
     upstream: aiohttp.ClientResponse,
     headers: dict[str, str],
     lease: Lease,
+    backend: Backend,
+    meter: PlainMeter | None,
 ) -> tuple[web.StreamResponse, Outcome]:
     """Relay the engine's answer; streamed output is charged to the tenant as it flows."""
     try:
         if parsed.stream and is_event_stream(upstream):
-            capped = gateway.router.backend(lease.backend).config.max_prefill_tokens is not None
-            meter = _OutputMeter(gateway, lease, prefill_held=capped)
+            meter = StreamMeter(gateway, lease, prefill_held=backend.prefill_capped)
             result = await relay_stream(
                 request, upstream, parsed.client_wants_usage, headers, meter
             )
         else:
-            try:
-                result = await relay_body(upstream, headers)
-            except UPSTREAM_READ_ERRORS as exc:
-                message = f"The engine failed mid-response: {exc!r}"
-                raise backend_failed(message) from exc
+            result = await _relay_plain(backend, upstream, headers, meter)
     except BaseException:
         upstream.close()  # the client went away or the engine failed: abort upstream now
         raise
@@ -222,36 +233,23 @@ async def _relay(
     return result
 
 
-class _OutputMeter:
-    """Charges streamed output to the tenant in batches, off the relay's path.
-
-    A batch goes when it holds ``charge_every_tokens`` and ``charge_interval_s`` has passed
-    since the last one: fair order needs charges while a long stream runs, not one per token
-    of a fast one (whatever is left is settled at release). On a backend with a prefill cap,
-    the first output also goes at once: it ends the request's hold on the cap, so the next
-    long prompt may start its prefill.
-    """
-
-    def __init__(self, gateway: Gateway, lease: Lease, prefill_held: bool = False) -> None:
-        self._gateway = gateway
-        self._lease = lease
-        self._prefill_held = prefill_held
-        self._every = gateway.settings.admission.charge_every_tokens
-        self._interval = gateway.settings.admission.charge_interval_s
-        self._weight = gateway.settings.estimation.output_weight
-        self._charged = 0
-        self._last = time.monotonic()
-
-    def __call__(self, chunks: int) -> None:
-        if self._prefill_held:
-            self._prefill_held = False
-            self._charged, self._last = chunks, time.monotonic()
-            self._gateway.in_background(self._lease.charge(self._weight * chunks))
-        elif chunks - self._charged >= self._every:
-            now = time.monotonic()
-            if now - self._last >= self._interval:
-                batch, self._charged, self._last = chunks - self._charged, chunks, now
-                self._gateway.in_background(self._lease.charge(self._weight * batch))
+async def _relay_plain(
+    backend: Backend,
+    upstream: aiohttp.ClientResponse,
+    headers: dict[str, str],
+    meter: PlainMeter | None,
+) -> tuple[web.Response, Outcome]:
+    """Relay a plain response; its meter learns how fast the backend delivered it."""
+    try:
+        response, outcome = await relay_body(upstream, headers)
+    except UPSTREAM_READ_ERRORS as exc:
+        raise backend_failed(f"The engine failed mid-response: {exc!r}") from exc
+    finally:
+        elapsed = meter.stop() if meter is not None else 0.0
+    output = (outcome.usage or {}).get("completion_tokens")
+    if meter is not None and outcome.status == 200 and isinstance(output, int):
+        backend.delivery.observe(output, elapsed)
+    return response, outcome
 
 
 async def _settle(

@@ -117,6 +117,7 @@ INFLIGHT_KEYS = (
     "granted",
     "bandlog",
     "queued",
+    "vpend",
 )
 
 

@@ -60,6 +60,14 @@ class Domain:
         self.leased.extend(i for i, _ in outcome.grants)
         return [i.split("-")[0] for i, _ in outcome.grants]
 
+    async def release_next_of(self, tenant: str, used: float = 3 * SERVICE) -> list[str]:
+        """Release the oldest lease of ``tenant``; returns the tenants granted in consequence."""
+        request_id = next(i for i in self.leased if i.startswith(tenant + "-"))
+        self.leased.remove(request_id)
+        outcome = await self.scripts.release(request_id, used)
+        self.leased.extend(i for i, _ in outcome.grants)
+        return [i.split("-")[0] for i, _ in outcome.grants]
+
     async def drain(self) -> None:
         """Cancel everything queued and release every lease (tests leave Redis clean)."""
         for request_id in await self.redis.hkeys(self.prefix + "req"):
@@ -164,6 +172,50 @@ async def test_a_returning_tenant_is_lifted_and_cannot_cash_in_idle_time(domain:
     for _ in range(12):
         served.update(await d.release_next())
     assert served == {"a": 4, "b": 4, "idle": 4}  # a third, not all twelve
+
+
+async def test_a_tenant_arriving_just_after_another_is_not_charged_for_its_undelivered_input(
+    domain: Any, redis: GatewayRedis
+) -> None:
+    """All tenants arrive at once; the first fills its own cap before the others are seen.
+
+    Its requests were charged their input at the grant, but the engine has served none of it:
+    the latecomer's lift must not count that as service it missed (before issue 12 it was
+    lifted to the first tenant's whole counter, and then repaid for a minute).
+    """
+    d = await domain({"first": {"max_concurrency": 3}, "late": {}}, capacity=10)
+    assert await d.enqueue("first", 4) == ["granted"] * 3 + ["queued"]  # capped, backlogged
+    assert await d.enqueue("late") == ["granted"]  # lifted on the way (something waits)
+    counters = await redis.hgetall(d.prefix + "vtc")
+    assert float(counters[b"first"]) == 3 * SERVICE
+    assert float(counters[b"late"]) == SERVICE  # its own input only: lifted to 0, not to 300
+    await d.scripts.charge(d.leased[0], 1.0)  # first's output flows: its input is delivered
+    await d.scripts.charge(d.leased[3], 1.0)
+    assert float(await redis.hget(d.prefix + "vpend", "first")) == 2 * SERVICE
+
+
+async def test_a_tenant_held_by_its_own_cap_forfeits_its_turn(
+    domain: Any, redis: GatewayRedis
+) -> None:
+    """A capped tenant that comes first in fair order does not bank the turns it cannot take.
+
+    Without the forfeit its counter stays behind while the others are served, and it takes
+    every free slot until it has caught up as soon as its cap allows.
+    """
+    d = await domain({"capped": {"max_concurrency": 1}, "free": {}}, capacity=3)
+    await d.enqueue("capped", 5)  # one runs, four wait
+    await d.enqueue("free", 10)  # two run, eight wait
+    for request_id in list(d.leased):
+        await d.scripts.charge(request_id, 0.0)  # all are past their prefill
+    for _ in range(6):  # capped's one request keeps running: free gets every slot
+        await d.release_next_of("free")
+    counters = await redis.hgetall(d.prefix + "vtc")
+    free_pending = float(await redis.hget(d.prefix + "vpend", "free"))  # its two new grants
+    assert float(counters[b"capped"]) == float(counters[b"free"]) - free_pending
+    served = Counter()
+    for _ in range(6):  # now both take turns; capped has not banked the six it could not take
+        served.update(await d.release_next())
+    assert served["capped"] <= 3
 
 
 async def test_a_lower_priority_band_keeps_its_minimum_share(domain: Any) -> None:

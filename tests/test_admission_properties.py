@@ -206,6 +206,7 @@ class Req:
     state: str = "queued"  # queued | leased | gone
     backend: str | None = None
     charged: float = 0.0  # service charged so far while leased (the lease's `ch`)
+    pending: float = 0.0  # input charged, no output charged yet (the lease's `pd`)
 
 
 BAND_WEIGHTS = band_weights(make_settings("redis://unused"))  # {"499": 1.0, "500": 0.25}
@@ -299,6 +300,18 @@ class AdmissionMachine(RuleBasedStateMachine):
         if floor > self.counters.get(key, 0.0):
             self.counters[key] = floor
 
+    def pending(self, tenant: str) -> float:
+        """Input charged to the tenant's leases that have had no output charged, per weight."""
+        leased = [r for r in self.reqs.values() if r.state == "leased" and r.tenant == tenant]
+        return sum(r.pending for r in leased) / TENANTS[tenant][0]
+
+    def delivered(self, tenant: str) -> float:
+        return self.counters.get(tenant, 0.0) - self.pending(tenant)
+
+    def raise_to(self, tenant: str, floor: float) -> None:
+        """The scripts' raise: the tenant's delivered counter to at least ``floor``."""
+        self.lift(tenant, floor + self.pending(tenant))
+
     def backlogged(self) -> dict[str, list[str]]:
         """Band -> the tenants with requests queued in it."""
         bands: dict[str, list[str]] = {}
@@ -333,10 +346,19 @@ class AdmissionMachine(RuleBasedStateMachine):
         the pass (heads after it in that pool are skipped: no starvation of large requests).
         """
         reserved: dict[str, str] = {}
+        capped: list[Req] = []
         for r in self.policy_order():
-            if r.pool in reserved or not self.tenant_fits(r):
+            if r.pool in reserved:
+                continue
+            if not self.tenant_fits(r):
+                capped.append(r)
                 continue
             if self.place(r) is not None:
+                if self.policy == "vtc":  # heads its own limits held back forfeit the turn
+                    floor = self.delivered(r.tenant)
+                    for held in capped:
+                        if held.band == r.band and held.tenant != r.tenant:
+                            self.raise_to(held.tenant, floor)
                 return r, reserved
             reserved[r.pool] = r.id
         return None, reserved
@@ -370,15 +392,16 @@ class AdmissionMachine(RuleBasedStateMachine):
             self.drop_full(full)
 
     def lease_model(self, r: Req, backend: str) -> None:
-        """The scripts' lease: raise the floors to the counters served, charge the input."""
-        served = self.counters.get(r.tenant, 0.0)
+        """The scripts' lease: raise the floors to the counters served (the tenant's delivered
+        one), charge the input, which is pending until output is charged."""
+        served = self.delivered(r.tenant)
         if served > self.vfloor.get(r.band, 0.0):
             self.vfloor[r.band] = served
         served = self.counters.get("band:" + r.band, 0.0)
         if served > self.vfloor.get("bands", 0.0):
             self.vfloor["bands"] = served
         self.charge_model(r.tenant, r.band, r.svc)
-        r.state, r.backend, r.charged = "leased", backend, r.svc
+        r.state, r.backend, r.charged, r.pending = "leased", backend, r.svc, r.svc
         self.grants_seen += 1
 
     def drop_full(self, r: Req) -> None:
@@ -434,12 +457,13 @@ class AdmissionMachine(RuleBasedStateMachine):
             self.reqs[request_id] = r
             self.apply_grants([(request_id, backend)])
             return
-        # The VTC lift of a newly backlogged tenant (band): to the smallest counter of the
-        # backlogged ones, or with none, to the floor (the counter last served).
+        # The VTC lift of a newly backlogged tenant: its delivered counter to the smallest
+        # delivered counter of the backlogged ones, or with none, to the floor (the delivered
+        # counter last served); a band's: to the smallest band counter, or the bands' floor.
         backlog = self.backlogged()
         if tenant not in backlog.get(band, []):
-            others = [self.counters.get(t, 0.0) for t in backlog.get(band, [])]
-            self.lift(tenant, min(others) if others else self.vfloor.get(band, 0.0))
+            others = [self.delivered(t) for t in backlog.get(band, [])]
+            self.raise_to(tenant, min(others) if others else self.vfloor.get(band, 0.0))
         if band not in backlog:
             others = [self.counters.get("band:" + b, 0.0) for b in backlog]
             self.lift("band:" + band, min(others) if others else self.vfloor.get("bands", 0.0))
@@ -533,7 +557,7 @@ class AdmissionMachine(RuleBasedStateMachine):
         assert out.may_reuse == (not waiting and r.backend not in self.down), out
         if used is not None:
             self.charge_model(r.tenant, r.band, used - r.charged)
-        r.tok, r.svc = tok, svc
+        r.tok, r.svc, r.pending = tok, svc, 0.0  # the finished one was delivered
         self.lease_model(r, r.backend)
         self.apply_grants(out.grants)
 
@@ -571,6 +595,7 @@ class AdmissionMachine(RuleBasedStateMachine):
             if ok:
                 self.charge_model(r.tenant, r.band, svc)
                 r.charged += svc
+                r.pending = 0.0  # output flows: the input was delivered
                 # the charge may reorder the waiting heads: dispatch grants what now comes
                 # first and fits (a head that a pool reservation held back, for one)
                 self.apply_grants(out.grants)

@@ -72,7 +72,7 @@ def test_shipped_scenarios_are_valid(path: Path, short: bool) -> None:
     assert loaded.modes and loaded.tenants and loaded.targets
 
 
-def test_six_shipped_scenarios_and_the_short_versions_are_shorter() -> None:
+def test_the_shipped_scenarios_and_the_short_versions_are_shorter() -> None:
     names = [load_scenario(p).name for p in shipped_scenarios()]
     assert names == [
         "noisy-neighbour",
@@ -81,6 +81,9 @@ def test_six_shipped_scenarios_and_the_short_versions_are_shorter() -> None:
         "long-prompt-stalls",
         "overload",
         "three-replicas",
+        "tokens-bind",
+        "tokens-bind-mixed",
+        "tokens-bind-replicas",
     ]
     for path in shipped_scenarios():
         assert load_scenario(path, short=True).duration_s <= load_scenario(path).duration_s

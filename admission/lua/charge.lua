@@ -10,6 +10,10 @@ local l = decode(redis.call('HGET', P .. 'lease', id))
 if not l then return {0} end
 charge(l.t, l.band, l.w, service)
 l.ch = l.ch + service
+if l.pd then  -- output flows: its input has been delivered
+  add_pending(l.t, l.w, -l.pd)
+  l.pd = nil
+end
 local prefilled = l.pf
 if prefilled then
   add_load(P .. 'bload', l.b .. ':p', -prefilled)

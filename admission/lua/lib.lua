@@ -20,6 +20,9 @@
 --   P.backlog:<band> zset backlogged tenants of a band by virtual counter
 --   P.bandlog      zset  backlogged bands by band counter
 --   P.vtc          hash  tenant -> virtual counter (service / weight); band:<b> -> band counter
+--   P.vpend        hash  tenant -> input charged to its requests in flight that have not yet
+--                        shown output, in counter units (service / weight): charged, not yet
+--                        delivered; the lift floor leaves it out
 --   P.vfloor       hash  band -> system virtual time (lift floor when nothing is backlogged)
 --   P.lease        hash  request id -> json of a granted request
 --   P.exp          zset  id -> expiry ms (leases and queued entries; renewed by their owner)
@@ -113,16 +116,64 @@ local function charge(t, band, weight, service)
   end
 end
 
--- The VTC lift rule: a newly backlogged member starts at no less than the smallest counter of
--- the backlogged ones (or, with none, the system's virtual time), so idleness is not banked.
-local function lift(field, backlog_key, floor_field)
+-- Input charged to a tenant's requests in flight that have shown no output yet, in counter
+-- units (service / weight): charged at the grant, delivered only once the engine has read the
+-- prompt. Every other charge follows delivery (output as it streams).
+local function pending(t)
+  return tonumber(redis.call('HGET', P .. 'vpend', t) or '0')
+end
+
+local function add_pending(t, weight, service)
+  if service ~= 0 then redis.call('HINCRBYFLOAT', P .. 'vpend', t, service / weight) end
+end
+
+-- A tenant's counter less what it was charged but has not received yet.
+local function delivered(t, c)
+  return (c or counter(t)) - pending(t)
+end
+
+-- The lift floor of a band: the smallest delivered counter of its backlogged tenants, or with
+-- none the band's system virtual time. The input of a request is charged when it is granted,
+-- before the engine has read it; a floor of raw counters would charge a newcomer for the work
+-- others were granted an instant before it came (docs/fairness.md).
+local function tenant_floor(band)
+  local members = redis.call('ZRANGE', P .. 'backlog:' .. band, 0, -1, 'WITHSCORES')
+  if #members == 0 then
+    return tonumber(redis.call('HGET', P .. 'vfloor', band) or '0')
+  end
+  local names = {}
+  for i = 1, #members, 2 do names[#names + 1] = members[i] end
+  local pend = redis.call('HMGET', P .. 'vpend', unpack(names))
+  local floor
+  for i, _ in ipairs(names) do
+    local d = tonumber(members[2 * i]) - tonumber(pend[i] or '0')
+    if not floor or d < floor then floor = d end
+  end
+  return floor
+end
+
+-- Raise tenant ``t``'s delivered counter to ``floor`` (what it was charged and has not received
+-- stays on top). Counters only grow.
+local function raise(t, floor)
+  local own = counter(t)
+  local target = floor + pending(t)
+  if target > own then
+    redis.call('HSET', P .. 'vtc', t, target)
+    return target
+  end
+  return own
+end
+
+-- The same rule for priority bands, on raw band counters (their floor: 'bands').
+local function lift_band(band)
+  local field = 'band:' .. band
   local own = counter(field)
-  local first = redis.call('ZRANGE', backlog_key, 0, 0, 'WITHSCORES')
+  local first = redis.call('ZRANGE', P .. 'bandlog', 0, 0, 'WITHSCORES')
   local floor
   if #first > 0 then
     floor = tonumber(first[2])
   else
-    floor = tonumber(redis.call('HGET', P .. 'vfloor', floor_field) or '0')
+    floor = tonumber(redis.call('HGET', P .. 'vfloor', 'bands') or '0')
   end
   if floor > own then
     redis.call('HSET', P .. 'vtc', field, floor)
@@ -131,15 +182,17 @@ local function lift(field, backlog_key, floor_field)
   return own
 end
 
+-- The VTC lift rule: a newly backlogged tenant starts at no less than the floor, so idleness
+-- is not banked.
 local function mark_backlogged(t, band)
   local bkey = P .. 'backlog:' .. band
   if not redis.call('ZSCORE', bkey, t) then
-    local c = lift(t, bkey, band)
+    local c = raise(t, tenant_floor(band))
     rescore(t, c)
     redis.call('ZADD', bkey, c, t)
   end
   if not redis.call('ZSCORE', P .. 'bandlog', band) then
-    redis.call('ZADD', P .. 'bandlog', lift('band:' .. band, P .. 'bandlog', 'bands'), band)
+    redis.call('ZADD', P .. 'bandlog', lift_band(band), band)
     bands_cache = nil
   end
 end
@@ -182,6 +235,11 @@ local function unlease(id)
   redis.call('ZREM', P .. 'exp', id)
   add_load(P .. 'tload', l.t .. ':r', -1)
   add_load(P .. 'tload', l.t .. ':t', -l.tok)
+  if load(P .. 'tload', l.t .. ':r') == 0 then
+    redis.call('HDEL', P .. 'vpend', l.t)  -- nothing in flight: no rounding left behind
+  elseif l.pd then
+    add_pending(l.t, l.w, -l.pd)
+  end
   add_load(P .. 'bload', l.b .. ':r', -1)
   add_load(P .. 'bload', l.b .. ':t', -l.tok)
   if l.pf then add_load(P .. 'bload', l.b .. ':p', -l.pf) end
@@ -277,12 +335,13 @@ local function place(r, tc, now)
   return nil, 'pool'
 end
 
--- Serve a tenant: the system virtual time (the lift floor) advances to the counters of the
--- tenant and band served, before their charge; then the input service is charged.
+-- Serve a tenant: the system virtual time (the lift floor) advances to the settled counter of
+-- the tenant and the counter of the band served, before their charge; then the input service
+-- is charged.
 local function serve(t, band, weight, service)
   local vts = redis.call('HMGET', P .. 'vtc', t, 'band:' .. band)
   local floors = redis.call('HMGET', P .. 'vfloor', band, 'bands')
-  local vt, bvt = tonumber(vts[1] or '0'), tonumber(vts[2] or '0')
+  local vt, bvt = delivered(t, tonumber(vts[1] or '0')), tonumber(vts[2] or '0')
   if vt > tonumber(floors[1] or '0') then redis.call('HSET', P .. 'vfloor', band, vt) end
   if bvt > tonumber(floors[2] or '0') then redis.call('HSET', P .. 'vfloor', 'bands', bvt) end
   charge(t, band, weight, service)
@@ -295,7 +354,8 @@ local function lease(id, r, tc, b, bc, now, ttl, lender)
   add_load(P .. 'bload', b .. ':r', 1)
   add_load(P .. 'bload', b .. ':t', r.tok)
   serve(r.t, r.band, tc.w, r.svc)
-  local l = {t = r.t, b = b, tok = r.tok, o = r.o, band = r.band, ch = r.svc, w = tc.w}
+  add_pending(r.t, tc.w, r.svc)
+  local l = {t = r.t, b = b, tok = r.tok, o = r.o, band = r.band, ch = r.svc, w = tc.w, pd = r.svc}
   if bc.mp and (r.pt or 0) > 0 then  -- in prefill until its first output (or its end)
     l.pf = r.pt
     add_load(P .. 'bload', b .. ':p', r.pt)
@@ -342,6 +402,19 @@ local function arrival_order()
   return order
 end
 
+-- Tenants ahead of ``t`` in fair order whose heads their own limits held back (concurrency or
+-- tokens in flight) forfeit the turn: their counters rise to ``t``'s, in ``t``'s band. A
+-- tenant at its own cap is not asking for more than it has; without this its counter would
+-- fall behind for as long as the cap holds it, and it would later claim all of that back at
+-- once from everyone else (docs/fairness.md).
+local function forfeit(capped, t, band)
+  if #capped == 0 then return end
+  local floor = delivered(t)
+  for _, r in ipairs(capped) do
+    if r.band == band and r.t ~= t then rescore(r.t, raise(r.t, floor)) end
+  end
+end
+
 -- Grant every queued request that fits, in policy order. A head that is blocked only by its
 -- pool being full reserves that pool for this round, so that smaller requests of tenants
 -- further back cannot starve it. Returns the grants as {id, backend, ...}.
@@ -350,7 +423,7 @@ local function dispatch(now, ttl, max_grants)
   local grants = {}
   while #grants < 2 * max_grants do
     local order = (policy == 'vtc') and fair_order() or arrival_order()
-    local reserved, granted = {}, false
+    local reserved, granted, capped = {}, false, {}
     for index, id in ipairs(order) do
       local r = decode(redis.call('HGET', P .. 'req', id))
       local tc = r and tenant_cfg(r.t)
@@ -360,6 +433,8 @@ local function dispatch(now, ttl, max_grants)
           if policy == 'shadow' then
             local fair = fair_order()[1]
             redis.call('HINCRBY', P .. 'stats', fair == id and 'shadow_agree' or 'shadow_differ', 1)
+          elseif policy == 'vtc' then
+            forfeit(capped, r.t, r.band)
           end
           grant(id, r, tc, b, bc, now, ttl, lender)
           grants[#grants + 1] = id
@@ -368,6 +443,8 @@ local function dispatch(now, ttl, max_grants)
           break
         elseif blocked == 'pool' then
           reserved[r.pool] = true
+        else
+          capped[#capped + 1] = r
         end
       end
     end

@@ -214,7 +214,7 @@ class Scenario(StrictModel):
     )
     load: LoadSweep | None = None
     service: ServiceWeights = ServiceWeights()
-    targets: list[Literal["shares", "isolation", "overload", "replicas"]] = Field(
+    targets: list[Literal["shares", "isolation", "overload", "replicas", "throughput"]] = Field(
         default_factory=list, description="Which targets of issue 6 this scenario measures."
     )
     short: dict[str, Any] | None = Field(None, description="Overrides applied by --short.")

@@ -9,6 +9,7 @@
 - ``overload``: at each load factor, no tenant starves (each completes some requests, and the
   lightest ones nearly all), 429s come early, throughput matches direct.
 - ``replicas``: N replicas give the same fairness figures as one.
+- ``throughput``: every run through fairgate does at least 95% of direct's tokens/s.
 """
 
 from __future__ import annotations
@@ -124,19 +125,30 @@ def _isolation(runs: list[dict[str, Any]]) -> list[Check]:
         )
     direct = by_mode.get("direct")
     for run in runs:
-        if direct is None or run is direct or not run["mode"].startswith("vtc-pools"):
-            continue
-        if not direct.get("tokens_per_s"):
-            continue
-        ratio = run["tokens_per_s"] / direct["tokens_per_s"]
-        figure = (
-            f"{run['tokens_per_s']:,.0f} tokens/s = {ratio:.2f}x direct "
-            f"({direct['tokens_per_s']:,.0f})"
-        )
-        checks.append(
-            Check("total tokens/s >= 95% of direct", run["label"], figure, ratio >= THROUGHPUT_MIN)
-        )
+        if direct is not None and run is not direct and run["mode"].startswith("vtc-pools"):
+            checks += _tokens_vs_direct(run, direct)
     return checks
+
+
+def _throughput(runs: list[dict[str, Any]]) -> list[Check]:
+    """Every gateway run's total tokens/s against direct's: fair order must not cost work."""
+    direct = next((r for r in runs if r["mode"] == "direct"), None)
+    checks: list[Check] = []
+    for run in runs:
+        if direct is not None and run["mode"] not in ("direct", "alone", "target"):
+            checks += _tokens_vs_direct(run, direct)
+    return checks
+
+
+def _tokens_vs_direct(run: dict[str, Any], direct: dict[str, Any]) -> list[Check]:
+    if not direct.get("tokens_per_s"):
+        return []
+    ratio = run["tokens_per_s"] / direct["tokens_per_s"]
+    figure = (
+        f"{run['tokens_per_s']:,.0f} tokens/s = {ratio:.2f}x direct "
+        f"({direct['tokens_per_s']:,.0f})"
+    )
+    return [Check("total tokens/s >= 95% of direct", run["label"], figure, ratio >= THROUGHPUT_MIN)]
 
 
 def _overload(runs: list[dict[str, Any]]) -> list[Check]:
@@ -208,4 +220,5 @@ _EVALUATORS = {
     "isolation": _isolation,
     "overload": _overload,
     "replicas": _replicas,
+    "throughput": _throughput,
 }
