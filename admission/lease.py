@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 Charger = Callable[[str, float], Awaitable[None]]
@@ -32,6 +33,7 @@ class Lease:
         self._charge = charge
         self._release = release
         self.released = False
+        self.granted_at = time.monotonic()  # when admission let the request run
 
     async def charge(self, service: float) -> None:
         """Charge streamed output to the tenant (and renew the lease); never raises."""

@@ -77,9 +77,11 @@ def inference(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Strea
             "x-fairgate-estimate-output-tokens": str(cost.expected_output),
         }
         ticket = _ticket(request, gateway, tenant_id, tenant, pool, cost, parsed)
+        asked = time.monotonic()
         lease, backend, upstream, meter = await _admit_and_connect(
             request, gateway, ticket, parsed, cost
         )
+        headers["X-Fairgate-Queue-Time"] = f"{max(lease.granted_at - asked, 0.0):.3f}"
         outcome: Outcome | None = None
         try:
             headers["X-Fairgate-Backend"] = backend.name

@@ -24,6 +24,8 @@
 --                        shown output, in counter units (service / weight): charged, not yet
 --                        delivered; the lift floor leaves it out
 --   P.vfloor       hash  band -> system virtual time (lift floor when nothing is backlogged)
+--   P.behind       hash  <tenant>:<band> -> how far its delivered counter was below the floor
+--                        when its queue emptied (kept when it queues again)
 --   P.lease        hash  request id -> json of a granted request
 --   P.exp          zset  id -> expiry ms (leases and queued entries; renewed by their owner)
 --   P.dl           zset  queued id -> queue deadline ms
@@ -183,11 +185,14 @@ local function lift_band(band)
 end
 
 -- The VTC lift rule: a newly backlogged tenant starts at no less than the floor, so idleness
--- is not banked.
+-- is not banked. What it forfeits is the service others received while it was idle, not what
+-- it was owed when its queue emptied (``behind``): a tenant whose queue runs dry because it was
+-- just served in full, and refills a moment later, keeps its place in the order.
 local function mark_backlogged(t, band)
   local bkey = P .. 'backlog:' .. band
   if not redis.call('ZSCORE', bkey, t) then
-    local c = raise(t, tenant_floor(band))
+    local behind = tonumber(redis.call('HGET', P .. 'behind', t .. ':' .. band) or '0')
+    local c = raise(t, tenant_floor(band) - behind)
     rescore(t, c)
     redis.call('ZADD', bkey, c, t)
   end
@@ -201,9 +206,15 @@ end
 -- their band can have several).
 local function queue_key(t, band) return P .. 'q:' .. t .. ':' .. band end
 
-local function unmark_if_idle(t, band)
+local function unmark_if_idle(t, band, bound)
   if redis.call('ZCARD', queue_key(t, band)) == 0 then
     redis.call('ZREM', P .. 'backlog:' .. band, t)
+    local behind = math.min(tenant_floor(band) - delivered(t), bound)
+    if behind > 0 then
+      redis.call('HSET', P .. 'behind', t .. ':' .. band, behind)
+    else
+      redis.call('HDEL', P .. 'behind', t .. ':' .. band)
+    end
     if redis.call('ZCARD', P .. 'backlog:' .. band) == 0 then
       redis.call('ZREM', P .. 'bandlog', band)
       bands_cache = nil
@@ -222,7 +233,8 @@ local function unqueue(id)
   redis.call('ZREM', P .. 'fifo', id)
   redis.call('ZREM', P .. 'exp', id)
   redis.call('ZREM', P .. 'dl', id)
-  unmark_if_idle(r.t, r.band)
+  local tc = tenant_cfg(r.t)
+  unmark_if_idle(r.t, r.band, tc and r.svc / tc.w or 0)
   return r
 end
 
@@ -409,9 +421,14 @@ end
 -- once from everyone else (docs/fairness.md).
 local function forfeit(capped, t, band)
   if #capped == 0 then return end
-  local floor = delivered(t)
+  local c = counter(t)
   for _, r in ipairs(capped) do
-    if r.band == band and r.t ~= t then rescore(r.t, raise(r.t, floor)) end
+    local tc = tenant_cfg(r.t)
+    local floor = c - r.svc / tc.w  -- it may stay one request of its own behind
+    if r.band == band and r.t ~= t and counter(r.t) < floor then
+      redis.call('HSET', P .. 'vtc', r.t, floor)
+      rescore(r.t, floor)
+    end
   end
 end
 

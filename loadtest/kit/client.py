@@ -55,6 +55,7 @@ class Record:
     error: str | None = None
     pool: str | None = None
     request_id: str = ""
+    queue_s: float = 0.0  # waited in fairgate's queue (X-Fairgate-Queue-Time), simulated s
     itl: list[float] = field(default_factory=list)
 
     @property
@@ -102,6 +103,9 @@ async def send(
         ) as resp:
             record.status = resp.status
             record.pool = resp.headers.get("X-Fairgate-Pool")
+            with contextlib.suppress(TypeError, ValueError):
+                waited = float(resp.headers.get("X-Fairgate-Queue-Time"))  # type: ignore[arg-type]
+                record.queue_s = waited * clock.time_scale
             if resp.status != 200:
                 record.error = _error_code(await resp.read())
             elif plan.stream:

@@ -4,8 +4,11 @@ Service is counted as fairgate's VTC counts it: ``input x prompt tokens + output
 tokens`` of each completed request (from the engine's ``usage``). The client cannot see inside
 the engine, so it places a request's service in time the way it saw it arrive: for a stream,
 the prompt's share at the first token and the output's spread evenly from the first token to
-the last; for a plain response, all of it at the end. Over windows of many requests the
-placement does not matter; it only bounds how finely service over time can be resolved.
+the last; for a plain response, spread evenly over the time it ran (from when fairgate let it
+run, which ``X-Fairgate-Queue-Time`` tells, to its end; without the header, from when it was
+sent). Counting a plain response only at its end would make a window's shares depend on where
+its edges fall: long requests that start together also end together, and one window holds a
+whole wave of one tenant's completions and half of another's.
 
 Fairness figures, for tenants with weights ``w_i`` and service ``S_i`` in a window:
 
@@ -59,7 +62,12 @@ def served_by(record: Record, t: float, weights: ServiceWeights) -> float:
     """How much of ``record``'s service had been delivered at simulated time ``t``."""
     if not record.ok or record.end is None:
         return 0.0
-    if not record.stream or record.first_token is None:
+    if not record.stream:
+        start = record.sent + record.queue_s
+        span = record.end - start
+        done = 1.0 if span <= 0 else min(1.0, max(0.0, (t - start) / span))
+        return request_service(record, weights) * done
+    if record.first_token is None:
         return request_service(record, weights) if t >= record.end else 0.0
     if t < record.first_token:
         return 0.0
