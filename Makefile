@@ -7,7 +7,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 CONFIG  ?= config/fairgate.yaml
 
-.PHONY: install run test bench sim clean e2e-vllm
+.PHONY: install run test bench sim clean e2e-vllm flood
 
 install: $(STAMP)
 
@@ -33,6 +33,11 @@ bench: $(STAMP)
 # fairgate in front of two real vLLM servers (CPU build, tiny model; ../shared/tools/real-vllm).
 e2e-vllm: $(STAMP)
 	PY=$(PY) bash scripts/e2e_vllm.sh
+
+# With `make run` going: flood it from the three demo keys, print the shares against the weights.
+flood: $(STAMP)
+	$(VENV)/bin/fairgate loadtest config/demo/flood.yaml --target http://127.0.0.1:8080 \
+		--no-progress --out demo-flood
 
 sim: $(STAMP)
 	$(VENV)/bin/fairgate sim --profile config/sim/h100-llama3-8b.yaml --port 8001

@@ -19,7 +19,14 @@ from loadtest.kit.arrivals import burst_times, poisson_times, rng_for, schedule,
 from loadtest.kit.capacity import capacity_rps
 from loadtest.kit.cli import main as loadtest_main
 from loadtest.kit.client import Record
-from loadtest.kit.metrics import fairness, jain, percentile, served_by, slope
+from loadtest.kit.metrics import (
+    fairness,
+    jain,
+    percentile,
+    served_by,
+    slope,
+    unplaced_service,
+)
 from loadtest.kit.modes import parse_mode
 from loadtest.kit.scenario import (
     Bursts,
@@ -230,6 +237,16 @@ def test_service_of_a_stream_is_spread_between_first_and_last_token() -> None:
     assert served_by(record, 11.0, W) == 200
     rejected = done("a", 3.0, status=429)
     assert served_by(rejected, 99.0, W) == 0
+
+
+def test_service_of_a_plain_response_is_spread_over_the_time_it_ran() -> None:
+    # sent at 2, waited 2 s in fairgate's queue (X-Fairgate-Queue-Time), ran from 4 to 10
+    record = done("a", 10.0, sent=2.0, queue_s=2.0)
+    assert served_by(record, 4.0, W) == 0
+    assert served_by(record, 7.0, W) == 100  # half of 100 + 2 x 50, not all at the end
+    assert served_by(record, 10.0, W) == 200
+    assert unplaced_service([record], 7.0, "a", W) == 100
+    assert unplaced_service([record], 10.0, "a", W) == 0
 
 
 def test_fairness_of_exactly_weighted_service() -> None:

@@ -107,6 +107,7 @@ class Fairness:
     gap_half: float  # at the middle of the window
     gap_slope: float  # least-squares growth of the gap, weighted service per simulated second
     gap_series: list[tuple[float, float]]
+    unplaced_max: float  # most weighted service of one tenant in flight, not yet placed in time
 
 
 def fairness(
@@ -132,6 +133,11 @@ def fairness(
     for i, t in enumerate(times):
         x = [(cumulative[n][i] - cumulative[n][0]) / weights_by_tenant[n] for n in tenants]
         gaps.append((t - start, max(x) - min(x)))
+    unplaced = max(
+        (unplaced_service(records, t, n, service_weights) / weights_by_tenant[n])
+        for t in times
+        for n in tenants
+    )
     return Fairness(
         window=window,
         service=service,
@@ -144,6 +150,20 @@ def fairness(
         gap_half=gaps[len(gaps) // 2][1],
         gap_slope=slope(gaps),
         gap_series=gaps,
+        unplaced_max=unplaced,
+    )
+
+
+def unplaced_service(records: Iterable[Record], t: float, tenant: str, w: ServiceWeights) -> float:
+    """Service of ``tenant``'s requests running at ``t`` that the client has not placed yet.
+
+    Fair order is decided on what fairgate charged, which the client cannot see; what it
+    places in time differs from that by at most this much per tenant, at each end of a window.
+    """
+    return sum(
+        request_service(r, w) - served_by(r, t, w)
+        for r in records
+        if r.tenant == tenant and r.ok and r.end is not None and r.sent <= t < r.end
     )
 
 
