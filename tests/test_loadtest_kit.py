@@ -15,6 +15,7 @@ import pytest
 
 from estimators.prompt_tokens import count_chat_prompt
 from estimators.tokenizer import default_tokenizer
+from fairgate.settings import load_settings
 from loadtest.kit.arrivals import burst_times, poisson_times, rng_for, schedule, zipf_shares
 from loadtest.kit.capacity import capacity_rps
 from loadtest.kit.cli import main as loadtest_main
@@ -29,7 +30,9 @@ from loadtest.kit.metrics import (
 )
 from loadtest.kit.modes import parse_mode
 from loadtest.kit.scenario import (
+    REPO,
     Bursts,
+    Closed,
     Scenario,
     ScenarioError,
     ServiceWeights,
@@ -94,6 +97,24 @@ def test_the_shipped_scenarios_and_the_short_versions_are_shorter() -> None:
     ]
     for path in shipped_scenarios():
         assert load_scenario(path, short=True).duration_s <= load_scenario(path).duration_s
+
+
+def test_make_flood_floods_the_demo_tenants_with_their_keys_and_weights() -> None:
+    """``make flood`` runs config/demo/flood.yaml against ``make run``: its tenants must be the
+    demo's, with the demo's keys and weights, and each must want more than its fair share."""
+    flood = load_scenario(REPO / "config" / "demo" / "flood.yaml")
+    demo = load_settings(REPO / "config" / "fairgate.yaml")
+    assert set(flood.tenants) == set(demo.tenants)
+    budget = demo.pools["interactive"].backends["interactive-0"].max_inflight_tokens
+    total_weight = sum(t.weight for t in demo.tenants.values())
+    for name, spec in flood.tenants.items():
+        tenant = demo.tenants[name]
+        assert spec.api_key in [key.get_secret_value() for key in tenant.api_keys]
+        assert spec.weight == tenant.weight
+        shape = spec.shapes[0]
+        held = shape.prompt_tokens.mean + shape.output_tokens.mean  # per request, about
+        fair = budget / held * tenant.weight / total_weight
+        assert isinstance(spec.arrival, Closed) and spec.arrival.concurrency > fair
 
 
 def test_a_scenario_extends_its_base() -> None:

@@ -155,7 +155,8 @@ def fairness(
 
 
 def unplaced_service(records: Iterable[Record], t: float, tenant: str, w: ServiceWeights) -> float:
-    """Service of ``tenant``'s requests running at ``t`` that the client has not placed yet.
+    """Service of ``tenant``'s requests running at ``t`` (let run by fairgate, not finished)
+    that the client has not placed yet.
 
     Fair order is decided on what fairgate charged, which the client cannot see; what it
     places in time differs from that by at most this much per tenant, at each end of a window.
@@ -163,7 +164,7 @@ def unplaced_service(records: Iterable[Record], t: float, tenant: str, w: Servic
     return sum(
         request_service(r, w) - served_by(r, t, w)
         for r in records
-        if r.tenant == tenant and r.ok and r.end is not None and r.sent <= t < r.end
+        if r.tenant == tenant and r.ok and r.end is not None and r.sent + r.queue_s <= t < r.end
     )
 
 
