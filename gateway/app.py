@@ -74,6 +74,7 @@ def create_app(settings: Settings) -> web.Application:
         )
         app[GATEWAY] = gateway
         yield
+        await gateway.meters.stop()
         await gateway.drain()
         await engines.stop()
         await health.stop()

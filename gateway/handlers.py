@@ -172,7 +172,7 @@ async def _admit_and_connect(
         backend = gateway.router.backend(lease.backend)
         meter = None
         if not parsed.stream and not backend.prefill_capped and cost.expected_output > 0:
-            meter = PlainMeter(gateway, lease, backend.delivery, cost.expected_output)
+            meter = gateway.meters.start(lease, backend.delivery, cost.expected_output)
         try:
             upstream = await open_upstream(
                 backend,

@@ -6,8 +6,9 @@ charges the chunks relayed. A plain (non-streamed) response shows nothing until 
 seconds later; charged only then, a tenant's counter would stand still while its requests run
 and jump when they end, and long answers would reorder the queue in lumps.
 :class:`PlainMeter` charges such a request's expected output at the rate its backend has been
-observed to deliver output (:class:`DeliveryRate`), up to the request's expected length; the
-release then settles the total with the engine's ``usage`` (docs/fairness.md).
+observed to deliver output (:class:`DeliveryRate`), up to the request's expected length, all of
+them from one ticker per process (:class:`PlainMeters`); the release then settles the total
+with the engine's ``usage`` (docs/fairness.md).
 """
 
 from __future__ import annotations
@@ -15,9 +16,14 @@ from __future__ import annotations
 import asyncio
 import time
 
+from typing import TYPE_CHECKING
+
 from admission.lease import Lease
 from backends.delivery import DeliveryRate
-from gateway.state import Gateway
+from fairgate.tasks import cancel_all
+
+if TYPE_CHECKING:
+    from gateway.state import Gateway
 
 class StreamMeter:
     """Charges streamed output to the tenant in batches, off the relay's path.
@@ -52,44 +58,90 @@ class StreamMeter:
 
 
 class PlainMeter:
-    """Charges a plain response's expected output while the caller waits for it.
+    """One plain response's expected output, charged while the caller waits for it.
 
-    Every ``charge_interval_s`` (at least 0.25 s) the tokens the backend should have produced
-    by now (its :class:`DeliveryRate` times the time since the upstream request, at most
-    ``expected_output``) are charged, in batches of at least ``charge_every_tokens``. A timer
-    handle per request, no task: a fast response costs nothing. It starts when the upstream
-    request is sent. Not used where the backend has a prefill cap, since a charge ends the
-    request's hold on it.
+    Made by :meth:`PlainMeters.start`; every tick charges the tokens the backend should have
+    produced by now (its :class:`DeliveryRate` times the time since the upstream request, at
+    most ``expected``), in batches of at least ``charge_every_tokens``.
     """
 
-    def __init__(self, gateway: Gateway, lease: Lease, rate: DeliveryRate, expected: int) -> None:
-        self._gateway = gateway
+    __slots__ = ("_hub", "_lease", "_rate", "_expected", "_started", "_charged")
+
+    def __init__(self, hub: PlainMeters, lease: Lease, rate: DeliveryRate, expected: int) -> None:
+        self._hub = hub
         self._lease = lease
         self._rate = rate
         self._expected = expected
-        self._every = gateway.settings.admission.charge_every_tokens
-        self._interval = max(gateway.settings.admission.charge_interval_s, 0.25)
-        self._weight = gateway.settings.estimation.output_weight
         self._started = time.monotonic()
         self._charged = 0
-        self._timer: asyncio.TimerHandle | None = None
-        if self._rate.tokens_per_s is not None:
-            self._timer = asyncio.get_running_loop().call_later(self._interval, self._tick)
 
-    def _tick(self) -> None:
-        rate = self._rate.tokens_per_s or 0.0
-        due = min(self._expected, int(rate * (time.monotonic() - self._started)))
-        if due - self._charged >= min(self._every, self._expected - self._charged):
-            batch, self._charged = due - self._charged, due
-            self._gateway.in_background(self._lease.charge(self._weight * batch))
-        if self._charged < self._expected:
-            self._timer = asyncio.get_running_loop().call_later(self._interval, self._tick)
-        else:
-            self._timer = None
+    def tick(self, now: float) -> float | None:
+        """The service to charge now, if any; the meter is done once all is charged."""
+        rate = self._rate.tokens_per_s
+        if rate is None:
+            return None
+        due = min(self._expected, int(rate * (now - self._started)))
+        if due - self._charged < min(self._hub.every, self._expected - self._charged):
+            return None
+        batch, self._charged = due - self._charged, due
+        return self._hub.weight * batch
+
+    @property
+    def done(self) -> bool:
+        return self._charged >= self._expected
+
+    async def charge(self, service: float) -> None:
+        await self._lease.charge(service)
 
     def stop(self) -> float:
         """Stop charging; the seconds since the upstream request (for the delivery rate)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._hub.discard(self)
         return time.monotonic() - self._started
+
+
+class PlainMeters:
+    """Every plain response running on this replica, charged by one ticker.
+
+    One task wakes every ``charge_interval_s`` (at least 0.25 s) while any plain response runs
+    and charges each what it is due; none runs while there is none. A response that ends
+    before the first tick costs a set insertion and removal. Not used where the backend has a
+    prefill cap, since a charge ends the request's hold on it.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        config = gateway.settings.admission
+        self.every = config.charge_every_tokens
+        self.weight = gateway.settings.estimation.output_weight
+        self._interval = max(config.charge_interval_s, 0.25)
+        self._gateway = gateway
+        self._running: set[PlainMeter] = set()
+        self._ticker: asyncio.Task[None] | None = None
+
+    def start(self, lease: Lease, rate: DeliveryRate, expected: int) -> PlainMeter:
+        """Meter one plain response from now (when its upstream request is sent)."""
+        meter = PlainMeter(self, lease, rate, expected)
+        self._running.add(meter)
+        if self._ticker is None:
+            self._ticker = asyncio.create_task(self._tick(), name="plain-meters")
+        return meter
+
+    def discard(self, meter: PlainMeter) -> None:
+        self._running.discard(meter)
+
+    async def _tick(self) -> None:
+        try:
+            while self._running:
+                await asyncio.sleep(self._interval)
+                now = time.monotonic()
+                for meter in list(self._running):
+                    service = meter.tick(now)
+                    if service:
+                        self._gateway.in_background(meter.charge(service))
+                    if meter.done:
+                        self._running.discard(meter)
+        finally:
+            self._ticker = None
+
+    async def stop(self) -> None:
+        self._running.clear()
+        await cancel_all([self._ticker] if self._ticker is not None else [])

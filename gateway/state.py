@@ -17,6 +17,7 @@ from backends.pools import Router
 from estimators.estimator import CostEstimator
 from fairgate.settings import Settings
 from gateway.auth import KeyStore
+from gateway.metering import PlainMeters
 from gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,11 @@ class Gateway:
     estimator: CostEstimator
     metrics: GatewayMetrics
     admission: Admission
+    meters: PlainMeters = field(init=False)  # plain responses charged while they run
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.meters = PlainMeters(self)
 
     def in_background(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run bookkeeping after a response without delaying it (tasks are kept referenced)."""

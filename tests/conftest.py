@@ -117,7 +117,6 @@ INFLIGHT_KEYS = (
     "granted",
     "bandlog",
     "queued",
-    "vpend",
 )
 
 
@@ -127,6 +126,9 @@ async def inflight_state(client: Redis, prefix: str = "fairgate:{adm}:") -> dict
     for name in INFLIGHT_KEYS:
         if await client.exists(prefix + name):
             left[name] = await client.dump(prefix + name)
+    pending = [f for f in await client.hkeys(prefix + "vtc") if f.startswith(b"p:")]
+    if pending:  # input charged to requests in flight: gone with the last of them
+        left["vtc pending"] = pending
     async for key in client.scan_iter(match=f"{prefix}q:*"):
         left[key.decode()] = await client.zrange(key, 0, -1)
     async for key in client.scan_iter(match=f"{prefix}backlog:*"):

@@ -191,7 +191,7 @@ async def test_a_tenant_arriving_just_after_another_is_not_charged_for_its_undel
     assert float(counters[b"late"]) == SERVICE  # its own input only: lifted to 0, not to 300
     await d.scripts.charge(d.leased[0], 1.0)  # first's output flows: its input is delivered
     await d.scripts.charge(d.leased[3], 1.0)
-    assert float(await redis.hget(d.prefix + "vpend", "first")) == 2 * SERVICE
+    assert float(await redis.hget(d.prefix + "vtc", "p:first")) == 2 * SERVICE
 
 
 async def test_a_tenant_held_by_its_own_cap_forfeits_its_turn(

@@ -137,7 +137,8 @@ class Snapshot:
     queued: dict[str, float]  # tenant -> requests queued in all its bands
     backlogs: dict[str, list[tuple[str, float]]]  # band -> (tenant, score) in order
     bandlog: list[tuple[str, float]]  # (band, score) in order
-    vtc: dict[str, float]
+    vtc: dict[str, float]  # counters (tenants, band:<band>)
+    pending: dict[str, float]  # vtc's p:<tenant> fields: input charged, not yet delivered
     vfloor: dict[str, float]
     stats: dict[str, int]
 
@@ -187,7 +188,8 @@ def snapshot(redis: SyncRedis, prefix: str) -> Snapshot:
         queued=floats(queued),
         backlogs=backlogs,
         bandlog=[(_s(m), s) for m, s in bandlog],
-        vtc=floats(vtc),
+        vtc={k: v for k, v in floats(vtc).items() if not k.startswith("p:")},
+        pending={k[2:]: v for k, v in floats(vtc).items() if k.startswith("p:")},
         vfloor=floats(vfloor),
         stats={k: int(v) for k, v in texts(stats).items()},
     )
@@ -734,6 +736,11 @@ class AdmissionMachine(RuleBasedStateMachine):
             was, now = before.vtc.get(name, 0.0), after.vtc.get(name, 0.0)
             assert now >= was, f"virtual counter {name} went down: {was} -> {now}"
         assert after.vtc == self.counters, f"vtc {after.vtc} != model {self.counters}"
+        # input pending per tenant: present exactly while the tenant has something in flight
+        pending = {t: self.pending(t) for t in TENANTS if self.tenant_load(t)[0]}
+        assert after.pending.keys() <= pending.keys(), (after.pending, pending)
+        for tenant, value in pending.items():
+            assert after.pending.get(tenant, 0.0) == value, (tenant, after.pending, pending)
         assert after.vfloor == self.vfloor, f"vfloor {after.vfloor} != model {self.vfloor}"
 
     def check_work_conserving(self) -> None:

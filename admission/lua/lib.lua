@@ -19,10 +19,10 @@
 --   P.fifo         zset  every queued id by arrival sequence (the FCFS policy)
 --   P.backlog:<band> zset backlogged tenants of a band by virtual counter
 --   P.bandlog      zset  backlogged bands by band counter
---   P.vtc          hash  tenant -> virtual counter (service / weight); band:<b> -> band counter
---   P.vpend        hash  tenant -> input charged to its requests in flight that have not yet
---                        shown output, in counter units (service / weight): charged, not yet
---                        delivered; the lift floor leaves it out
+--   P.vtc          hash  tenant -> virtual counter (service / weight); band:<b> -> band counter;
+--                        p:<tenant> -> input charged to its requests in flight that have not
+--                        yet shown output, in counter units: charged, not yet delivered (the
+--                        lift floor leaves it out; gone when nothing of the tenant is in flight)
 --   P.vfloor       hash  band -> system virtual time (lift floor when nothing is backlogged)
 --   P.behind       hash  <tenant>:<band> -> how far its delivered counter was below the floor
 --                        when its queue emptied (kept when it queues again)
@@ -91,7 +91,9 @@ end
 
 -- add to a load hash (whole numbers); a field back at zero is deleted, so idle state is empty
 local function add_load(key, field, delta)
-  if redis.call('HINCRBY', key, field, delta) <= 0 then redis.call('HDEL', key, field) end
+  local value = redis.call('HINCRBY', key, field, delta)
+  if value <= 0 then redis.call('HDEL', key, field) end
+  return value
 end
 
 local function load(key, field)
@@ -122,16 +124,16 @@ end
 -- units (service / weight): charged at the grant, delivered only once the engine has read the
 -- prompt. Every other charge follows delivery (output as it streams).
 local function pending(t)
-  return tonumber(redis.call('HGET', P .. 'vpend', t) or '0')
+  return tonumber(redis.call('HGET', P .. 'vtc', 'p:' .. t) or '0')
 end
 
 local function add_pending(t, weight, service)
-  if service ~= 0 then redis.call('HINCRBYFLOAT', P .. 'vpend', t, service / weight) end
+  if service ~= 0 then redis.call('HINCRBYFLOAT', P .. 'vtc', 'p:' .. t, service / weight) end
 end
 
 -- A tenant's counter less what it was charged but has not received yet.
-local function delivered(t, c)
-  return (c or counter(t)) - pending(t)
+local function delivered(t)
+  return counter(t) - pending(t)
 end
 
 -- The lift floor of a band: the smallest delivered counter of its backlogged tenants, or with
@@ -144,8 +146,8 @@ local function tenant_floor(band)
     return tonumber(redis.call('HGET', P .. 'vfloor', band) or '0')
   end
   local names = {}
-  for i = 1, #members, 2 do names[#names + 1] = members[i] end
-  local pend = redis.call('HMGET', P .. 'vpend', unpack(names))
+  for i = 1, #members, 2 do names[#names + 1] = 'p:' .. members[i] end
+  local pend = redis.call('HMGET', P .. 'vtc', unpack(names))
   local floor
   for i, _ in ipairs(names) do
     local d = tonumber(members[2 * i]) - tonumber(pend[i] or '0')
@@ -245,13 +247,12 @@ local function unlease(id)
   redis.call('HDEL', P .. 'lease', id)
   redis.call('HDEL', P .. 'granted', id)
   redis.call('ZREM', P .. 'exp', id)
-  add_load(P .. 'tload', l.t .. ':r', -1)
-  add_load(P .. 'tload', l.t .. ':t', -l.tok)
-  if load(P .. 'tload', l.t .. ':r') == 0 then
-    redis.call('HDEL', P .. 'vpend', l.t)  -- nothing in flight: no rounding left behind
+  if add_load(P .. 'tload', l.t .. ':r', -1) <= 0 then
+    redis.call('HDEL', P .. 'vtc', 'p:' .. l.t)  -- nothing in flight: no rounding left behind
   elseif l.pd then
     add_pending(l.t, l.w, -l.pd)
   end
+  add_load(P .. 'tload', l.t .. ':t', -l.tok)
   add_load(P .. 'bload', l.b .. ':r', -1)
   add_load(P .. 'bload', l.b .. ':t', -l.tok)
   if l.pf then add_load(P .. 'bload', l.b .. ':p', -l.pf) end
@@ -347,13 +348,16 @@ local function place(r, tc, now)
   return nil, 'pool'
 end
 
--- Serve a tenant: the system virtual time (the lift floor) advances to the settled counter of
--- the tenant and the counter of the band served, before their charge; then the input service
--- is charged.
-local function serve(t, band, weight, service)
-  local vts = redis.call('HMGET', P .. 'vtc', t, 'band:' .. band)
+-- Serve a tenant: the system virtual time (the lift floor) advances to the delivered counter
+-- of the tenant and the counter of the band served, before their charge; then the input
+-- service is charged. ``delivered_now``: pending input (service) that has just been delivered
+-- but is still counted as pending (a reused lease's finished request).
+local function serve(t, band, weight, service, delivered_now)
+  local vts = redis.call('HMGET', P .. 'vtc', t, 'band:' .. band, 'p:' .. t)
   local floors = redis.call('HMGET', P .. 'vfloor', band, 'bands')
-  local vt, bvt = delivered(t, tonumber(vts[1] or '0')), tonumber(vts[2] or '0')
+  local pend = tonumber(vts[3] or '0') - (delivered_now or 0) / weight
+  local vt = tonumber(vts[1] or '0') - pend  -- the delivered counter
+  local bvt = tonumber(vts[2] or '0')
   if vt > tonumber(floors[1] or '0') then redis.call('HSET', P .. 'vfloor', band, vt) end
   if bvt > tonumber(floors[2] or '0') then redis.call('HSET', P .. 'vfloor', 'bands', bvt) end
   charge(t, band, weight, service)
@@ -415,10 +419,11 @@ local function arrival_order()
 end
 
 -- Tenants ahead of ``t`` in fair order whose heads their own limits held back (concurrency or
--- tokens in flight) forfeit the turn: their counters rise to ``t``'s, in ``t``'s band. A
--- tenant at its own cap is not asking for more than it has; without this its counter would
--- fall behind for as long as the cap holds it, and it would later claim all of that back at
--- once from everyone else (docs/fairness.md).
+-- tokens in flight) forfeit the turn: their counters rise to ``t``'s less one request of their
+-- own, in ``t``'s band. A tenant at its own cap is not asking for more than it has; without
+-- this its counter would fall behind for as long as the cap holds it, and it would later claim
+-- all of that back at once from everyone else. The one request it keeps means that a cap that
+-- binds only for a moment costs it nothing (docs/fairness.md).
 local function forfeit(capped, t, band)
   if #capped == 0 then return end
   local c = counter(t)

@@ -18,9 +18,9 @@ if ARGV[2] ~= '' then
 end
 add_load(P .. 'tload', l.t .. ':t', tok - l.tok)
 add_load(P .. 'bload', l.b .. ':t', tok - l.tok)
-if l.pd then add_pending(l.t, l.w, -l.pd) end  -- the finished request was delivered
-serve(l.t, l.band, l.w, svc)
-add_pending(l.t, l.w, svc)
+-- the finished request was delivered, the new one's input is pending (one step for both)
+serve(l.t, l.band, l.w, svc, l.pd)
+add_pending(l.t, l.w, svc - (l.pd or 0))
 l.tok, l.ch, l.pd = tok, svc, svc
 redis.call('HSET', P .. 'lease', id, cjson.encode(l))
 redis.call('ZADD', P .. 'exp', 'XX', now + ttl, id)
