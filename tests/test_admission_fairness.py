@@ -174,24 +174,24 @@ async def test_a_returning_tenant_is_lifted_and_cannot_cash_in_idle_time(domain:
     assert served == {"a": 4, "b": 4, "idle": 4}  # a third, not all twelve
 
 
-async def test_a_tenant_arriving_just_after_another_is_not_charged_for_its_undelivered_input(
+async def test_a_newcomer_is_not_charged_for_input_granted_but_not_yet_delivered(
     domain: Any, redis: GatewayRedis
 ) -> None:
-    """All tenants arrive at once; the first fills its own cap before the others are seen.
-
-    Its requests were charged their input at the grant, but the engine has served none of it:
-    the latecomer's lift must not count that as service it missed (before issue 12 it was
-    lifted to the first tenant's whole counter, and then repaid for a minute).
-    """
-    d = await domain({"first": {"max_concurrency": 3}, "late": {}}, capacity=10)
-    assert await d.enqueue("first", 4) == ["granted"] * 3 + ["queued"]  # capped, backlogged
-    assert await d.enqueue("late") == ["granted"]  # lifted on the way (something waits)
+    """A request granted while others wait is charged its input at once, but the engine has
+    not read that prompt yet: a tenant that becomes backlogged then is lifted to what the
+    others have received, not to what they were granted an instant before (issue 12: before,
+    it was lifted to the whole counter, and everyone else then repaid the difference)."""
+    d = await domain({"a": {}, "b": {}, "late": {}}, capacity=2)
+    assert await d.enqueue("a") == ["granted"]  # nothing waits: taken, and forgiven later
+    assert await d.enqueue("b", 3) == ["granted", "queued", "queued"]
+    assert await d.release_next_of("a") == ["b"]  # granted while b waits: its input pending
+    assert float(await redis.hget(d.prefix + "vtc", "p:b")) == SERVICE
+    assert await d.enqueue("late") == ["queued"]
     counters = await redis.hgetall(d.prefix + "vtc")
-    assert float(counters[b"first"]) == 3 * SERVICE
-    assert float(counters[b"late"]) == SERVICE  # its own input only: lifted to 0, not to 300
-    await d.scripts.charge(d.leased[0], 1.0)  # first's output flows: its input is delivered
-    await d.scripts.charge(d.leased[3], 1.0)
-    assert float(await redis.hget(d.prefix + "vtc", "p:first")) == 2 * SERVICE
+    assert float(counters[b"b"]) == 2 * SERVICE
+    assert float(counters[b"late"]) == SERVICE  # b's delivered counter, not its 200
+    await d.scripts.charge(d.leased[-1], 1.0)  # b's output flows: its input is delivered
+    assert float(await redis.hget(d.prefix + "vtc", "p:b")) == 0
 
 
 async def test_a_tenant_held_by_its_own_cap_forfeits_its_turn(

@@ -241,6 +241,7 @@ class AdmissionMachine(RuleBasedStateMachine):
         self.counters: dict[str, float] = {}  # the model of `vtc`: tenant, band:<band>
         self.vfloor: dict[str, float] = {}  # the model of `vfloor`: <band>, bands
         self.behind: dict[str, float] = {}  # the model of `behind`: <tenant>:<band>
+        self.settled_this_step = False  # a settlement may return service: counters go down
         self.snap = snapshot(self.sync, self.prefix)
         self.step_ok = True  # False while a step runs; stays False if it fails
 
@@ -295,9 +296,17 @@ class AdmissionMachine(RuleBasedStateMachine):
         self.step_ok = False
 
     def charge_model(self, tenant: str, band: str, service: float) -> None:
-        """The scripts' charge: counters only grow."""
-        if service <= 0:
-            return
+        """The scripts' charge: charges only add."""
+        if service > 0:
+            self.adjust(tenant, band, service)
+
+    def settle_model(self, tenant: str, band: str, used: float, charged: float) -> None:
+        """The scripts' settlement at a request's end: the difference, either way."""
+        if used != charged:
+            self.adjust(tenant, band, used - charged)
+            self.settled_this_step = True
+
+    def adjust(self, tenant: str, band: str, service: float) -> None:
         self.counters[tenant] = self.counters.get(tenant, 0.0) + service / TENANTS[tenant][0]
         key = "band:" + band
         self.counters[key] = self.counters.get(key, 0.0) + service / BAND_WEIGHTS[band]
@@ -412,9 +421,10 @@ class AdmissionMachine(RuleBasedStateMachine):
         else:
             self.behind.pop(key, None)
 
-    def lease_model(self, r: Req, backend: str) -> None:
+    def lease_model(self, r: Req, backend: str, uncontended: bool = False) -> None:
         """The scripts' lease: raise the floors to the counters served (the tenant's delivered
-        one), charge the input, which is pending until output is charged."""
+        one), charge the input, which is pending until output is charged unless nothing waited
+        (the fast path, lease reuse)."""
         if r.state == "queued" and not r.fast:
             self.left_queue(r)
         served = self.delivered(r.tenant)
@@ -424,7 +434,8 @@ class AdmissionMachine(RuleBasedStateMachine):
         if served > self.vfloor.get("bands", 0.0):
             self.vfloor["bands"] = served
         self.charge_model(r.tenant, r.band, r.svc)
-        r.state, r.backend, r.charged, r.pending = "leased", backend, r.svc, r.svc
+        pending = 0.0 if uncontended or r.fast else r.svc
+        r.state, r.backend, r.charged, r.pending = "leased", backend, r.svc, pending
         self.grants_seen += 1
 
     def drop_full(self, r: Req) -> None:
@@ -548,7 +559,7 @@ class AdmissionMachine(RuleBasedStateMachine):
         if r.state == "leased":
             assert out.state == "released", out
             if used is not None:
-                self.charge_model(r.tenant, r.band, used - r.charged)
+                self.settle_model(r.tenant, r.band, used, r.charged)
             self.gone(request_id)
             self.apply_grants(out.grants)
         else:
@@ -583,9 +594,9 @@ class AdmissionMachine(RuleBasedStateMachine):
         assert out.state == "reused", out
         assert out.may_reuse == (not waiting and r.backend not in self.down), out
         if used is not None:
-            self.charge_model(r.tenant, r.band, used - r.charged)
+            self.settle_model(r.tenant, r.band, used, r.charged)
         r.tok, r.svc, r.pending = tok, svc, 0.0  # the finished one was delivered
-        self.lease_model(r, r.backend)
+        self.lease_model(r, r.backend, uncontended=True)
         self.apply_grants(out.grants)
 
     @precondition(lambda self: self.reqs)
@@ -731,10 +742,13 @@ class AdmissionMachine(RuleBasedStateMachine):
         assert s.stats.get("reclaimed", 0) == self.reclaimed, s.stats
 
     def check_counters(self, before: Snapshot, after: Snapshot) -> None:
-        """Virtual counters and floors: exactly the model's (lifts and charges), never down."""
+        """Virtual counters and floors: exactly the model's (lifts, charges, settlements); never
+        down but where a settlement returned what a request was charged beyond its usage."""
+        settled = self.settled_this_step
+        self.settled_this_step = False
         for name in set(before.vtc) | set(after.vtc):
             was, now = before.vtc.get(name, 0.0), after.vtc.get(name, 0.0)
-            assert now >= was, f"virtual counter {name} went down: {was} -> {now}"
+            assert now >= was or settled, f"virtual counter {name} went down: {was} -> {now}"
         assert after.vtc == self.counters, f"vtc {after.vtc} != model {self.counters}"
         # input pending per tenant: present exactly while the tenant has something in flight
         pending = {t: self.pending(t) for t in TENANTS if self.tenant_load(t)[0]}

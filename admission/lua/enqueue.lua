@@ -24,7 +24,7 @@ if ARGV[12] and ARGV[12] ~= '' then r.pref, r.slack = ARGV[12], tonumber(ARGV[13
 if not contended then
   local b, _, bc, lender = place(r, tc, now)
   if b then
-    lease(id, r, tc, b, bc, now, ttl, lender)
+    lease(id, r, tc, b, bc, now, ttl, lender, true)
     return {'granted', b}
   end
 end

@@ -110,14 +110,27 @@ local function rescore(t, c)
   end
 end
 
--- Charge service to a tenant and its band: counters only grow.
-local function charge(t, band, weight, service)
-  if service <= 0 then return end
+-- Add service (or, settling, return it) to a tenant and its band.
+local function adjust(t, band, weight, service)
   rescore(t, redis.call('HINCRBYFLOAT', P .. 'vtc', t, service / weight))
   local bc = redis.call('HINCRBYFLOAT', P .. 'vtc', 'band:' .. band, service / band_weight(band))
   if #backlogged_bands() > 0 and redis.call('ZSCORE', P .. 'bandlog', band) then
     redis.call('ZADD', P .. 'bandlog', bc, band)
   end
+end
+
+-- Charge service to a tenant and its band: charges only add.
+local function charge(t, band, weight, service)
+  if service > 0 then adjust(t, band, weight, service) end
+end
+
+-- Settle a request at its end: ``used`` is the service the engine's usage says it received,
+-- ``charged`` what it was charged while it ran (its input at the grant, its output as it
+-- streamed or as its meter estimated). The difference is charged, or returned: a plain
+-- response's meter may have charged output the engine never produced. Counters only move
+-- down here, and by no more than the request itself was charged.
+local function settle(t, band, weight, used, charged)
+  if used ~= charged then adjust(t, band, weight, used - charged) end
 end
 
 -- Input charged to a tenant's requests in flight that have shown no output yet, in counter
@@ -364,14 +377,17 @@ local function serve(t, band, weight, service, delivered_now)
 end
 
 -- Hold the budgets, charge the input service, and record the lease of a granted request.
-local function lease(id, r, tc, b, bc, now, ttl, lender)
+local function lease(id, r, tc, b, bc, now, ttl, lender, uncontended)
   add_load(P .. 'tload', r.t .. ':r', 1)
   add_load(P .. 'tload', r.t .. ':t', r.tok)
   add_load(P .. 'bload', b .. ':r', 1)
   add_load(P .. 'bload', b .. ':t', r.tok)
   serve(r.t, r.band, tc.w, r.svc)
-  add_pending(r.t, tc.w, r.svc)
-  local l = {t = r.t, b = b, tok = r.tok, o = r.o, band = r.band, ch = r.svc, w = tc.w, pd = r.svc}
+  local l = {t = r.t, b = b, tok = r.tok, o = r.o, band = r.band, ch = r.svc, w = tc.w}
+  if not uncontended then
+    add_pending(r.t, tc.w, r.svc)
+    l.pd = r.svc
+  end
   if bc.mp and (r.pt or 0) > 0 then  -- in prefill until its first output (or its end)
     l.pf = r.pt
     add_load(P .. 'bload', b .. ':p', r.pt)

@@ -5,7 +5,7 @@ local id, ttl, max_grants = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
 local l = unlease(id)
 if l and ARGV[2] ~= '' then
-  charge(l.t, l.band, l.w, tonumber(ARGV[2]) - l.ch)  -- only ever adds: counters never shrink
+  settle(l.t, l.band, l.w, tonumber(ARGV[2]), l.ch)
 end
 if #backlogged_bands() == 0 then
   return {l and 1 or 0, 0}  -- nothing waits: nothing to dispatch (upkeep sweeps regularly)

@@ -14,14 +14,14 @@ local contended = #backlogged_bands() > 0
 local l = decode(redis.call('HGET', P .. 'lease', id))
 if not l then return {0, 0} end
 if ARGV[2] ~= '' then
-  charge(l.t, l.band, l.w, tonumber(ARGV[2]) - l.ch)
+  settle(l.t, l.band, l.w, tonumber(ARGV[2]), l.ch)
 end
 add_load(P .. 'tload', l.t .. ':t', tok - l.tok)
 add_load(P .. 'bload', l.b .. ':t', tok - l.tok)
 -- the finished request was delivered, the new one's input is pending (one step for both)
 serve(l.t, l.band, l.w, svc, l.pd)
-add_pending(l.t, l.w, svc - (l.pd or 0))
-l.tok, l.ch, l.pd = tok, svc, svc
+add_pending(l.t, l.w, -(l.pd or 0))
+l.tok, l.ch, l.pd = tok, svc, nil
 redis.call('HSET', P .. 'lease', id, cjson.encode(l))
 redis.call('ZADD', P .. 'exp', 'XX', now + ttl, id)
 redis.call('HINCRBY', P .. 'stats', 'grants', 1)
