@@ -846,6 +846,8 @@ def test_random_operations_keep_every_admission_invariant(redis_url: str, policy
             stateful_step_count=40,
             deadline=None,
             database=None,
+            # NOSHRINK=1 with --hypothesis-seed=N: the failing steps at once, unshrunk (shrinking
+            # a long failing sequence against Redis can take minutes)
             phases=[Phase.generate] if os.environ.get("NOSHRINK") else list(Phase),
             suppress_health_check=[HealthCheck.too_slow],
         ),

@@ -169,22 +169,24 @@ local function tenant_floor(band)
   return floor
 end
 
--- Raise tenant ``t``'s delivered counter to ``floor`` (what it was charged and has not received
--- stays on top). Counters only grow.
-local function raise(t, floor)
-  local own = counter(t)
-  local target = floor + pending(t)
-  if target > own then
-    redis.call('HSET', P .. 'vtc', t, target)
-    return target
+-- Raise a counter to at least ``value``; returns what it is now. The lift rules only raise.
+local function raise_counter(field, value)
+  local own = counter(field)
+  if value > own then
+    redis.call('HSET', P .. 'vtc', field, value)
+    return value
   end
   return own
 end
 
+-- Raise tenant ``t``'s delivered counter to ``floor`` (what it was charged and has not received
+-- stays on top).
+local function raise(t, floor)
+  return raise_counter(t, floor + pending(t))
+end
+
 -- The same rule for priority bands, on raw band counters (their floor: 'bands').
 local function lift_band(band)
-  local field = 'band:' .. band
-  local own = counter(field)
   local first = redis.call('ZRANGE', P .. 'bandlog', 0, 0, 'WITHSCORES')
   local floor
   if #first > 0 then
@@ -192,11 +194,7 @@ local function lift_band(band)
   else
     floor = tonumber(redis.call('HGET', P .. 'vfloor', 'bands') or '0')
   end
-  if floor > own then
-    redis.call('HSET', P .. 'vtc', field, floor)
-    return floor
-  end
-  return own
+  return raise_counter('band:' .. band, floor)
 end
 
 -- The VTC lift rule: a newly backlogged tenant starts at no less than the floor, so idleness
@@ -447,8 +445,7 @@ local function forfeit(capped, t, band)
     local tc = tenant_cfg(r.t)
     local floor = c - r.svc / tc.w  -- it may stay one request of its own behind
     if r.band == band and r.t ~= t and counter(r.t) < floor then
-      redis.call('HSET', P .. 'vtc', r.t, floor)
-      rescore(r.t, floor)
+      rescore(r.t, raise_counter(r.t, floor))
     end
   end
 end
