@@ -11,7 +11,7 @@ Releaser = Callable[["Lease", float | None, bool], Awaitable[None]]
 
 
 class Lease:
-    """Granted by admission; the gateway charges streamed output to it and releases it.
+    """Granted by admission; the gateway charges output to it while it runs and releases it.
 
     ``flow`` and ``tokens`` say which later requests could reuse it (see
     :mod:`admission.reuse`): those of the same flow that need no more tokens than it holds.
@@ -36,7 +36,7 @@ class Lease:
         self.granted_at = time.monotonic()  # when admission let the request run
 
     async def charge(self, service: float) -> None:
-        """Charge streamed output to the tenant (and renew the lease); never raises."""
+        """Charge output to the tenant as it is delivered (and renew the lease); never raises."""
         if not self.released:
             await self._charge(self.request_id, service)
 

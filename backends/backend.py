@@ -13,8 +13,8 @@ import time
 
 import aiohttp
 
-from backends.engines import ENGINES, EngineTraits
 from backends.delivery import DeliveryRate
+from backends.engines import ENGINES, EngineTraits
 from fairgate.settings import BackendConfig
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-
 from typing import TYPE_CHECKING
 
 from admission.lease import Lease
@@ -24,6 +23,7 @@ from fairgate.tasks import cancel_all
 
 if TYPE_CHECKING:
     from gateway.state import Gateway
+
 
 class StreamMeter:
     """Charges streamed output to the tenant in batches, off the relay's path.

@@ -37,9 +37,8 @@ Plain example tests at the end pin a few behaviours down with exact values.
 
 from __future__ import annotations
 
-import os
-
 import asyncio
+import os
 from dataclasses import dataclass
 from typing import Any
 

@@ -148,8 +148,7 @@ def _tokens_vs_direct(run: dict[str, Any], direct: dict[str, Any]) -> list[Check
         return []
     ratio = run["tokens_per_s"] / direct["tokens_per_s"]
     figure = (
-        f"{run['tokens_per_s']:,.0f} tokens/s = {ratio:.2f}x direct "
-        f"({direct['tokens_per_s']:,.0f})"
+        f"{run['tokens_per_s']:,.0f} tokens/s = {ratio:.2f}x direct ({direct['tokens_per_s']:,.0f})"
     )
     return [Check("total tokens/s >= 95% of direct", run["label"], figure, ratio >= THROUGHPUT_MIN)]
 
