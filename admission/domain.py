@@ -89,6 +89,7 @@ async def publish_config(redis: Redis, prefix: str, settings: Settings) -> None:
             if mapping:
                 pipe.hset(prefix + key, mapping=mapping)
         pipe.set(prefix + "cfg:policy", settings.admission.policy)
+        pipe.set(prefix + "cfg:grace", round(settings.admission.return_grace_s * 1000))
         await pipe.execute()
 
 

@@ -393,6 +393,11 @@ class AdmissionConfig(StrictModel):
         "next request of its tenant and pool on the same replica, which then starts without a "
         "Redis round trip (0: never; see admission/reuse.py).",
     )
+    return_grace_s: Annotated[float, Field(ge=0, le=5)] = Field(
+        0.5,
+        description="A tenant whose queue ran dry and refills within this long keeps its place "
+        "in fair order (it was between two requests, not idle): no lift (docs/fairness.md).",
+    )
     priority_min_share: Annotated[float, Field(gt=0, lt=0.5)] = Field(
         0.1, description="Share of capacity a lower priority band keeps under contention."
     )

@@ -171,8 +171,8 @@ async def _admit_and_connect(
         )
         backend = gateway.router.backend(lease.backend)
         meter = None
-        if not parsed.stream and not backend.prefill_capped and cost.expected_output > 0:
-            meter = gateway.meters.start(lease, backend.delivery, cost.expected_output)
+        if not parsed.stream and not backend.prefill_capped and cost.max_output > 0:
+            meter = gateway.meters.start(lease, backend.delivery, cost.max_output)
         try:
             upstream = await open_upstream(
                 backend,

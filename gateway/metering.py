@@ -5,10 +5,17 @@ service the engine delivers. A stream shows its output as it comes: :class:`Stre
 charges the chunks relayed. A plain (non-streamed) response shows nothing until it ends, often
 seconds later; charged only then, a tenant's counter would stand still while its requests run
 and jump when they end, and long answers would reorder the queue in lumps.
-:class:`PlainMeter` charges such a request's expected output at the rate its backend has been
-observed to deliver output (:class:`DeliveryRate`), up to the request's expected length, all of
-them from one ticker per process (:class:`PlainMeters`); the release then settles the total
-with the engine's ``usage`` (docs/fairness.md).
+:class:`PlainMeter` charges such a request the output its backend has been observed to deliver
+to one request in as long (:class:`DeliveryRate`), for as long as it runs and up to its
+``max_tokens``, all of them from one ticker per process (:class:`PlainMeters`); the release
+then settles the total with the engine's ``usage`` (docs/fairness.md).
+
+Not up to the request's *expected* length: that estimate comes from the tenant's history when
+the request arrives, and a tenant whose requests waited in the queue while its history warmed
+up would run them charged for the prior's length (256 tokens) while others' were charged for
+their true 1,024; its counter then lagged the service it received and fair order favoured it
+(issue 12). How long a request has run says more about its output than any estimate does, and
+what it has not produced is returned at the end.
 """
 
 from __future__ import annotations
@@ -58,20 +65,20 @@ class StreamMeter:
 
 
 class PlainMeter:
-    """One plain response's expected output, charged while the caller waits for it.
+    """One plain response's output, charged while the caller waits for it.
 
     Made by :meth:`PlainMeters.start`; every tick charges the tokens the backend should have
     produced by now (its :class:`DeliveryRate` times the time since the upstream request, at
-    most ``expected``), in batches of at least ``charge_every_tokens``.
+    most ``most``: the request's ``max_tokens``), in batches of at least ``charge_every_tokens``.
     """
 
-    __slots__ = ("_hub", "_lease", "_rate", "_expected", "_started", "_charged")
+    __slots__ = ("_hub", "_lease", "_rate", "_most", "_started", "_charged")
 
-    def __init__(self, hub: PlainMeters, lease: Lease, rate: DeliveryRate, expected: int) -> None:
+    def __init__(self, hub: PlainMeters, lease: Lease, rate: DeliveryRate, most: int) -> None:
         self._hub = hub
         self._lease = lease
         self._rate = rate
-        self._expected = expected
+        self._most = most
         self._started = time.monotonic()
         self._charged = 0
 
@@ -80,15 +87,15 @@ class PlainMeter:
         rate = self._rate.tokens_per_s
         if rate is None:
             return None
-        due = min(self._expected, int(rate * (now - self._started)))
-        if due - self._charged < min(self._hub.every, self._expected - self._charged):
+        due = min(self._most, int(rate * (now - self._started)))
+        if due - self._charged < min(self._hub.every, self._most - self._charged):
             return None
         batch, self._charged = due - self._charged, due
         return self._hub.weight * batch
 
     @property
     def done(self) -> bool:
-        return self._charged >= self._expected
+        return self._charged >= self._most
 
     async def charge(self, service: float) -> None:
         await self._lease.charge(service)
@@ -117,9 +124,10 @@ class PlainMeters:
         self._running: set[PlainMeter] = set()
         self._ticker: asyncio.Task[None] | None = None
 
-    def start(self, lease: Lease, rate: DeliveryRate, expected: int) -> PlainMeter:
-        """Meter one plain response from now (when its upstream request is sent)."""
-        meter = PlainMeter(self, lease, rate, expected)
+    def start(self, lease: Lease, rate: DeliveryRate, most: int) -> PlainMeter:
+        """Meter one plain response from now (when its upstream request is sent), for at most
+        ``most`` output tokens."""
+        meter = PlainMeter(self, lease, rate, most)
         self._running.add(meter)
         if self._ticker is None:
             self._ticker = asyncio.create_task(self._tick(), name="plain-meters")

@@ -220,6 +220,30 @@ async def test_a_tenant_held_by_its_own_cap_forfeits_its_turn(
     assert served["capped"] <= 3
 
 
+@pytest.mark.parametrize("grace_s", [5.0, 0.0])
+async def test_a_tenant_between_two_requests_keeps_its_place(
+    domain: Any, redis: GatewayRedis, grace_s: float
+) -> None:
+    """z is owed far more than one request when its queue runs dry (b's running request was
+    charged a lot of output meanwhile), and z queues again at once. Within the return grace z
+    was between two requests, not idle: it keeps its counter and the next turn. Without a
+    grace it is lifted to one request below b, forfeiting the rest (issue 12: a tenant whose
+    requests end in waves lost what it was owed at every wave)."""
+    d = await domain({"b": {}, "z": {}}, capacity=1, return_grace_s=grace_s)
+    await d.enqueue("b", 5)  # one runs, four wait
+    assert await d.enqueue("z") == ["queued"]  # lifted to b's counter: 100
+    await d.scripts.charge(d.leased[0], 10 * SERVICE)  # b's request streams a long answer
+    assert await d.release_next(used=11 * SERVICE) == ["z"]  # z's queue runs dry
+    assert await d.enqueue("z") == ["queued"]  # its client's next request, at once
+    counters = await redis.hgetall(d.prefix + "vtc")
+    if grace_s:
+        assert float(counters[b"z"]) == 2 * SERVICE  # lift: 100, its grant's input: 100
+        assert await d.release_next(used=SERVICE) == ["z"]  # still owed: it goes first
+    else:  # lifted to b's 1,100 less one request of its own (its grant's input pending)
+        assert float(counters[b"z"]) == float(counters[b"b"]) == 11 * SERVICE
+        assert await d.release_next(used=SERVICE) == ["b"]
+
+
 async def test_a_lower_priority_band_keeps_its_minimum_share(domain: Any) -> None:
     d = await domain({"high": {"priority": 1}, "low": {"priority": 0}}, priority_min_share=0.2)
     await d.enqueue("high", 120)

@@ -109,7 +109,8 @@ def make_settings(redis_url: str, policy: str = "vtc") -> Settings:
         for name, (w, prio, mc, mt, mq) in TENANTS.items()
     }
     config: dict[str, Any] = {"redis": {"url": redis_url}, "pools": pools, "tenants": tenants}
-    admission = {"policy": policy, "priority_min_share": MIN_SHARE}
+    # the model lifts every tenant whose queue ran dry: no grace for one that refills at once
+    admission = {"policy": policy, "priority_min_share": MIN_SHARE, "return_grace_s": 0}
     return Settings(**config | {"admission": admission})
 
 

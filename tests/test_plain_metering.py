@@ -2,8 +2,9 @@
 
 Fair order between tenants is decided on what each was charged. A plain response shows nothing
 until it ends, often many seconds after it was granted; charged only then, its tenant's counter
-would stand still and then jump. The gateway charges its expected output at the rate its
-backend has been seen to deliver, and the release settles the total with ``usage``.
+would stand still and then jump. The gateway charges output at the rate its backend has been
+seen to deliver, for as long as the request runs (up to its ``max_tokens``), and the release
+settles the total with ``usage``.
 """
 
 from __future__ import annotations
@@ -131,5 +132,37 @@ async def test_without_a_delivery_rate_a_plain_response_is_charged_at_its_end(
         engine.release.set()
         await answer
         assert await settled(redis, "a", 20 + 2 * 300) == 20 + 2 * 300
+    finally:
+        await redis.aclose()
+
+
+async def test_the_meter_charges_past_the_output_estimate_while_the_answer_runs(
+    slow_engine: tuple[SlowEngine, str], start_gateway: StartGateway, redis_url: str
+) -> None:
+    """The estimate (the tenant's history when the request arrived, here mostly the prior) is
+    no limit: the meter follows the backend's rate for as long as the answer runs. Capped at
+    the estimate, a tenant whose requests arrived before its history warmed up ran them charged
+    for 256 tokens while they produced 1,024, and fair order favoured it (issue 12)."""
+    engine, url = slow_engine
+    gateway = await start_gateway(gateway_config(redis_url, {"interactive": [url]}))
+    client = gateway.client()
+    redis = Redis.from_url(redis_url)
+    try:
+        await client.chat.completions.create(model="llama-3-8b", messages=MESSAGES, max_tokens=50)
+        after_first = await settled(redis, "a", 20 + 2 * 50)
+        second = asyncio.ensure_future(
+            client.chat.completions.with_raw_response.create(
+                model="llama-3-8b", messages=MESSAGES, max_tokens=1000
+            )
+        )
+        await engine.started.wait()
+        # the backend delivered the first answer at once: by now it could have produced all
+        charged = await settled(redis, "a", after_first + 2 * 1000)
+        assert charged >= after_first + 2 * 1000 and not second.done()
+        engine.release.set()
+        answer = await second
+        assert int(answer.headers["X-Fairgate-Estimate-Output-Tokens"]) < 500
+        total = after_first + 20 + 2 * 1000
+        assert await settled(redis, "a", total) == total
     finally:
         await redis.aclose()

@@ -36,7 +36,7 @@ if not contended then
   -- the first request to wait: every replica stops reusing leases (fair order decides now)
   redis.call('PUBLISH', P .. 'contended', id)
 end
-mark_backlogged(t, band)
+mark_backlogged(t, band, now)
 r.seq = seq
 redis.call('HSET', P .. 'req', id, cjson.encode(r))
 redis.call('ZADD', queue_key(t, band), seq, id)

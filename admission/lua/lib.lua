@@ -25,7 +25,10 @@
 --                        lift floor leaves it out; gone when nothing of the tenant is in flight)
 --   P.vfloor       hash  band -> system virtual time (lift floor when nothing is backlogged)
 --   P.behind       hash  <tenant>:<band> -> how far its delivered counter was below the floor
---                        when its queue emptied (kept when it queues again)
+--                        when its queue emptied (kept when it queues again);
+--                        at:<tenant>:<band> -> when its queue emptied (ms, the return grace)
+--   P.cfg:grace    string ms within which a tenant whose queue emptied may queue again and
+--                        keep its place (admission.return_grace_s)
 --   P.lease        hash  request id -> json of a granted request
 --   P.exp          zset  id -> expiry ms (leases and queued entries; renewed by their owner)
 --   P.dl           zset  queued id -> queue deadline ms
@@ -199,13 +202,25 @@ end
 
 -- The VTC lift rule: a newly backlogged tenant starts at no less than the floor, so idleness
 -- is not banked. What it forfeits is the service others received while it was idle, not what
--- it was owed when its queue emptied (``behind``): a tenant whose queue runs dry because it was
--- just served in full, and refills a moment later, keeps its place in the order.
-local function mark_backlogged(t, band)
+-- it was owed when its queue emptied (``behind``, at most one request of its own).
+-- A tenant that queues again within the grace (cfg:grace) of its queue running dry was not
+-- idle: it was between two requests, like a client that sends its next request as soon as its
+-- last answer arrives, and is not lifted at all. Without the grace, a tenant whose requests end
+-- together (a wave of alike requests) found its queue empty at every wave for the few
+-- milliseconds its clients took to send again, was lifted each time, and lost whatever it was
+-- owed beyond one request: kept below its share wave after wave (docs/fairness.md, issue 12).
+local function mark_backlogged(t, band, now)
   local bkey = P .. 'backlog:' .. band
   if not redis.call('ZSCORE', bkey, t) then
-    local behind = tonumber(redis.call('HGET', P .. 'behind', t .. ':' .. band) or '0')
-    local c = raise(t, tenant_floor(band) - behind)
+    local flow = t .. ':' .. band
+    local seen = redis.call('HMGET', P .. 'behind', flow, 'at:' .. flow)
+    local grace = tonumber(redis.call('GET', P .. 'cfg:grace') or '0')
+    local c
+    if seen[2] and now - tonumber(seen[2]) < grace then
+      c = counter(t)  -- back within the grace: it was never idle, it keeps its place
+    else
+      c = raise(t, tenant_floor(band) - tonumber(seen[1] or '0'))
+    end
     rescore(t, c)
     redis.call('ZADD', bkey, c, t)
   end
@@ -222,12 +237,14 @@ local function queue_key(t, band) return P .. 'q:' .. t .. ':' .. band end
 local function unmark_if_idle(t, band, bound)
   if redis.call('ZCARD', queue_key(t, band)) == 0 then
     redis.call('ZREM', P .. 'backlog:' .. band, t)
+    local flow = t .. ':' .. band
     local behind = math.min(tenant_floor(band) - delivered(t), bound)
     if behind > 0 then
-      redis.call('HSET', P .. 'behind', t .. ':' .. band, behind)
+      redis.call('HSET', P .. 'behind', flow, behind)
     else
-      redis.call('HDEL', P .. 'behind', t .. ':' .. band)
+      redis.call('HDEL', P .. 'behind', flow)
     end
+    redis.call('HSET', P .. 'behind', 'at:' .. flow, now_ms())
     if redis.call('ZCARD', P .. 'backlog:' .. band) == 0 then
       redis.call('ZREM', P .. 'bandlog', band)
       bands_cache = nil
