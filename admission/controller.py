@@ -85,6 +85,7 @@ class Admission:
         self._waiters: dict[str, asyncio.Future[str]] = {}
         self._due: dict[str, float] = {}  # a waiter's queue deadline (loop time)
         self._leases: set[str] = set()
+        self._held: dict[str, asyncio.TimerHandle] = {}  # leases Redis holds for a next request
         self._local = LocalLimits(settings)
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Future[None]] = set()
@@ -112,6 +113,9 @@ class Admission:
         """Release every lease held for reuse, finish what runs in the background, stop."""
         self._may_reuse = False
         self._let_go_all()
+        for request_id, timer in list(self._held.items()):
+            timer.cancel()
+            self._end_hold(request_id)
         if self._background:
             await asyncio.wait(set(self._background), timeout=self._settings.redis.timeout_s)
         await cancel_all(self._tasks)
@@ -260,7 +264,11 @@ class Admission:
             held = HeldLease(lease.request_id, lease.backend, lease.tokens, service)
             self._shelf.put(lease.flow, held)
             return
-        await self.release(lease.request_id, service)
+        hold_s = 0.0
+        if reusable:  # it ended well: its tenant's next request may follow at once
+            ran_s = time.monotonic() - lease.granted_at
+            hold_s = min(self._config.hold_for_next_s, self._config.hold_for_next_share * ran_s)
+        await self.release(lease.request_id, service, hold_s)
 
     async def _reuse(self, held: HeldLease, ticket: Ticket) -> None:
         """Tell Redis that the lease passed on: settle the last request, serve the next."""
@@ -293,15 +301,30 @@ class Admission:
         if not outcome.may_reuse:
             self._let_go_all()
 
-    async def release(self, request_id: str, service: float | None) -> None:
-        """Free a lease (idempotent); hands what it frees to the next in fair order."""
+    async def release(self, request_id: str, service: float | None, hold_s: float = 0.0) -> None:
+        """Free a lease (idempotent); hands what it frees to the next in fair order.
+
+        With ``hold_s`` > 0 Redis may hold it that long for the next request of its tenant
+        instead (the tenant is owed the next turn; ``hold_for_next`` in lib.lua): it is released
+        when the hold ends, unless that request freed it first.
+        """
         self._leases.discard(request_id)
+        hold_ms = int(hold_s * 1000)
         try:
-            outcome = await self.scripts.release(request_id, service)
+            outcome = await self.scripts.release(request_id, service, hold_ms)
         except RedisError as exc:
             log.warning("release of %s failed (%s); it expires with its lease TTL", request_id, exc)
             return
+        if outcome.state == "held":
+            self._held[request_id] = asyncio.get_running_loop().call_later(
+                hold_ms / 1000, self._end_hold, request_id
+            )
         self._heard(outcome)
+
+    def _end_hold(self, request_id: str) -> None:
+        """A held lease's time is up: release it (a no-op if its tenant's next request did)."""
+        self._held.pop(request_id, None)
+        self._spawn(self.release(request_id, None))
 
     async def engine_reported(
         self,

@@ -43,6 +43,10 @@ class Outcome:
     may_reuse: bool = False
 
 
+#: release.lua's first answer
+_RELEASED = ("gone", "released", "held")
+
+
 class AdmissionScripts:
     """Typed calls of the admission scripts for one admission domain.
 
@@ -84,10 +88,14 @@ class AdmissionScripts:
         # granted with no grant listed: the fast path, taken only while nothing waits
         return Outcome(state, _text(result[1]), grants, state == "granted" and not grants)
 
-    async def release(self, request_id: str, service: float | None) -> Outcome:
+    async def release(self, request_id: str, service: float | None, hold_ms: int = 0) -> Outcome:
+        """End a lease: ``released`` (or ``gone``), or ``held`` for the next request of its
+        tenant for up to ``hold_ms`` (see ``hold_for_next`` in lib.lua): then it is to be
+        released again when the hold ends."""
         used = "" if service is None else service
-        result = await self._release(self._keys, [request_id, used, self._ttl, self._max])
-        state = "released" if int(result[0]) else "gone"
+        args = [request_id, used, self._ttl, self._max, hold_ms]
+        result = await self._release(self._keys, args)
+        state = _RELEASED[int(result[0])]
         return Outcome(state, "", _pairs(result[2:]), may_reuse=not int(result[1]))
 
     async def reuse(

@@ -46,14 +46,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fairgate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="fairgate",
+        description="A multi-tenant fairness gateway for LLM inference: an OpenAI-compatible "
+        "proxy that queues requests in Redis and releases them to engines in weighted-fair order.",
+    )
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    serve = commands.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Run one gateway replica: the OpenAI-compatible API, admission in the Redis "
+        "of the config, and the backends it declares (which must already be running).",
+    )
+    _config_option(serve)
     serve.set_defaults(handler=_run_serve)
 
     sim = commands.add_parser("sim", help="run a simulated engine (vLLM-like, no GPU needed)")
@@ -70,12 +79,22 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--num-gpu-blocks", type=int, help="KV capacity in blocks (overrides profile)")
     sim.set_defaults(handler=_run_sim)
 
-    up = commands.add_parser("up", help="start the local stack of a config file (make run)")
-    up.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    up = commands.add_parser(
+        "up",
+        help="start the local stack of a config file (make run)",
+        description="Start everything a config file declares on this machine (a private Redis, "
+        "its simulated engines, the gateway) and stop it all on Ctrl-C: what `make run` does.",
+    )
+    _config_option(up)
     up.set_defaults(handler=_run_up)
 
-    check = commands.add_parser("check-config", help="validate a config file")
-    check.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    check = commands.add_parser(
+        "check-config",
+        help="validate a config file",
+        description="Validate a config file (YAML plus FAIRGATE_* environment overrides) and "
+        "print the pools, backends and tenants it declares; exit status 2 if invalid.",
+    )
+    _config_option(check)
     check.set_defaults(handler=_check_config)
 
     loadtest = commands.add_parser(
@@ -88,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
         "drain", help="stop new work to a backend on every replica (running work finishes)"
     )
     drain.add_argument("backend", help="backend name, as in the config's pools")
-    drain.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    _config_option(drain)
     drain.add_argument("--undo", action="store_true", help="take work again")
     drain.add_argument("--wait", action="store_true", help="return once nothing runs on it")
     drain.set_defaults(handler=_run_drain)
@@ -109,6 +128,23 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--headroom", type=float, help="share of KV for max_inflight_tokens (0.9)")
     plan.set_defaults(handler=_run_plan)
     return parser
+
+
+def _config_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help=f"the gateway's YAML config (default: {_shown(DEFAULT_CONFIG)})",
+    )
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory where it is inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _run_loadtest(args: argparse.Namespace) -> int:

@@ -133,6 +133,8 @@ async def inflight_state(client: Redis, prefix: str = "fairgate:{adm}:") -> dict
         left[key.decode()] = await client.zrange(key, 0, -1)
     async for key in client.scan_iter(match=f"{prefix}backlog:*"):
         left[key.decode()] = await client.zrange(key, 0, -1)
+    async for key in client.scan_iter(match=f"{prefix}ant:*"):  # leases held for a next request
+        left[key.decode()] = await client.zrange(key, 0, -1)
     return left
 
 

@@ -224,11 +224,11 @@ async def test_a_tenant_held_by_its_own_cap_forfeits_its_turn(
 async def test_a_tenant_between_two_requests_keeps_its_place(
     domain: Any, redis: GatewayRedis, grace_s: float
 ) -> None:
-    """z is owed far more than one request when its queue runs dry (b's running request was
-    charged a lot of output meanwhile), and z queues again at once. Within the return grace z
-    was between two requests, not idle: it keeps its counter and the next turn. Without a
-    grace it is lifted to one request below b, forfeiting the rest (issue 12: a tenant whose
-    requests end in waves lost what it was owed at every wave)."""
+    """z is owed ten requests when its queue runs dry (b's running request was charged a lot
+    of output meanwhile), and z queues again at once. Within the return grace z was between two
+    requests, not idle: it keeps what it was owed, up to eight requests, and the next turn.
+    Without a grace it is lifted to one request below b, forfeiting the rest (issue 12: a
+    tenant whose requests end in waves lost what it was owed at every wave)."""
     d = await domain({"b": {}, "z": {}}, capacity=1, return_grace_s=grace_s)
     await d.enqueue("b", 5)  # one runs, four wait
     assert await d.enqueue("z") == ["queued"]  # lifted to b's counter: 100
@@ -236,12 +236,80 @@ async def test_a_tenant_between_two_requests_keeps_its_place(
     assert await d.release_next(used=11 * SERVICE) == ["z"]  # z's queue runs dry
     assert await d.enqueue("z") == ["queued"]  # its client's next request, at once
     counters = await redis.hgetall(d.prefix + "vtc")
-    if grace_s:
-        assert float(counters[b"z"]) == 2 * SERVICE  # lift: 100, its grant's input: 100
+    if grace_s:  # b's 1,100 less eight requests, plus its own grant's input (pending)
+        assert float(counters[b"z"]) == 4 * SERVICE
         assert await d.release_next(used=SERVICE) == ["z"]  # still owed: it goes first
     else:  # lifted to b's 1,100 less one request of its own (its grant's input pending)
         assert float(counters[b"z"]) == float(counters[b"b"]) == 11 * SERVICE
         assert await d.release_next(used=SERVICE) == ["b"]
+
+
+async def _owed_a_with_b_waiting(domain: Any, policy: str = "vtc") -> tuple[Domain, str]:
+    """a runs one request and queues nothing; b runs one and queues four (capacity 2). b's
+    running request ends first: b is then ahead of a, so a is owed the next turn."""
+    d = await domain({"a": {}, "b": {}}, capacity=2, policy=policy)
+    assert await d.enqueue("a") == ["granted"]
+    assert await d.enqueue("b", 5) == ["granted"] + ["queued"] * 4
+    assert await d.release_next_of("b") == ["b"]
+    return d, next(i for i in d.leased if i.startswith("a-"))
+
+
+async def test_a_finished_lease_is_held_for_its_owed_tenants_next_request(
+    domain: Any, redis: GatewayRedis
+) -> None:
+    """Anticipation: a's request ends while b waits, but a is owed the next turn. What a's
+    lease holds is not handed to b: it is held for a's next request, which then comes first
+    (the client's next request always arrives an instant after its last answer)."""
+    d, lease = await _owed_a_with_b_waiting(domain)
+    d.leased.remove(lease)
+    held = await d.scripts.release(lease, 3 * SERVICE, hold_ms=60_000)
+    assert (held.state, held.grants) == ("held", [])
+    assert await redis.zrange(d.prefix + f"ant:a:{band_of(0)}", 0, -1) == [lease.encode()]
+    assert await d.enqueue("a") == ["granted"]  # it frees the held lease and comes first
+    assert await redis.exists(d.prefix + f"ant:a:{band_of(0)}") == 0
+    assert (await d.scripts.release(lease, None)).state == "gone"  # the hold's end: no-op
+    stats = await redis.hgetall(d.prefix + "stats")
+    assert (int(stats[b"held"]), int(stats[b"held_taken"])) == (1, 1)
+
+
+async def test_a_hold_nobody_takes_lapses_to_the_next_in_fair_order(
+    domain: Any, redis: GatewayRedis
+) -> None:
+    d, lease = await _owed_a_with_b_waiting(domain)
+    d.leased.remove(lease)
+    assert (await d.scripts.release(lease, 3 * SERVICE, hold_ms=60_000)).state == "held"
+    lapsed = await d.scripts.release(lease, None)  # the hold's end, as its replica times it
+    assert lapsed.state == "released" and [i.split("-")[0] for i, _ in lapsed.grants] == ["b"]
+    d.leased.extend(i for i, _ in lapsed.grants)
+    assert int((await redis.hgetall(d.prefix + "stats"))[b"held_lapsed"]) == 1
+    assert await redis.exists(d.prefix + f"ant:a:{band_of(0)}") == 0
+
+
+async def test_a_hold_expires_with_its_ttl_if_its_replica_dies(
+    domain: Any, redis: GatewayRedis
+) -> None:
+    d, lease = await _owed_a_with_b_waiting(domain)
+    d.leased.remove(lease)
+    assert (await d.scripts.release(lease, 3 * SERVICE, hold_ms=1)).state == "held"
+    await asyncio.sleep(0.01)  # no replica ends the hold: the next sweep does
+    granted = await d.scripts.tick()
+    assert [i.split("-")[0] for i, _ in granted] == ["b"]
+    d.leased.extend(i for i, _ in granted)
+    assert int((await redis.hgetall(d.prefix + "stats"))[b"held_lapsed"]) == 1
+
+
+@pytest.mark.parametrize("case", ["not owed", "fcfs", "own queue"])
+async def test_no_hold_unless_the_tenant_is_owed_the_next_turn(domain: Any, case: str) -> None:
+    """A tenant that would not come next (it was served more, the policy is FCFS, or it has
+    requests of its own queued, which take the capacity anyway) holds nothing back."""
+    d, lease = await _owed_a_with_b_waiting(domain, "fcfs" if case == "fcfs" else "vtc")
+    used = 10 * SERVICE if case == "not owed" else 3 * SERVICE
+    if case == "own queue":
+        assert await d.enqueue("a") == ["queued"]
+    d.leased.remove(lease)
+    released = await d.scripts.release(lease, used, hold_ms=60_000)
+    assert released.state == "released" and len(released.grants) == 1
+    d.leased.extend(i for i, _ in released.grants)
 
 
 async def test_a_lower_priority_band_keeps_its_minimum_share(domain: Any) -> None:

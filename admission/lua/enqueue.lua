@@ -20,6 +20,9 @@ local band = ARGV[6] ~= '' and ARGV[6] or tostring(tc.band)
 local r = {t = t, tok = tonumber(ARGV[3]), svc = tonumber(ARGV[4]), pool = pool, band = band,
            o = owner, pt = tonumber(ARGV[11] or '0')}
 if ARGV[12] and ARGV[12] ~= '' then r.pref, r.slack = ARGV[12], tonumber(ARGV[13]) end
+-- A lease held for this flow's next request (release.lua) is freed: the request queues like any
+-- other, and fair order decides who takes what it held (the tenant, if it is still owed).
+take_held(t, band)
 -- The uncontended fast path: nobody waits anywhere, so no order to respect; run it if it fits.
 if not contended then
   local b, _, bc, lender = place(r, tc, now)

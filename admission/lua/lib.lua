@@ -26,10 +26,13 @@
 --   P.vfloor       hash  band -> system virtual time (lift floor when nothing is backlogged)
 --   P.behind       hash  <tenant>:<band> -> how far its delivered counter was below the floor
 --                        when its queue emptied (kept when it queues again);
---                        at:<tenant>:<band> -> when its queue emptied (ms, the return grace)
+--                        at:<tenant>:<band> -> when its queue emptied (ms, the return grace);
+--                        owed:<tenant>:<band> -> what it is owed if back within the grace
 --   P.cfg:grace    string ms within which a tenant whose queue emptied may queue again and
 --                        keep its place (admission.return_grace_s)
---   P.lease        hash  request id -> json of a granted request
+--   P.lease        hash  request id -> json of a granted request (``ant``: held for the next
+--                        request of its tenant, see hold_for_next)
+--   P.ant:<tenant>:<band> zset ids of leases held for the tenant's next request, by expiry
 --   P.exp          zset  id -> expiry ms (leases and queued entries; renewed by their owner)
 --   P.dl           zset  queued id -> queue deadline ms
 --   P.tload        hash  <tenant>:r / <tenant>:t -> requests / tokens in flight
@@ -48,6 +51,10 @@
 
 local P = KEYS[1]
 local MAX_SWEEP = 64
+-- How much of what it is owed a tenant back within the return grace keeps, in requests of its
+-- own (see lifted): more than one wave of alike requests takes from it while its clients send
+-- again, far less than a cold start can leave owed.
+local KEPT_WITHIN_GRACE = 8
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -182,12 +189,6 @@ local function raise_counter(field, value)
   return own
 end
 
--- Raise tenant ``t``'s delivered counter to ``floor`` (what it was charged and has not received
--- stays on top).
-local function raise(t, floor)
-  return raise_counter(t, floor + pending(t))
-end
-
 -- The same rule for priority bands, on raw band counters (their floor: 'bands').
 local function lift_band(band)
   local first = redis.call('ZRANGE', P .. 'bandlog', 0, 0, 'WITHSCORES')
@@ -200,27 +201,34 @@ local function lift_band(band)
   return raise_counter('band:' .. band, floor)
 end
 
--- The VTC lift rule: a newly backlogged tenant starts at no less than the floor, so idleness
--- is not banked. What it forfeits is the service others received while it was idle, not what
--- it was owed when its queue emptied (``behind``, at most one request of its own).
+-- What tenant ``t``'s counter is to be when it becomes backlogged in ``band`` at ``now``: the
+-- VTC lift rule. A newly backlogged tenant's delivered counter starts at no less than the floor
+-- (what it was charged and has not received stays on top), so idleness is not banked. What it
+-- forfeits is the service others received while it was idle, not what it was owed when its
+-- queue emptied (``behind``: at most one request of its own).
 -- A tenant that queues again within the grace (cfg:grace) of its queue running dry was not
 -- idle: it was between two requests, like a client that sends its next request as soon as its
--- last answer arrives, and is not lifted at all. Without the grace, a tenant whose requests end
--- together (a wave of alike requests) found its queue empty at every wave for the few
--- milliseconds its clients took to send again, was lifted each time, and lost whatever it was
--- owed beyond one request: kept below its share wave after wave (docs/fairness.md, issue 12).
+-- last answer arrives. It keeps what it was owed then up to KEPT_WITHIN_GRACE requests of its
+-- own (``owed``). Without the grace, a tenant whose requests end together (a wave of alike
+-- requests) found its queue empty at every wave for the moment its clients took to send again,
+-- was lifted each time and lost what it was owed beyond one request: below its share wave after
+-- wave. Without the bound, it kept everything, including a debt from a cold start that it then
+-- collected over minutes (docs/fairness.md, issue 12).
+local function lifted(t, band, now)
+  local flow = t .. ':' .. band
+  local seen = redis.call('HMGET', P .. 'behind', flow, 'at:' .. flow, 'owed:' .. flow)
+  local grace = tonumber(redis.call('GET', P .. 'cfg:grace') or '0')
+  local behind = seen[1]
+  if seen[2] and now - tonumber(seen[2]) < grace then
+    behind = seen[3]  -- back within the grace: it was between two requests, not idle
+  end
+  return math.max(counter(t), tenant_floor(band) - tonumber(behind or '0') + pending(t))
+end
+
 local function mark_backlogged(t, band, now)
   local bkey = P .. 'backlog:' .. band
   if not redis.call('ZSCORE', bkey, t) then
-    local flow = t .. ':' .. band
-    local seen = redis.call('HMGET', P .. 'behind', flow, 'at:' .. flow)
-    local grace = tonumber(redis.call('GET', P .. 'cfg:grace') or '0')
-    local c
-    if seen[2] and now - tonumber(seen[2]) < grace then
-      c = counter(t)  -- back within the grace: it was never idle, it keeps its place
-    else
-      c = raise(t, tenant_floor(band) - tonumber(seen[1] or '0'))
-    end
+    local c = raise_counter(t, lifted(t, band, now))
     rescore(t, c)
     redis.call('ZADD', bkey, c, t)
   end
@@ -238,13 +246,14 @@ local function unmark_if_idle(t, band, bound)
   if redis.call('ZCARD', queue_key(t, band)) == 0 then
     redis.call('ZREM', P .. 'backlog:' .. band, t)
     local flow = t .. ':' .. band
-    local behind = math.min(tenant_floor(band) - delivered(t), bound)
-    if behind > 0 then
-      redis.call('HSET', P .. 'behind', flow, behind)
+    local owed = math.max(tenant_floor(band) - delivered(t), 0)
+    if owed > 0 then
+      redis.call('HSET', P .. 'behind', flow, math.min(owed, bound))
     else
       redis.call('HDEL', P .. 'behind', flow)
     end
-    redis.call('HSET', P .. 'behind', 'at:' .. flow, now_ms())
+    redis.call('HSET', P .. 'behind', 'at:' .. flow, now_ms(),
+               'owed:' .. flow, math.min(owed, KEPT_WITHIN_GRACE * bound))
     if redis.call('ZCARD', P .. 'backlog:' .. band) == 0 then
       redis.call('ZREM', P .. 'bandlog', band)
       bands_cache = nil
@@ -268,6 +277,9 @@ local function unqueue(id)
   return r
 end
 
+-- The leases held for a flow's next request (see hold_for_next).
+local function held_key(t, band) return P .. 'ant:' .. t .. ':' .. band end
+
 -- Free what a lease holds; returns its record or nil if there is no such lease (idempotent).
 local function unlease(id)
   local l = decode(redis.call('HGET', P .. 'lease', id))
@@ -285,6 +297,7 @@ local function unlease(id)
   add_load(P .. 'bload', l.b .. ':t', -l.tok)
   if l.pf then add_load(P .. 'bload', l.b .. ':p', -l.pf) end
   if l.lent then add_load(P .. 'lent', l.lent, -1) end
+  if l.ant then redis.call('ZREM', held_key(l.t, l.band), id) end
   return l
 end
 
@@ -297,7 +310,10 @@ end
 local function sweep(now)
   local expired = redis.call('ZRANGEBYSCORE', P .. 'exp', '-inf', now, 'LIMIT', 0, MAX_SWEEP)
   for _, id in ipairs(expired) do
-    if unlease(id) or unqueue(id) then
+    local l = unlease(id)
+    if l and l.ant then
+      redis.call('HINCRBY', P .. 'stats', 'held_lapsed', 1)
+    elseif l or unqueue(id) then
       redis.call('HINCRBY', P .. 'stats', 'reclaimed', 1)
     end
   end
@@ -465,6 +481,52 @@ local function forfeit(capped, t, band)
       rescore(r.t, raise_counter(r.t, floor))
     end
   end
+end
+
+-- Anticipation: whether the next request of ``l``'s tenant would come first in fair order if
+-- it were queued now. Its own queue in the band is empty (else that takes the capacity anyway),
+-- others wait in the band, and its counter, as the lift would leave it on its return, is not
+-- above the lowest of theirs.
+local function owed_next(l, now)
+  if redis.call('ZCARD', queue_key(l.t, l.band)) > 0 then return false end
+  local first = redis.call('ZRANGE', P .. 'backlog:' .. l.band, 0, 0, 'WITHSCORES')
+  return #first > 0 and lifted(l.t, l.band, now) <= tonumber(first[2])
+end
+
+-- Hold a finished request's lease for up to ``hold`` ms for the next request of its tenant, if
+-- that request would come first in fair order (owed_next), instead of handing the capacity to
+-- the tenants waiting now. A client's next request reaches the gateway a few milliseconds after
+-- its last answer; without the hold, a tenant whose requests end together (a wave of alike
+-- requests) sees the capacity they freed go to others an instant before it asks again, and
+-- loses its share for a whole wave (docs/fairness.md). The held lease changes no order: the
+-- tenant's next request frees it and queues like any other (enqueue.lua), and a hold nobody
+-- takes lapses. It only delays the dispatch of what the lease holds, by at most ``hold``.
+-- Returns whether the lease is now held.
+local function hold_for_next(id, l, now, hold)
+  if (redis.call('GET', P .. 'cfg:policy') or 'vtc') ~= 'vtc' or not owed_next(l, now) then
+    return false
+  end
+  if l.pd then  -- the request ran: its input was delivered
+    add_pending(l.t, l.w, -l.pd)
+    l.pd = nil
+  end
+  if l.pf then
+    add_load(P .. 'bload', l.b .. ':p', -l.pf)
+    l.pf = nil
+  end
+  l.ant, l.ch = 1, 0
+  redis.call('HSET', P .. 'lease', id, cjson.encode(l))
+  redis.call('ZADD', P .. 'exp', now + hold, id)
+  redis.call('ZADD', held_key(l.t, l.band), now + hold, id)
+  redis.call('HDEL', P .. 'granted', id)
+  redis.call('HINCRBY', P .. 'stats', 'held', 1)
+  return true
+end
+
+-- A new request of flow (t, band) frees a lease held for it: it then queues like any other.
+local function take_held(t, band)
+  local id = redis.call('ZRANGE', held_key(t, band), 0, 0)[1]
+  if id and unlease(id) then redis.call('HINCRBY', P .. 'stats', 'held_taken', 1) end
 end
 
 -- Grant every queued request that fits, in policy order. A head that is blocked only by its
