@@ -29,6 +29,7 @@ from loadtest.kit.metrics import (
     unplaced_service,
 )
 from loadtest.kit.modes import parse_mode
+from loadtest.kit.runner import active_tenants
 from loadtest.kit.scenario import (
     REPO,
     Bursts,
@@ -375,3 +376,16 @@ def test_a_short_run_writes_json_markdown_and_plots(tmp_path: Path) -> None:
     section = benchmarks.read_text()
     assert "<!-- loadtest-tiny:start -->" in section and "| vtc-pools | side |" in section
     assert "fairgate loadtest tiny" in section
+
+
+def test_a_tenant_is_active_in_a_window_only_with_demand_inside_it() -> None:
+    """A burst scheduled exactly at a window's end (the returning tenant at 40 s, the "before"
+    window ending at 40 s) may fire a hair early; it is not demand in that window."""
+    records = [
+        done("steady", 30.0),  # ran inside [5, 40]
+        done("early", 4.0),  # ended before the window
+        done("burst", 45.0, sent=40.0 - 0.0004),  # the timer fired 0.4 ms early
+        done("late", 50.0, sent=39.0),  # sent inside, still running after it
+    ]
+    tenants = ["steady", "early", "burst", "late"]
+    assert active_tenants(records, tenants, (5.0, 40.0)) == ["steady", "late"]
