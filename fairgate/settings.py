@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -617,73 +618,79 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _cross_references(self) -> Settings:
-        """Checks that span sections: unique backends and keys, known pool names."""
-        _no_repeats(
-            "pools",
-            "backend name",
-            [name for pool in self.pools.values() for name in pool.backends],
-        )
-        _no_repeats(
-            "pools",
-            "backend url",
-            [str(b.url) for pool in self.pools.values() for b in pool.backends.values()],
-        )
-        _no_repeats(
-            "tenants",
-            "API key",
-            [h for t in self.tenants.values() for h in t.key_hashes()],
-            show=False,
-        )
+        """Checks that span sections: unique backends and keys, known pool and tenant names.
+
+        Every problem is found in one pass and reported together, one line each, so that a
+        config with three bad routing rules is not fixed one rule per attempt.
+        """
+        backends = [b for pool in self.pools.values() for b in pool.backends.items()]
+        problems = [
+            _repeats("pools", "backend name", [name for name, _ in backends]),
+            _repeats("pools", "backend url", [str(b.url) for _, b in backends]),
+            _repeats(
+                "tenants",
+                "API key",
+                [h for t in self.tenants.values() for h in t.key_hashes()],
+                show=False,
+            ),
+            *self._tenant_problems(),
+            *self._routing_problems(),
+            *self._lending_problems(),
+        ]
+        found = [problem for problem in problems if problem]
+        if found:
+            raise ValueError("\n".join(found))
+        return self
+
+    def _tenant_problems(self) -> Iterator[str]:
         for tenant_id, tenant in self.tenants.items():
             for pool in tenant.pools or ():
                 if pool not in self.pools:
-                    raise ValueError(
+                    yield (
                         f"tenants.{tenant_id}.pools: unknown pool {pool!r} "
                         f"(known: {', '.join(sorted(self.pools))})"
                     )
-        self._check_routing()
-        self._check_lending()
-        return self
 
-    def _check_lending(self) -> None:
+    def _lending_problems(self) -> Iterator[str]:
         """A pool lends only to known pools whose every model all of its backends serve."""
         for name, pool in self.pools.items():
             for borrower in pool.lend_to:
                 where = f"pools.{name}.lend_to"
                 if borrower not in self.pools or borrower == name:
-                    raise ValueError(f"{where}: no other pool is named {borrower!r}")
+                    yield f"{where}: no other pool is named {borrower!r}"
+                    continue
                 for backend_name, backend in pool.backends.items():
                     missing = self.pools[borrower].models - set(backend.models)
                     if missing:
-                        raise ValueError(
+                        yield (
                             f"{where}: backend {backend_name!r} does not serve "
                             f"{', '.join(sorted(missing))} of pool {borrower!r}"
                         )
 
-    def _check_routing(self) -> None:
+    def _routing_problems(self) -> Iterator[str]:
         """Every rule names a known pool that serves its models, and known tenants that may
         use it; rule names are unique."""
-        _no_repeats("routing.rules", "rule name", [rule.name for rule in self.routing.rules])
+        yield _repeats("routing.rules", "rule name", [rule.name for rule in self.routing.rules])
         for index, rule in enumerate(self.routing.rules):
             where = f"routing.rules.{index}"
             pool = self.pools.get(rule.pool)
             if pool is None:
-                raise ValueError(
+                yield (
                     f"{where}.pool: unknown pool {rule.pool!r} "
                     f"(known: {', '.join(sorted(self.pools))})"
                 )
             for model in rule.models or ():
-                if model not in pool.models:
-                    raise ValueError(
+                if pool is not None and model not in pool.models:
+                    yield (
                         f"{where}.models: pool {rule.pool!r} does not serve {model!r} "
                         f"(it serves: {', '.join(sorted(pool.models))})"
                     )
             for tenant_id in rule.tenants or ():
                 tenant = self.tenants.get(tenant_id)
                 if tenant is None:
-                    raise ValueError(f"{where}.tenants: unknown tenant {tenant_id!r}")
-                if tenant.pools is not None and rule.pool not in tenant.pools:
-                    raise ValueError(
+                    yield f"{where}.tenants: unknown tenant {tenant_id!r}"
+                elif tenant.pools is not None and rule.pool not in tenant.pools:
+                    yield (
                         f"{where}.tenants: tenant {tenant_id!r} may not use pool {rule.pool!r} "
                         f"(tenants.{tenant_id}.pools)"
                     )
@@ -700,11 +707,13 @@ class Settings(BaseSettings):
 _DEFAULT_MODEL = ModelConfig()
 
 
-def _no_repeats(section: str, what: str, values: list[str], show: bool = True) -> None:
+def _repeats(section: str, what: str, values: list[str], show: bool = True) -> str:
+    """The problem with ``values`` if some repeat, else ''."""
     repeated = [v for v, n in Counter(values).items() if n > 1]
-    if repeated:
-        shown = f": {', '.join(sorted(repeated))}" if show else ""
-        raise ValueError(f"{section}: each {what} must be unique, found repeats{shown}")
+    if not repeated:
+        return ""
+    shown = f": {', '.join(sorted(repeated))}" if show else ""
+    return f"{section}: each {what} must be unique, found repeats{shown}"
 
 
 class ConfigError(Exception):
@@ -750,6 +759,10 @@ def _describe(exc: ValidationError) -> str:
     for err in exc.errors(include_url=False):
         where = ".".join(str(part) for part in err["loc"]) or "(top level)"
         message = err["msg"].removeprefix("Value error, ")
+        if not err["loc"] and err["type"] == "value_error":
+            # the cross-section checks: one line per problem, each naming its own field
+            lines += [f"  {line}" for line in message.splitlines()]
+            continue
         got = err.get("input")
         shown = "" if err["type"] in {"missing", "value_error"} else f" (got {got!r})"
         if isinstance(got, dict | list) or "secret" in where or "api_key" in where:

@@ -659,3 +659,25 @@ def test_check_config_rejects_bad_config(
     assert "Traceback" not in result.stderr
     assert "valid\n" not in result.stdout
     assert "fg-t-key" not in result.stdout + result.stderr
+
+
+def test_every_cross_section_problem_is_reported_in_one_pass(tmp_path: Path) -> None:
+    """Three bad routing rules and a tenant naming an unknown pool: four lines in one error,
+    each naming its field, not one problem per attempt."""
+    cfg = minimal_config()
+    cfg["tenants"]["t"]["pools"] = ["batch"]
+    cfg["routing"] = {
+        "rules": [
+            {"name": "a", "pool": "nowhere"},
+            {"name": "b", "pool": "interactive", "models": ["other"]},
+            {"name": "c", "pool": "interactive", "tenants": ["ghost"]},
+        ]
+    }
+    message = config_error(tmp_path, cfg)
+    problems = [line for line in message.splitlines() if line.startswith("  ")]
+    assert [line.split(":")[0].strip() for line in problems] == [
+        "tenants.t.pools",
+        "routing.rules.0.pool",
+        "routing.rules.1.models",
+        "routing.rules.2.tenants",
+    ]
