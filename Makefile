@@ -11,10 +11,13 @@ CONFIG  ?= config/fairgate.yaml
 
 install: $(STAMP)
 
+# pip's and setuptools' output goes to $(VENV)/install.log, shown only if the install fails.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@echo "installing fairgate and its dependencies into $(VENV) (log: $(VENV)/install.log)"
+	@( $(PY) -m pip install --disable-pip-version-check --upgrade pip && \
+	   $(PY) -m pip install --disable-pip-version-check -e '.[dev]' ) > $(VENV)/install.log 2>&1 \
+	   || { cat $(VENV)/install.log; echo "install failed (log above)"; exit 1; }
 	@touch $(STAMP)
 
 run: $(STAMP)

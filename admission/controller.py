@@ -34,7 +34,7 @@ from admission.domain import contended_channel, domain_prefix, grants_channel, p
 from admission.lease import Lease
 from admission.local import LocalLimits
 from admission.reuse import Flow, HeldLease, LeaseShelf
-from admission.scripts import AdmissionScripts, Outcome
+from admission.scripts import AdmissionScripts, Decision
 from fairgate.errors import GatewayError, admission_unavailable, rate_limited
 from fairgate.redis_client import GatewayRedis
 from fairgate.settings import Settings
@@ -154,7 +154,7 @@ class Admission:
             )
         return await self._wait(ticket, due)
 
-    async def _ask(self, ticket: Ticket) -> Outcome:
+    async def _ask(self, ticket: Ticket) -> Decision:
         outcome = await self._enqueue(ticket)
         if outcome.state in ("unknown_tenant", "unknown_pool"):
             # Redis lost its data (a restart without persistence): publish ours, try again.
@@ -162,7 +162,7 @@ class Admission:
             outcome = await self._enqueue(ticket)
         return outcome
 
-    def _abandon(self, request_id: str, asking: asyncio.Future[Outcome]) -> None:
+    def _abandon(self, request_id: str, asking: asyncio.Future[Decision]) -> None:
         """Undo the enqueue of a request whose client left before it answered."""
         if asking.cancelled() or asking.exception() is not None:
             return
@@ -181,7 +181,7 @@ class Admission:
         await self._withdraw(request_id)  # leaves the queue if it is still queued
         await self.release(request_id, None)  # frees its lease if it was granted (else a no-op)
 
-    async def _enqueue(self, ticket: Ticket) -> Outcome:
+    async def _enqueue(self, ticket: Ticket) -> Decision:
         return await self.scripts.enqueue(
             ticket.request_id,
             ticket.tenant,
@@ -294,7 +294,7 @@ class Admission:
         for held in self._shelf.take_all():
             self._let_go(held)
 
-    def _heard(self, outcome: Outcome) -> None:
+    def _heard(self, outcome: Decision) -> None:
         """Act on a script's answer: its grants, and whether leases may still be held."""
         self._resolve(outcome.grants)
         self._may_reuse = outcome.may_reuse

@@ -32,7 +32,7 @@ def _pairs(values: list[bytes | str]) -> list[tuple[str, str]]:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Decision:
     """What a script decided: the state of the request asked about, and every grant made."""
 
     state: str
@@ -80,15 +80,15 @@ class AdmissionScripts:
         prompt_tokens: int = 0,
         prefer: str = "",
         prefer_slack: int = 0,
-    ) -> Outcome:
+    ) -> Decision:
         args = [request_id, tenant, tokens, service, pool, band, owner, timeout_ms]
         args += [self._ttl, self._max, prompt_tokens, prefer, prefer_slack]
         result = await self._enqueue(self._keys, args)
         state, grants = _text(result[0]), _pairs(result[2:])
         # granted with no grant listed: the fast path, taken only while nothing waits
-        return Outcome(state, _text(result[1]), grants, state == "granted" and not grants)
+        return Decision(state, _text(result[1]), grants, state == "granted" and not grants)
 
-    async def release(self, request_id: str, service: float | None, hold_ms: int = 0) -> Outcome:
+    async def release(self, request_id: str, service: float | None, hold_ms: int = 0) -> Decision:
         """End a lease: ``released`` (or ``gone``), or ``held`` for the next request of its
         tenant for up to ``hold_ms`` (see ``hold_for_next`` in lib.lua): then it is to be
         released again when the hold ends."""
@@ -96,11 +96,11 @@ class AdmissionScripts:
         args = [request_id, used, self._ttl, self._max, hold_ms]
         result = await self._release(self._keys, args)
         state = _RELEASED[int(result[0])]
-        return Outcome(state, "", _pairs(result[2:]), may_reuse=not int(result[1]))
+        return Decision(state, "", _pairs(result[2:]), may_reuse=not int(result[1]))
 
     async def reuse(
         self, lease_id: str, used: float | None, tokens: int, service: float
-    ) -> Outcome:
+    ) -> Decision:
         """Pass a finished request's lease (``used``: its service) to the next of its flow.
 
         ``reused`` (or ``gone``); ``may_reuse`` if nothing waits anywhere and the lease's
@@ -109,13 +109,13 @@ class AdmissionScripts:
         args = [lease_id, "" if used is None else used, tokens, service, self._ttl, self._max]
         result = await self._reuse(self._keys, args)
         state = "reused" if int(result[0]) else "gone"
-        return Outcome(state, "", _pairs(result[2:]), may_reuse=bool(int(result[1])))
+        return Decision(state, "", _pairs(result[2:]), may_reuse=bool(int(result[1])))
 
-    async def charge(self, request_id: str, service: float) -> Outcome:
+    async def charge(self, request_id: str, service: float) -> Decision:
         """Charge streamed output (``charged``, or ``gone``); ends the request's prefill hold,
         so the grants that freed are returned."""
         result = await self._charge(self._keys, [request_id, service, self._ttl, self._max])
-        return Outcome("charged" if int(result[0]) else "gone", "", _pairs(result[1:]))
+        return Decision("charged" if int(result[0]) else "gone", "", _pairs(result[1:]))
 
     async def renew(self, request_ids: list[str]) -> list[str]:
         """Renew expiries; returns the ids that no longer exist."""
@@ -124,9 +124,9 @@ class AdmissionScripts:
         lost = await self._renew(self._keys, [self._ttl, *request_ids])
         return [_text(v) for v in lost]
 
-    async def cancel(self, request_id: str) -> Outcome:
+    async def cancel(self, request_id: str) -> Decision:
         result = await self._cancel(self._keys, [request_id, self._ttl, self._max])
-        return Outcome(_text(result[0]), _text(result[1]), _pairs(result[2:]))
+        return Decision(_text(result[0]), _text(result[1]), _pairs(result[2:]))
 
     async def tick(self) -> list[tuple[str, str]]:
         return _pairs(await self._tick(self._keys, [self._ttl, self._max]))

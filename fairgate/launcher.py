@@ -6,6 +6,10 @@ own process, on its URL's port), and the gateway itself. Each must answer before
 starts. Then it prints how to reach the gateway and waits; Ctrl-C or SIGTERM stops everything
 it started, and it stops by itself, saying why, if any of them dies. Backends without
 ``simulator:`` are real engines and are left alone.
+
+The children run in sessions of their own, so a Ctrl-C in the terminal reaches only this
+process, which then stops them in reverse order: they never see the interrupt first and exit
+before being asked, which looked like a crash.
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ def run_stack(settings: Settings, config_path: Path) -> int:
 
 
 def _fairgate(*args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "fairgate.cli", "--log-level", "warning", *args])
+    command = [sys.executable, "-m", "fairgate.cli", "--log-level", "warning", *args]
+    return subprocess.Popen(command, start_new_session=True)
 
 
 def _start_redis_if_needed(url: str) -> subprocess.Popen[bytes] | None:
@@ -72,6 +77,7 @@ def _start_redis_if_needed(url: str) -> subprocess.Popen[bytes] | None:
     process = subprocess.Popen(
         [server, "--bind", host, "--port", str(port), "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.monotonic() + _START_TIMEOUT_S
     while not _listening(host, port):
@@ -134,7 +140,7 @@ fairgate is up: OpenAI base URL {base}/v1 (tenant {tenant} in the examples)
   curl -s {base}/v1/chat/completions -H 'Authorization: Bearer {key}' \\
     -H 'Content-Type: application/json' -d '{body}'
 
-  python -c 'from openai import OpenAI; print({client}.{call}.choices[0].message.content)'
+  {_python()} -c 'from openai import OpenAI; print({client}.{call}.choices[0].message.content)'
 
   demo keys:
 {tenants}
@@ -143,6 +149,15 @@ Readiness: {base}/readyz     Press Ctrl-C to stop.
 """,
         flush=True,
     )
+
+
+def _python() -> str:
+    """This Python (the one with ``openai`` installed), relative to the working directory
+    where it is inside it: ``.venv/bin/python`` under ``make run``."""
+    try:
+        return str(Path(sys.executable).relative_to(Path.cwd()))
+    except ValueError:
+        return sys.executable
 
 
 def _wait_for_signal(processes: list[subprocess.Popen[bytes]]) -> None:

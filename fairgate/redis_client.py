@@ -21,7 +21,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from fairgate.resp import Endpoint, RespChannel
+from fairgate.resp import RedisAddress, RespChannel
 from fairgate.settings import RedisConfig
 
 
@@ -36,7 +36,7 @@ class GatewayRedis(Redis):
         super().__init__(*args, **kwargs)
         pool = self.connection_pool
         tls = issubclass(pool.connection_class, SSLConnection)
-        self.scripts = RespChannel(Endpoint.of_pool(pool.connection_kwargs, tls))
+        self.scripts = RespChannel(RedisAddress.of_pool(pool.connection_kwargs, tls))
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         await self.scripts.close()

@@ -43,7 +43,7 @@ Arg = str | bytes | int | float
 
 
 @dataclass(frozen=True)
-class Endpoint:
+class RedisAddress:
     """Where and how to connect: taken from a redis-py connection pool's settings."""
 
     host: str = "127.0.0.1"
@@ -59,7 +59,7 @@ class Endpoint:
     timeout_s: float = 2.0
 
     @classmethod
-    def of_pool(cls, kwargs: Mapping[str, Any], tls: bool) -> Endpoint:
+    def of_pool(cls, kwargs: Mapping[str, Any], tls: bool) -> RedisAddress:
         """The endpoint of a redis-py ``ConnectionPool`` (its ``connection_kwargs``)."""
         return cls(
             host=kwargs.get("host") or "127.0.0.1",
@@ -204,7 +204,7 @@ class RespChannel:
     callers' fail mode decides what that means) and the next command connects again.
     """
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: RedisAddress) -> None:
         self.endpoint = endpoint
         self._connection: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None

@@ -397,17 +397,18 @@ class AdmissionConfig(StrictModel):
     return_grace_s: Annotated[float, Field(ge=0, le=5)] = Field(
         0.5,
         description="A tenant whose queue ran dry and refills within this long keeps its place "
-        "in fair order (it was between two requests, not idle): no lift (docs/fairness.md).",
+        "in fair order (it was between two requests, not idle): it keeps what it was owed, up to "
+        "eight of its requests, instead of one (docs/fairness.md).",
     )
     hold_for_next_s: Annotated[float, Field(ge=0, le=1)] = Field(
-        0.25,
+        0.5,
         description="While requests wait, a finished request's lease is held this long for its "
         "tenant's next request when that tenant is owed the next turn (0: never; see "
         "docs/fairness.md, anticipation). Never longer than hold_for_next_share of the finished "
         "request's run time.",
     )
     hold_for_next_share: Annotated[float, Field(ge=0, le=0.2)] = Field(
-        0.1,
+        0.2,
         description="The most a hold may cost: this share of the run time of the request whose "
         "lease is held.",
     )

@@ -37,7 +37,7 @@ from gateway.metering import PlainMeter, StreamMeter
 from gateway.middleware import request_id_of
 from gateway.relay import (
     UPSTREAM_READ_ERRORS,
-    Outcome,
+    Relayed,
     is_event_stream,
     relay_body,
     relay_stream,
@@ -82,7 +82,7 @@ def inference(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Strea
             request, gateway, ticket, parsed, cost
         )
         headers["X-Fairgate-Queue-Time"] = f"{max(lease.granted_at - asked, 0.0):.3f}"
-        outcome: Outcome | None = None
+        outcome: Relayed | None = None
         try:
             headers["X-Fairgate-Backend"] = backend.name
             response, outcome = await _relay(
@@ -218,7 +218,7 @@ async def _relay(
     lease: Lease,
     backend: Backend,
     meter: PlainMeter | None,
-) -> tuple[web.StreamResponse, Outcome]:
+) -> tuple[web.StreamResponse, Relayed]:
     """Relay the engine's answer; streamed output is charged to the tenant as it flows."""
     try:
         if parsed.stream and is_event_stream(upstream):
@@ -240,7 +240,7 @@ async def _relay_plain(
     upstream: aiohttp.ClientResponse,
     headers: dict[str, str],
     meter: PlainMeter | None,
-) -> tuple[web.Response, Outcome]:
+) -> tuple[web.Response, Relayed]:
     """Relay a plain response; its meter learns how fast the backend delivered it."""
     try:
         response, outcome = await relay_body(upstream, headers)
@@ -260,7 +260,7 @@ async def _settle(
     parsed: InferenceRequest,
     cost: Cost,
     lease: Lease,
-    outcome: Outcome | None,
+    outcome: Relayed | None,
 ) -> None:
     """After the response: release the lease with the service used, then learn from usage.
 
@@ -278,7 +278,7 @@ async def _settle(
     gateway.metrics.observed(parsed.model, seen)
 
 
-def _service_used(cost: Cost, parsed: InferenceRequest, outcome: Outcome | None) -> float | None:
+def _service_used(cost: Cost, parsed: InferenceRequest, outcome: Relayed | None) -> float | None:
     """The service a request used, from the engine's usage, else from the chunks relayed."""
     if outcome is None:
         return None

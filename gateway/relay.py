@@ -43,7 +43,7 @@ _HOP_HEADERS = {
 
 
 @dataclass
-class Outcome:
+class Relayed:
     """What the gateway learned from relaying one response."""
 
     status: int
@@ -68,7 +68,7 @@ class _StreamFilter:
     """
 
     client_wants_usage: bool
-    outcome: Outcome
+    outcome: Relayed
     tail: bytes = b""  # an event whose end has not arrived (sent as is if the stream ends)
 
     def feed(self, data: bytes) -> bytes:
@@ -122,9 +122,9 @@ async def relay_stream(
     client_wants_usage: bool,
     headers: Mapping[str, str],
     meter: Callable[[int], None] | None = None,
-) -> tuple[web.StreamResponse, Outcome]:
+) -> tuple[web.StreamResponse, Relayed]:
     """Relay an SSE response event by event; ``meter`` hears the running count of chunks."""
-    outcome = Outcome(upstream.status)
+    outcome = Relayed(upstream.status)
     stream = _StreamFilter(client_wants_usage, outcome)
     response = web.StreamResponse(
         status=upstream.status, headers=response_headers(upstream, headers)
@@ -155,10 +155,10 @@ async def relay_stream(
 
 async def relay_body(
     upstream: aiohttp.ClientResponse, headers: Mapping[str, str]
-) -> tuple[web.Response, Outcome]:
+) -> tuple[web.Response, Relayed]:
     """Relay a complete (non-streamed) response with its status."""
     body = await upstream.read()
-    outcome = Outcome(upstream.status, completed=True)
+    outcome = Relayed(upstream.status, completed=True)
     if upstream.status == 200 and upstream.content_type == "application/json":
         outcome.usage = _usage_of(body)
     return web.Response(

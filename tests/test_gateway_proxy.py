@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from fairgate.serving import serve
-from gateway.relay import Outcome, _StreamFilter
+from gateway.relay import Relayed, _StreamFilter
 from tests.conftest import (
     RunningGateway,
     RunningSim,
@@ -472,7 +472,7 @@ async def test_unknown_route_and_method_get_json_errors(gateway: RunningGateway)
 
 def test_usage_null_chunks_pass_and_only_the_real_usage_is_taken() -> None:
     """OpenAI-style APIs send ``"usage": null`` on every chunk when usage was asked for."""
-    outcome = Outcome(200)
+    outcome = Relayed(200)
     stream = _StreamFilter(client_wants_usage=False, outcome=outcome)
     chunk = b'data: {"choices":[{"delta":{"content":"x"}}],"usage": null}\n\n'
     final = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
@@ -494,7 +494,7 @@ def test_stream_filter_gives_the_same_bytes_however_the_stream_is_cut(
     stream = terminator.join(events) + terminator
     expected = b"".join(e + terminator for e in events if client_wants_usage or e != final)
     for cut in range(1, len(stream)):
-        outcome = Outcome(200)
+        outcome = Relayed(200)
         relay = _StreamFilter(client_wants_usage=client_wants_usage, outcome=outcome)
         first = relay.feed(stream[:cut])
         assert expected.startswith(first) and not relay.tail.endswith(terminator)

@@ -485,12 +485,14 @@ end
 
 -- Anticipation: whether the next request of ``l``'s tenant would come first in fair order if
 -- it were queued now. Its own queue in the band is empty (else that takes the capacity anyway),
--- others wait in the band, and its counter, as the lift would leave it on its return, is below
--- the lowest of theirs (at a tie nobody is owed anything: no capacity is held back).
+-- others wait in the band, and its counter, as the lift would leave it on its return, comes
+-- before the lowest of theirs in the order dispatch reads them (by counter, then by name).
 local function owed_next(l, now)
   if redis.call('ZCARD', queue_key(l.t, l.band)) > 0 then return false end
   local first = redis.call('ZRANGE', P .. 'backlog:' .. l.band, 0, 0, 'WITHSCORES')
-  return #first > 0 and lifted(l.t, l.band, now) < tonumber(first[2])
+  if #first == 0 then return false end
+  local own, lowest = lifted(l.t, l.band, now), tonumber(first[2])
+  return own < lowest or (own == lowest and l.t < first[1])
 end
 
 -- Hold a finished request's lease for up to ``hold`` ms for the next request of its tenant, if
