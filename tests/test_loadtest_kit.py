@@ -120,7 +120,7 @@ def test_make_flood_floods_the_demo_tenants_with_their_keys_and_weights() -> Non
 
 def test_a_scenario_extends_its_base() -> None:
     replicas, shares = load_scenario("three-replicas"), load_scenario("weighted-shares")
-    assert [m.name for m in replicas.modes] == ["vtc", "vtc-x3"]
+    assert [m.name for m in replicas.modes] == ["direct", "vtc", "vtc-x3"]
     assert replicas.tenants == shares.tenants
     assert replicas.name == "three-replicas"
 
