@@ -254,6 +254,26 @@ async def _owed_a_with_b_waiting(domain: Any, policy: str = "vtc") -> tuple[Doma
     return d, next(i for i in d.leased if i.startswith("a-"))
 
 
+async def _hold(d: Domain, lease: str, hold_ms: int = 60_000) -> None:
+    """End ``lease`` with a hold: it must be held (a is owed the next turn)."""
+    d.leased.remove(lease)
+    held = await d.scripts.release(lease, 3 * SERVICE, hold_ms=hold_ms)
+    assert (held.state, held.grants) == ("held", [])
+
+
+def _granted(d: Domain, grants: list[tuple[str, str]]) -> list[str]:
+    """The tenants granted (their leases now count as the domain's)."""
+    d.leased.extend(i for i, _ in grants)
+    return [i.split("-")[0] for i, _ in grants]
+
+
+async def _stat(redis: GatewayRedis, d: Domain, name: str) -> int:
+    return int((await redis.hgetall(d.prefix + "stats")).get(name.encode(), 0))
+
+
+HELD_FOR_A = f"ant:a:{band_of(0)}"  # leases held for a's next request
+
+
 async def test_a_finished_lease_is_held_for_its_owed_tenants_next_request(
     domain: Any, redis: GatewayRedis
 ) -> None:
@@ -261,41 +281,33 @@ async def test_a_finished_lease_is_held_for_its_owed_tenants_next_request(
     lease holds is not handed to b: it is held for a's next request, which then comes first
     (the client's next request always arrives an instant after its last answer)."""
     d, lease = await _owed_a_with_b_waiting(domain)
-    d.leased.remove(lease)
-    held = await d.scripts.release(lease, 3 * SERVICE, hold_ms=60_000)
-    assert (held.state, held.grants) == ("held", [])
-    assert await redis.zrange(d.prefix + f"ant:a:{band_of(0)}", 0, -1) == [lease.encode()]
+    await _hold(d, lease)
+    assert await redis.zrange(d.prefix + HELD_FOR_A, 0, -1) == [lease.encode()]
     assert await d.enqueue("a") == ["granted"]  # it frees the held lease and comes first
-    assert await redis.exists(d.prefix + f"ant:a:{band_of(0)}") == 0
+    assert await redis.exists(d.prefix + HELD_FOR_A) == 0
     assert (await d.scripts.release(lease, None)).state == "gone"  # the hold's end: no-op
-    stats = await redis.hgetall(d.prefix + "stats")
-    assert (int(stats[b"held"]), int(stats[b"held_taken"])) == (1, 1)
+    assert (await _stat(redis, d, "held"), await _stat(redis, d, "held_taken")) == (1, 1)
 
 
 async def test_a_hold_nobody_takes_lapses_to_the_next_in_fair_order(
     domain: Any, redis: GatewayRedis
 ) -> None:
     d, lease = await _owed_a_with_b_waiting(domain)
-    d.leased.remove(lease)
-    assert (await d.scripts.release(lease, 3 * SERVICE, hold_ms=60_000)).state == "held"
+    await _hold(d, lease)
     lapsed = await d.scripts.release(lease, None)  # the hold's end, as its replica times it
-    assert lapsed.state == "released" and [i.split("-")[0] for i, _ in lapsed.grants] == ["b"]
-    d.leased.extend(i for i, _ in lapsed.grants)
-    assert int((await redis.hgetall(d.prefix + "stats"))[b"held_lapsed"]) == 1
-    assert await redis.exists(d.prefix + f"ant:a:{band_of(0)}") == 0
+    assert lapsed.state == "released" and _granted(d, lapsed.grants) == ["b"]
+    assert await _stat(redis, d, "held_lapsed") == 1
+    assert await redis.exists(d.prefix + HELD_FOR_A) == 0
 
 
 async def test_a_hold_expires_with_its_ttl_if_its_replica_dies(
     domain: Any, redis: GatewayRedis
 ) -> None:
     d, lease = await _owed_a_with_b_waiting(domain)
-    d.leased.remove(lease)
-    assert (await d.scripts.release(lease, 3 * SERVICE, hold_ms=1)).state == "held"
+    await _hold(d, lease, hold_ms=1)
     await asyncio.sleep(0.01)  # no replica ends the hold: the next sweep does
-    granted = await d.scripts.tick()
-    assert [i.split("-")[0] for i, _ in granted] == ["b"]
-    d.leased.extend(i for i, _ in granted)
-    assert int((await redis.hgetall(d.prefix + "stats"))[b"held_lapsed"]) == 1
+    assert _granted(d, await d.scripts.tick()) == ["b"]
+    assert await _stat(redis, d, "held_lapsed") == 1
 
 
 @pytest.mark.parametrize("case", ["not owed", "fcfs", "own queue"])
@@ -308,8 +320,7 @@ async def test_no_hold_unless_the_tenant_is_owed_the_next_turn(domain: Any, case
         assert await d.enqueue("a") == ["queued"]
     d.leased.remove(lease)
     released = await d.scripts.release(lease, used, hold_ms=60_000)
-    assert released.state == "released" and len(released.grants) == 1
-    d.leased.extend(i for i, _ in released.grants)
+    assert released.state == "released" and len(_granted(d, released.grants)) == 1
 
 
 async def test_a_lower_priority_band_keeps_its_minimum_share(domain: Any) -> None:
