@@ -281,8 +281,9 @@ end
 local function held_key(t, band) return P .. 'ant:' .. t .. ':' .. band end
 
 -- Free what a lease holds; returns its record or nil if there is no such lease (idempotent).
-local function unlease(id)
-  local l = decode(redis.call('HGET', P .. 'lease', id))
+-- ``known``: its record, if the caller has read it already.
+local function unlease(id, known)
+  local l = known or decode(redis.call('HGET', P .. 'lease', id))
   if not l then return nil end
   redis.call('HDEL', P .. 'lease', id)
   redis.call('HDEL', P .. 'granted', id)

@@ -16,7 +16,7 @@ if l and not l.ant and hold > 0 and contended and hold_for_next(id, l, now, hold
   return {2, 1}
 end
 if l and l.ant then redis.call('HINCRBY', P .. 'stats', 'held_lapsed', 1) end
-l = unlease(id)
+l = unlease(id, l)
 if not contended then
   return {l and 1 or 0, 0}  -- nothing waits: nothing to dispatch (upkeep sweeps regularly)
 end
