@@ -17,7 +17,7 @@ from estimators.prompt_tokens import count_chat_prompt
 from estimators.tokenizer import default_tokenizer
 from fairgate.settings import load_settings
 from loadtest.kit.arrivals import burst_times, poisson_times, rng_for, schedule, zipf_shares
-from loadtest.kit.capacity import capacity_rps
+from loadtest.kit.capacity import capacity_rps, engine_work
 from loadtest.kit.cli import main as loadtest_main
 from loadtest.kit.client import Record
 from loadtest.kit.metrics import (
@@ -42,6 +42,7 @@ from loadtest.kit.scenario import (
 )
 from loadtest.kit.shapes import draw_plan, prompt_text
 from loadtest.kit.stack import gateway_config
+from loadtest.kit.targets import evaluate
 
 W = ServiceWeights()
 
@@ -309,6 +310,38 @@ def test_capacity_in_closed_form() -> None:
     )
     # 5.75 ms x 100 / 10 + 17.25 us x 1000 + 6 us x 100 = 75.35 ms per request per engine
     assert capacity_rps(s) == pytest.approx(2 / 0.07535)
+
+
+def test_engine_work_prices_requests_by_engine_time_not_by_tokens() -> None:
+    s = scenario(
+        engine={"max_num_seqs": 10},
+        pools={"interactive": {"engines": 1, "max_concurrency": 64}},
+        tenants={
+            "a": {
+                "arrival": {"kind": "closed", "concurrency": 30},
+                "shapes": [{"prompt_tokens": 1000, "output_tokens": 100}],
+            }
+        },
+    )
+    # the offered mix runs 10 at once: 75.35 ms per request, as in the closed form above
+    assert engine_work(s, [(1000, 100)]) == pytest.approx(0.07535)
+    # an output token costs 0.581 ms, a prompt token 17.25 us: two samples of equal tokens
+    # are not equal work, and the throughput target must not take one for the other
+    assert engine_work(s, [(100, 1000)]) > 6 * engine_work(s, [(1000, 100)])
+
+
+def test_throughput_is_judged_on_engine_work_with_tokens_beside_it() -> None:
+    direct = {"mode": "direct", "label": "direct", "tokens_per_s": 1000.0, "engine_work_per_s": 1.0}
+    smaller_sample = {
+        "mode": "vtc",
+        "label": "vtc",
+        "tokens_per_s": 930.0,
+        "engine_work_per_s": 0.97,
+    }
+    idle = {"mode": "fcfs", "label": "fcfs", "tokens_per_s": 1000.0, "engine_work_per_s": 0.9}
+    checks = {c.run: c for c in evaluate(["throughput"], [direct, smaller_sample, idle])}
+    assert checks["vtc"].met is True and "0.93x" in checks["vtc"].figure
+    assert checks["fcfs"].met is False
 
 
 # ----------------------------------------------------------------------- a real, tiny run

@@ -42,25 +42,58 @@ def mix_means(scenario: Scenario) -> tuple[float, float]:
     return prompt / total, output / total
 
 
-def capacity_rps(scenario: Scenario) -> float:
-    """Requests per simulated second the shared pool serves with the Poisson tenants' mix."""
-    if scenario.load is not None and scenario.load.capacity_rps != "auto":
-        return float(scenario.load.capacity_rps)
+def batch_size(scenario: Scenario, prompt: float, output: float) -> int:
+    """How many requests of mean ``prompt`` + ``output`` tokens the shared pool's engine runs."""
     profile = load_profile(scenario.engine.profile)
     pool = scenario.pools[scenario.shared_pool]
-    prompt, output = mix_means(scenario)
     kv_tokens = (scenario.engine.num_gpu_blocks or profile.kv_cache.num_blocks) * (
         profile.kv_cache.block_size
     )
-    batch = min(
+    return min(
         scenario.engine.max_num_seqs or profile.scheduler.max_num_seqs,
         pool.max_concurrency,
         max(1, int(kv_tokens // (prompt + output))),
     )
-    step = profile.step_time
-    per_request = (
+
+
+def request_seconds(scenario: Scenario, batch: int, prompt: float, output: float) -> float:
+    """Engine time one request costs in a batch of ``batch``: the formula in the docstring."""
+    step = load_profile(scenario.engine.profile).step_time
+    return (
         step.base_ms / 1e3 * output / batch
         + step.prefill_us_per_token / 1e6 * prompt
         + step.decode_us_per_token / 1e6 * output
     )
-    return pool.engines / per_request
+
+
+def capacity_rps(scenario: Scenario) -> float:
+    """Requests per simulated second the shared pool serves with the Poisson tenants' mix."""
+    if scenario.load is not None and scenario.load.capacity_rps != "auto":
+        return float(scenario.load.capacity_rps)
+    prompt, output = mix_means(scenario)
+    batch = batch_size(scenario, prompt, output)
+    pool = scenario.pools[scenario.shared_pool]
+    return pool.engines / request_seconds(scenario, batch, prompt, output)
+
+
+def offered_means(scenario: Scenario) -> tuple[float, float]:
+    """Mean prompt and output tokens over every tenant's shapes, each tenant counted once."""
+    prompts, outputs = [], []
+    for tenant in scenario.tenants.values():
+        total = sum(s.share for s in tenant.shapes)
+        prompts.append(sum(s.share * s.prompt_tokens.mean for s in tenant.shapes) / total)
+        outputs.append(sum(s.share * s.output_tokens.mean for s in tenant.shapes) / total)
+    return sum(prompts) / len(prompts), sum(outputs) / len(outputs)
+
+
+def engine_work(scenario: Scenario, requests: list[tuple[int, int]]) -> float:
+    """Engine seconds the ``(prompt, output)`` requests cost, priced at the offered mix's batch.
+
+    Why not plain tokens: policies complete different requests. Under VTC the heavy tenant's
+    stream is served further than the light one's, so the completed requests are another sample
+    of sizes than under FCFS or direct (2% smaller in `weighted-shares`), and tokens/s moves
+    with the sample, not with the engine's use. Priced by the step model, a completed request
+    counts for the engine time it took, whoever sent it.
+    """
+    batch = batch_size(scenario, *offered_means(scenario))
+    return sum(request_seconds(scenario, batch, p, o) for p, o in requests)

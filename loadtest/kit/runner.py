@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.kit.arrivals import open_loop_rates
-from loadtest.kit.capacity import capacity_rps
+from loadtest.kit.capacity import capacity_rps, engine_work
 from loadtest.kit.client import Record
 from loadtest.kit.metrics import (
     cumulative_service,
@@ -137,6 +137,7 @@ def summarize(scenario: Scenario, run: RunResult) -> dict[str, Any]:
     end = scenario.duration_s + scenario.drain_s
     grid = [i * step for i in range(int(end / step) + 1)]
     ok = [r for r in run.records if r.ok]
+    done = [r for r in ok if r.end is not None and r.end <= scenario.duration_s]
     return {
         "label": run.label,
         "mode": run.mode,
@@ -147,12 +148,10 @@ def summarize(scenario: Scenario, run: RunResult) -> dict[str, Any]:
             t: tenant_stats(t, run.records, scenario.duration_s).to_json() for t in tenants
         },
         "windows": windows,
-        "completed_rps": sum(1 for r in ok if r.end is not None and r.end <= scenario.duration_s)
-        / scenario.duration_s,
-        "tokens_per_s": sum(
-            r.prompt_tokens + r.output_tokens
-            for r in ok
-            if r.end is not None and r.end <= scenario.duration_s
+        "completed_rps": len(done) / scenario.duration_s,
+        "tokens_per_s": sum(r.prompt_tokens + r.output_tokens for r in done) / scenario.duration_s,
+        "engine_work_per_s": engine_work(
+            scenario, [(r.prompt_tokens, r.output_tokens) for r in done]
         )
         / scenario.duration_s,
         "service_series": {

@@ -11,7 +11,8 @@
 - ``overload``: at each load factor, no tenant starves (each completes some requests, and the
   lightest ones nearly all), 429s come early, throughput matches direct.
 - ``replicas``: N replicas give the same fairness figures as one.
-- ``throughput``: every run through fairgate does at least 95% of direct's tokens/s.
+- ``throughput``: every run through fairgate does at least 95% of direct's engine work
+  (completed requests priced in engine seconds; tokens/s shown beside it).
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def _isolation(runs: list[dict[str, Any]]) -> list[Check]:
 
 
 def _throughput(runs: list[dict[str, Any]]) -> list[Check]:
-    """Every gateway run's total tokens/s against direct's: fair order must not cost work."""
+    """Every gateway run's engine work against direct's: fair order must not cost work."""
     direct = next((r for r in runs if r["mode"] == "direct"), None)
     checks: list[Check] = []
     for run in runs:
@@ -144,13 +145,21 @@ def _throughput(runs: list[dict[str, Any]]) -> list[Check]:
 
 
 def _tokens_vs_direct(run: dict[str, Any], direct: dict[str, Any]) -> list[Check]:
+    """Engine work done against direct's, with the plain tokens/s beside it.
+
+    The verdict is on work (completed requests priced in engine seconds by the simulator's
+    step model, ``capacity.engine_work``): the policies complete different samples of request
+    sizes, which moves tokens/s by a few percent without any engine time lost.
+    """
     if not direct.get("tokens_per_s"):
         return []
-    ratio = run["tokens_per_s"] / direct["tokens_per_s"]
+    tokens = run["tokens_per_s"] / direct["tokens_per_s"]
+    work = run["engine_work_per_s"] / direct["engine_work_per_s"]
     figure = (
-        f"{run['tokens_per_s']:,.0f} tokens/s = {ratio:.2f}x direct ({direct['tokens_per_s']:,.0f})"
+        f"engine work {work:.2f}x direct; {run['tokens_per_s']:,.0f} tokens/s = {tokens:.2f}x "
+        f"direct ({direct['tokens_per_s']:,.0f})"
     )
-    return [Check("total tokens/s >= 95% of direct", run["label"], figure, ratio >= THROUGHPUT_MIN)]
+    return [Check("throughput >= 95% of direct", run["label"], figure, work >= THROUGHPUT_MIN)]
 
 
 def _overload(runs: list[dict[str, Any]]) -> list[Check]:
