@@ -96,6 +96,8 @@ def test_the_shipped_scenarios_and_the_short_versions_are_shorter() -> None:
         "tokens-bind",
         "tokens-bind-mixed",
         "tokens-bind-replicas",
+        "many-tenants",
+        "open-loop-weights",
     ]
     for path in shipped_scenarios():
         assert load_scenario(path, short=True).duration_s <= load_scenario(path).duration_s
