@@ -12,6 +12,9 @@ its KV cache, and the budget fairgate gives it (``max_concurrency``), so that th
 budget is not the bottleneck of the comparison. Means of the shape mix stand for P and O (the
 formula is linear in both). Measured throughput lands a little below (ramp-up, prefill steps
 that decode nothing); the overload report shows both.
+
+The same formula prices completed requests in engine seconds (:func:`engine_work`): the
+throughput target compares the work a run got done, not its tokens.
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ def _isolation(runs: list[dict[str, Any]]) -> list[Check]:
     direct = by_mode.get("direct")
     for run in runs:
         if direct is not None and run is not direct and run["mode"].startswith("vtc-pools"):
-            checks += _tokens_vs_direct(run, direct)
+            checks += _work_vs_direct(run, direct)
     return checks
 
 
@@ -140,11 +140,11 @@ def _throughput(runs: list[dict[str, Any]]) -> list[Check]:
     checks: list[Check] = []
     for run in runs:
         if direct is not None and run["mode"] not in ("direct", "alone", "target"):
-            checks += _tokens_vs_direct(run, direct)
+            checks += _work_vs_direct(run, direct)
     return checks
 
 
-def _tokens_vs_direct(run: dict[str, Any], direct: dict[str, Any]) -> list[Check]:
+def _work_vs_direct(run: dict[str, Any], direct: dict[str, Any]) -> list[Check]:
     """Engine work done against direct's, with the plain tokens/s beside it.
 
     The verdict is on work (completed requests priced in engine seconds by the simulator's
