@@ -298,8 +298,9 @@ def test_fairness_of_equal_service_for_unequal_weights() -> None:
     assert result.gap_end == pytest.approx(2 * result.gap_half, rel=0.05)
 
 
-def test_capacity_in_closed_form() -> None:
-    s = scenario(
+def one_shape_pool() -> Scenario:
+    """Two engines running 10 at once; one tenant of 1,000-token prompts, 100-token answers."""
+    return scenario(
         engine={"max_num_seqs": 10},
         pools={"interactive": {"engines": 2, "max_concurrency": 64}},
         tenants={
@@ -310,21 +311,15 @@ def test_capacity_in_closed_form() -> None:
         },
         load={"factors": [1.0]},
     )
+
+
+def test_capacity_in_closed_form() -> None:
     # 5.75 ms x 100 / 10 + 17.25 us x 1000 + 6 us x 100 = 75.35 ms per request per engine
-    assert capacity_rps(s) == pytest.approx(2 / 0.07535)
+    assert capacity_rps(one_shape_pool()) == pytest.approx(2 / 0.07535)
 
 
 def test_engine_work_prices_requests_by_engine_time_not_by_tokens() -> None:
-    s = scenario(
-        engine={"max_num_seqs": 10},
-        pools={"interactive": {"engines": 1, "max_concurrency": 64}},
-        tenants={
-            "a": {
-                "arrival": {"kind": "closed", "concurrency": 30},
-                "shapes": [{"prompt_tokens": 1000, "output_tokens": 100}],
-            }
-        },
-    )
+    s = one_shape_pool()
     # the offered mix runs 10 at once: 75.35 ms per request, as in the closed form above
     assert engine_work(s, [(1000, 100)]) == pytest.approx(0.07535)
     # an output token costs 0.581 ms, a prompt token 17.25 us: two samples of equal tokens
