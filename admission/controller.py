@@ -30,12 +30,13 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from admission.domain import contended_channel, domain_prefix, grants_channel, publish_config
+from admission.domain import publish_config
 from admission.lease import Lease
 from admission.local import LocalLimits
 from admission.reuse import Flow, HeldLease, LeaseShelf
 from admission.scripts import AdmissionScripts, Decision
 from fairgate.errors import GatewayError, admission_unavailable, rate_limited
+from fairgate.keys import AdmissionKeys
 from fairgate.redis_client import GatewayRedis
 from fairgate.settings import Settings
 from fairgate.tasks import cancel_all
@@ -72,7 +73,8 @@ class Admission:
     def __init__(self, redis: GatewayRedis, settings: Settings) -> None:
         config = settings.admission
         self.owner = uuid.uuid4().hex[:16]
-        self.prefix = domain_prefix(settings)
+        self.keys = AdmissionKeys.of(settings.redis.key_prefix)
+        self.prefix = self.keys.prefix
         self.scripts = AdmissionScripts(
             redis,
             self.prefix,
@@ -101,7 +103,7 @@ class Admission:
 
     async def start(self) -> None:
         try:
-            await publish_config(self._redis, self.prefix, self._settings)
+            await publish_config(self._redis, self.keys, self._settings)
         except RedisError as exc:
             log.warning("could not publish admission config to Redis: %s", exc)
         self._tasks = [
@@ -158,7 +160,7 @@ class Admission:
         outcome = await self._enqueue(ticket)
         if outcome.state in ("unknown_tenant", "unknown_pool"):
             # Redis lost its data (a restart without persistence): publish ours, try again.
-            await publish_config(self._redis, self.prefix, self._settings)
+            await publish_config(self._redis, self.keys, self._settings)
             outcome = await self._enqueue(ticket)
         return outcome
 
@@ -362,11 +364,11 @@ class Admission:
             self._let_go_all()  # none of them is to be reused on it
         try:
             if down_for_s <= 0:
-                await self._redis.hdel(self.prefix + "down", backend)
+                await self._redis.hdel(self.keys.down, backend)
                 return
             seconds, micros = await self._redis.time()
             until = seconds * 1000 + micros // 1000 + int(down_for_s * 1000)
-            await self._redis.hset(self.prefix + "down", backend, until)
+            await self._redis.hset(self.keys.down, backend, until)
         except RedisError as exc:
             log.debug("could not record the health of %s: %s", backend, exc)
 
@@ -395,8 +397,8 @@ class Admission:
     async def _listen(self) -> None:
         """Hear grants to this replica's waiters (and queue timeouts) on pub/sub, and that
         requests started to wait somewhere (no more lease reuse)."""
-        grants = grants_channel(self.prefix, self.owner)
-        contended = contended_channel(self.prefix).encode()
+        grants = self.keys.grants_channel(self.owner)
+        contended = self.keys.contended_channel.encode()
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
@@ -432,7 +434,7 @@ class Admission:
     async def _poll_grants(self) -> None:
         waiting = list(self._waiters)
         if waiting:
-            found = await self._redis.hmget(self.prefix + "granted", waiting)
+            found = await self._redis.hmget(self.keys.granted, waiting)
             self._resolve([(i, b.decode()) for i, b in zip(waiting, found, strict=True) if b])
 
     async def _renew(self) -> None:

@@ -1,4 +1,4 @@
-"""The admission domain in Redis: key names, priority bands, and the configuration the scripts read.
+"""The admission domain in Redis: priority bands, and the configuration the scripts read.
 
 The scripts read tenants' weights and limits and backends' budgets from Redis rather than from
 their arguments, so every replica dispatches by the same numbers and a change made in one
@@ -12,29 +12,11 @@ import json
 
 from redis.asyncio import Redis
 
+from fairgate.keys import AdmissionKeys
 from fairgate.settings import Settings
 
 #: Band ids sort so that a higher priority comes first when band counters tie.
 _BAND_OFFSET = 500
-
-
-def domain_prefix(settings: Settings) -> str:
-    """The key prefix of the admission domain; the braces are its Redis Cluster hash tag."""
-    return f"{settings.redis.key_prefix}:{{adm}}:"
-
-
-def grants_channel(prefix: str, owner: str) -> str:
-    """The pub/sub channel on which one replica hears about grants to its waiters."""
-    return f"{prefix}grants:{owner}"
-
-
-def contended_channel(prefix: str) -> str:
-    """The pub/sub channel on which every replica hears that requests started to wait.
-
-    Replicas then stop reusing leases at once (see :mod:`admission.reuse`): fair order
-    decides who runs next.
-    """
-    return f"{prefix}contended"
 
 
 def band_of(priority: int) -> str:
@@ -50,7 +32,7 @@ def band_weights(settings: Settings) -> dict[str, float]:
     return {band_of(p): 1.0 if p == top else low for p in range(min(priorities), top + 1)}
 
 
-async def publish_config(redis: Redis, prefix: str, settings: Settings) -> None:
+async def publish_config(redis: Redis, keys: AdmissionKeys, settings: Settings) -> None:
     """Write tenants, backends, pools, bands and the policy for the scripts (atomically)."""
     tenants = {
         tenant_id: json.dumps(
@@ -78,34 +60,34 @@ async def publish_config(redis: Redis, prefix: str, settings: Settings) -> None:
             lenders.setdefault(borrower, []).append([name, cap])
     lending = {borrower: json.dumps(pairs) for borrower, pairs in lenders.items()}
     async with redis.pipeline(transaction=True) as pipe:
-        for key, mapping in (
-            ("cfg:tenants", tenants),
-            ("cfg:backends", backends),
-            ("cfg:pools", pools),
-            ("cfg:lend", lending),
-            ("cfg:bands", band_weights(settings)),
+        for table, mapping in (
+            ("tenants", tenants),
+            ("backends", backends),
+            ("pools", pools),
+            ("lend", lending),
+            ("bands", band_weights(settings)),
         ):
-            pipe.delete(prefix + key)
+            pipe.delete(keys.config(table))
             if mapping:
-                pipe.hset(prefix + key, mapping=mapping)
-        pipe.set(prefix + "cfg:policy", settings.admission.policy)
-        pipe.set(prefix + "cfg:grace", round(settings.admission.return_grace_s * 1000))
+                pipe.hset(keys.config(table), mapping=mapping)
+        pipe.set(keys.config("policy"), settings.admission.policy)
+        pipe.set(keys.config("grace"), round(settings.admission.return_grace_s * 1000))
         await pipe.execute()
 
 
-async def set_drained(redis: Redis, prefix: str, backend: str, drained: bool) -> None:
+async def set_drained(redis: Redis, keys: AdmissionKeys, backend: str, drained: bool) -> None:
     """Drain a backend (no new work on any replica; what runs finishes) or bring it back.
 
     Kept apart from health (``down``), which probes set and clear on their own: a drain holds
     until an operator lifts it.
     """
     if drained:
-        await redis.hset(prefix + "drained", backend, 1)
+        await redis.hset(keys.drained, backend, 1)
     else:
-        await redis.hdel(prefix + "drained", backend)
+        await redis.hdel(keys.drained, backend)
 
 
-async def backend_load(redis: Redis, prefix: str, backend: str) -> tuple[int, int]:
+async def backend_load(redis: Redis, keys: AdmissionKeys, backend: str) -> tuple[int, int]:
     """Requests and estimated tokens a backend has in flight, across every replica."""
-    running, tokens = await redis.hmget(prefix + "bload", [f"{backend}:r", f"{backend}:t"])
+    running, tokens = await redis.hmget(keys.backend_load, [f"{backend}:r", f"{backend}:t"])
     return int(running or 0), int(tokens or 0)

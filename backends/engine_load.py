@@ -272,11 +272,6 @@ def effective_budget(config: BackendConfig, load: EngineLoad | None) -> Budget:
 # --------------------------------------------------------------------------------- sharing
 
 
-def engine_load_key(key_prefix: str) -> str:
-    """The Redis hash of every backend's latest snapshot (in the admission hash slot)."""
-    return f"{key_prefix}:{{adm}}:engine_load"
-
-
 async def publish_engine_load(
     redis: Redis, key: str, backend: str, load: EngineLoad | None, ttl_s: float
 ) -> None:

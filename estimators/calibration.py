@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from estimators.history import model_tag
+from fairgate.keys import calibration
 
 #: Upper bounds (ratios estimate / actual - 1) of the error buckets, and their names.
 ERROR_BUCKETS = ((-0.5, "under_50"), (-0.2, "under_20"), (-0.05, "under_5"), (0.05, "within_5"),
@@ -55,7 +55,7 @@ class Calibration:
         self._factors: dict[str, tuple[float, float]] = {}
 
     def key(self, model: str) -> str:
-        return f"{model_tag(self._prefix, model)}:calib"
+        return calibration(self._prefix, model)
 
     def cached_factor(self, model: str) -> float | None:
         """The factor this replica read last, while it is fresh (no I/O)."""

@@ -20,12 +20,8 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from fairgate.keys import output_history
 from fairgate.settings import EstimationConfig, OutputPrior
-
-
-def model_tag(prefix: str, model: str) -> str:
-    """Keys of one model's estimation state share this prefix and its Redis Cluster hash tag."""
-    return f"{prefix}:{{est:{model}}}"
 
 
 @dataclass(frozen=True)
@@ -71,8 +67,7 @@ class OutputHistory:
 
     def keys(self, tenant: str, model: str, kind: str) -> tuple[str, str]:
         """The tenant's and the model's list (the model's hash tag: one cluster slot)."""
-        tag = model_tag(self._prefix, model)
-        return f"{tag}:out:tenant:{tenant}:{kind}", f"{tag}:out:all:{kind}"
+        return output_history(self._prefix, model, tenant, kind)
 
     def cached(self, tenant: str, model: str, kind: str) -> OutputEstimate | None:
         """The estimate computed from this replica's last read, while it is fresh (no I/O)."""

@@ -202,7 +202,8 @@ def _run_plan(args: argparse.Namespace) -> int:
 
 def _run_drain(args: argparse.Namespace) -> int:
     """Drain a backend through Redis, which every replica's admission reads at each decision."""
-    from admission.domain import backend_load, domain_prefix, set_drained
+    from admission.domain import backend_load, set_drained
+    from fairgate.keys import AdmissionKeys
     from fairgate.redis_client import connect
 
     settings = load_settings(args.config)
@@ -213,15 +214,15 @@ def _run_drain(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         redis = connect(settings.redis)
-        prefix = domain_prefix(settings)
+        keys = AdmissionKeys.of(settings.redis.key_prefix)
         try:
-            await set_drained(redis, prefix, args.backend, not args.undo)
-            running, _ = await backend_load(redis, prefix, args.backend)
+            await set_drained(redis, keys, args.backend, not args.undo)
+            running, _ = await backend_load(redis, keys, args.backend)
             state = "takes work again" if args.undo else "drained: it gets no new work"
             print(f"{args.backend} {state}; {running} requests running on it")
             while args.wait and not args.undo and running:
                 await asyncio.sleep(0.5)
-                running, _ = await backend_load(redis, prefix, args.backend)
+                running, _ = await backend_load(redis, keys, args.backend)
             if args.wait and not args.undo:
                 print(f"{args.backend}: nothing runs on it any more")
         finally:

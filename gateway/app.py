@@ -20,13 +20,13 @@ from backends.engine_load import (
     EngineLoad,
     LoadScraper,
     effective_budget,
-    engine_load_key,
     tokens_in_use,
 )
 from backends.health import HealthChecker
 from backends.pools import Router
 from estimators.estimator import CostEstimator
 from estimators.tokenizer import default_tokenizer, tokenizer_for
+from fairgate.keys import AdmissionKeys
 from fairgate.redis_client import GatewayRedis, connect
 from fairgate.settings import Settings
 from gateway import handlers
@@ -117,7 +117,7 @@ def _engine_scraper(
         router.backends,
         interval,
         redis,
-        engine_load_key(settings.redis.key_prefix),
+        AdmissionKeys.of(settings.redis.key_prefix).engine_load,
         on_load=reported,
         max_waiting=settings.admission.engine_max_waiting,
     )

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from fairgate.errors import invalid_api_key
+from fairgate.keys import api_keys
 from fairgate.redis_client import deadline
 from fairgate.settings import Settings, hash_api_key
 
@@ -29,7 +30,7 @@ class KeyStore:
 
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self._redis = redis
-        self._key = f"{settings.redis.key_prefix}:apikeys"
+        self._key = api_keys(settings.redis.key_prefix)
         self._ttl = settings.auth.cache_ttl_s
         self._negative_ttl = settings.auth.negative_cache_ttl_s
         self._timeout = settings.redis.timeout_s

@@ -337,9 +337,7 @@ async def metrics(request: web.Request) -> web.Response:
     """Prometheus metrics of this gateway process (and the admission domain's event counts)."""
     gateway = request.app[GATEWAY]
     with contextlib.suppress(RedisError, OSError):
-        gateway.metrics.admission_stats(
-            await gateway.redis.hgetall(gateway.admission.prefix + "stats")
-        )
+        gateway.metrics.admission_stats(await gateway.redis.hgetall(gateway.admission.keys.stats))
     return gateway.metrics.response()
 
 

@@ -16,8 +16,9 @@ import openai
 import pytest
 from redis.asyncio import Redis
 
-from admission.domain import band_of, domain_prefix, publish_config
+from admission.domain import band_of, publish_config
 from admission.scripts import AdmissionScripts
+from fairgate.keys import AdmissionKeys
 from fairgate.redis_client import GatewayRedis
 from fairgate.settings import Settings
 from tests.conftest import (
@@ -99,8 +100,9 @@ async def domain(redis_url: str) -> AsyncIterator[Any]:
             tenants={name: {"max_queued": 1000, **cfg} for name, cfg in tenants.items()},
             admission=admission,
         )
-        await publish_config(redis, domain_prefix(settings), settings)
-        prefix = domain_prefix(settings)
+        keys = AdmissionKeys.of(settings.redis.key_prefix)
+        await publish_config(redis, keys, settings)
+        prefix = keys.prefix
         made.append(Domain(AdmissionScripts(redis, prefix, 60_000, 32), redis, prefix))
         return made[-1]
 

@@ -54,8 +54,9 @@ from hypothesis.stateful import (
 )
 from redis import Redis as SyncRedis
 
-from admission.domain import band_of, band_weights, domain_prefix, publish_config
+from admission.domain import band_of, band_weights, publish_config
 from admission.scripts import AdmissionScripts
+from fairgate.keys import AdmissionKeys
 from fairgate.redis_client import GatewayRedis
 from fairgate.settings import Settings
 from tests.conftest import inflight_state
@@ -229,9 +230,10 @@ class AdmissionMachine(RuleBasedStateMachine):
         self.redis = GatewayRedis.from_url(redis_url)  # the scripts' client, on this loop
         self.sync = SyncRedis.from_url(redis_url)  # reads Redis for the checks
         settings_ = make_settings(redis_url, policy)
-        self.prefix = domain_prefix(settings_)
+        keys = AdmissionKeys.of(settings_.redis.key_prefix)
+        self.prefix = keys.prefix
         self.run(self.redis.flushdb())  # counters, seq and stats of the previous example
-        self.run(publish_config(self.redis, self.prefix, settings_))
+        self.run(publish_config(self.redis, keys, settings_))
         self.scripts = AdmissionScripts(self.redis, self.prefix, TTL_MS, MAX_GRANTS)
         self.reqs: dict[str, Req] = {}
         self.down: set[str] = set()
@@ -869,8 +871,9 @@ def _one_backend(redis_url: str, mc: int, mt: int, tenants: dict[str, dict]) -> 
 
 
 async def _domain(redis: GatewayRedis, settings_: Settings) -> tuple[AdmissionScripts, str]:
-    prefix = domain_prefix(settings_)
-    await publish_config(redis, prefix, settings_)
+    keys = AdmissionKeys.of(settings_.redis.key_prefix)
+    await publish_config(redis, keys, settings_)
+    prefix = keys.prefix
     return AdmissionScripts(redis, prefix, TTL_MS, MAX_GRANTS), prefix
 
 

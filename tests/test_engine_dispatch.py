@@ -20,6 +20,7 @@ from admission.controller import Ticket
 from admission.domain import backend_load, set_drained
 from backends.affinity import SESSION_HEADER, preferred_backend, session_key
 from fairgate import cli
+from fairgate.keys import AdmissionKeys
 from fairgate.settings import Settings
 from tests.conftest import StartGateway, StartSim, gateway_config
 
@@ -280,12 +281,12 @@ async def test_a_drained_backend_gets_no_new_work_but_finishes_its_own(
     running = await admission.acquire(ticket())  # the least loaded: b0
     assert running.backend == "b0"
     redis = Redis.from_url(redis_url)
-    await set_drained(redis, PREFIX, "b0", True)
+    await set_drained(redis, AdmissionKeys(PREFIX), "b0", True)
     later = [await admission.acquire(ticket()) for _ in range(3)]
     assert {lease.backend for lease in later} == {"b1"}
-    assert await backend_load(redis, PREFIX, "b0") == (1, 100)  # still running there
+    assert await backend_load(redis, AdmissionKeys(PREFIX), "b0") == (1, 100)  # still running there
     await running.release(None)
-    await set_drained(redis, PREFIX, "b0", False)
+    await set_drained(redis, AdmissionKeys(PREFIX), "b0", False)
     later.append(await admission.acquire(ticket()))
     assert later[-1].backend == "b0"
     for lease in later:

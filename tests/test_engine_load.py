@@ -25,7 +25,6 @@ from backends.engine_load import (
     EngineLoad,
     LoadScraper,
     effective_budget,
-    engine_load_key,
     parse_llamacpp_metrics,
     parse_llamacpp_slots,
     parse_sglang_metrics,
@@ -37,6 +36,7 @@ from backends.engine_load import (
     read_engine_loads,
 )
 from backends.engines import ENGINES
+from fairgate.keys import AdmissionKeys
 from fairgate.serving import serve
 from fairgate.settings import BackendConfig
 from tests.conftest import StartSim
@@ -258,7 +258,7 @@ async def test_scraper_shares_loads_through_redis(start_sim: StartSim, redis_url
     sim = await start_sim()
     backend = await started_backend(sim.url)
     redis = Redis.from_url(redis_url)
-    key = engine_load_key("fairgate")
+    key = AdmissionKeys.of("fairgate").engine_load
     scraper = LoadScraper([backend], interval_s=0.05, redis=redis, key=key)
     await scraper.start()
     try:
@@ -281,7 +281,7 @@ async def test_scraper_shares_loads_through_redis(start_sim: StartSim, redis_url
 
 async def test_shared_loads_go_stale_and_can_be_withdrawn(redis_url: str) -> None:
     redis = Redis.from_url(redis_url)
-    key = engine_load_key("fg")
+    key = AdmissionKeys.of("fg").engine_load
     now = time.time()
     fresh = EngineLoad(engine="sglang", running=3, waiting=1, scraped_at=now - 1)
     old = EngineLoad(engine="vllm", running=9, waiting=9, scraped_at=now - 30)

@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from fairgate.keys import AdmissionKeys
 from loadtest.kit.modes import Mode
 from loadtest.kit.scenario import Scenario
 from loadtest.kit.workload import Endpoints
@@ -144,7 +145,9 @@ def running(scenario: Scenario, mode: Mode, workdir: Path) -> Iterator[Endpoints
         urls = [f"http://127.0.0.1:{port}" for port, _ in replicas]
         for (_, process), url in zip(replicas, urls, strict=True):
             _wait_ready(f"{url}/readyz", process)
-        yield Endpoints({t: urls for t in tenants}, flat, redis_url, f"{KEY_PREFIX}:{{adm}}:queued")
+        yield Endpoints(
+            {t: urls for t in tenants}, flat, redis_url, AdmissionKeys.of(KEY_PREFIX).queued
+        )
 
 
 def _sim_args(scenario: Scenario, port: int) -> list[str]:

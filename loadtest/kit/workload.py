@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from tqdm import tqdm
 
+from fairgate.keys import AdmissionKeys
 from loadtest.kit.arrivals import closed_loop_plans, schedule
 from loadtest.kit.client import Record, Timebase, send
 from loadtest.kit.sampler import sample_queues
@@ -30,7 +31,7 @@ class Endpoints:
     urls: dict[str, list[str]]
     engines: dict[str, str] = field(default_factory=dict)
     redis_url: str | None = None
-    queued_key: str = "fairgate:{adm}:queued"
+    queued_key: str = AdmissionKeys.of("fairgate").queued
 
 
 @dataclass

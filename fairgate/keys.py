@@ -1,0 +1,97 @@
+"""Every Redis key and pub/sub channel fairgate uses, named in one place.
+
+All names start with ``redis.key_prefix`` (``fairgate`` by default), so several deployments
+can share one Redis. Keys that scripts touch together share a Redis Cluster hash tag (the part
+in braces) and so one slot: the admission domain (``{adm}``) and each model's estimation state
+(``{est:<model>}``). The admission scripts receive the domain's prefix as ``KEYS[1]`` and
+derive their keys from it; ``admission/lua/lib.lua`` lists them all, and the ones Python reads
+or writes directly are the properties of :class:`AdmissionKeys`.
+
+This module imports nothing of fairgate: every package may use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AdmissionKeys:
+    """The admission domain's keys: ``prefix`` is ``<key_prefix>:{adm}:``."""
+
+    prefix: str
+
+    @classmethod
+    def of(cls, key_prefix: str) -> AdmissionKeys:
+        return cls(f"{key_prefix}:{{adm}}:")
+
+    def config(self, table: str) -> str:
+        """A configuration entry the scripts read: ``tenants``, ``backends``, ``pools``,
+        ``lend``, ``bands`` (hashes), ``policy``, ``grace`` (strings)."""
+        return f"{self.prefix}cfg:{table}"
+
+    def grants_channel(self, owner: str) -> str:
+        """The channel on which one replica hears of grants to its waiters."""
+        return f"{self.prefix}grants:{owner}"
+
+    @property
+    def contended_channel(self) -> str:
+        """The channel on which every replica hears that requests started to wait."""
+        return f"{self.prefix}contended"
+
+    @property
+    def down(self) -> str:
+        """backend -> ms until which it takes no work (health)."""
+        return f"{self.prefix}down"
+
+    @property
+    def drained(self) -> str:
+        """backend -> 1 while an operator drains it."""
+        return f"{self.prefix}drained"
+
+    @property
+    def backend_load(self) -> str:
+        """``<backend>:r`` / ``<backend>:t`` -> requests / tokens in flight."""
+        return f"{self.prefix}bload"
+
+    @property
+    def granted(self) -> str:
+        """request id -> backend, for owners that poll instead of hearing pub/sub."""
+        return f"{self.prefix}granted"
+
+    @property
+    def stats(self) -> str:
+        """Counters of admission events (grants, reclaimed, timeouts, holds...)."""
+        return f"{self.prefix}stats"
+
+    @property
+    def queued(self) -> str:
+        """tenant -> requests queued; ``pool:<pool>`` -> requests queued for a pool."""
+        return f"{self.prefix}queued"
+
+    @property
+    def engine_load(self) -> str:
+        """backend -> the latest snapshot of its engine's own load (every replica's scrape)."""
+        return f"{self.prefix}engine_load"
+
+
+def model_tag(key_prefix: str, model: str) -> str:
+    """The prefix (and Redis Cluster hash tag) of one model's estimation state."""
+    return f"{key_prefix}:{{est:{model}}}"
+
+
+def output_history(key_prefix: str, model: str, tenant: str, kind: str) -> tuple[str, str]:
+    """The lists of recent output lengths: the tenant's and the model's (``kind``: chat or
+    reasoning)."""
+    tag = model_tag(key_prefix, model)
+    return f"{tag}:out:tenant:{tenant}:{kind}", f"{tag}:out:all:{kind}"
+
+
+def calibration(key_prefix: str, model: str) -> str:
+    """The hash of a model's prompt-count correction."""
+    return f"{model_tag(key_prefix, model)}:calib"
+
+
+def api_keys(key_prefix: str) -> str:
+    """sha256 digest of an API key -> its tenant."""
+    return f"{key_prefix}:apikeys"
