@@ -7,7 +7,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 CONFIG  ?= config/fairgate.yaml
 
-.PHONY: install run test bench sim clean e2e-vllm flood
+.PHONY: install run test check bench sim clean e2e-vllm flood
 
 install: $(STAMP)
 
@@ -25,6 +25,14 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Lint, format and types of every package (CI runs it before the tests).
+PACKAGES := fairgate gateway admission estimators backends loadtest
+
+check: $(STAMP)
+	$(VENV)/bin/ruff check $(PACKAGES) tests
+	$(VENV)/bin/ruff format --check $(PACKAGES) tests
+	$(VENV)/bin/mypy $(PACKAGES)
 
 bench: $(STAMP)
 	$(PY) -m loadtest.calibration --write BENCHMARKS.md

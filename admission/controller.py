@@ -37,7 +37,7 @@ from admission.reuse import Flow, HeldLease, LeaseShelf
 from admission.scripts import AdmissionScripts, Decision
 from fairgate.errors import GatewayError, admission_unavailable, rate_limited
 from fairgate.keys import AdmissionKeys
-from fairgate.redis_client import GatewayRedis
+from fairgate.redis_client import GatewayRedis, text
 from fairgate.settings import Settings
 from fairgate.tasks import cancel_all
 
@@ -209,8 +209,8 @@ class Admission:
         except TimeoutError:
             backend = await self._withdraw(request_id) or _TIMEOUT
         except asyncio.CancelledError:  # the client went away while queued
-            backend = await asyncio.shield(self._withdraw(request_id))
-            if backend:
+            granted = await asyncio.shield(self._withdraw(request_id))
+            if granted:
                 await asyncio.shield(self.release(request_id, None))
             raise
         finally:
@@ -435,7 +435,7 @@ class Admission:
         waiting = list(self._waiters)
         if waiting:
             found = await self._redis.hmget(self.keys.granted, waiting)
-            self._resolve([(i, b.decode()) for i, b in zip(waiting, found, strict=True) if b])
+            self._resolve([(i, text(b)) for i, b in zip(waiting, found, strict=True) if b])
 
     async def _renew(self) -> None:
         """Renew what this replica holds; a waiter whose entry is gone was dropped by Redis as

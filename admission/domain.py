@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 
 from fairgate.keys import AdmissionKeys
 from fairgate.settings import Settings
@@ -34,7 +35,7 @@ def band_weights(settings: Settings) -> dict[str, float]:
 
 async def publish_config(redis: Redis, keys: AdmissionKeys, settings: Settings) -> None:
     """Write tenants, backends, pools, bands and the policy for the scripts (atomically)."""
-    tenants = {
+    tenants: dict[FieldT, EncodableT] = {
         tenant_id: json.dumps(
             {
                 "w": t.weight,
@@ -46,26 +47,29 @@ async def publish_config(redis: Redis, keys: AdmissionKeys, settings: Settings) 
         )
         for tenant_id, t in settings.tenants.items()
     }
-    backends = {
+    backends: dict[FieldT, EncodableT] = {
         name: json.dumps(
             {"pool": pool, "mc": b.max_concurrency, "mt": b.max_inflight_tokens}
             | ({"mp": b.max_prefill_tokens} if b.max_prefill_tokens else {})
         )
         for name, (pool, b) in settings.backends().items()
     }
-    pools = {name: json.dumps(list(pool.backends)) for name, pool in settings.pools.items()}
+    pools: dict[FieldT, EncodableT] = {
+        name: json.dumps(list(pool.backends)) for name, pool in settings.pools.items()
+    }
     lenders: dict[str, list[list[object]]] = {}
     for name, pool in settings.pools.items():
         for borrower, cap in pool.lend_to.items():
             lenders.setdefault(borrower, []).append([name, cap])
-    lending = {borrower: json.dumps(pairs) for borrower, pairs in lenders.items()}
+    lending: dict[FieldT, EncodableT] = {b: json.dumps(pairs) for b, pairs in lenders.items()}
+    bands: dict[FieldT, EncodableT] = dict(band_weights(settings).items())
     async with redis.pipeline(transaction=True) as pipe:
         for table, mapping in (
             ("tenants", tenants),
             ("backends", backends),
             ("pools", pools),
             ("lend", lending),
-            ("bands", band_weights(settings)),
+            ("bands", bands),
         ):
             pipe.delete(keys.config(table))
             if mapping:

@@ -55,8 +55,8 @@ class LeaseShelf:
     def take(self, flow: Flow, tokens: int, backend: str = "") -> HeldLease | None:
         """The most recently held lease of ``flow`` big enough for ``tokens`` (on ``backend``,
         if the request prefers one), no longer held; None if there is none."""
-        shelf = self._held.get(flow)
-        for index in range(len(shelf) - 1, -1, -1) if shelf else ():
+        shelf = self._held.get(flow) or []
+        for index in range(len(shelf) - 1, -1, -1):
             held = shelf[index]
             if held.tokens >= tokens and backend in ("", held.backend):
                 self._remove(flow, index)

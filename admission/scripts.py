@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 
-from fairgate.redis_client import GatewayRedis, Script
+from fairgate.redis_client import GatewayRedis, Script, text
 
 _LUA = resources.files("admission").joinpath("lua")
 _LIB = _LUA.joinpath("lib.lua").read_text()
@@ -21,13 +21,9 @@ def _load(redis: GatewayRedis, name: str) -> Script:
     return Script(redis, _LIB + "\n" + _LUA.joinpath(f"{name}.lua").read_text())
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _pairs(values: list[bytes | str]) -> list[tuple[str, str]]:
     """``[id, backend, id, backend, ...]`` as pairs."""
-    items = [_text(v) for v in values]
+    items = [text(v) for v in values]
     return list(zip(items[0::2], items[1::2], strict=True))
 
 
@@ -84,9 +80,9 @@ class AdmissionScripts:
         args = [request_id, tenant, tokens, service, pool, band, owner, timeout_ms]
         args += [self._ttl, self._max, prompt_tokens, prefer, prefer_slack]
         result = await self._enqueue(self._keys, args)
-        state, grants = _text(result[0]), _pairs(result[2:])
+        state, grants = text(result[0]), _pairs(result[2:])
         # granted with no grant listed: the fast path, taken only while nothing waits
-        return Decision(state, _text(result[1]), grants, state == "granted" and not grants)
+        return Decision(state, text(result[1]), grants, state == "granted" and not grants)
 
     async def release(self, request_id: str, service: float | None, hold_ms: int = 0) -> Decision:
         """End a lease: ``released`` (or ``gone``), or ``held`` for the next request of its
@@ -122,11 +118,11 @@ class AdmissionScripts:
         if not request_ids:
             return []
         lost = await self._renew(self._keys, [self._ttl, *request_ids])
-        return [_text(v) for v in lost]
+        return [text(v) for v in lost]
 
     async def cancel(self, request_id: str) -> Decision:
         result = await self._cancel(self._keys, [request_id, self._ttl, self._max])
-        return Decision(_text(result[0]), _text(result[1]), _pairs(result[2:]))
+        return Decision(text(result[0]), text(result[1]), _pairs(result[2:]))
 
     async def tick(self) -> list[tuple[str, str]]:
         return _pairs(await self._tick(self._keys, [self._ttl, self._max]))

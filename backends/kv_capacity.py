@@ -323,9 +323,9 @@ def render_matrix(presets: Presets | None = None, utilization: float = 0.9) -> s
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = []
     for row in [header, *rows]:
-        cells = zip(row, widths, strict=True)
+        aligned = zip(row, widths, strict=True)
         lines.append(
-            "  ".join(f"{c:<{w}}" if i < 4 else f"{c:>{w}}" for i, (c, w) in enumerate(cells))
+            "  ".join(f"{c:<{w}}" if i < 4 else f"{c:>{w}}" for i, (c, w) in enumerate(aligned))
         )
     return "\n".join(lines)
 

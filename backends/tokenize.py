@@ -23,12 +23,15 @@ _FIELDS = ("model", "messages", "prompt", "tools")
 async def engine_token_count(pool: Pool, body: dict[str, Any]) -> int | None:
     """The prompt tokens of ``body`` as an engine of ``pool`` counts them, or None."""
     backend = next((b for b in pool.candidates() if b.traits.tokenize_path), None)
-    if backend is None or not isinstance(body.get("messages", body.get("prompt")), list | str):
+    path = backend.traits.tokenize_path if backend else None
+    if backend is None or path is None:
+        return None
+    if not isinstance(body.get("messages", body.get("prompt")), list | str):
         return None
     request = {k: body[k] for k in _FIELDS if k in body}
     try:
         async with backend.session.post(
-            backend.url(backend.traits.tokenize_path), json=request, timeout=_TIMEOUT
+            backend.url(path), json=request, timeout=_TIMEOUT
         ) as response:
             if response.status != 200:
                 return None

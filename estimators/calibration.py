@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from fairgate.keys import calibration
+from fairgate.redis_client import text
 
 #: Upper bounds (ratios estimate / actual - 1) of the error buckets, and their names.
 ERROR_BUCKETS = ((-0.5, "under_50"), (-0.2, "under_20"), (-0.05, "under_5"), (0.05, "within_5"),
@@ -77,9 +78,7 @@ class Calibration:
 
     async def report(self, model: str, kind: str) -> CalibrationReport:
         """Everything recorded for one model and kind (for metrics and the admin API)."""
-        fields = {
-            k.decode(): v.decode() for k, v in (await self._redis.hgetall(self.key(model))).items()
-        }
+        fields = {text(k): text(v) for k, v in (await self._redis.hgetall(self.key(model))).items()}
         n = int(fields.get(f"{kind}:n", 0))
         prefix = f"{kind}:error:"
         return CalibrationReport(

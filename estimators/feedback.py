@@ -66,19 +66,15 @@ class Feedback:
         """Record ``prompt`` = (raw count, estimate, actual) and ``output`` = (estimate, actual),
         either of which may be None; returns the model's prompt correction factor."""
         batch = self._batch(model)
-        raw, used, actual = prompt or (0, 0, "")
-        expected, produced = output or (0, "")
+        # what is unknown goes as empty strings (observe.lua skips it)
+        prompt_args = [*prompt, error_bucket(prompt[1], prompt[2])] if prompt else [0, 0, "", ""]
+        output_args = [*output, error_bucket(*output)] if output else [0, "", ""]
         own, everyone = self._history.keys(tenant, model, kind)
         batch.args += [
             batch.key_index(own),
             batch.key_index(everyone),
-            raw,
-            used,
-            actual,
-            error_bucket(used, actual) if prompt else "",
-            expected,
-            produced,
-            error_bucket(expected, produced) if output else "",
+            *prompt_args,
+            *output_args,
         ]
         return await asyncio.shield(batch.done)
 

@@ -25,6 +25,11 @@ from fairgate.resp import RedisAddress, RespChannel
 from fairgate.settings import RedisConfig
 
 
+def text(value: bytes | str) -> str:
+    """A reply as text: the clients return bytes (no ``decode_responses``), scripts numbers too."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class GatewayRedis(Redis):
     """redis-py's client, plus a :class:`RespChannel` for the Lua scripts on the request path.
 

@@ -87,7 +87,12 @@ def _tls_context(kwargs: Mapping[str, Any]) -> ssl.SSLContext:
     return context
 
 
-def _error(reply: hiredis.ReplyError) -> ResponseError:
+def _pack(args: tuple[Arg, ...]) -> bytes:
+    """One command in RESP (hiredis's stub types the argument as a one-element tuple)."""
+    return hiredis.pack_command(args)  # type: ignore[arg-type]
+
+
+def _error(reply: hiredis.ReplyError) -> RedisError:
     """redis-py's exception for an error reply (the callers' vocabulary)."""
     message = str(reply)
     if message.startswith("NOSCRIPT"):
@@ -214,7 +219,7 @@ class RespChannel:
         connection = self._connection
         if connection is None or not connection.open or connection.loop is not _loop():
             connection = await self._connect()
-        return await connection.send(hiredis.pack_command(args))
+        return await connection.send(_pack(args))
 
     async def close(self) -> None:
         """Close the connection; commands still in flight fail."""
@@ -267,9 +272,9 @@ class RespChannel:
             credentials: tuple[Arg, ...] = (self.endpoint.password,)
             if self.endpoint.username:
                 credentials = (self.endpoint.username, self.endpoint.password)
-            replies.append(connection.send(hiredis.pack_command(("AUTH", *credentials))))
+            replies.append(connection.send(_pack(("AUTH", *credentials))))
         if self.endpoint.db:
-            replies.append(connection.send(hiredis.pack_command(("SELECT", self.endpoint.db))))
+            replies.append(connection.send(_pack(("SELECT", self.endpoint.db))))
         try:
             await asyncio.gather(*replies)
         except BaseException:

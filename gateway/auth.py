@@ -34,7 +34,7 @@ class KeyStore:
         self._ttl = settings.auth.cache_ttl_s
         self._negative_ttl = settings.auth.negative_cache_ttl_s
         self._timeout = settings.redis.timeout_s
-        self._configured = {
+        self._configured = {  # digest -> tenant
             digest: tenant_id
             for tenant_id, tenant in settings.tenants.items()
             for digest in tenant.key_hashes()
@@ -44,7 +44,8 @@ class KeyStore:
     async def seed(self) -> None:
         """Store the config file's keys in Redis (idempotent; other keys are left alone)."""
         if self._configured:
-            await self._redis.hset(self._key, mapping=self._configured)
+            # a fresh dict, typed as redis-py wants its mappings (their keys are invariant)
+            await self._redis.hset(self._key, mapping={d: t for d, t in self._configured.items()})
 
     async def tenant_for(self, key: str) -> str | None:
         """The tenant id that owns ``key``, or None."""

@@ -222,9 +222,9 @@ async def _relay(
     """Relay the engine's answer; streamed output is charged to the tenant as it flows."""
     try:
         if parsed.stream and is_event_stream(upstream):
-            meter = StreamMeter(gateway, lease, prefill_held=backend.prefill_capped)
+            streamed = StreamMeter(gateway, lease, prefill_held=backend.prefill_capped)
             result = await relay_stream(
-                request, upstream, parsed.client_wants_usage, headers, meter
+                request, upstream, parsed.client_wants_usage, headers, streamed
             )
         else:
             result = await _relay_plain(backend, upstream, headers, meter)

@@ -9,12 +9,14 @@ the few admission events, ``pool`` and ``rule`` the configured pools and routing
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from estimators.estimator import Observation
+from fairgate.redis_client import text
 
 _RATIO_BUCKETS = (0.25, 0.5, 0.67, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 1.5, 2.0, 4.0)
 
@@ -53,10 +55,10 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
-    def admission_stats(self, stats: dict[bytes, bytes]) -> None:
+    def admission_stats(self, stats: Mapping[bytes | str, bytes | str]) -> None:
         """Mirror the domain's event counters kept in Redis."""
         for event, value in stats.items():
-            self.admission_events.labels(event.decode()).set(float(value))
+            self.admission_events.labels(text(event)).set(float(value))
 
     def routed(self, pool: str, rule: str) -> None:
         """Count one request classified into ``pool`` by ``rule``."""

@@ -31,7 +31,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from admission.controller import Admission, Ticket
-from fairgate.redis_client import GatewayRedis
+from fairgate.redis_client import connect
 from fairgate.settings import Settings
 from loadtest.report import machine, markdown_table, revision, write_section
 from loadtest.services import redis_server
@@ -70,8 +70,9 @@ def ticket(tenant: str) -> Ticket:
 
 
 async def started(redis_url: str, contended: bool) -> tuple[Admission, Redis]:
-    redis = GatewayRedis.from_url(redis_url)
-    admission = Admission(redis, settings_for(redis_url, contended))
+    settings = settings_for(redis_url, contended)
+    redis = connect(settings.redis)
+    admission = Admission(redis, settings)
     await admission.start()
     return admission, redis
 

@@ -49,7 +49,6 @@ from typing import Any
 
 import aiohttp
 import uvloop
-from redis.asyncio import Redis
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -57,9 +56,9 @@ from estimators.cost import Cost
 from estimators.estimator import CostEstimator
 from estimators.prompt_tokens import count_chat_prompt, text_size
 from estimators.tokenizer import TiktokenTokenizer, Tokenizer, default_tokenizer, tokenizer_for
-from fairgate.redis_client import GatewayRedis
+from fairgate.redis_client import GatewayRedis, connect
 from fairgate.serving import serve
-from fairgate.settings import ChatTemplate, Settings
+from fairgate.settings import ChatTemplate, RedisConfig, Settings
 from loadtest.calibration import DEFAULT_PROFILE
 from loadtest.report import machine, markdown_table, write_section
 from loadtest.services import redis_server
@@ -106,13 +105,13 @@ SYSTEM_PROMPT = "You are a helpful assistant. Answer precisely and cite the code
 
 
 @contextlib.asynccontextmanager
-async def private_redis() -> AsyncIterator[Redis]:
+async def private_redis() -> AsyncIterator[GatewayRedis]:
     """A client of a fresh, empty ``redis-server`` of this benchmark's own, stopped on exit.
 
     Its own process, so no developer's Redis is touched and no leftover key skews a figure.
     """
     with redis_server() as url:
-        client = GatewayRedis.from_url(url)
+        client = connect(RedisConfig(url=url))
         try:
             yield client
         finally:

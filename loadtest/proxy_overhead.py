@@ -800,7 +800,8 @@ def full_path_table(results: dict[Cell, Result], concurrencies: list[int]) -> st
         ]
     )
     if 1 in concurrencies:
-        for stream, metric in ((False, "total"), (True, "ttfb")):
+        paths: tuple[tuple[bool, Metric], ...] = ((False, "total"), (True, "ttfb"))
+        for stream, metric in paths:
             alone = added(results, Cell("fairgate", stream, 1), metric, 0.5)
             what = "non-streaming" if not stream else "streaming, first byte"
             rows.append(

@@ -21,7 +21,8 @@ def rng_for(scenario: Scenario, *parts: object) -> random.Random:
 
 def poisson_times(rate: float, start: float, stop: float, rng: random.Random) -> list[float]:
     """Arrival times of a Poisson process of ``rate`` per second in [start, stop)."""
-    times, t = [], start
+    times: list[float] = []
+    t = start
     while True:
         t += rng.expovariate(rate)
         if t >= stop:

@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+Policy = Literal["fcfs", "vtc"]
+
 _MODE = re.compile(r"^(alone|direct|(?:alone-)?(?:fcfs|vtc|vtc-pools))(?:-x([1-9][0-9]?))?$")
 
 
@@ -30,7 +32,7 @@ _MODE = re.compile(r"^(alone|direct|(?:alone-)?(?:fcfs|vtc|vtc-pools))(?:-x([1-9
 class Mode:
     name: str
     kind: Literal["alone", "direct", "gateway"]
-    policy: Literal["fcfs", "vtc"] | None = None
+    policy: Policy | None = None
     pools: bool = False
     replicas: int = 1
     alone: bool = False  # only the shared pool's tenants (``alone`` and ``alone-<mode>``)
@@ -59,7 +61,7 @@ def parse_mode(value: object) -> Mode:
             raise ValueError(f"mode {value!r}: replicas apply to gateway modes only")
         return Mode(base, base, alone=base == "alone")  # type: ignore[arg-type]
     alone, base = base.startswith("alone-"), base.removeprefix("alone-")
-    policy = "fcfs" if base == "fcfs" else "vtc"
+    policy: Policy = "fcfs" if base == "fcfs" else "vtc"
     return Mode(
         str(value), "gateway", policy, pools=base == "vtc-pools", replicas=replicas, alone=alone
     )

@@ -14,6 +14,7 @@ import contextlib
 import aiohttp
 from redis.asyncio import Redis
 
+from fairgate.redis_client import text
 from loadtest.kit.client import Timebase
 
 ENGINE_GAUGES = {"vllm:num_requests_waiting": "waiting", "vllm:num_requests_running": "running"}
@@ -52,7 +53,7 @@ async def sample_queues(
                 if redis is not None:
                     with contextlib.suppress(Exception):
                         queued = await redis.hgetall(queued_key)
-                        sample["gateway"] = {k.decode(): int(v) for k, v in queued.items()}
+                        sample["gateway"] = {text(k): int(v) for k, v in queued.items()}
                 samples.append(sample)
                 await asyncio.sleep(interval_s / clock.time_scale)
     finally:

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +42,7 @@ class Check:
         return {True: "met", False: "missed", None: "-"}[self.met]
 
 
-def evaluate(targets: list[str], runs: list[dict[str, Any]]) -> list[Check]:
+def evaluate(targets: Sequence[str], runs: list[dict[str, Any]]) -> list[Check]:
     checks: list[Check] = []
     for target in targets:
         checks += _EVALUATORS[target](runs)

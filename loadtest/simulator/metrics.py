@@ -97,6 +97,7 @@ class EngineMetrics:
 
     def observe_token(self, seq: Sequence) -> None:
         """A sequence produced a token at ``seq.last_token``."""
+        assert seq.last_token is not None, "observe_token is called once a token is out"
         self.generation_tokens.inc()
         if seq.previous_token is None:
             self.prompt_tokens.inc(seq.prompt_tokens)
