@@ -25,7 +25,6 @@ import math
 import time
 import uuid
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -35,6 +34,7 @@ from admission.lease import Lease
 from admission.local import LocalLimits
 from admission.reuse import Flow, HeldLease, LeaseShelf
 from admission.scripts import AdmissionScripts, Decision
+from admission.ticket import Ticket
 from fairgate.errors import GatewayError, admission_unavailable, rate_limited
 from fairgate.keys import AdmissionKeys
 from fairgate.redis_client import GatewayRedis, text
@@ -48,23 +48,6 @@ _LOST = "!lost"
 #: Reuse calls (made off the request path) that may be in flight at once; past this, requests
 #: take the path that waits for Redis, so a replica cannot run ahead of what Redis has recorded.
 MAX_REUSES_IN_FLIGHT = 64
-
-
-@dataclass(frozen=True)
-class Ticket:
-    """One request asking to run: who, where, how much."""
-
-    request_id: str
-    tenant: str
-    tokens: int  # held against budgets while it runs
-    service: float  # charged at dispatch (the input cost)
-    pool: str
-    band: str  # '' for the tenant's own
-    timeout_s: float
-    prompt_tokens: int = 0  # held against a backend's prefill cap until output flows
-    priority: int = 0  # the request's effective priority (its band; passed on to engines)
-    prefer: str = ""  # the session's backend (affinity), taken while within prefer_slack tokens
-    prefer_slack: int = 0
 
 
 class Admission:

@@ -9,14 +9,11 @@ controller logs loudly while it is in use.
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
 
 from admission.lease import Lease
+from admission.ticket import Ticket
 from fairgate.errors import rate_limited
 from fairgate.settings import Settings
-
-if TYPE_CHECKING:
-    from admission.controller import Ticket
 
 
 class LocalLimits:

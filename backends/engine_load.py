@@ -7,7 +7,7 @@ other clients may share the engine. So each backend's own metrics are scraped on
 inside the engine, KV-cache usage, and the KV capacity the engine allocated. Dispatch uses
 the snapshot to correct its choice (an engine with a waiting queue gets nothing more until
 it drains), and :func:`effective_budget` lets an engine's real KV capacity replace the one
-derived from its declared hardware (backends/kv_capacity.py).
+derived from its declared hardware (fairgate/kv_capacity.py).
 
 Each engine speaks its own dialect (vLLM, SGLang, llama.cpp server, TGI); one parser per
 dialect, all through prometheus_client's text parser. Ollama and hosted APIs report nothing

@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fairgate.settings import ConfigError, load_settings
+from fairgate import kv_capacity
+from fairgate.settings import BackendConfig, ConfigError, load_settings
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -153,15 +154,36 @@ def _run_loadtest(args: argparse.Namespace) -> int:
     return loadtest(args.args)
 
 
+def _render_backend(name: str, pool: str, backend: BackendConfig) -> str:
+    """What ``fairgate plan --config`` prints for one backend: the derivation and the budgets."""
+    title = f"backend {name} (pool {pool}, {backend.engine}, {backend.url})"
+    lines = [title]
+    if backend.capacity is not None:
+        lines.extend(
+            "  " + line
+            for line in kv_capacity.plan_capacity(backend.capacity).render().splitlines()
+        )
+    else:
+        lines.append("  no capacity declared: budgets as configured")
+    for field in ("max_concurrency", "max_inflight_tokens"):
+        source = "derived" if field in backend.derived_budgets else "configured"
+        if field not in backend.model_fields_set and backend.capacity is None:
+            source = "default"
+        lines.append(f"  budget {field}: {getattr(backend, field):,} ({source})")
+    if backend.engine in ("vllm", "sglang", "tgi"):
+        lines.append(
+            "  at run time the KV capacity the engine reports replaces the derived one "
+            "(backends/engine_load.py)"
+        )
+    return "\n".join(lines)
+
+
 def _run_plan(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from backends import kv_capacity
-    from fairgate.settings import CapacityConfig
-
     if args.config is not None:
         settings = load_settings(args.config)
-        blocks = [kv_capacity.render_backend(n, p, b) for n, (p, b) in settings.backends().items()]
+        blocks = [_render_backend(n, p, b) for n, (p, b) in settings.backends().items()]
         print("\n\n".join(blocks))
         return 0
     if args.preset is None:
@@ -184,7 +206,7 @@ def _run_plan(args: argparse.Namespace) -> int:
         "headroom": args.headroom,
     }
     try:
-        spec = CapacityConfig(**{k: v for k, v in given.items() if v is not None})
+        spec = kv_capacity.CapacityConfig(**{k: v for k, v in given.items() if v is not None})
         print(kv_capacity.plan_capacity(spec).render())
     except ValidationError as exc:
         for err in exc.errors(include_url=False):

@@ -27,9 +27,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     HttpUrl,
     NonNegativeFloat,
@@ -51,6 +49,9 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from fairgate.kv_capacity import CapacityConfig, CapacityError, plan_capacity
+from fairgate.strict_model import StrictModel
+
 #: Names of pools, backends and tenants: safe in Redis keys, metric labels and env var names.
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 #: Model ids as engines spell them (``meta-llama/Llama-3.1-8B-Instruct``, ``qwen3:8b``).
@@ -59,8 +60,6 @@ ModelId = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern
 KeyHash = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
 
 EngineKind = Literal["vllm", "sglang", "tgi", "llamacpp", "ollama", "openai"]
-#: Number formats of weights and KV cache entries (bytes per element in backends/kv_capacity.py).
-Dtype = Literal["fp32", "fp16", "bf16", "fp8", "int8", "int4"]
 
 
 def hash_api_key(key: str) -> str:
@@ -74,96 +73,12 @@ def _redis_scheme(url: str) -> str:
     return url
 
 
-class StrictModel(BaseModel):
-    """Base for config sections: unknown fields are errors and values are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 class SimulatorSpec(StrictModel):
     """Run a simulated engine for this backend under ``fairgate up`` (demo and development)."""
 
     profile: Path = Field(description="Engine profile YAML (see config/sim/).")
     time_scale: PositiveFloat = Field(1.0, description="Simulated seconds per wall second.")
     seed: int = 0
-
-
-class ModelShape(StrictModel):
-    """A transformer's shape, as far as its KV cache and weights go (from its config.json)."""
-
-    layers: PositiveInt = Field(description="num_hidden_layers.")
-    kv_heads: PositiveInt = Field(description="num_key_value_heads (grouped-query attention).")
-    head_dim: PositiveInt = Field(description="head_dim, or hidden_size / num_attention_heads.")
-    params_b: PositiveFloat = Field(description="Parameters, in billions (all experts of a MoE).")
-    unquantized_params_b: NonNegativeFloat = Field(
-        0.0,
-        description="Parameters that stay 16-bit when the weights are quantized (embeddings "
-        "and lm_head in FP8/INT checkpoints), in billions.",
-    )
-    context_length: PositiveInt = Field(
-        131_072, description="max_position_embeddings: the longest sequence it serves."
-    )
-
-
-class CapacityConfig(StrictModel):
-    """The hardware and model behind a backend, to derive its budgets from KV-cache memory.
-
-    Name a GPU preset (``gpu``) or give ``gpu_memory_gib``, and a model preset (``model``) or
-    its ``shape``; presets live in config/plan/presets.yaml. The arithmetic is in
-    backends/kv_capacity.py and ``fairgate plan`` prints it step by step.
-    """
-
-    gpu: str | None = Field(None, description="GPU preset, e.g. h100-80gb (see fairgate plan).")
-    gpu_memory_gib: PositiveFloat | None = Field(
-        None, description="Memory per GPU as CUDA reports it, in GiB (overrides the preset)."
-    )
-    tensor_parallel_size: PositiveInt = Field(1, description="GPUs one engine spans (TP).")
-    model: str | None = Field(None, description="Model preset, e.g. llama-3-70b.")
-    shape: ModelShape | None = Field(None, description="The model's shape (overrides the preset).")
-    weight_dtype: Dtype = Field("bf16", description="Format of the weights.")
-    kv_cache_dtype: Dtype | Literal["auto"] = Field(
-        "auto", description="Format of KV entries; auto: 16-bit (vLLM's --kv-cache-dtype auto)."
-    )
-    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = Field(
-        0.9, description="Share of each GPU's memory the engine may use (vLLM's default 0.9)."
-    )
-    reserve_gib: NonNegativeFloat = Field(
-        2.5,
-        description="Per GPU, for activations, CUDA graphs and non-torch memory (vLLM measures "
-        "about 2.4-2.5 GiB for 8B models).",
-    )
-    block_size: PositiveInt = Field(16, description="Tokens per KV block (vLLM's default 16).")
-    max_num_seqs: PositiveInt | None = Field(
-        None,
-        description="The engine's running-sequence limit; vLLM's default for the GPU if unset.",
-    )
-    context_length: PositiveInt | None = Field(
-        None, description="Context for the concurrency figure; the model's if unset."
-    )
-    headroom: Annotated[float, Field(gt=0, le=1)] = Field(
-        0.9, description="Share of the KV capacity given to max_inflight_tokens."
-    )
-
-    @field_validator("gpu", "model")
-    @classmethod
-    def _known_preset(cls, name: str | None, info: Any) -> str | None:
-        from backends.kv_capacity import load_presets
-
-        presets = load_presets()
-        known = presets.gpus if info.field_name == "gpu" else presets.models
-        if name is not None and name not in known:
-            raise ValueError(
-                f"unknown {info.field_name} preset {name!r} (known: {', '.join(known)})"
-            )
-        return name
-
-    @model_validator(mode="after")
-    def _named_or_given(self) -> CapacityConfig:
-        if self.gpu is None and self.gpu_memory_gib is None:
-            raise ValueError("name a gpu preset or give gpu_memory_gib")
-        if self.model is None and self.shape is None:
-            raise ValueError("name a model preset or give its shape")
-        return self
 
 
 class BackendConfig(StrictModel):
@@ -218,8 +133,6 @@ class BackendConfig(StrictModel):
         missing = {"max_concurrency", "max_inflight_tokens"} - self.model_fields_set
         if self.capacity is None or not missing:
             return self
-        from backends.kv_capacity import CapacityError, plan_capacity
-
         try:
             plan = plan_capacity(self.capacity)
         except CapacityError as exc:

@@ -15,9 +15,9 @@ import aiohttp
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from admission.controller import Ticket
 from admission.domain import band_of
 from admission.lease import Lease
+from admission.ticket import Ticket
 from backends.backend import Backend
 from backends.forward import BackendUnreachable, open_upstream
 from backends.pools import Pool

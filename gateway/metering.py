@@ -22,14 +22,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 from admission.lease import Lease
 from backends.delivery import DeliveryRate
+from fairgate.settings import Settings
 from fairgate.tasks import cancel_all
 
-if TYPE_CHECKING:
-    from gateway.state import Gateway
+
+class Host(Protocol):
+    """What meters need of the gateway process (``gateway.state.Gateway`` is one): its
+    settings, and somewhere to run charges off the response's path."""
+
+    settings: Settings
+
+    def in_background(self, work: Coroutine[Any, Any, Any]) -> None: ...
 
 
 class StreamMeter:
@@ -42,7 +50,7 @@ class StreamMeter:
     long prompt may start its prefill.
     """
 
-    def __init__(self, gateway: Gateway, lease: Lease, prefill_held: bool = False) -> None:
+    def __init__(self, gateway: Host, lease: Lease, prefill_held: bool = False) -> None:
         self._gateway = gateway
         self._lease = lease
         self._prefill_held = prefill_held
@@ -115,7 +123,7 @@ class PlainMeters:
     prefill cap, since a charge ends the request's hold on it.
     """
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Host) -> None:
         config = gateway.settings.admission
         self.every = config.charge_every_tokens
         self.weight = gateway.settings.estimation.output_weight

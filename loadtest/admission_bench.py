@@ -30,7 +30,8 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from admission.controller import Admission, Ticket
+from admission.controller import Admission
+from admission.ticket import Ticket
 from fairgate.redis_client import connect
 from fairgate.settings import Settings
 from loadtest.report import machine, markdown_table, revision, write_section

@@ -16,8 +16,8 @@ import yaml
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from admission.controller import Ticket
 from admission.domain import backend_load, set_drained
+from admission.ticket import Ticket
 from backends.affinity import SESSION_HEADER, preferred_backend, session_key
 from fairgate import cli
 from fairgate.keys import AdmissionKeys

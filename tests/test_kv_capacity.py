@@ -1,4 +1,4 @@
-"""KV-cache capacity and budgets (backends/kv_capacity.py), `capacity:` settings, `fairgate plan`.
+"""KV-cache capacity and budgets (fairgate/kv_capacity.py), `capacity:` settings, `fairgate plan`.
 
 The arithmetic is checked against numbers vLLM itself produced: the BLIS / simulator profile
 for Llama-3-8B on an H100 (29,205 blocks) and capacities vLLM logged on other GPUs.
@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from backends.kv_capacity import (
+from fairgate.kv_capacity import (
+    CapacityConfig,
     CapacityError,
     GiB,
     kv_bytes_per_token,
@@ -24,7 +25,7 @@ from backends.kv_capacity import (
     render_matrix,
     weight_bytes,
 )
-from fairgate.settings import CapacityConfig, ConfigError, Settings, load_settings
+from fairgate.settings import ConfigError, Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 H100_PROFILE = REPO / "config" / "sim" / "h100-llama3-8b.yaml"

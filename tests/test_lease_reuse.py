@@ -15,7 +15,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from redis.asyncio import Redis
 
 from admission import controller
-from admission.controller import Ticket
+from admission.ticket import Ticket
 from fairgate.settings import Settings
 from tests.conftest import (
     MakeAdmission,

@@ -21,18 +21,107 @@ from __future__ import annotations
 import math
 from functools import cache
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
-from fairgate.settings import BackendConfig, CapacityConfig, Dtype, ModelShape
+from fairgate.strict_model import StrictModel
 
 PRESETS_PATH = Path(__file__).resolve().parent.parent / "config" / "plan" / "presets.yaml"
 
 GiB = 1024**3
 
 _T = TypeVar("_T")
+
+#: Number formats of weights and KV cache entries.
+Dtype = Literal["fp32", "fp16", "bf16", "fp8", "int8", "int4"]
+
+
+class ModelShape(StrictModel):
+    """A transformer's shape, as far as its KV cache and weights go (from its config.json)."""
+
+    layers: PositiveInt = Field(description="num_hidden_layers.")
+    kv_heads: PositiveInt = Field(description="num_key_value_heads (grouped-query attention).")
+    head_dim: PositiveInt = Field(description="head_dim, or hidden_size / num_attention_heads.")
+    params_b: PositiveFloat = Field(description="Parameters, in billions (all experts of a MoE).")
+    unquantized_params_b: NonNegativeFloat = Field(
+        0.0,
+        description="Parameters that stay 16-bit when the weights are quantized (embeddings "
+        "and lm_head in FP8/INT checkpoints), in billions.",
+    )
+    context_length: PositiveInt = Field(
+        131_072, description="max_position_embeddings: the longest sequence it serves."
+    )
+
+
+class CapacityConfig(StrictModel):
+    """The hardware and model behind a backend, to derive its budgets from KV-cache memory.
+
+    Name a GPU preset (``gpu``) or give ``gpu_memory_gib``, and a model preset (``model``) or
+    its ``shape``; presets live in config/plan/presets.yaml. The arithmetic is in
+    this module and ``fairgate plan`` prints it step by step.
+    """
+
+    gpu: str | None = Field(None, description="GPU preset, e.g. h100-80gb (see fairgate plan).")
+    gpu_memory_gib: PositiveFloat | None = Field(
+        None, description="Memory per GPU as CUDA reports it, in GiB (overrides the preset)."
+    )
+    tensor_parallel_size: PositiveInt = Field(1, description="GPUs one engine spans (TP).")
+    model: str | None = Field(None, description="Model preset, e.g. llama-3-70b.")
+    shape: ModelShape | None = Field(None, description="The model's shape (overrides the preset).")
+    weight_dtype: Dtype = Field("bf16", description="Format of the weights.")
+    kv_cache_dtype: Dtype | Literal["auto"] = Field(
+        "auto", description="Format of KV entries; auto: 16-bit (vLLM's --kv-cache-dtype auto)."
+    )
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.9, description="Share of each GPU's memory the engine may use (vLLM's default 0.9)."
+    )
+    reserve_gib: NonNegativeFloat = Field(
+        2.5,
+        description="Per GPU, for activations, CUDA graphs and non-torch memory (vLLM measures "
+        "about 2.4-2.5 GiB for 8B models).",
+    )
+    block_size: PositiveInt = Field(16, description="Tokens per KV block (vLLM's default 16).")
+    max_num_seqs: PositiveInt | None = Field(
+        None,
+        description="The engine's running-sequence limit; vLLM's default for the GPU if unset.",
+    )
+    context_length: PositiveInt | None = Field(
+        None, description="Context for the concurrency figure; the model's if unset."
+    )
+    headroom: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.9, description="Share of the KV capacity given to max_inflight_tokens."
+    )
+
+    @field_validator("gpu", "model")
+    @classmethod
+    def _known_preset(cls, name: str | None, info: Any) -> str | None:
+        presets = load_presets()
+        known = presets.gpus if info.field_name == "gpu" else presets.models
+        if name is not None and name not in known:
+            raise ValueError(
+                f"unknown {info.field_name} preset {name!r} (known: {', '.join(known)})"
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _named_or_given(self) -> CapacityConfig:
+        if self.gpu is None and self.gpu_memory_gib is None:
+            raise ValueError("name a gpu preset or give gpu_memory_gib")
+        if self.model is None and self.shape is None:
+            raise ValueError("name a model preset or give its shape")
+        return self
+
 
 #: Bytes per element of each number format.
 DTYPE_BYTES: dict[str, float] = {
@@ -53,20 +142,16 @@ class CapacityError(ValueError):
     """The declared hardware cannot serve the declared model (or names an unknown preset)."""
 
 
-class GpuSpec(BaseModel):
+class GpuSpec(StrictModel):
     """One GPU model: its memory as CUDA reports it, and vLLM's defaults on it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     description: str = ""
     memory_gib: PositiveFloat
     vllm_max_num_seqs: PositiveInt
 
 
-class Presets(BaseModel):
+class Presets(StrictModel):
     """config/plan/presets.yaml: GPUs and model shapes by name."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     gpus: dict[str, GpuSpec]
     models: dict[str, ModelShape]
@@ -326,26 +411,5 @@ def render_matrix(presets: Presets | None = None, utilization: float = 0.9) -> s
         aligned = zip(row, widths, strict=True)
         lines.append(
             "  ".join(f"{c:<{w}}" if i < 4 else f"{c:>{w}}" for i, (c, w) in enumerate(aligned))
-        )
-    return "\n".join(lines)
-
-
-def render_backend(name: str, pool: str, backend: BackendConfig) -> str:
-    """What ``fairgate plan --config`` prints for one backend: the derivation and the budgets."""
-    title = f"backend {name} (pool {pool}, {backend.engine}, {backend.url})"
-    lines = [title]
-    if backend.capacity is not None:
-        lines.extend("  " + line for line in plan_capacity(backend.capacity).render().splitlines())
-    else:
-        lines.append("  no capacity declared: budgets as configured")
-    for field in ("max_concurrency", "max_inflight_tokens"):
-        source = "derived" if field in backend.derived_budgets else "configured"
-        if field not in backend.model_fields_set and backend.capacity is None:
-            source = "default"
-        lines.append(f"  budget {field}: {getattr(backend, field):,} ({source})")
-    if backend.engine in ("vllm", "sglang", "tgi"):
-        lines.append(
-            "  at run time the KV capacity the engine reports replaces the derived one "
-            "(backends/engine_load.py)"
         )
     return "\n".join(lines)
