@@ -43,7 +43,6 @@ from gateway.relay import (
     relay_stream,
 )
 from gateway.requests import Endpoint, InferenceRequest, parse_request
-from gateway.routing import default_pool, requested_pool, route
 from gateway.state import GATEWAY, Gateway
 
 #: Request headers passed on to the engine (the tenant's key never is).
@@ -65,10 +64,9 @@ def inference(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Strea
         gateway = request.app[GATEWAY]
         tenant_id, tenant = await _tenant(request, gateway)
         parsed = parse_request(endpoint, await request.read())
-        pinned = requested_pool(request, gateway, parsed.model, tenant)
-        estimating = pinned or default_pool(gateway, parsed.model, tenant)
-        cost = await _estimate(gateway, tenant_id, parsed, estimating)
-        pool, chosen = route(gateway, tenant_id, tenant, parsed.model, cost, pinned)
+        choice = gateway.pools.start(request.headers, parsed.model, tenant_id, tenant)
+        cost = await _estimate(gateway, tenant_id, parsed, choice.estimating)
+        pool, chosen = gateway.pools.route(choice, cost)
         headers = {
             "X-Request-Id": request_id_of(request),
             "X-Fairgate-Pool": pool.name,

@@ -19,6 +19,7 @@ from fairgate.settings import Settings
 from gateway.auth import KeyStore
 from gateway.metering import PlainMeters
 from gateway.metrics import GatewayMetrics
+from gateway.routing import PoolSelector
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,12 @@ class Gateway:
     metrics: GatewayMetrics
     admission: Admission
     meters: PlainMeters = field(init=False)  # plain responses charged while they run
+    pools: PoolSelector = field(init=False)  # which pool serves each request
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.meters = PlainMeters(self)
+        self.pools = PoolSelector(self.router, self.metrics)
 
     def in_background(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run bookkeeping after a response without delaying it (tasks are kept referenced)."""
