@@ -30,12 +30,12 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from admission.domain import publish_config
+from admission.errors import AdmissionUnavailable, QueueFull, QueueTimeout
 from admission.lease import Lease
 from admission.local import LocalLimits
 from admission.reuse import Flow, HeldLease, LeaseShelf
 from admission.scripts import AdmissionScripts, Decision
 from admission.ticket import Ticket
-from fairgate.errors import GatewayError, admission_unavailable, rate_limited
 from fairgate.keys import AdmissionKeys
 from fairgate.redis_client import GatewayRedis, text
 from fairgate.settings import Settings
@@ -130,13 +130,9 @@ class Admission:
         if outcome.state == "granted":
             return self._lease(ticket.request_id, outcome.backend, ticket)
         if outcome.state == "full":
-            raise rate_limited(
-                f"Too many requests of tenant '{ticket.tenant}' are already waiting.", 1.0
-            )
+            raise QueueFull(ticket.tenant)
         if outcome.state != "queued":
-            raise GatewayError(
-                500, f"Admission refused the request: {outcome.state}.", "server_error"
-            )
+            raise RuntimeError(f"the enqueue script answered {outcome.state!r}")
         return await self._wait(ticket, due)
 
     async def _ask(self, ticket: Ticket) -> Decision:
@@ -200,13 +196,9 @@ class Admission:
             self._waiters.pop(request_id, None)
             self._due.pop(request_id, None)
         if backend == _TIMEOUT:
-            raise rate_limited(
-                f"The request waited {ticket.timeout_s:g} s in the queue of tenant "
-                f"'{ticket.tenant}' without being admitted.",
-                ticket.timeout_s / 2,
-            )
+            raise QueueTimeout(ticket.tenant, ticket.timeout_s)
         if backend == _LOST:
-            raise admission_unavailable("The queued request was lost; please retry.")
+            raise AdmissionUnavailable("The queued request was lost; please retry.")
         return self._lease(request_id, backend, ticket)
 
     async def _withdraw(self, request_id: str) -> str | None:
@@ -372,7 +364,7 @@ class Admission:
                 "admission: Redis is unreachable (%s); fail_mode=%s", exc, self._config.fail_mode
             )
         if self._config.fail_mode == "closed":
-            raise admission_unavailable("Admission is unavailable (Redis unreachable).")
+            raise AdmissionUnavailable("Admission is unavailable (Redis unreachable).")
         return self._local.admit(ticket)
 
     # ---------------------------------------------------------------------------- upkeep

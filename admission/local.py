@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections import Counter
 
+from admission.errors import AtLimit
 from admission.lease import Lease
 from admission.ticket import Ticket
-from fairgate.errors import rate_limited
 from fairgate.settings import Settings
 
 
@@ -28,7 +28,7 @@ class LocalLimits:
     def admit(self, ticket: Ticket) -> Lease:
         tenant = self._settings.tenants[ticket.tenant]
         if self._tenants[ticket.tenant] >= tenant.max_concurrency:
-            raise rate_limited(f"Tenant '{ticket.tenant}' is at its concurrency limit.", 1.0)
+            raise AtLimit(f"Tenant '{ticket.tenant}' is at its concurrency limit.")
         pool = self._settings.pools[ticket.pool]
         free = [
             (self._backends[name], name)
@@ -36,7 +36,7 @@ class LocalLimits:
             if self._backends[name] < backend.max_concurrency
         ]
         if not free:
-            raise rate_limited(f"Pool '{ticket.pool}' is at capacity.", 1.0)
+            raise AtLimit(f"Pool '{ticket.pool}' is at capacity.")
         backend = min(free)[1]
         self._tenants[ticket.tenant] += 1
         self._backends[backend] += 1

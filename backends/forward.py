@@ -13,14 +13,10 @@ from collections.abc import Mapping
 import aiohttp
 
 from backends.backend import Backend
-from fairgate.errors import backend_failed, backend_timeout
+from backends.errors import BackendUnreachable, EngineFailed, EngineTimeout
 
 #: Connecting failed: refused, unreachable, DNS, or the connect timeout.
 _NOT_CONNECTED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
-
-
-class BackendUnreachable(Exception):
-    """No connection could be made: nothing was sent, so trying elsewhere is safe."""
 
 
 async def open_upstream(
@@ -33,9 +29,9 @@ async def open_upstream(
         backend.mark_down(exc)
         raise BackendUnreachable(f"{backend.name}: {exc}") from exc
     except aiohttp.ServerTimeoutError as exc:
-        raise backend_timeout(f"The engine {backend.name} did not answer in time.") from exc
+        raise EngineTimeout(f"The engine {backend.name} did not answer in time.") from exc
     except aiohttp.ClientError as exc:
-        raise backend_failed(
+        raise EngineFailed(
             f"The engine {backend.name} failed: {exc.__class__.__name__}: {exc}"
         ) from exc
     backend.mark_up()

@@ -5,7 +5,9 @@ The official SDKs map the HTTP status to an exception class (400 ``BadRequestErr
 ``InternalServerError``) and read the message from
 ``{"error": {"message", "type", "param", "code"}}``. The gateway raises :class:`GatewayError`
 (built with the constructors below, which are the vocabulary; do not invent statuses and codes
-by hand) and its error middleware turns it into that envelope. The simulator uses
+by hand) and its error middleware turns it into that envelope. Admission and the backends raise
+their own exceptions (``admission/errors.py``, ``backends/errors.py``), which the middleware
+maps to these in one place (``gateway.middleware.as_gateway_error``). The simulator uses
 :func:`error_response` directly to answer as vLLM does.
 """
 

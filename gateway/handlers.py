@@ -19,17 +19,12 @@ from admission.domain import band_of
 from admission.lease import Lease
 from admission.ticket import Ticket
 from backends.backend import Backend
-from backends.forward import BackendUnreachable, open_upstream
+from backends.errors import BackendUnreachable, EngineError, EngineFailed
+from backends.forward import open_upstream
 from backends.pools import Pool
 from backends.tokenize import engine_token_count
 from estimators.cost import Cost
-from fairgate.errors import (
-    GatewayError,
-    backend_failed,
-    backend_unavailable,
-    invalid_api_key,
-    invalid_request,
-)
+from fairgate.errors import backend_unavailable, invalid_api_key, invalid_request
 from fairgate.ids import new_id
 from fairgate.settings import TenantConfig
 from gateway.auth import authenticate
@@ -86,8 +81,8 @@ def inference(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Strea
             response, outcome = await _relay(
                 request, gateway, parsed, upstream, headers, lease, backend, meter
             )
-        except GatewayError as exc:
-            _engine_failed(gateway, backend, exc.message)  # it failed mid-response
+        except EngineError as exc:
+            _engine_failed(gateway, backend, str(exc))  # it failed mid-response
             raise
         finally:
             # Released however the request ended, without delaying the response: a task that
@@ -191,8 +186,8 @@ async def _admit_and_connect(
             if meter is not None:
                 meter.stop()
             await asyncio.shield(lease.release(None))
-            if isinstance(exc, GatewayError):  # the engine failed or timed out before answering
-                _engine_failed(gateway, backend, exc.message)
+            if isinstance(exc, EngineError):  # the engine failed or timed out before answering
+                _engine_failed(gateway, backend, str(exc))
             raise
         return lease, backend, upstream, meter
     raise backend_unavailable(
@@ -243,7 +238,7 @@ async def _relay_plain(
     try:
         response, outcome = await relay_body(upstream, headers)
     except UPSTREAM_READ_ERRORS as exc:
-        raise backend_failed(f"The engine failed mid-response: {exc!r}") from exc
+        raise EngineFailed(f"The engine failed mid-response: {exc!r}") from exc
     finally:
         elapsed = meter.stop() if meter is not None else 0.0
     output = (outcome.usage or {}).get("completion_tokens")

@@ -15,7 +15,16 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from fairgate.errors import GatewayError, body_too_large
+from admission.errors import AdmissionError, AdmissionUnavailable, Refused
+from backends.errors import EngineError, EngineTimeout
+from fairgate.errors import (
+    GatewayError,
+    admission_unavailable,
+    backend_failed,
+    backend_timeout,
+    body_too_large,
+    rate_limited,
+)
 from fairgate.ids import new_id
 
 log = logging.getLogger(__name__)
@@ -44,12 +53,29 @@ async def request_id(request: web.Request, handler: Handler) -> web.StreamRespon
     return response
 
 
+def as_gateway_error(exc: AdmissionError | EngineError) -> GatewayError:
+    """The one place where admission's and the engines' failures become HTTP and the OpenAI
+    error body: status, type, code, ``Retry-After``."""
+    message = str(exc)
+    if isinstance(exc, Refused):
+        return rate_limited(message, exc.retry_after_s)
+    if isinstance(exc, AdmissionUnavailable):
+        return admission_unavailable(message)
+    if isinstance(exc, EngineTimeout):
+        return backend_timeout(message)
+    if isinstance(exc, EngineError):
+        return backend_failed(message)
+    raise TypeError(f"no mapping for {exc!r}")  # a new failure kind: map it here
+
+
 @web.middleware
 async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except GatewayError as exc:
         return exc.response()
+    except (AdmissionError, EngineError) as exc:
+        return as_gateway_error(exc).response()
     except web.HTTPRequestEntityTooLarge:
         return body_too_large(request.client_max_size).response()
     except web.HTTPException as exc:

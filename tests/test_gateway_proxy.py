@@ -13,7 +13,16 @@ import openai
 import pytest
 from aiohttp import web
 
+from admission.errors import (
+    AdmissionError,
+    AdmissionUnavailable,
+    AtLimit,
+    QueueFull,
+    QueueTimeout,
+)
+from backends.errors import EngineError, EngineFailed, EngineTimeout
 from fairgate.serving import serve
+from gateway.middleware import as_gateway_error
 from gateway.relay import Relayed, _StreamFilter
 from tests.conftest import (
     RunningGateway,
@@ -501,3 +510,22 @@ def test_stream_filter_gives_the_same_bytes_however_the_stream_is_cut(
         assert first + relay.feed(stream[cut:]) == expected and relay.tail == b""
         assert outcome.usage == {"prompt_tokens": 3, "completion_tokens": 2}
         assert (outcome.chunks, outcome.completed) == (3 if client_wants_usage else 2, True)
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "code", "retry_after"),
+    [
+        (QueueFull("acme"), 429, "rate_limit_exceeded", "1"),
+        (QueueTimeout("acme", 30.0), 429, "rate_limit_exceeded", "15"),
+        (AtLimit("Pool 'p' is at capacity."), 429, "rate_limit_exceeded", "1"),
+        (AdmissionUnavailable("Redis unreachable."), 503, "admission_unavailable", None),
+        (EngineTimeout("slow"), 504, "backend_timeout", None),
+        (EngineFailed("broke"), 502, "backend_error", None),
+    ],
+)
+def test_admission_and_engine_failures_map_to_openai_errors_in_one_place(
+    failure: AdmissionError | EngineError, status: int, code: str, retry_after: str | None
+) -> None:
+    mapped = as_gateway_error(failure)
+    assert (mapped.status, mapped.code, mapped.message) == (status, code, str(failure))
+    assert mapped.headers.get("Retry-After") == retry_after
