@@ -115,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
 
     plan = commands.add_parser("plan", help="KV-cache capacity and budgets (config or presets)")
     plan.add_argument("--config", type=Path, help="print the derivation for each backend")
-    plan.add_argument("--preset", help="model preset (config/plan/presets.yaml)")
+    plan.add_argument("--preset", help="model preset (fairgate/presets.yaml)")
     plan.add_argument("--gpu", help="GPU preset")
     plan.add_argument("--gpu-memory-gib", type=float, help="GPU memory instead of a preset")
     plan.add_argument("--tp", type=int, default=1, help="tensor-parallel size")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from functools import cache
-from pathlib import Path
+from importlib import resources
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
@@ -37,7 +37,8 @@ from pydantic import (
 
 from fairgate.strict_model import StrictModel
 
-PRESETS_PATH = Path(__file__).resolve().parent.parent / "config" / "plan" / "presets.yaml"
+#: GPUs and model shapes by name: package data, found wherever fairgate is installed.
+PRESETS = resources.files("fairgate").joinpath("presets.yaml")
 
 GiB = 1024**3
 
@@ -68,7 +69,7 @@ class CapacityConfig(StrictModel):
     """The hardware and model behind a backend, to derive its budgets from KV-cache memory.
 
     Name a GPU preset (``gpu``) or give ``gpu_memory_gib``, and a model preset (``model``) or
-    its ``shape``; presets live in config/plan/presets.yaml. The arithmetic is in
+    its ``shape``; presets live in fairgate/presets.yaml. The arithmetic is in
     this module and ``fairgate plan`` prints it step by step.
     """
 
@@ -151,16 +152,16 @@ class GpuSpec(StrictModel):
 
 
 class Presets(StrictModel):
-    """config/plan/presets.yaml: GPUs and model shapes by name."""
+    """fairgate/presets.yaml: GPUs and model shapes by name."""
 
     gpus: dict[str, GpuSpec]
     models: dict[str, ModelShape]
 
 
 @cache
-def load_presets(path: Path = PRESETS_PATH) -> Presets:
+def load_presets() -> Presets:
     """The presets file, read once per process."""
-    return Presets.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    return Presets.model_validate(yaml.safe_load(PRESETS.read_text(encoding="utf-8")))
 
 
 def kv_heads_per_gpu(kv_heads: int, tensor_parallel_size: int) -> int:

@@ -1,0 +1,53 @@
+"""An installed wheel works from any directory: its data files (Lua scripts, GPU and model
+presets) travel inside its packages and load with importlib.resources, not from the repo."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+CONFIG = """\
+pools:
+  interactive:
+    backends:
+      gpu-0:
+        url: http://127.0.0.1:8000
+        models: [llama-3-8b]
+        capacity: {gpu: h100-80gb, model: llama-3-8b}
+tenants:
+  acme: {api_keys: [sk-acme-test]}
+"""
+
+
+def _run(args: list[str], cwd: Path, site: Path) -> str:
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    done = subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_an_installed_wheel_plans_and_checks_configs_outside_the_repo(tmp_path: Path) -> None:
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    dist, site, elsewhere = tmp_path / "dist", tmp_path / "site", tmp_path / "elsewhere"
+    subprocess.run([*pip, "wheel", "--no-deps", "-q", "-w", dist, REPO], check=True, timeout=300)
+    wheels = list(dist.glob("fairgate-*.whl"))
+    subprocess.run([*pip, "install", "--no-deps", "-q", "--target", site, *wheels], check=True)
+    elsewhere.mkdir()
+    (elsewhere / "fairgate.yaml").write_text(CONFIG)
+
+    where = _run(["-c", "import admission, fairgate; print(fairgate.__file__, admission.__file__)"],
+                 elsewhere, site)  # fmt: skip
+    assert all(Path(f).is_relative_to(site) for f in where.split())  # not the checkout's
+    checked = _run(["-m", "fairgate.cli", "check-config", "--config", "fairgate.yaml"],
+                   elsewhere, site)  # fmt: skip
+    assert "valid" in checked
+    planned = _run(["-m", "fairgate.cli", "plan", "--config", "fairgate.yaml"], elsewhere, site)
+    assert "max_inflight_tokens: 396,158 (derived)" in planned  # from the packaged presets
+    lua = _run(["-c", "import admission.scripts as s; print(len(s._LIB))"], elsewhere, site)
+    assert int(lua) > 1000
