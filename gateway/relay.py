@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from fairgate.errors import error_body
 from gateway.sse import DONE, data_of, error_event, event_around, json_data, last_event_end
 
 #: Failures of the engine side while reading its response.
@@ -161,9 +162,40 @@ async def relay_body(
     outcome = Relayed(upstream.status, completed=True)
     if upstream.status == 200 and upstream.content_type == "application/json":
         outcome.usage = _usage_of(body)
-    return web.Response(
-        status=upstream.status, body=body, headers=response_headers(upstream, headers)
-    ), outcome
+    relayed = response_headers(upstream, headers)
+    if upstream.status >= 400:
+        body = engine_error_body(upstream.status, body)
+        relayed["Content-Type"] = "application/json"
+        relayed.pop("Content-Length", None)
+    return web.Response(status=upstream.status, body=body, headers=relayed), outcome
+
+
+def engine_error_body(status: int, body: bytes) -> bytes:
+    """An engine's error answer in the OpenAI envelope, so that clients see one format.
+
+    vLLM answers ``{"object": "error", "message", "type", "code"}`` (or the envelope), TGI and
+    Ollama ``{"error": "<message>"}``, llama.cpp the envelope, a proxy in between plain text;
+    the message and code are kept, the shape is the gateway's own (``fairgate.errors``).
+    """
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        value = None
+    if isinstance(value, dict) and isinstance(value.get("error"), dict):
+        return body  # already the envelope
+    inner = value if isinstance(value, dict) else {}
+    message = inner.get("message") or inner.get("error") or inner.get("detail")
+    if not isinstance(message, str) or not message:
+        message = body.decode(errors="replace").strip()[:2000] or f"The engine answered {status}."
+    code, param = inner.get("code"), inner.get("param")
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    error = error_body(
+        message,
+        kind,
+        code if isinstance(code, str | int) else None,
+        param if isinstance(param, str) else None,
+    )
+    return json.dumps(error).encode()
 
 
 def _usage_of(body: bytes) -> dict[str, Any] | None:

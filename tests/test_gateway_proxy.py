@@ -7,6 +7,7 @@ official ``openai`` client (async, and sync in a worker thread).
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import openai
@@ -23,7 +24,7 @@ from admission.errors import (
 from backends.errors import EngineError, EngineFailed, EngineTimeout
 from fairgate.serving import serve
 from gateway.middleware import as_gateway_error
-from gateway.relay import Relayed, _StreamFilter
+from gateway.relay import Relayed, _StreamFilter, engine_error_body
 from tests.conftest import (
     RunningGateway,
     RunningSim,
@@ -191,6 +192,20 @@ async def test_unknown_or_missing_key_is_401_and_keys_are_stored_hashed(
     assert set(stored.values()) == {b"a", b"b"}
     assert all(k.startswith(b"sha256:") for k in stored)
     assert "key-a" not in repr(contents)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Authorization": "bearer key-a"}, {"Authorization": "BEARER key-a"}, {"api-key": "key-a"}],
+)
+async def test_the_key_may_come_in_any_scheme_case_or_azure_style(
+    gateway: RunningGateway, headers: dict[str, str]
+) -> None:
+    body = {"model": "llama-3-8b", "messages": MESSAGES}
+    async with gateway.http.post(
+        f"{gateway.url}/v1/chat/completions", json=body, headers=headers
+    ) as resp:
+        assert resp.status == 200
 
 
 # ------------------------------------------------------------------------------ bad input
@@ -529,3 +544,31 @@ def test_admission_and_engine_failures_map_to_openai_errors_in_one_place(
     mapped = as_gateway_error(failure)
     assert (mapped.status, mapped.code, mapped.message) == (status, code, str(failure))
     assert mapped.headers.get("Retry-After") == retry_after
+
+
+VLLM_400 = (
+    b'{"object": "error", "message": "max_tokens is too large", "type": "BadRequestError", '
+    b'"param": "max_tokens", "code": 400}'
+)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "message", "kind", "code", "param"),
+    [
+        (400, VLLM_400, "max_tokens is too large", "invalid_request_error", 400, "max_tokens"),
+        (422, b'{"error": "Input validation error"}', "Input validation error",
+         "invalid_request_error", None, None),  # TGI, Ollama
+        (503, b"upstream connect error", "upstream connect error", "server_error", None, None),
+        (500, b"", "The engine answered 500.", "server_error", None, None),
+    ],
+)  # fmt: skip
+def test_engine_errors_reach_clients_in_the_openai_envelope(
+    status: int, body: bytes, message: str, kind: str, code: int | None, param: str | None
+) -> None:
+    error = json.loads(engine_error_body(status, body))["error"]
+    assert error == {"message": message, "type": kind, "code": code, "param": param}
+
+
+def test_an_engine_error_already_in_the_envelope_passes_unchanged() -> None:
+    body = b'{"error": {"message": "no", "type": "invalid_request_error", "code": "x"}}'
+    assert engine_error_body(400, body) == body
