@@ -1,9 +1,9 @@
 """The admission domain in Redis: priority bands, and the configuration the scripts read.
 
 The scripts read tenants' weights and limits and backends' budgets from Redis rather than from
-their arguments, so every replica dispatches by the same numbers and a change made in one
-place (the admin API) takes effect everywhere at the next decision. Each replica writes the
-configuration of its settings file at start-up.
+their arguments, so every replica dispatches by the same numbers, and a change written there
+takes effect everywhere at the next decision. Each replica writes the configuration of its
+settings file at start-up (an admin API that changes it at run time is issue 14).
 """
 
 from __future__ import annotations

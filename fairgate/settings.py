@@ -2,7 +2,7 @@
 
 Everything an operator declares lives here: the engine pools and their backends, the tenants
 with their weights, limits and keys, the Redis that holds shared state, and the listener.
-The admin API, the admission scripts and the gateway all import these models rather than
+The gateway, the admission configuration in Redis and the CLI all import these models rather than
 re-declaring them, so a field means the same thing everywhere.
 
 Precedence (highest first): ``FAIRGATE_*`` environment variables (nested with ``__``, e.g.

@@ -1,1 +1,1 @@
-"""The HTTP face of fairgate: routes, auth, validation, streaming relay, admin API."""
+"""The HTTP face of fairgate: routes, auth, validation, pool choice, streaming relay, metrics."""

@@ -1,7 +1,7 @@
 """API keys: ``Authorization: Bearer <key>`` to a tenant id.
 
 Keys are stored in Redis only as sha256 digests (``{prefix}:apikeys``, a hash from digest to
-tenant id), so every replica sees a key added through the admin API. Each replica caches
+tenant id), so every replica sees a key any replica stored there. Each replica caches
 answers briefly (found keys for ``auth.cache_ttl_s``, unknown ones for
 ``auth.negative_cache_ttl_s``, so a client retrying a bad key does not hammer Redis). The keys in
 the config file are seeded into Redis at start-up (for tools that list keys) and answered from

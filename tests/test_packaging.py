@@ -4,11 +4,13 @@ presets) travel inside its packages and load with importlib.resources, not from 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("fairgate", "gateway", "admission", "estimators", "backends", "loadtest")
 
 CONFIG = """\
 pools:
@@ -32,10 +34,21 @@ def _run(args: list[str], cwd: Path, site: Path) -> str:
     return done.stdout
 
 
+def _copy_sources(to: Path) -> None:
+    """What the wheel is built from (the checkout's packages and metadata), elsewhere."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for package in PACKAGES:
+        shutil.copytree(REPO / package, to / package, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, to / name)
+
+
 def test_an_installed_wheel_plans_and_checks_configs_outside_the_repo(tmp_path: Path) -> None:
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    dist, site, elsewhere = tmp_path / "dist", tmp_path / "site", tmp_path / "elsewhere"
-    subprocess.run([*pip, "wheel", "--no-deps", "-q", "-w", dist, REPO], check=True, timeout=300)
+    source, dist = tmp_path / "source", tmp_path / "dist"
+    site, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    _copy_sources(source)  # building writes build/ and *.egg-info next to the sources
+    subprocess.run([*pip, "wheel", "--no-deps", "-q", "-w", dist, source], check=True, timeout=300)
     wheels = list(dist.glob("fairgate-*.whl"))
     subprocess.run([*pip, "install", "--no-deps", "-q", "--target", site, *wheels], check=True)
     elsewhere.mkdir()
