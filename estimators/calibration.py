@@ -77,7 +77,7 @@ class Calibration:
         return factor
 
     async def report(self, model: str, kind: str) -> CalibrationReport:
-        """Everything recorded for one model and kind (what the estimation benchmark and tests read)."""
+        """Everything recorded for one model and kind (the estimation benchmark reads it)."""
         fields = {text(k): text(v) for k, v in (await self._redis.hgetall(self.key(model))).items()}
         n = int(fields.get(f"{kind}:n", 0))
         prefix = f"{kind}:error:"
