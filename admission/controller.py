@@ -57,10 +57,9 @@ class Admission:
         config = settings.admission
         self.owner = uuid.uuid4().hex[:16]
         self.keys = AdmissionKeys.of(settings.redis.key_prefix)
-        self.prefix = self.keys.prefix
         self.scripts = AdmissionScripts(
             redis,
-            self.prefix,
+            self.keys.prefix,
             int(config.lease_ttl_s * 1000),
             config.max_grants_per_call,
         )
