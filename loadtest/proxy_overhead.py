@@ -53,6 +53,7 @@ from aiohttp import web
 from fairgate.cli import _until_signalled
 from fairgate.serving import serve
 from loadtest.report import machine, markdown_table, revision, write_section
+from loadtest.services import free_ports
 
 #: The section of BENCHMARKS.md this benchmark owns (see :mod:`loadtest.report`).
 SECTION = "proxy-overhead"
@@ -244,15 +245,6 @@ def run_server(kind: str, args: argparse.Namespace) -> int:
 
 
 # -------------------------------------------------------------------------- processes
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free loopback ports (all bound at once, so none is handed out twice)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind((LOOPBACK, 0))
-        return [sock.getsockname()[1] for sock in sockets]
 
 
 #: A readiness check: None once the process is ready, else what it saw instead.

@@ -10,13 +10,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from loadtest.services import free_port
 from tests.conftest import H100_PROFILE
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def listening(port: int) -> bool:
