@@ -33,6 +33,7 @@ from admission.domain import publish_config
 from admission.errors import AdmissionUnavailable, QueueFull, QueueTimeout
 from admission.lease import Lease
 from admission.local import LocalLimits
+from admission.policy import AdmissionPolicy
 from admission.reuse import Flow, HeldLease, LeaseShelf
 from admission.scripts import AdmissionScripts, Decision
 from admission.ticket import Ticket
@@ -62,6 +63,7 @@ class Admission:
             self.keys.prefix,
             int(config.lease_ttl_s * 1000),
             config.max_grants_per_call,
+            AdmissionPolicy(order=config.policy),
         )
         self._redis = redis
         self._settings = settings
@@ -281,8 +283,8 @@ class Admission:
         """Free a lease (idempotent); hands what it frees to the next in fair order.
 
         With ``hold_s`` > 0 Redis may hold it that long for the next request of its tenant
-        instead (the tenant is owed the next turn; ``hold_for_next`` in lib.lua): it is released
-        when the hold ends, unless that request freed it first.
+        instead (the tenant is owed the next turn; ``hold_for_next`` in lib/dispatch.lua): it is
+        released when the hold ends, unless that request freed it first.
         """
         self._leases.discard(request_id)
         hold_ms = int(hold_s * 1000)

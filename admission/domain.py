@@ -34,7 +34,10 @@ def band_weights(settings: Settings) -> dict[str, float]:
 
 
 async def publish_config(redis: Redis, keys: AdmissionKeys, settings: Settings) -> None:
-    """Write tenants, backends, pools, bands and the policy for the scripts (atomically)."""
+    """Write tenants, backends, pools, bands and the return grace for the scripts (atomically).
+
+    The policy is not shared state: each replica composes its scripts from its own
+    configured policy (:mod:`admission.policy`)."""
     tenants: dict[FieldT, EncodableT] = {
         tenant_id: json.dumps(
             {
@@ -74,7 +77,6 @@ async def publish_config(redis: Redis, keys: AdmissionKeys, settings: Settings) 
             pipe.delete(keys.config(table))
             if mapping:
                 pipe.hset(keys.config(table), mapping=mapping)
-        pipe.set(keys.config("policy"), settings.admission.policy)
         pipe.set(keys.config("grace"), round(settings.admission.return_grace_s * 1000))
         await pipe.execute()
 

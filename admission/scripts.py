@@ -1,24 +1,18 @@
 """The admission Lua scripts, loaded once per Redis client.
 
-Each state change of admission is one script: one atomic step on the Redis server. The
-scripts share their functions through ``lua/lib.lua``, which is prepended to each entry script
-(Redis has no ``require``). ``KEYS[1]`` is always the admission domain's key prefix; every
-other key shares its hash tag, so the scripts also run on Redis Cluster.
+Each state change of admission is one script: one atomic step on the Redis server. Each entry
+script (``lua/enqueue.lua``, ``lua/release.lua``, ...) is composed with the shared functions and
+the parts of the configured policy (:mod:`admission.policy`; Redis has no ``require``).
+``KEYS[1]`` is always the admission domain's key prefix; every other key shares its hash tag,
+so the scripts also run on Redis Cluster.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 
+from admission.policy import AdmissionPolicy
 from fairgate.redis_client import GatewayRedis, Script, text
-
-_LUA = resources.files("admission").joinpath("lua")
-_LIB = _LUA.joinpath("lib.lua").read_text()
-
-
-def _load(redis: GatewayRedis, name: str) -> Script:
-    return Script(redis, _LIB + "\n" + _LUA.joinpath(f"{name}.lua").read_text())
 
 
 def _pairs(values: list[bytes | str]) -> list[tuple[str, str]]:
@@ -50,18 +44,30 @@ class AdmissionScripts:
     redis-py's ``TimeoutError``, a ``RedisError`` like every other Redis failure.
     """
 
-    def __init__(self, redis: GatewayRedis, prefix: str, ttl_ms: int, max_grants: int) -> None:
+    def __init__(
+        self,
+        redis: GatewayRedis,
+        prefix: str,
+        ttl_ms: int,
+        max_grants: int,
+        policy: AdmissionPolicy | None = None,
+    ) -> None:
         self._keys = [prefix]
         self._ttl = ttl_ms
         self._max = max_grants
-        self._enqueue = _load(redis, "enqueue")
-        self._release = _load(redis, "release")
-        self._charge = _load(redis, "charge")
-        self._renew = _load(redis, "renew")
-        self._cancel = _load(redis, "cancel")
-        self._tick = _load(redis, "tick")
-        self._engine = _load(redis, "engine")
-        self._reuse = _load(redis, "reuse")
+        self.policy = policy or AdmissionPolicy()
+
+        def load(entry: str) -> Script:
+            return Script(redis, self.policy.compose(entry))
+
+        self._enqueue = load("enqueue")
+        self._release = load("release")
+        self._charge = load("charge")
+        self._renew = load("renew")
+        self._cancel = load("cancel")
+        self._tick = load("tick")
+        self._engine = load("engine")
+        self._reuse = load("reuse")
 
     async def enqueue(
         self,
@@ -86,7 +92,7 @@ class AdmissionScripts:
 
     async def release(self, request_id: str, service: float | None, hold_ms: int = 0) -> Decision:
         """End a lease: ``released`` (or ``gone``), or ``held`` for the next request of its
-        tenant for up to ``hold_ms`` (see ``hold_for_next`` in lib.lua): then it is to be
+        tenant for up to ``hold_ms`` (see ``hold_for_next`` in lib/dispatch.lua): then it is to be
         released again when the hold ends."""
         used = "" if service is None else service
         args = [request_id, used, self._ttl, self._max, hold_ms]

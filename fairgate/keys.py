@@ -4,7 +4,7 @@ All names start with ``redis.key_prefix`` (``fairgate`` by default), so several 
 can share one Redis. Keys that scripts touch together share a Redis Cluster hash tag (the part
 in braces) and so one slot: the admission domain (``{adm}``) and each model's estimation state
 (``{est:<model>}``). The admission scripts receive the domain's prefix as ``KEYS[1]`` and
-derive their keys from it; ``admission/lua/lib.lua`` lists them all, and the ones Python reads
+derive their keys from it; ``admission/lua/lib/state.lua`` lists them all, and the ones Python reads
 or writes directly are the properties of :class:`AdmissionKeys`.
 
 This module imports nothing of fairgate: every package may use it.
@@ -27,7 +27,7 @@ class AdmissionKeys:
 
     def config(self, table: str) -> str:
         """A configuration entry the scripts read: ``tenants``, ``backends``, ``pools``,
-        ``lend``, ``bands`` (hashes), ``policy``, ``grace`` (strings)."""
+        ``lend``, ``bands`` (hashes), ``grace`` (string)."""
         return f"{self.prefix}cfg:{table}"
 
     def grants_channel(self, owner: str) -> str:

@@ -17,6 +17,7 @@ import pytest
 from redis.asyncio import Redis
 
 from admission.domain import band_of, publish_config
+from admission.policy import AdmissionPolicy
 from admission.scripts import AdmissionScripts
 from fairgate.keys import AdmissionKeys
 from fairgate.redis_client import GatewayRedis
@@ -103,7 +104,8 @@ async def domain(redis_url: str) -> AsyncIterator[Any]:
         keys = AdmissionKeys.of(settings.redis.key_prefix)
         await publish_config(redis, keys, settings)
         prefix = keys.prefix
-        made.append(Domain(AdmissionScripts(redis, prefix, 60_000, 32), redis, prefix))
+        policy_ = AdmissionPolicy(order=settings.admission.policy)
+        made.append(Domain(AdmissionScripts(redis, prefix, 60_000, 32, policy_), redis, prefix))
         return made[-1]
 
     yield make

@@ -55,6 +55,7 @@ from hypothesis.stateful import (
 from redis import Redis as SyncRedis
 
 from admission.domain import band_of, band_weights, publish_config
+from admission.policy import AdmissionPolicy
 from admission.scripts import AdmissionScripts
 from fairgate.keys import AdmissionKeys
 from fairgate.redis_client import GatewayRedis
@@ -234,7 +235,9 @@ class AdmissionMachine(RuleBasedStateMachine):
         self.prefix = keys.prefix
         self.run(self.redis.flushdb())  # counters, seq and stats of the previous example
         self.run(publish_config(self.redis, keys, settings_))
-        self.scripts = AdmissionScripts(self.redis, self.prefix, TTL_MS, MAX_GRANTS)
+        self.scripts = AdmissionScripts(
+            self.redis, self.prefix, TTL_MS, MAX_GRANTS, AdmissionPolicy(order=policy)
+        )
         self.reqs: dict[str, Req] = {}
         self.down: set[str] = set()
         self.next_id = 0
@@ -874,7 +877,8 @@ async def _domain(redis: GatewayRedis, settings_: Settings) -> tuple[AdmissionSc
     keys = AdmissionKeys.of(settings_.redis.key_prefix)
     await publish_config(redis, keys, settings_)
     prefix = keys.prefix
-    return AdmissionScripts(redis, prefix, TTL_MS, MAX_GRANTS), prefix
+    policy = AdmissionPolicy(order=settings_.admission.policy)
+    return AdmissionScripts(redis, prefix, TTL_MS, MAX_GRANTS, policy), prefix
 
 
 def _hash(h: dict) -> dict[str, str]:

@@ -62,5 +62,6 @@ def test_an_installed_wheel_plans_and_checks_configs_outside_the_repo(tmp_path: 
     assert "valid" in checked
     planned = _run(["-m", "fairgate.cli", "plan", "--config", "fairgate.yaml"], elsewhere, site)
     assert "max_inflight_tokens: 396,158 (derived)" in planned  # from the packaged presets
-    lua = _run(["-c", "import admission.scripts as s; print(len(s._LIB))"], elsewhere, site)
+    composed = "len(p.AdmissionPolicy('shadow').compose('tick'))"
+    lua = _run(["-c", f"import admission.policy as p; print({composed})"], elsewhere, site)
     assert int(lua) > 1000
