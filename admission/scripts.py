@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 
+from admission.ticket import Ticket
 from fairgate.redis_client import GatewayRedis, Script, text
 
 _LUA = resources.files("admission").joinpath("lua")
@@ -63,22 +64,13 @@ class AdmissionScripts:
         self._engine = _load(redis, "engine")
         self._reuse = _load(redis, "reuse")
 
-    async def enqueue(
-        self,
-        request_id: str,
-        tenant: str,
-        tokens: int,
-        service: float,
-        pool: str,
-        band: str,
-        owner: str,
-        timeout_ms: int,
-        prompt_tokens: int = 0,
-        prefer: str = "",
-        prefer_slack: int = 0,
-    ) -> Decision:
-        args = [request_id, tenant, tokens, service, pool, band, owner, timeout_ms]
-        args += [self._ttl, self._max, prompt_tokens, prefer, prefer_slack]
+    async def enqueue(self, ticket: Ticket, owner: str) -> Decision:
+        """Ask for ``ticket`` to run; ``owner`` is the replica that waits for it. ``granted``
+        (on ``backend``), ``queued`` or ``full``; or ``unknown_tenant``, ``unknown_pool``
+        (Redis lacks the config) or ``duplicate``."""
+        args = [ticket.request_id, ticket.tenant, ticket.tokens, ticket.service, ticket.pool]
+        args += [ticket.band, owner, int(ticket.timeout_s * 1000), self._ttl, self._max]
+        args += [ticket.prompt_tokens, ticket.prefer, ticket.prefer_slack]
         result = await self._enqueue(self._keys, args)
         state, grants = text(result[0]), _pairs(result[2:])
         # granted with no grant listed: the fast path, taken only while nothing waits
