@@ -137,11 +137,11 @@ class Admission:
         return await self._wait(ticket, due)
 
     async def _ask(self, ticket: Ticket) -> Decision:
-        outcome = await self._enqueue(ticket)
+        outcome = await self.scripts.enqueue(ticket, self.owner)
         if outcome.state in ("unknown_tenant", "unknown_pool"):
             # Redis lost its data (a restart without persistence): publish ours, try again.
             await publish_config(self._redis, self.keys, self._settings)
-            outcome = await self._enqueue(ticket)
+            outcome = await self.scripts.enqueue(ticket, self.owner)
         return outcome
 
     def _abandon(self, request_id: str, asking: asyncio.Future[Decision]) -> None:
@@ -162,21 +162,6 @@ class Admission:
     async def _undo(self, request_id: str) -> None:
         await self._withdraw(request_id)  # leaves the queue if it is still queued
         await self.release(request_id, None)  # frees its lease if it was granted (else a no-op)
-
-    async def _enqueue(self, ticket: Ticket) -> Decision:
-        return await self.scripts.enqueue(
-            ticket.request_id,
-            ticket.tenant,
-            ticket.tokens,
-            ticket.service,
-            ticket.pool,
-            ticket.band,
-            self.owner,
-            int(ticket.timeout_s * 1000),
-            ticket.prompt_tokens,
-            ticket.prefer,
-            ticket.prefer_slack,
-        )
 
     async def _wait(self, ticket: Ticket, due: float) -> Lease:
         request_id = ticket.request_id

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from admission.policy import AdmissionPolicy
+from admission.ticket import Ticket
 from fairgate.redis_client import GatewayRedis, Script, text
 
 
@@ -69,22 +70,13 @@ class AdmissionScripts:
         self._engine = load("engine")
         self._reuse = load("reuse")
 
-    async def enqueue(
-        self,
-        request_id: str,
-        tenant: str,
-        tokens: int,
-        service: float,
-        pool: str,
-        band: str,
-        owner: str,
-        timeout_ms: int,
-        prompt_tokens: int = 0,
-        prefer: str = "",
-        prefer_slack: int = 0,
-    ) -> Decision:
-        args = [request_id, tenant, tokens, service, pool, band, owner, timeout_ms]
-        args += [self._ttl, self._max, prompt_tokens, prefer, prefer_slack]
+    async def enqueue(self, ticket: Ticket, owner: str) -> Decision:
+        """Ask for ``ticket`` to run; ``owner`` is the replica that waits for it. ``granted``
+        (on ``backend``), ``queued`` or ``full``; or ``unknown_tenant``, ``unknown_pool``
+        (Redis lacks the config) or ``duplicate``."""
+        args = [ticket.request_id, ticket.tenant, ticket.tokens, ticket.service, ticket.pool]
+        args += [ticket.band, owner, int(ticket.timeout_s * 1000), self._ttl, self._max]
+        args += [ticket.prompt_tokens, ticket.prefer, ticket.prefer_slack]
         result = await self._enqueue(self._keys, args)
         state, grants = text(result[0]), _pairs(result[2:])
         # granted with no grant listed: the fast path, taken only while nothing waits
@@ -92,8 +84,8 @@ class AdmissionScripts:
 
     async def release(self, request_id: str, service: float | None, hold_ms: int = 0) -> Decision:
         """End a lease: ``released`` (or ``gone``), or ``held`` for the next request of its
-        tenant for up to ``hold_ms`` (see ``hold_for_next`` in lib/dispatch.lua): then it is to be
-        released again when the hold ends."""
+        tenant for up to ``hold_ms`` (see ``hold_for_next`` in lib/dispatch.lua): then it is to
+        be released again when the hold ends."""
         used = "" if service is None else service
         args = [request_id, used, self._ttl, self._max, hold_ms]
         result = await self._release(self._keys, args)

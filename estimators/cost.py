@@ -33,7 +33,22 @@ class Cost(BaseModel):
     @property
     def weighted(self) -> float:
         """Service units (VTC): input weight x prompt + output weight x expected output."""
-        return self.input_weight * self.prompt_tokens + self.output_weight * self.expected_output
+        return self.service(self.prompt_tokens, self.expected_output)
+
+    def input_service(self, prompt_tokens: int | None = None) -> float:
+        """The service of a prompt: input weight x its tokens (this request's estimate unless
+        the engine's count is given). Admission charges it when the request is granted."""
+        return self.input_weight * (self.prompt_tokens if prompt_tokens is None else prompt_tokens)
+
+    def output_service(self, tokens: int) -> float:
+        """The service of ``tokens`` output tokens: output weight x tokens. Charged as output
+        is delivered (streamed chunks, or a plain response's expected rate)."""
+        return self.output_weight * tokens
+
+    def service(self, prompt_tokens: int, output_tokens: int) -> float:
+        """The service of a whole request (VTC): input weight x prompt + output weight x
+        output. What a finished request is settled at."""
+        return self.input_service(prompt_tokens) + self.output_service(output_tokens)
 
     @property
     def inflight_tokens(self) -> int:

@@ -11,12 +11,10 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from redis.exceptions import RedisError
 
 from admission.domain import band_of
-from admission.lease import Lease
 from admission.ticket import Ticket
 from backends.backend import Backend
 from backends.errors import BackendUnreachable, EngineError, EngineFailed
@@ -28,7 +26,8 @@ from fairgate.errors import backend_unavailable, invalid_api_key, invalid_reques
 from fairgate.ids import new_id
 from fairgate.settings import TenantConfig
 from gateway.auth import authenticate
-from gateway.metering import PlainMeter, StreamMeter
+from gateway.inflight import Granted, InFlight
+from gateway.metering import StreamMeter
 from gateway.middleware import request_id_of
 from gateway.relay import (
     UPSTREAM_READ_ERRORS,
@@ -57,44 +56,63 @@ def inference(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Strea
 
     async def handle(request: web.Request) -> web.StreamResponse:
         gateway = request.app[GATEWAY]
-        tenant_id, tenant = await _tenant(request, gateway)
-        parsed = parse_request(endpoint, await request.read())
-        choice = gateway.pools.start(request.headers, parsed.model, tenant_id, tenant)
-        cost = await _estimate(gateway, tenant_id, parsed, choice.estimating)
-        pool, chosen = gateway.pools.route(choice, cost)
-        headers = {
-            "X-Request-Id": request_id_of(request),
-            "X-Fairgate-Pool": pool.name,
-            "X-Fairgate-Route": chosen.rule,
-            "x-fairgate-estimate-prompt-tokens": str(cost.prompt_tokens),
-            "x-fairgate-estimate-output-tokens": str(cost.expected_output),
-        }
-        ticket = _ticket(request, gateway, tenant_id, tenant, pool, cost, parsed)
+        flight = await _arrive(request, gateway, endpoint)
         asked = time.monotonic()
-        lease, backend, upstream, meter = await _admit_and_connect(
-            request, gateway, ticket, parsed, cost
-        )
-        headers["X-Fairgate-Queue-Time"] = f"{max(lease.granted_at - asked, 0.0):.3f}"
-        outcome: Relayed | None = None
+        granted = await _admit_and_connect(gateway, flight)
+        flight.granted = granted
+        queued_s = max(granted.lease.granted_at - asked, 0.0)
+        flight.headers["X-Fairgate-Queue-Time"] = f"{queued_s:.3f}"
         try:
-            headers["X-Fairgate-Backend"] = backend.name
-            response, outcome = await _relay(
-                request, gateway, parsed, upstream, headers, lease, backend, meter
-            )
+            flight.headers["X-Fairgate-Backend"] = granted.backend.name
+            response, flight.outcome = await _relay(gateway, flight)
         except EngineError as exc:
-            _engine_failed(gateway, backend, str(exc))  # it failed mid-response
+            _engine_failed(gateway, granted.backend, str(exc))  # it failed mid-response
             raise
         finally:
             # Released however the request ended, without delaying the response: a task that
             # the cancellation of this handler cannot reach.
-            gateway.in_background(_settle(gateway, tenant_id, parsed, cost, lease, outcome))
+            gateway.in_background(_settle(gateway, flight))
+        outcome = flight.outcome
         if outcome.error is not None or outcome.status >= 500:
-            _engine_failed(gateway, backend, outcome.error or f"status {outcome.status}")
+            _engine_failed(gateway, granted.backend, outcome.error or f"status {outcome.status}")
         else:
-            backend.request_succeeded()
+            granted.backend.request_succeeded()
         return response
 
     return handle
+
+
+async def _arrive(request: web.Request, gateway: Gateway, endpoint: Endpoint) -> InFlight:
+    """Who asks, for what, at what estimated cost, in which pool: the request as admission
+    will see it (its ticket, with the per-request priority and queue timeout)."""
+    tenant_id, tenant = await _tenant(request, gateway)
+    parsed = parse_request(endpoint, await request.read())
+    choice = gateway.pools.start(request.headers, parsed.model, tenant_id, tenant)
+    cost = await _estimate(gateway, tenant_id, parsed, choice.estimating)
+    pool, chosen = gateway.pools.route(choice, cost)
+    headers = {
+        "X-Request-Id": request_id_of(request),
+        "X-Fairgate-Pool": pool.name,
+        "X-Fairgate-Route": chosen.rule,
+        "x-fairgate-estimate-prompt-tokens": str(cost.prompt_tokens),
+        "x-fairgate-estimate-output-tokens": str(cost.expected_output),
+    }
+    band, priority = _priority(request, gateway, tenant)
+    timeout_s = _queue_timeout(request, tenant)
+    ticket = Ticket(
+        request_id=f"{request_id_of(request)}.{new_id()}",
+        tenant=tenant_id,
+        tokens=cost.inflight_tokens,
+        service=cost.input_service(),
+        pool=pool.name,
+        band=band,
+        timeout_s=timeout_s,
+        prompt_tokens=cost.prompt_tokens,
+        priority=priority,
+        prefer=pool.session_backend(request.headers, parsed.body),
+        prefer_slack=pool.affinity_slack_tokens,
+    )
+    return InFlight(request, tenant_id, tenant, parsed, cost, pool, ticket, headers)
 
 
 async def _estimate(gateway: Gateway, tenant_id: str, parsed: InferenceRequest, pool: Pool) -> Cost:
@@ -104,37 +122,23 @@ async def _estimate(gateway: Gateway, tenant_id: str, parsed: InferenceRequest, 
     )
 
 
-def _ticket(
-    request: web.Request,
-    gateway: Gateway,
-    tenant_id: str,
-    tenant: TenantConfig,
-    pool: Pool,
-    cost: Cost,
-    parsed: InferenceRequest,
-) -> Ticket:
-    """What admission needs to know, including the per-request priority and queue timeout."""
+def _priority(request: web.Request, gateway: Gateway, tenant: TenantConfig) -> tuple[str, int]:
+    """The request's band and priority: the tenant's own, or lower if it asks for it (with
+    ``X-Fairgate-Priority``, where the tenant may), never below the lowest tenant's."""
     band, priority = "", tenant.priority
     if tenant.allow_priority_header and (asked := request.headers.get("X-Fairgate-Priority")):
         lowest = min(t.priority for t in gateway.settings.tenants.values())
         priority = max(lowest, min(int(_number(asked, "X-Fairgate-Priority")), tenant.priority))
         band = band_of(priority)
+    return band, priority
+
+
+def _queue_timeout(request: web.Request, tenant: TenantConfig) -> float:
+    """How long the request may wait: the tenant's queue timeout, or less if it asks."""
     timeout = tenant.queue_timeout_s
     if asked := request.headers.get("X-Fairgate-Queue-Timeout"):
         timeout = min(timeout, max(_number(asked, "X-Fairgate-Queue-Timeout"), 0.001))
-    return Ticket(
-        request_id=f"{request_id_of(request)}.{new_id()}",
-        tenant=tenant_id,
-        tokens=cost.inflight_tokens,
-        service=cost.input_weight * cost.prompt_tokens,
-        pool=pool.name,
-        band=band,
-        timeout_s=timeout,
-        prompt_tokens=cost.prompt_tokens,
-        priority=priority,
-        prefer=pool.session_backend(request.headers, parsed.body),
-        prefer_slack=pool.affinity_slack_tokens,
-    )
+    return timeout
 
 
 def _number(value: str, header: str) -> float:
@@ -147,9 +151,7 @@ def _number(value: str, header: str) -> float:
     return number
 
 
-async def _admit_and_connect(
-    request: web.Request, gateway: Gateway, ticket: Ticket, parsed: InferenceRequest, cost: Cost
-) -> tuple[Lease, Backend, aiohttp.ClientResponse, PlainMeter | None]:
+async def _admit_and_connect(gateway: Gateway, flight: InFlight) -> Granted:
     """Wait for admission, then connect to the granted backend.
 
     A backend that cannot be reached received nothing: it is marked down for every replica,
@@ -157,6 +159,7 @@ async def _admit_and_connect(
     A plain response's meter starts with the connection: an engine sends its headers only
     with the whole answer.
     """
+    ticket, parsed = flight.ticket, flight.parsed
     failures = []
     for attempt in range(2):
         lease = await gateway.admission.acquire(
@@ -164,14 +167,14 @@ async def _admit_and_connect(
         )
         backend = gateway.router.backend(lease.backend)
         meter = None
-        if not parsed.stream and not backend.prefill_capped and cost.max_output > 0:
-            meter = gateway.meters.start(lease, backend.delivery, cost.max_output)
+        if not parsed.stream and not backend.prefill_capped and flight.cost.max_output > 0:
+            meter = gateway.meters.start(lease, backend.delivery, flight.cost)
         try:
             upstream = await open_upstream(
                 backend,
                 parsed.endpoint.value,
-                parsed.upstream_body(_engine_fields(backend, ticket, parsed)),
-                _upstream_headers(request, ticket.tenant),
+                parsed.upstream_body(_engine_fields(backend, flight)),
+                _upstream_headers(flight),
             )
         except BackendUnreachable as exc:
             if meter is not None:
@@ -189,7 +192,7 @@ async def _admit_and_connect(
             if isinstance(exc, EngineError):  # the engine failed or timed out before answering
                 _engine_failed(gateway, backend, str(exc))
             raise
-        return lease, backend, upstream, meter
+        return Granted(lease, backend, upstream, meter)
     raise backend_unavailable(
         f"No engine of pool '{ticket.pool}' could be reached ({'; '.join(failures)})."
     )
@@ -202,25 +205,20 @@ def _engine_failed(gateway: Gateway, backend: Backend, reason: str) -> None:
         gateway.in_background(gateway.admission.set_backend_down(backend.name, ejected_for))
 
 
-async def _relay(
-    request: web.Request,
-    gateway: Gateway,
-    parsed: InferenceRequest,
-    upstream: aiohttp.ClientResponse,
-    headers: dict[str, str],
-    lease: Lease,
-    backend: Backend,
-    meter: PlainMeter | None,
-) -> tuple[web.StreamResponse, Relayed]:
+async def _relay(gateway: Gateway, flight: InFlight) -> tuple[web.StreamResponse, Relayed]:
     """Relay the engine's answer; streamed output is charged to the tenant as it flows."""
+    granted = flight.granted
+    upstream = granted.upstream
     try:
-        if parsed.stream and is_event_stream(upstream):
-            streamed = StreamMeter(gateway, lease, prefill_held=backend.prefill_capped)
+        if flight.parsed.stream and is_event_stream(upstream):
+            streamed = StreamMeter(
+                gateway, granted.lease, flight.cost, prefill_held=granted.backend.prefill_capped
+            )
             result = await relay_stream(
-                request, upstream, parsed.client_wants_usage, headers, streamed
+                flight.request, upstream, flight.parsed.client_wants_usage, flight.headers, streamed
             )
         else:
-            result = await _relay_plain(backend, upstream, headers, meter)
+            result = await _relay_plain(granted, flight.headers)
     except BaseException:
         upstream.close()  # the client went away or the engine failed: abort upstream now
         raise
@@ -228,64 +226,40 @@ async def _relay(
     return result
 
 
-async def _relay_plain(
-    backend: Backend,
-    upstream: aiohttp.ClientResponse,
-    headers: dict[str, str],
-    meter: PlainMeter | None,
-) -> tuple[web.Response, Relayed]:
+async def _relay_plain(granted: Granted, headers: dict[str, str]) -> tuple[web.Response, Relayed]:
     """Relay a plain response; its meter learns how fast the backend delivered it."""
+    meter = granted.meter
     try:
-        response, outcome = await relay_body(upstream, headers)
+        response, outcome = await relay_body(granted.upstream, headers)
     except UPSTREAM_READ_ERRORS as exc:
         raise EngineFailed(f"The engine failed mid-response: {exc!r}") from exc
     finally:
         elapsed = meter.stop() if meter is not None else 0.0
     output = (outcome.usage or {}).get("completion_tokens")
     if meter is not None and outcome.status == 200 and isinstance(output, int):
-        backend.delivery.observe(output, elapsed)
+        granted.backend.delivery.observe(output, elapsed)
     return response, outcome
 
 
-async def _settle(
-    gateway: Gateway,
-    tenant_id: str,
-    parsed: InferenceRequest,
-    cost: Cost,
-    lease: Lease,
-    outcome: Relayed | None,
-) -> None:
+async def _settle(gateway: Gateway, flight: InFlight) -> None:
     """After the response: release the lease with the service used, then learn from usage.
 
     A request that ended well leaves its lease reusable by the next of its flow (admission
     decides whether it is reused); one that failed or was abandoned releases it.
     """
-    ended_well = (
-        outcome is not None and outcome.error is None and outcome.status < 500 and outcome.completed
-    )
-    await lease.release(_service_used(cost, parsed, outcome), reusable=ended_well)
+    await flight.granted.lease.release(flight.service_used, reusable=flight.ended_well)
+    outcome = flight.outcome
     if outcome is None or outcome.usage is None:
         return
     completed = outcome.completed and outcome.status == 200
-    seen = await gateway.estimator.observe(tenant_id, parsed.model, cost, outcome.usage, completed)
-    gateway.metrics.observed(parsed.model, seen)
+    model = flight.parsed.model
+    seen = await gateway.estimator.observe(
+        flight.tenant_id, model, flight.cost, outcome.usage, completed
+    )
+    gateway.metrics.observed(model, seen)
 
 
-def _service_used(cost: Cost, parsed: InferenceRequest, outcome: Relayed | None) -> float | None:
-    """The service a request used, from the engine's usage, else from the chunks relayed."""
-    if outcome is None:
-        return None
-    usage = outcome.usage or {}
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if isinstance(prompt, int):
-        output = completion if isinstance(completion, int) else 0
-        return cost.input_weight * prompt + cost.output_weight * output
-    if parsed.stream:
-        return cost.input_weight * cost.prompt_tokens + cost.output_weight * outcome.chunks
-    return None
-
-
-def _engine_fields(backend: Backend, ticket: Ticket, parsed: InferenceRequest) -> dict[str, int]:
+def _engine_fields(backend: Backend, flight: InFlight) -> dict[str, int]:
     """Body fields for this engine: the request's priority, where the engine orders by one.
 
     Only for a backend configured with ``forward_priority`` (vLLM refuses a priority unless it
@@ -293,21 +267,23 @@ def _engine_fields(backend: Backend, ticket: Ticket, parsed: InferenceRequest) -
     engine then orders its own queue as fairgate does: higher fairgate priority first.
     """
     field, first = backend.traits.priority_field, backend.traits.priority_first
-    if not backend.config.forward_priority or field is None or field in parsed.body:
+    if not backend.config.forward_priority or field is None or field in flight.parsed.body:
         return {}
-    return {field: -ticket.priority if first == "lower" else ticket.priority}
+    priority = flight.ticket.priority
+    return {field: -priority if first == "lower" else priority}
 
 
-def _upstream_headers(request: web.Request, tenant_id: str) -> dict[str, str]:
+def _upstream_headers(flight: InFlight) -> dict[str, str]:
     """Headers of the engine request: the request id, trace context, and the tenant's id.
 
     ``X-Fairgate-Tenant`` names the tenant (its id, never its key) so that engines and their
     logs can attribute work; the simulator counts requests per tenant by it.
     """
+    request = flight.request
     headers = {
         "Content-Type": "application/json",
         "X-Request-Id": request_id_of(request),
-        "X-Fairgate-Tenant": tenant_id,
+        "X-Fairgate-Tenant": flight.tenant_id,
     }
     for name in _FORWARDED:
         if value := request.headers.get(name):

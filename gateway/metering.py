@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from admission.lease import Lease
 from backends.delivery import DeliveryRate
+from estimators.cost import Cost
 from fairgate.settings import Settings
 from fairgate.tasks import cancel_all
 
@@ -47,16 +48,16 @@ class StreamMeter:
     since the last one: fair order needs charges while a long stream runs, not one per token
     of a fast one (whatever is left is settled at release). On a backend with a prefill cap,
     the first output also goes at once: it ends the request's hold on the cap, so the next
-    long prompt may start its prefill.
+    long prompt may start its prefill. The request's ``cost`` prices the output.
     """
 
-    def __init__(self, gateway: Host, lease: Lease, prefill_held: bool = False) -> None:
+    def __init__(self, gateway: Host, lease: Lease, cost: Cost, prefill_held: bool = False) -> None:
         self._gateway = gateway
         self._lease = lease
+        self._cost = cost
         self._prefill_held = prefill_held
         self._every = gateway.settings.admission.charge_every_tokens
         self._interval = gateway.settings.admission.charge_interval_s
-        self._weight = gateway.settings.estimation.output_weight
         self._charged = 0
         self._last = time.monotonic()
 
@@ -64,12 +65,12 @@ class StreamMeter:
         if self._prefill_held:
             self._prefill_held = False
             self._charged, self._last = chunks, time.monotonic()
-            self._gateway.in_background(self._lease.charge(self._weight * chunks))
+            self._gateway.in_background(self._lease.charge(self._cost.output_service(chunks)))
         elif chunks - self._charged >= self._every:
             now = time.monotonic()
             if now - self._last >= self._interval:
                 batch, self._charged, self._last = chunks - self._charged, chunks, now
-                self._gateway.in_background(self._lease.charge(self._weight * batch))
+                self._gateway.in_background(self._lease.charge(self._cost.output_service(batch)))
 
 
 class PlainMeter:
@@ -77,16 +78,18 @@ class PlainMeter:
 
     Made by :meth:`PlainMeters.start`; every tick charges the tokens the backend should have
     produced by now (its :class:`DeliveryRate` times the time since the upstream request, at
-    most ``most``: the request's ``max_tokens``), in batches of at least ``charge_every_tokens``.
+    most the request's ``max_output``: its ``max_tokens``), in batches of at least
+    ``charge_every_tokens``, priced by the request's ``cost``.
     """
 
-    __slots__ = ("_hub", "_lease", "_rate", "_most", "_started", "_charged")
+    __slots__ = ("_hub", "_lease", "_rate", "_cost", "_most", "_started", "_charged")
 
-    def __init__(self, hub: PlainMeters, lease: Lease, rate: DeliveryRate, most: int) -> None:
+    def __init__(self, hub: PlainMeters, lease: Lease, rate: DeliveryRate, cost: Cost) -> None:
         self._hub = hub
         self._lease = lease
         self._rate = rate
-        self._most = most
+        self._cost = cost
+        self._most = cost.max_output
         self._started = time.monotonic()
         self._charged = 0
 
@@ -99,7 +102,7 @@ class PlainMeter:
         if due - self._charged < min(self._hub.every, self._most - self._charged):
             return None
         batch, self._charged = due - self._charged, due
-        return self._hub.weight * batch
+        return self._cost.output_service(batch)
 
     @property
     def done(self) -> bool:
@@ -126,16 +129,15 @@ class PlainMeters:
     def __init__(self, gateway: Host) -> None:
         config = gateway.settings.admission
         self.every = config.charge_every_tokens
-        self.weight = gateway.settings.estimation.output_weight
         self._interval = max(config.charge_interval_s, 0.25)
         self._gateway = gateway
         self._running: set[PlainMeter] = set()
         self._ticker: asyncio.Task[None] | None = None
 
-    def start(self, lease: Lease, rate: DeliveryRate, most: int) -> PlainMeter:
+    def start(self, lease: Lease, rate: DeliveryRate, cost: Cost) -> PlainMeter:
         """Meter one plain response from now (when its upstream request is sent), for at most
-        ``most`` output tokens."""
-        meter = PlainMeter(self, lease, rate, most)
+        its ``cost.max_output`` output tokens."""
+        meter = PlainMeter(self, lease, rate, cost)
         self._running.add(meter)
         if self._ticker is None:
             self._ticker = asyncio.create_task(self._tick(), name="plain-meters")

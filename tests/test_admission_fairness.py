@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from admission.domain import band_of, publish_config
 from admission.policy import AdmissionPolicy
 from admission.scripts import AdmissionScripts
+from admission.ticket import Ticket
 from fairgate.keys import AdmissionKeys
 from fairgate.redis_client import GatewayRedis
 from fairgate.settings import Settings
@@ -47,9 +48,8 @@ class Domain:
         states = []
         for _ in range(n):
             request_id = f"{tenant}-{next(_ids)}"
-            outcome = await self.scripts.enqueue(
-                request_id, tenant, 10, SERVICE, "p", band, "owner", 60_000
-            )
+            ticket = Ticket(request_id, tenant, 10, SERVICE, "p", band, timeout_s=60.0)
+            outcome = await self.scripts.enqueue(ticket, "owner")
             states.append(outcome.state)
             if outcome.state == "granted":
                 self.leased.append(request_id)

@@ -16,6 +16,7 @@ import pytest
 from admission.domain import publish_config
 from admission.policy import AdmissionPolicy, UnknownPart, available
 from admission.scripts import AdmissionScripts
+from admission.ticket import Ticket
 from fairgate.keys import AdmissionKeys
 from fairgate.redis_client import GatewayRedis
 from fairgate.settings import AdmissionConfig, Settings
@@ -104,7 +105,8 @@ async def test_what_is_composed_is_what_places(
     slack the affinity picker keeps the session on ``b0``; without it the least loaded wins."""
     redis, prefix = two_backends
     scripts = AdmissionScripts(redis, prefix, 60_000, 8, AdmissionPolicy(pickers=pickers))
-    first = await scripts.enqueue("r1", "a", 100, 1.0, "p", "", "o", 60_000)
+    first = await scripts.enqueue(Ticket("r1", "a", 100, 1.0, "p", "", 60.0), "o")
     assert (first.state, first.backend) == ("granted", "b0")  # both idle: the first in order
-    second = await scripts.enqueue("r2", "a", 100, 1.0, "p", "", "o", 60_000, 0, "b0", 500)
+    session = Ticket("r2", "a", 100, 1.0, "p", "", 60.0, prefer="b0", prefer_slack=500)
+    second = await scripts.enqueue(session, "o")
     assert (second.state, second.backend) == ("granted", second_goes_to)

@@ -57,13 +57,14 @@ from redis import Redis as SyncRedis
 from admission.domain import band_of, band_weights, publish_config
 from admission.policy import AdmissionPolicy
 from admission.scripts import AdmissionScripts
+from admission.ticket import Ticket
 from fairgate.keys import AdmissionKeys
 from fairgate.redis_client import GatewayRedis
 from fairgate.settings import Settings
 from tests.conftest import inflight_state
 
 TTL_MS = 600_000  # nothing expires by itself during a test: expiry is simulated (exp score 0)
-TIMEOUT_MS = 600_000  # no queue deadline passes during a test
+TIMEOUT_S = 600.0  # no queue deadline passes during a test
 MAX_GRANTS = 32  # more than the whole capacity below: one dispatch always runs to the end
 FAR_FUTURE_MS = 10**15  # a backend marked down with this stays down for the whole test
 
@@ -89,6 +90,13 @@ SERVICES = [0.0, 12.0, 37.5, 96.0]  # charged at dispatch
 CHARGES = [0.0, 4.5, 22.5]  # charged while streaming
 USED = [None, 0.0, 48.0, 150.0, 402.0]  # the total reported at release (None: unknown)
 MIN_SHARE = 0.2
+
+
+def ticket(
+    request_id: str, tenant: str, tokens: int, service: float, pool: str, band: str
+) -> Ticket:
+    """A request as the tests enqueue it (the script sees what the gateway's tickets carry)."""
+    return Ticket(request_id, tenant, tokens, service, pool, band, TIMEOUT_S)
 
 
 def make_settings(redis_url: str, policy: str = "vtc") -> Settings:
@@ -491,7 +499,7 @@ class AdmissionMachine(RuleBasedStateMachine):
             # The uncontended fast path: nobody waits, so it runs at once without queueing
             # (no lift, no dispatch round; the grant is the answer, not in the grants list).
             out = self.run(
-                self.scripts.enqueue(request_id, tenant, tok, svc, pool, asked, "owner", TIMEOUT_MS)
+                self.scripts.enqueue(ticket(request_id, tenant, tok, svc, pool, asked), "owner")
             )
             event("enqueue -> granted at once")
             assert (out.state, out.backend, out.grants) == ("granted", backend, []), out
@@ -511,7 +519,7 @@ class AdmissionMachine(RuleBasedStateMachine):
             others = [self.counters.get("band:" + b, 0.0) for b in backlog]
             self.lift("band:" + band, min(others) if others else self.vfloor.get("bands", 0.0))
         out = self.run(
-            self.scripts.enqueue(request_id, tenant, tok, svc, pool, asked, "owner", TIMEOUT_MS)
+            self.scripts.enqueue(ticket(request_id, tenant, tok, svc, pool, asked), "owner")
         )
         event(f"enqueue -> {out.state}")
         assert out.state in ("granted", "queued", "full"), out
@@ -539,7 +547,7 @@ class AdmissionMachine(RuleBasedStateMachine):
             tenant = "nobody"
         if which == "unknown_pool":
             pool = "nowhere"
-        out = self.run(self.scripts.enqueue(request_id, tenant, 10, 1.0, pool, "", "o", TIMEOUT_MS))
+        out = self.run(self.scripts.enqueue(ticket(request_id, tenant, 10, 1.0, pool, ""), "o"))
         assert (out.state, out.backend, out.grants) == (which, "", []), out
 
     @precondition(lambda self: self.ids("leased", "gone", "queued"))
@@ -888,8 +896,8 @@ def _hash(h: dict) -> dict[str, str]:
 async def test_a_second_release_is_a_no_op(redis_url: str) -> None:
     redis = GatewayRedis.from_url(redis_url)
     scripts, prefix = await _domain(redis, _one_backend(redis_url, 1, 1000, {"a": {}, "b": {}}))
-    first = await scripts.enqueue("r1", "a", 10, 5.0, "p", "", "o", TIMEOUT_MS)
-    second = await scripts.enqueue("r2", "b", 20, 5.0, "p", "", "o", TIMEOUT_MS)
+    first = await scripts.enqueue(ticket("r1", "a", 10, 5.0, "p", ""), "o")
+    second = await scripts.enqueue(ticket("r2", "b", 20, 5.0, "p", ""), "o")
     assert (first.state, first.backend, first.grants) == ("granted", "b", [])  # nobody waits
     assert (second.state, second.grants) == ("queued", [])
 
@@ -917,8 +925,8 @@ async def test_a_second_release_is_a_no_op(redis_url: str) -> None:
 async def test_cancel_of_a_granted_request_answers_leased_with_its_backend(redis_url: str) -> None:
     redis = GatewayRedis.from_url(redis_url)
     scripts, prefix = await _domain(redis, _one_backend(redis_url, 1, 1000, {"a": {}}))
-    assert (await scripts.enqueue("r1", "a", 10, 1.0, "p", "", "o", TIMEOUT_MS)).state == "granted"
-    assert (await scripts.enqueue("r2", "a", 10, 1.0, "p", "", "o", TIMEOUT_MS)).state == "queued"
+    assert (await scripts.enqueue(ticket("r1", "a", 10, 1.0, "p", ""), "o")).state == "granted"
+    assert (await scripts.enqueue(ticket("r2", "a", 10, 1.0, "p", ""), "o")).state == "queued"
 
     cancelled = await scripts.cancel("r1")  # granted meanwhile: the caller holds the lease
     assert (cancelled.state, cancelled.backend, cancelled.grants) == ("leased", "b", [])
@@ -941,10 +949,10 @@ async def test_a_request_larger_than_the_backend_runs_alone(redis_url: str) -> N
     tenants = {t: {"max_inflight_tokens": 1000} for t in ("a", "b", "c")}
     scripts, prefix = await _domain(redis, _one_backend(redis_url, 3, 100, tenants))
 
-    big = await scripts.enqueue("big", "a", 150, 1.0, "p", "", "o", TIMEOUT_MS)
+    big = await scripts.enqueue(ticket("big", "a", 150, 1.0, "p", ""), "o")
     assert (big.state, big.backend) == ("granted", "b")
     assert _hash(await redis.hgetall(prefix + "bload")) == {"b:r": "1", "b:t": "150"}
-    small = await scripts.enqueue("small", "b", 10, 1.0, "p", "", "o", TIMEOUT_MS)
+    small = await scripts.enqueue(ticket("small", "b", 10, 1.0, "p", ""), "o")
     assert (small.state, small.grants) == ("queued", [])  # 1 of 3 slots used, but no tokens left
     assert (await scripts.tick()) == []
 
@@ -953,9 +961,9 @@ async def test_a_request_larger_than_the_backend_runs_alone(redis_url: str) -> N
 
     # Now the large one waits for the backend to drain, and reserves it while it waits: a small
     # request of another tenant queued behind it (in fair order) does not overtake it.
-    big2 = await scripts.enqueue("big2", "a", 150, 1.0, "p", "", "o", TIMEOUT_MS)
+    big2 = await scripts.enqueue(ticket("big2", "a", 150, 1.0, "p", ""), "o")
     assert (big2.state, big2.grants) == ("queued", [])
-    small2 = await scripts.enqueue("small2", "c", 10, 1.0, "p", "", "o", TIMEOUT_MS)
+    small2 = await scripts.enqueue(ticket("small2", "c", 10, 1.0, "p", ""), "o")
     assert (small2.state, small2.grants) == ("queued", [])
     assert (await scripts.release("small", None)).grants == [("big2", "b")]
     assert _hash(await redis.hgetall(prefix + "bload")) == {"b:r": "1", "b:t": "150"}
@@ -967,12 +975,8 @@ async def test_a_request_larger_than_the_backend_runs_alone(redis_url: str) -> N
 async def test_an_expired_lease_is_reclaimed_and_its_capacity_granted(redis_url: str) -> None:
     redis = GatewayRedis.from_url(redis_url)
     scripts, prefix = await _domain(redis, _one_backend(redis_url, 1, 1000, {"a": {}, "b": {}}))
-    assert (await scripts.enqueue("dead", "a", 10, 1.0, "p", "", "o1", TIMEOUT_MS)).state == (
-        "granted"
-    )
-    assert (await scripts.enqueue("next", "b", 20, 1.0, "p", "", "o2", TIMEOUT_MS)).state == (
-        "queued"
-    )
+    assert (await scripts.enqueue(ticket("dead", "a", 10, 1.0, "p", ""), "o1")).state == ("granted")
+    assert (await scripts.enqueue(ticket("next", "b", 20, 1.0, "p", ""), "o2")).state == ("queued")
     assert await scripts.tick() == []  # renewed in time: nothing to reclaim
 
     await redis.zadd(prefix + "exp", {"dead": 0}, xx=True)  # its owner stopped renewing it
@@ -999,9 +1003,9 @@ async def test_a_charge_that_reorders_the_queue_dispatches_the_head_that_now_fit
     comes first, fits, and runs at once, not at the next release."""
     redis = GatewayRedis.from_url(redis_url)
     scripts, _ = await _domain(redis, _one_backend(redis_url, 2, 100, {"a": {}, "b": {}}))
-    running = await scripts.enqueue("r0", "a", 25, 0.0, "p", "", "o", TIMEOUT_MS)
-    big = await scripts.enqueue("r1", "a", 90, 0.0, "p", "", "o", TIMEOUT_MS)
-    small = await scripts.enqueue("r2", "b", 10, 0.0, "p", "", "o", TIMEOUT_MS)
+    running = await scripts.enqueue(ticket("r0", "a", 25, 0.0, "p", ""), "o")
+    big = await scripts.enqueue(ticket("r1", "a", 90, 0.0, "p", ""), "o")
+    small = await scripts.enqueue(ticket("r2", "b", 10, 0.0, "p", ""), "o")
     assert (running.state, big.state, small.state) == ("granted", "queued", "queued")
     assert small.grants == []  # the pool is reserved for a's head, which came first
 

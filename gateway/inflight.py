@@ -1,0 +1,96 @@
+"""One inference request on its way through the gateway: what the handler's steps share.
+
+The handler (:mod:`gateway.handlers`) takes a request through arrival (who asks, for what, at
+what estimated cost, in which pool), admission and the connection to an engine, the relay of
+the answer, and the settlement (the lease released with the service used, the estimator taught
+from the usage). Each step reads what the earlier ones learned and adds its own part to one
+:class:`InFlight`, rather than passing six or seven loose values on to the next.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from admission.lease import Lease
+from admission.ticket import Ticket
+from backends.backend import Backend
+from backends.pools import Pool
+from estimators.cost import Cost
+from fairgate.settings import TenantConfig
+from gateway.metering import PlainMeter
+from gateway.relay import Relayed
+from gateway.requests import InferenceRequest
+
+
+@dataclass(frozen=True)
+class Granted:
+    """What admission granted a request, and its connection there: the lease to release, the
+    backend it runs on, the engine's response (its headers arrived), and, for a plain response,
+    the meter that charges its output while it runs."""
+
+    lease: Lease
+    backend: Backend
+    upstream: aiohttp.ClientResponse
+    meter: PlainMeter | None
+
+
+@dataclass
+class InFlight:
+    """One request from its arrival to its settlement.
+
+    Known on arrival: the client's request, the tenant, the parsed body, the estimated cost,
+    the pool routed to and the ticket admission sees, and the response headers so far. Then,
+    once admitted and connected, :attr:`granted`; once relayed, the :attr:`outcome` (it stays
+    None if the engine failed or the client left first).
+    """
+
+    request: web.Request
+    tenant_id: str
+    tenant: TenantConfig
+    parsed: InferenceRequest
+    cost: Cost
+    pool: Pool
+    ticket: Ticket
+    headers: dict[str, str]  # the response's own: request id, pool, route, estimates, ...
+    outcome: Relayed | None = None
+    _granted: Granted | None = field(default=None, init=False, repr=False)
+
+    @property
+    def granted(self) -> Granted:
+        """The grant and connection (a step before admission has none to ask for)."""
+        if self._granted is None:
+            raise RuntimeError(f"request {self.ticket.request_id} has not been granted yet")
+        return self._granted
+
+    @granted.setter
+    def granted(self, granted: Granted) -> None:
+        self._granted = granted
+
+    @property
+    def ended_well(self) -> bool:
+        """The engine answered in full without failing: the lease may pass to the next
+        request of its flow."""
+        outcome = self.outcome
+        return (
+            outcome is not None
+            and outcome.error is None
+            and outcome.status < 500
+            and outcome.completed
+        )
+
+    @property
+    def service_used(self) -> float | None:
+        """The service the request used, from the engine's usage, else from the chunks
+        relayed; None where neither says (the lease keeps what was charged)."""
+        if self.outcome is None:
+            return None
+        usage = self.outcome.usage or {}
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(prompt, int):
+            return self.cost.service(prompt, completion if isinstance(completion, int) else 0)
+        if self.parsed.stream:
+            return self.cost.service(self.cost.prompt_tokens, self.outcome.chunks)
+        return None
