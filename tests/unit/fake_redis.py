@@ -126,6 +126,11 @@ class FakeRedis:
         """Every command of every connection, connection by connection."""
         return [command for connection in self.connections for command in connection]
 
+    @property
+    def open_connections(self) -> int:
+        """Connections still open (the client has not closed them, nor the server)."""
+        return len(self._handlers)
+
     def names(self) -> list[str]:
         """The names of every command received (``"SCRIPT LOAD"`` for subcommands)."""
         return [_name(command) for command in self.commands]
