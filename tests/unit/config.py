@@ -11,6 +11,10 @@ DATA = Path(__file__).resolve().parent / "data"
 #: A self-signed certificate for ``localhost`` and 127.0.0.1 (valid until 2126), and its key.
 CERT = DATA / "localhost.crt"
 CERT_KEY = DATA / "localhost.key"
+#: The key again, encrypted with the password ``key-secret``.
+ENCRYPTED_KEY = DATA / "localhost-encrypted.key"
+#: The same certificate in a CA directory, under its OpenSSL subject hash (``c_rehash``'s name).
+CA_PATH = DATA / "ca-path"
 
 
 def settings(**sections: Any) -> Settings:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from redis.exceptions import (
@@ -25,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from fairgate.redis_client import connect
 from fairgate.resp import RedisAddress, RespChannel
 from fairgate.settings import RedisConfig
-from tests.unit.config import CERT, CERT_KEY
+from tests.unit.config import CA_PATH, CERT, CERT_KEY, ENCRYPTED_KEY
 from tests.unit.fake_redis import HANGUP, SILENCE, Error, FakeRedis, Raw, Status
 
 # ------------------------------------------------------------------ the address, from a URL
@@ -130,6 +131,14 @@ async def test_a_server_that_never_answers_the_handshake_is_a_connection_error(
     with pytest.raises(RedisConnectionError, match="cannot connect"):
         await channel.execute("ECHO", "hi")
     await channel.close()
+
+
+async def test_a_unix_socket_url_connects_there_and_selects_its_database(tmp_path: Path) -> None:
+    async with FakeRedis(unix_path=str(tmp_path / "redis.sock")) as fake:
+        channel = RespChannel(address(f"unix://{tmp_path}/redis.sock?db=4"))
+        assert await channel.execute("ECHO", "local") == b"local"
+        assert fake.connections == [[[b"SELECT", b"4"], [b"ECHO", b"local"]]]
+        await channel.close()
 
 
 async def test_nothing_listening_is_a_connection_error_naming_the_address() -> None:
@@ -333,6 +342,13 @@ async def test_rediss_with_the_servers_ca_connects_over_tls(tls_redis: FakeRedis
     await channel.close()
 
 
+async def test_rediss_with_a_ca_directory_connects_over_tls(tls_redis: FakeRedis) -> None:
+    """``ssl_ca_path``: a directory of CA certificates named by subject hash, as redis-py reads."""
+    channel = RespChannel(address(tls_redis.url("rediss", query=f"ssl_ca_path={CA_PATH}")))
+    assert await channel.execute("ECHO", "sealed") == b"sealed"
+    await channel.close()
+
+
 async def test_rediss_refuses_a_server_certificate_it_cannot_verify(tls_redis: FakeRedis) -> None:
     channel = RespChannel(address(tls_redis.url("rediss")))  # the system's CAs only
     with pytest.raises(RedisConnectionError, match="certificate verify failed"):
@@ -350,6 +366,17 @@ async def test_rediss_with_cert_reqs_none_connects_to_any_server(tls_redis: Fake
 async def test_rediss_presents_the_client_certificate_of_the_url() -> None:
     async with FakeRedis(tls=server_tls(require_client_cert=True)) as fake:
         query = f"ssl_ca_certs={CERT}&ssl_certfile={CERT}&ssl_keyfile={CERT_KEY}"
+        channel = RespChannel(address(fake.url("rediss", query=query)))
+        assert await channel.execute("ECHO", "mutual") == b"mutual"
+        await channel.close()
+
+
+async def test_rediss_unlocks_an_encrypted_client_key_with_the_urls_password() -> None:
+    async with FakeRedis(tls=server_tls(require_client_cert=True)) as fake:
+        query = (
+            f"ssl_ca_certs={CERT}&ssl_certfile={CERT}&ssl_keyfile={ENCRYPTED_KEY}"
+            "&ssl_password=key-secret"
+        )
         channel = RespChannel(address(fake.url("rediss", query=query)))
         assert await channel.execute("ECHO", "mutual") == b"mutual"
         await channel.close()
