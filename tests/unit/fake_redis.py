@@ -15,6 +15,7 @@ import hashlib
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import hiredis
 
@@ -42,7 +43,7 @@ class _Hangup:
 SILENCE = _Silence()
 HANGUP = _Hangup()
 
-Reply = bytes | str | int | None | list["Reply"] | dict[str, "Reply"] | _Silence | _Hangup
+Reply = bytes | str | int | None | list[Any] | dict[str, Any] | _Silence | _Hangup
 #: Answers one command (its arguments, name first, as bytes); may wait before answering.
 Answer = Callable[[list[bytes]], Reply | Awaitable[Reply]]
 
@@ -82,6 +83,7 @@ class FakeRedis:
     """
 
     tls: ssl.SSLContext | None = None
+    unix_path: str | None = None  # listen on this Unix socket instead of a loopback port
     username: str | None = None
     password: str | None = None
     answers: dict[bytes, Answer] = field(default_factory=dict)
@@ -95,6 +97,11 @@ class FakeRedis:
     _handlers: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def __aenter__(self) -> FakeRedis:
+        if self.unix_path is not None:
+            self._server = await asyncio.start_unix_server(
+                self._serve, self.unix_path, ssl=self.tls
+            )
+            return self
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
         return self

@@ -14,8 +14,8 @@ from fairgate.errors import GatewayError, error_body, error_response
 def envelope(error: GatewayError) -> tuple[int, dict[str, object], str]:
     """Status, parsed body and content type of the response the gateway sends for ``error``."""
     response = error.response()
-    assert response.body is not None
-    return response.status, json.loads(bytes(response.body)), response.content_type
+    assert response.text is not None
+    return response.status, json.loads(response.text), response.content_type
 
 
 def test_error_body_is_the_openai_envelope_with_every_field() -> None:
@@ -37,8 +37,8 @@ def test_error_response_is_json_with_status_and_headers() -> None:
         "application/json",
         "1",
     )
-    assert response.body is not None
-    assert json.loads(bytes(response.body))["error"]["code"] == "teapot"
+    assert response.text is not None
+    assert json.loads(response.text)["error"]["code"] == "teapot"
 
 
 Make = Callable[[], GatewayError]

@@ -9,7 +9,8 @@ import pytest
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from fairgate.redis_client import GatewayRedis, Script, deadline, text
+from fairgate.redis_client import Script, connect, deadline, text
+from fairgate.settings import RedisConfig
 from tests.unit.fake_redis import Error, FakeRedis
 
 SOURCE = "return {KEYS, ARGV}"
@@ -17,7 +18,7 @@ SHA = hashlib.sha1(SOURCE.encode()).hexdigest()
 
 
 async def test_a_script_redis_lacks_is_loaded_and_called_again(fake_redis: FakeRedis) -> None:
-    client = GatewayRedis.from_url(fake_redis.url())
+    client = connect(RedisConfig(url=fake_redis.url()))
     script = Script(client, SOURCE)
     assert script.sha == SHA
     assert await script(["k1", "k2"], [7, "x"]) == [[b"k1", b"k2"], [b"7", b"x"]]
@@ -32,7 +33,7 @@ async def test_a_script_error_other_than_noscript_reaches_the_caller(
     fake_redis: FakeRedis,
 ) -> None:
     fake_redis.answers[b"EVALSHA"] = lambda command: Error("ERR Error running script: boom")
-    client = GatewayRedis.from_url(fake_redis.url())
+    client = connect(RedisConfig(url=fake_redis.url()))
     with pytest.raises(ResponseError, match="boom"):
         await Script(client, SOURCE)(["k"], [])
     assert fake_redis.names() == ["EVALSHA"]  # not loaded: Redis knew it
@@ -40,7 +41,7 @@ async def test_a_script_error_other_than_noscript_reaches_the_caller(
 
 
 async def test_the_client_closes_its_script_channel(fake_redis: FakeRedis) -> None:
-    client = GatewayRedis.from_url(fake_redis.url())
+    client = connect(RedisConfig(url=fake_redis.url()))
     assert await client.scripts.execute("ECHO", "x") == b"x"
     await client.aclose()
     await fake_redis.until(lambda: fake_redis.open_connections == 0)  # the server saw it go
