@@ -7,7 +7,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 CONFIG  ?= config/fairgate.yaml
 
-.PHONY: install run test check bench sim clean e2e-vllm flood
+.PHONY: install run test unit check bench sim clean e2e-vllm flood
 
 install: $(STAMP)
 
@@ -23,8 +23,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/fairgate up --config $(CONFIG)
 
+# Every test: the unit layer (tests/unit) and the integration tests (the rest of tests/).
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The unit layer alone: one module per test file, no redis-server, no processes, seconds.
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 # Lint, format and types of every package (CI runs it before the tests).
 PACKAGES := fairgate gateway admission estimators backends loadtest

@@ -75,9 +75,13 @@ class RedisAddress:
 
 def _tls_context(kwargs: Mapping[str, Any]) -> ssl.SSLContext:
     """The TLS settings redis-py's ``SSLConnection`` would use (``rediss://`` URLs)."""
-    context = ssl.create_default_context(cafile=kwargs.get("ssl_ca_certs"))
+    context = ssl.create_default_context(
+        cafile=kwargs.get("ssl_ca_certs"), capath=kwargs.get("ssl_ca_path")
+    )
     if kwargs.get("ssl_certfile"):
-        context.load_cert_chain(kwargs["ssl_certfile"], kwargs.get("ssl_keyfile"))
+        context.load_cert_chain(
+            kwargs["ssl_certfile"], kwargs.get("ssl_keyfile"), kwargs.get("ssl_password")
+        )
     required = kwargs.get("ssl_cert_reqs", "required")
     if required in ("none", ssl.CERT_NONE):
         context.check_hostname = False
