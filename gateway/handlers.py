@@ -11,7 +11,6 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from redis.exceptions import RedisError
 
@@ -20,9 +19,9 @@ from admission.lease import Lease
 from admission.ticket import Ticket
 from backends.backend import Backend
 from backends.errors import BackendUnreachable, EngineError, EngineFailed
-from backends.forward import open_upstream
 from backends.pools import Pool
 from backends.tokenize import engine_token_count
+from backends.transport import READ_ERRORS, EngineRequest, EngineResponse
 from estimators.cost import Cost
 from fairgate.errors import backend_unavailable, invalid_api_key, invalid_request
 from fairgate.ids import new_id
@@ -31,7 +30,6 @@ from gateway.auth import authenticate
 from gateway.metering import PlainMeter, StreamMeter
 from gateway.middleware import request_id_of
 from gateway.relay import (
-    UPSTREAM_READ_ERRORS,
     Relayed,
     is_event_stream,
     relay_body,
@@ -91,7 +89,7 @@ def inference(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Strea
         if outcome.error is not None or outcome.status >= 500:
             _engine_failed(gateway, backend, outcome.error or f"status {outcome.status}")
         else:
-            backend.request_succeeded()
+            gateway.backend_states.request_succeeded(backend)
         return response
 
     return handle
@@ -149,7 +147,7 @@ def _number(value: str, header: str) -> float:
 
 async def _admit_and_connect(
     request: web.Request, gateway: Gateway, ticket: Ticket, parsed: InferenceRequest, cost: Cost
-) -> tuple[Lease, Backend, aiohttp.ClientResponse, PlainMeter | None]:
+) -> tuple[Lease, Backend, EngineResponse, PlainMeter | None]:
     """Wait for admission, then connect to the granted backend.
 
     A backend that cannot be reached received nothing: it is marked down for every replica,
@@ -167,20 +165,20 @@ async def _admit_and_connect(
         if not parsed.stream and not backend.prefill_capped and cost.max_output > 0:
             meter = gateway.meters.start(lease, backend.delivery, cost.max_output)
         try:
-            upstream = await open_upstream(
-                backend,
-                parsed.endpoint.value,
-                parsed.upstream_body(_engine_fields(backend, ticket, parsed)),
-                _upstream_headers(request, ticket.tenant),
+            upstream = await backend.transport.send(
+                EngineRequest(
+                    "POST",
+                    parsed.endpoint.value,
+                    parsed.upstream_body(_engine_fields(backend, ticket, parsed)),
+                    _upstream_headers(request, ticket.tenant),
+                )
             )
         except BackendUnreachable as exc:
             if meter is not None:
                 meter.stop()
             failures.append(str(exc))
             await asyncio.shield(lease.release(None))
-            await gateway.admission.set_backend_down(
-                backend.name, gateway.settings.server.unhealthy_backoff_s
-            )
+            await gateway.backend_states.connect_failed(backend, exc)
             continue
         except BaseException as exc:
             if meter is not None:
@@ -189,6 +187,7 @@ async def _admit_and_connect(
             if isinstance(exc, EngineError):  # the engine failed or timed out before answering
                 _engine_failed(gateway, backend, str(exc))
             raise
+        gateway.backend_states.connected(backend)
         return lease, backend, upstream, meter
     raise backend_unavailable(
         f"No engine of pool '{ticket.pool}' could be reached ({'; '.join(failures)})."
@@ -197,16 +196,14 @@ async def _admit_and_connect(
 
 def _engine_failed(gateway: Gateway, backend: Backend, reason: str) -> None:
     """Count a failed request against its engine; enough in a row eject it on every replica."""
-    ejected_for = backend.request_failed(reason)
-    if ejected_for:
-        gateway.in_background(gateway.admission.set_backend_down(backend.name, ejected_for))
+    gateway.in_background(gateway.backend_states.request_failed(backend, reason))
 
 
 async def _relay(
     request: web.Request,
     gateway: Gateway,
     parsed: InferenceRequest,
-    upstream: aiohttp.ClientResponse,
+    upstream: EngineResponse,
     headers: dict[str, str],
     lease: Lease,
     backend: Backend,
@@ -230,14 +227,14 @@ async def _relay(
 
 async def _relay_plain(
     backend: Backend,
-    upstream: aiohttp.ClientResponse,
+    upstream: EngineResponse,
     headers: dict[str, str],
     meter: PlainMeter | None,
 ) -> tuple[web.Response, Relayed]:
     """Relay a plain response; its meter learns how fast the backend delivered it."""
     try:
         response, outcome = await relay_body(upstream, headers)
-    except UPSTREAM_READ_ERRORS as exc:
+    except READ_ERRORS as exc:
         raise EngineFailed(f"The engine failed mid-response: {exc!r}") from exc
     finally:
         elapsed = meter.stop() if meter is not None else 0.0
