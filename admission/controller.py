@@ -29,7 +29,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from admission.domain import publish_config
+from admission.domain import backend_load, publish_config, set_drained
 from admission.errors import AdmissionUnavailable, QueueFull, QueueTimeout
 from admission.lease import Lease
 from admission.local import LocalLimits
@@ -332,6 +332,14 @@ class Admission:
             await self._redis.hset(self.keys.down, backend, until)
         except RedisError as exc:
             log.debug("could not record the health of %s: %s", backend, exc)
+
+    async def set_drained(self, backend: str, drained: bool) -> None:
+        """Drain ``backend`` (no new work on any replica) or bring it back."""
+        await set_drained(self._redis, self.keys, backend, drained)
+
+    async def backend_load(self, backend: str) -> tuple[int, int]:
+        """Requests and estimated tokens ``backend`` has in flight, across every replica."""
+        return await backend_load(self._redis, self.keys, backend)
 
     def _resolve(self, grants: list[tuple[str, str]]) -> None:
         if grants:  # someone waited: fair order decides again, no lease is held for reuse

@@ -79,7 +79,3 @@ class Classifier:
             if rule.pool in usable and matches(rule, model, tenant, cost):
                 return Route(rule.pool, rule.name)
         return Route(usable[0], DEFAULT_ROUTE)
-
-    def route_names(self) -> list[str]:
-        """Every value the route can take (bounded: the metric label's whole range)."""
-        return [rule.name for rule in self.rules] + [DEFAULT_ROUTE, HEADER_ROUTE]

@@ -13,28 +13,26 @@ Each engine speaks its own dialect (vLLM, SGLang, llama.cpp server, TGI); one pa
 dialect, all through prometheus_client's text parser. Ollama and hosted APIs report nothing
 useful and are not scraped. A failed scrape leaves the load unknown; it never raises.
 
-Snapshots are shared with the other gateway replicas through one Redis hash (field = backend
-name, value = the snapshot as JSON with its ``scraped_at``); readers ignore stale entries.
+Each snapshot goes to :class:`backends.state.BackendStates`, which passes what it means to
+admission in Redis (``admission/lua/engine.lua``), so that every replica dispatches by it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal
 
-import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from pydantic import BaseModel, ConfigDict, Field
 
 from backends.backend import Backend
+from backends.errors import BackendUnreachable, EngineError
+from backends.transport import Answer, EngineRequest, fetch
 from fairgate.settings import BackendConfig, EngineKind
 from fairgate.tasks import cancel_all
 
@@ -58,10 +56,6 @@ class EngineLoad(BaseModel):
     kv_cache_usage: float | None = Field(None, ge=0, le=1, description="Share of KV in use.")
     kv_capacity_tokens: int | None = Field(None, description="Tokens the KV cache holds.")
     scraped_at: float = Field(description="Unix time of the scrape.")
-
-    def fresh(self, max_age_s: float, now: float | None = None) -> bool:
-        """Recent enough to act on: older snapshots describe an engine that has moved on."""
-        return (time.time() if now is None else now) - self.scraped_at <= max_age_s
 
 
 # --------------------------------------------------------------------------------- parsing
@@ -269,41 +263,6 @@ def effective_budget(config: BackendConfig, load: EngineLoad | None) -> Budget:
     )
 
 
-# --------------------------------------------------------------------------------- sharing
-
-
-async def publish_engine_load(
-    redis: Redis, key: str, backend: str, load: EngineLoad | None, ttl_s: float
-) -> None:
-    """Store one backend's snapshot (or its absence) for every replica.
-
-    Hash fields cannot expire on their own everywhere, so each value carries ``scraped_at``
-    and readers drop stale ones; the whole hash expires when no replica refreshes it.
-    """
-    async with redis.pipeline(transaction=False) as pipe:
-        if load is None:
-            pipe.hdel(key, backend)
-        else:
-            pipe.hset(key, backend, load.model_dump_json())
-        pipe.expire(key, max(1, math.ceil(ttl_s)))
-        await pipe.execute()
-
-
-async def read_engine_loads(
-    redis: Redis, key: str, max_age_s: float, now: float | None = None
-) -> dict[str, EngineLoad]:
-    """Every backend's snapshot that is fresh, as any replica published it."""
-    found: dict[str, EngineLoad] = {}
-    for name, raw in (await redis.hgetall(key)).items():
-        try:
-            load = EngineLoad.model_validate_json(raw)
-        except ValidationError:
-            continue
-        if load.fresh(max_age_s, now):
-            found[name.decode() if isinstance(name, bytes) else name] = load
-    return found
-
-
 # --------------------------------------------------------------------------------- scraping
 
 
@@ -319,42 +278,26 @@ def tokens_in_use(load: EngineLoad | None) -> int | None:
 
 
 class LoadScraper:
-    """Scrapes each backend's own load every ``interval_s`` and keeps the latest snapshot.
+    """Scrapes each backend's own load every ``interval_s`` and tells ``on_load`` of it.
 
-    One task per backend, so a slow engine delays only its own snapshot. Snapshots older
-    than ``max_age_s`` (three intervals by default) count as unknown. With ``redis`` given,
-    every snapshot is also published under ``key`` for the other replicas.
+    One task per backend, so a slow engine delays only its own report. A report lapses after
+    ``max_age_s`` (three intervals by default) unless a later scrape renews it.
     """
 
     def __init__(
         self,
         backends: Iterable[Backend],
         interval_s: float,
-        redis: Redis | None = None,
-        key: str | None = None,
-        max_age_s: float | None = None,
-        on_load: LoadCallback | None = None,
+        on_load: LoadCallback,
         max_waiting: int | None = None,
     ) -> None:
         self._backends = [b for b in backends if _scrapable(b)]
         self._interval_s = interval_s
         self._on_load = on_load
         self._max_waiting = max_waiting
-        self._redis = redis
-        self._key = key
-        self.max_age_s = max_age_s if max_age_s is not None else 3 * interval_s
-        self._latest: dict[str, EngineLoad] = {}
+        self.max_age_s = 3 * interval_s
         self._capacity: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
-
-    def latest(self, backend: str) -> EngineLoad | None:
-        """The backend's latest fresh snapshot, or None when its load is unknown."""
-        load = self._latest.get(backend)
-        return load if load is not None and load.fresh(self.max_age_s) else None
-
-    def loads(self) -> dict[str, EngineLoad]:
-        """Every backend's latest fresh snapshot."""
-        return {name: load for name in self._latest if (load := self.latest(name)) is not None}
 
     async def start(self) -> None:
         self._tasks = [
@@ -384,45 +327,31 @@ class LoadScraper:
         return self._interval_s / 4 if self.saturated(load) else self._interval_s
 
     async def scrape(self, backend: Backend) -> EngineLoad | None:
-        """Scrape one backend once; on any failure its load becomes unknown."""
+        """Scrape one backend once and report it; on any failure its load is unknown."""
         try:
             load = await self._fetch(backend)
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+        except (BackendUnreachable, EngineError, ValueError, KeyError, TypeError) as exc:
             log.debug("engine load of %s unknown: %r", backend.name, exc)
             load = None
-        if load is None:
-            self._latest.pop(backend.name, None)
-        else:
-            self._latest[backend.name] = load
-        if self._on_load is not None:
-            try:
-                await self._on_load(backend, load)
-            except Exception:  # noqa: BLE001 - a scraper must outlive its listeners' failures
-                log.exception("engine load listener failed for %s", backend.name)
-        if self._redis is not None and self._key is not None:
-            try:
-                await publish_engine_load(
-                    self._redis, self._key, backend.name, load, self.max_age_s * 10
-                )
-            except (RedisError, OSError) as exc:
-                log.debug("engine load of %s not shared: %r", backend.name, exc)
+        try:
+            await self._on_load(backend, load)
+        except Exception:  # noqa: BLE001 - a scraper must outlive its listener's failures
+            log.exception("engine load listener failed for %s", backend.name)
         return load
 
     async def _fetch(self, backend: Backend) -> EngineLoad | None:
         traits = backend.traits
         kind = backend.config.engine
-        timeout = aiohttp.ClientTimeout(total=_SCRAPE_TIMEOUT_S)
         if backend.name not in self._capacity and traits.server_info_path:
-            await self._read_capacity(backend, traits.server_info_path, timeout)
+            await self._read_capacity(backend, traits.server_info_path)
         load: EngineLoad | None = None
         if traits.metrics_path and kind in METRICS_PARSERS:
-            async with backend.session.get(
-                backend.url(traits.metrics_path), timeout=timeout
-            ) as response:
-                if response.status == 200:
-                    load = METRICS_PARSERS[kind](await response.text(), None)
+            answer = await _get(backend, traits.metrics_path)
+            if answer.status == 200:
+                load = METRICS_PARSERS[kind](answer.text(), None)
         if load is None and traits.slots_path:
-            slots = await _get_json(backend, traits.slots_path, timeout)
+            answer = await _get(backend, traits.slots_path)
+            slots = answer.json() if answer.status == 200 else None
             if isinstance(slots, list):
                 load = parse_llamacpp_slots(slots)
         if load is None:
@@ -431,16 +360,15 @@ class LoadScraper:
             load = load.model_copy(update={"kv_capacity_tokens": self._capacity[backend.name]})
         return load
 
-    async def _read_capacity(
-        self, backend: Backend, path: str, timeout: aiohttp.ClientTimeout
-    ) -> None:
+    async def _read_capacity(self, backend: Backend, path: str) -> None:
         """The KV capacity a server-info endpoint reports, kept once known (it is fixed)."""
         parser = SERVER_INFO_PARSERS.get(backend.config.engine)
         if parser is None:
             return
         try:
-            info = await _get_json(backend, path, timeout)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            answer = await _get(backend, path)
+            info = answer.json() if answer.status == 200 else None
+        except (BackendUnreachable, EngineError, ValueError) as exc:
             log.debug("KV capacity of %s unknown: %r", backend.name, exc)
             return
         capacity = parser(info) if isinstance(info, dict) else None
@@ -452,8 +380,5 @@ def _scrapable(backend: Backend) -> bool:
     return backend.traits.metrics_path is not None or backend.traits.slots_path is not None
 
 
-async def _get_json(backend: Backend, path: str, timeout: aiohttp.ClientTimeout) -> Any:
-    async with backend.session.get(backend.url(path), timeout=timeout) as response:
-        if response.status != 200:
-            return None
-        return json.loads(await response.text())
+async def _get(backend: Backend, path: str) -> Answer:
+    return await fetch(backend.transport, EngineRequest("GET", path, timeout_s=_SCRAPE_TIMEOUT_S))

@@ -1,56 +1,44 @@
 """Active health checks: each backend's liveness endpoint, probed on an interval.
 
-Passive checks (a refused connection marks a backend down for a back-off period) happen where
-requests are forwarded; this task brings a recovered backend back without waiting for traffic
-to find it, and takes a hung one out before a request does.
+Passive checks (a refused connection, a run of failed requests) are reported where requests
+are forwarded; this task brings a recovered backend back without waiting for traffic to find
+it, and takes a hung one out before a request does. What a probe finds goes to
+:class:`backends.state.BackendStates`, which keeps every view of a backend's health.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 
-import aiohttp
-
 from backends.backend import Backend
+from backends.errors import BackendUnreachable, EngineError
+from backends.transport import EngineRequest, fetch
 from fairgate.tasks import cancel_all
 
-log = logging.getLogger(__name__)
+_PROBE_TIMEOUT_S = 2.0
 
-_PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
-
-
-HealthListener = Callable[[Backend, bool], Awaitable[None]]
+#: Told each probe's outcome: None when it passed, else why it failed.
+ProbeListener = Callable[[Backend, str | None], Awaitable[None]]
 
 
-async def probe(backend: Backend) -> None:
-    """Probe one backend once and record the result."""
+async def probe(backend: Backend) -> str | None:
+    """Probe one backend once: None if it is healthy, else why not."""
+    request = EngineRequest("GET", backend.traits.health_path, timeout_s=_PROBE_TIMEOUT_S)
     try:
-        async with backend.session.get(
-            backend.url(backend.traits.health_path), timeout=_PROBE_TIMEOUT
-        ) as response:
-            if response.status == 200:
-                backend.mark_up()
-            else:
-                backend.mark_down(f"health probe answered {response.status}")
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        backend.mark_down(f"health probe failed: {exc!r}")
+        answer = await fetch(backend.transport, request)
+    except (BackendUnreachable, EngineError) as exc:
+        return f"health probe failed: {exc}"
+    return None if answer.status == 200 else f"health probe answered {answer.status}"
 
 
 class HealthChecker:
     """Probes every backend every ``interval_s`` seconds until stopped."""
 
-    def __init__(
-        self,
-        backends: list[Backend],
-        interval_s: float,
-        on_change: HealthListener | None = None,
-    ) -> None:
+    def __init__(self, backends: list[Backend], interval_s: float, on_probe: ProbeListener) -> None:
         self._backends = backends
         self._interval_s = interval_s
-        self._on_change = on_change
-        self._last: dict[str, bool] = {}
+        self._on_probe = on_probe
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -61,12 +49,10 @@ class HealthChecker:
         await cancel_all([self._task])
 
     async def check_all(self) -> None:
-        await asyncio.gather(*(probe(b) for b in self._backends))
-        for backend in self._backends:
-            if self._last.get(backend.name) != backend.healthy:
-                self._last[backend.name] = backend.healthy
-                if self._on_change is not None:
-                    await self._on_change(backend, backend.healthy)
+        await asyncio.gather(*(self._check(b) for b in self._backends))
+
+    async def _check(self, backend: Backend) -> None:
+        await self._on_probe(backend, await probe(backend))
 
     async def _run(self) -> None:
         while True:

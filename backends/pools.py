@@ -52,16 +52,10 @@ class Router:
     """Every pool of the configuration, and the model-to-pool lookup."""
 
     def __init__(self, settings: Settings) -> None:
-        backoff = settings.server.unhealthy_backoff_s
-        eject_after = settings.server.eject_after_failures
-        max_backoff = settings.server.max_unhealthy_backoff_s
         self.pools = {
             name: Pool(
                 name,
-                [
-                    Backend(b_name, name, b, backoff, eject_after, max_backoff)
-                    for b_name, b in pool.backends.items()
-                ],
+                [Backend(b_name, b) for b_name, b in pool.backends.items()],
                 pool.tokenize,
                 pool.affinity,
                 pool.affinity_slack_tokens,
@@ -80,14 +74,6 @@ class Router:
     def backend(self, name: str) -> Backend:
         return self._by_name[name]
 
-    def pools_for(self, model: str, allowed: list[str] | None) -> list[Pool]:
-        """The pools that serve ``model`` among those in ``allowed`` (all if None)."""
-        return [
-            pool
-            for name, pool in self.pools.items()
-            if model in pool.models and (allowed is None or name in allowed)
-        ]
-
     def models_for(self, allowed: list[str] | None) -> list[str]:
         """Every model served by the pools in ``allowed`` (all if None), sorted."""
         return sorted(
@@ -98,10 +84,6 @@ class Router:
                 for m in p.models
             }
         )
-
-    async def start(self) -> None:
-        for backend in self.backends:
-            await backend.start()
 
     async def close(self) -> None:
         for backend in self.backends:

@@ -7,17 +7,19 @@ engine without the endpoint, a timeout) returns None and the estimator counts lo
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
-import aiohttp
-
+from backends.errors import BackendUnreachable, EngineError
 from backends.pools import Pool
+from backends.transport import EngineRequest, fetch
 
 log = logging.getLogger(__name__)
 
-_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
+_TIMEOUT_S = 2.0
 _FIELDS = ("model", "messages", "prompt", "tools")
+_JSON = {"Content-Type": "application/json"}
 
 
 async def engine_token_count(pool: Pool, body: dict[str, Any]) -> int | None:
@@ -30,13 +32,14 @@ async def engine_token_count(pool: Pool, body: dict[str, Any]) -> int | None:
         return None
     request = {k: body[k] for k in _FIELDS if k in body}
     try:
-        async with backend.session.post(
-            backend.url(path), json=request, timeout=_TIMEOUT
-        ) as response:
-            if response.status != 200:
-                return None
-            count = (await response.json()).get("count")
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        answer = await fetch(
+            backend.transport,
+            EngineRequest("POST", path, json.dumps(request).encode(), _JSON, _TIMEOUT_S),
+        )
+        if answer.status != 200:
+            return None
+        count = answer.json().get("count")
+    except (BackendUnreachable, EngineError, ValueError, AttributeError) as exc:
         log.debug("tokenize on %s failed: %s", backend.name, exc)
         return None
     return count if isinstance(count, int) else None

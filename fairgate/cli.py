@@ -224,8 +224,9 @@ def _run_plan(args: argparse.Namespace) -> int:
 
 def _run_drain(args: argparse.Namespace) -> int:
     """Drain a backend through Redis, which every replica's admission reads at each decision."""
-    from admission.domain import backend_load, set_drained
-    from fairgate.keys import AdmissionKeys
+    from admission.controller import Admission
+    from backends.pools import Router
+    from backends.state import BackendStates
     from fairgate.redis_client import connect
 
     settings = load_settings(args.config)
@@ -236,15 +237,15 @@ def _run_drain(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         redis = connect(settings.redis)
-        keys = AdmissionKeys.of(settings.redis.key_prefix)
+        states = BackendStates(Router(settings).backends, Admission(redis, settings), settings)
         try:
-            await set_drained(redis, keys, args.backend, not args.undo)
-            running, _ = await backend_load(redis, keys, args.backend)
+            await states.drain(args.backend, not args.undo)
+            running = await states.running(args.backend)
             state = "takes work again" if args.undo else "drained: it gets no new work"
             print(f"{args.backend} {state}; {running} requests running on it")
             while args.wait and not args.undo and running:
                 await asyncio.sleep(0.5)
-                running, _ = await backend_load(redis, keys, args.backend)
+                running = await states.running(args.backend)
             if args.wait and not args.undo:
                 print(f"{args.backend}: nothing runs on it any more")
         finally:

@@ -69,11 +69,6 @@ class AdmissionKeys:
         """tenant -> requests queued; ``pool:<pool>`` -> requests queued for a pool."""
         return f"{self.prefix}queued"
 
-    @property
-    def engine_load(self) -> str:
-        """backend -> the latest snapshot of its engine's own load (every replica's scrape)."""
-        return f"{self.prefix}engine_load"
-
 
 def model_tag(key_prefix: str, model: str) -> str:
     """The prefix (and Redis Cluster hash tag) of one model's estimation state."""

@@ -18,9 +18,9 @@ from admission.domain import band_of
 from admission.ticket import Ticket
 from backends.backend import Backend
 from backends.errors import BackendUnreachable, EngineError, EngineFailed
-from backends.forward import open_upstream
 from backends.pools import Pool
 from backends.tokenize import engine_token_count
+from backends.transport import READ_ERRORS, EngineRequest
 from estimators.cost import Cost
 from fairgate.errors import backend_unavailable, invalid_api_key, invalid_request
 from fairgate.ids import new_id
@@ -30,7 +30,6 @@ from gateway.inflight import Granted, InFlight
 from gateway.metering import StreamMeter
 from gateway.middleware import request_id_of
 from gateway.relay import (
-    UPSTREAM_READ_ERRORS,
     Relayed,
     is_event_stream,
     relay_body,
@@ -76,7 +75,7 @@ def inference(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Strea
         if outcome.error is not None or outcome.status >= 500:
             _engine_failed(gateway, granted.backend, outcome.error or f"status {outcome.status}")
         else:
-            granted.backend.request_succeeded()
+            gateway.backend_states.request_succeeded(granted.backend)
         return response
 
     return handle
@@ -170,20 +169,20 @@ async def _admit_and_connect(gateway: Gateway, flight: InFlight) -> Granted:
         if not parsed.stream and not backend.prefill_capped and flight.cost.max_output > 0:
             meter = gateway.meters.start(lease, backend.delivery, flight.cost)
         try:
-            upstream = await open_upstream(
-                backend,
-                parsed.endpoint.value,
-                parsed.upstream_body(_engine_fields(backend, flight)),
-                _upstream_headers(flight),
+            upstream = await backend.transport.send(
+                EngineRequest(
+                    "POST",
+                    parsed.endpoint.value,
+                    parsed.upstream_body(_engine_fields(backend, flight)),
+                    _upstream_headers(flight),
+                )
             )
         except BackendUnreachable as exc:
             if meter is not None:
                 meter.stop()
             failures.append(str(exc))
             await asyncio.shield(lease.release(None))
-            await gateway.admission.set_backend_down(
-                backend.name, gateway.settings.server.unhealthy_backoff_s
-            )
+            await gateway.backend_states.connect_failed(backend, exc)
             continue
         except BaseException as exc:
             if meter is not None:
@@ -192,6 +191,7 @@ async def _admit_and_connect(gateway: Gateway, flight: InFlight) -> Granted:
             if isinstance(exc, EngineError):  # the engine failed or timed out before answering
                 _engine_failed(gateway, backend, str(exc))
             raise
+        gateway.backend_states.connected(backend)
         return Granted(lease, backend, upstream, meter)
     raise backend_unavailable(
         f"No engine of pool '{ticket.pool}' could be reached ({'; '.join(failures)})."
@@ -200,9 +200,7 @@ async def _admit_and_connect(gateway: Gateway, flight: InFlight) -> Granted:
 
 def _engine_failed(gateway: Gateway, backend: Backend, reason: str) -> None:
     """Count a failed request against its engine; enough in a row eject it on every replica."""
-    ejected_for = backend.request_failed(reason)
-    if ejected_for:
-        gateway.in_background(gateway.admission.set_backend_down(backend.name, ejected_for))
+    gateway.in_background(gateway.backend_states.request_failed(backend, reason))
 
 
 async def _relay(gateway: Gateway, flight: InFlight) -> tuple[web.StreamResponse, Relayed]:
@@ -231,7 +229,7 @@ async def _relay_plain(granted: Granted, headers: dict[str, str]) -> tuple[web.R
     meter = granted.meter
     try:
         response, outcome = await relay_body(granted.upstream, headers)
-    except UPSTREAM_READ_ERRORS as exc:
+    except READ_ERRORS as exc:
         raise EngineFailed(f"The engine failed mid-response: {exc!r}") from exc
     finally:
         elapsed = meter.stop() if meter is not None else 0.0

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import aiohttp
 from aiohttp import web
 
 from admission.lease import Lease
 from admission.ticket import Ticket
 from backends.backend import Backend
 from backends.pools import Pool
+from backends.transport import EngineResponse
 from estimators.cost import Cost
 from fairgate.settings import TenantConfig
 from gateway.metering import PlainMeter
@@ -33,7 +33,7 @@ class Granted:
 
     lease: Lease
     backend: Backend
-    upstream: aiohttp.ClientResponse
+    upstream: EngineResponse
     meter: PlainMeter | None
 
 

@@ -19,19 +19,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
+from backends.transport import READ_ERRORS, EngineResponse
 from fairgate.errors import error_body
 from gateway.sse import DONE, data_of, error_event, event_around, json_data, last_event_end
 
-#: Failures of the engine side while reading its response.
-UPSTREAM_READ_ERRORS = (
-    aiohttp.ClientPayloadError,
-    aiohttp.ServerDisconnectedError,
-    aiohttp.ClientOSError,
-    TimeoutError,
-)
 _HOP_HEADERS = {
     "content-length",
     "transfer-encoding",
@@ -106,20 +99,20 @@ class _StreamFilter:
         return events
 
 
-def response_headers(upstream: aiohttp.ClientResponse, extra: Mapping[str, str]) -> dict[str, str]:
+def response_headers(upstream: EngineResponse, extra: Mapping[str, str]) -> dict[str, str]:
     """The engine's response headers minus hop-by-hop ones, plus the gateway's own."""
     headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
     headers.update(extra)
     return headers
 
 
-def is_event_stream(upstream: aiohttp.ClientResponse) -> bool:
+def is_event_stream(upstream: EngineResponse) -> bool:
     return upstream.content_type == "text/event-stream"
 
 
 async def relay_stream(
     request: web.Request,
-    upstream: aiohttp.ClientResponse,
+    upstream: EngineResponse,
     client_wants_usage: bool,
     headers: Mapping[str, str],
     meter: Callable[[int], None] | None = None,
@@ -139,7 +132,7 @@ async def relay_stream(
             data = await reader.__anext__()
         except StopAsyncIteration:
             break
-        except UPSTREAM_READ_ERRORS as exc:
+        except READ_ERRORS as exc:
             outcome.error = f"{exc.__class__.__name__}: {exc}"
             message = f"The engine stopped in the middle of the response ({outcome.error})."
             await response.write(error_event(message) + b"data: [DONE]\n\n")
@@ -155,7 +148,7 @@ async def relay_stream(
 
 
 async def relay_body(
-    upstream: aiohttp.ClientResponse, headers: Mapping[str, str]
+    upstream: EngineResponse, headers: Mapping[str, str]
 ) -> tuple[web.Response, Relayed]:
     """Relay a complete (non-streamed) response with its status."""
     body = await upstream.read()

@@ -12,8 +12,8 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from admission.controller import Admission
-from backends.health import HealthChecker
 from backends.pools import Router
+from backends.state import BackendStates
 from estimators.estimator import CostEstimator
 from fairgate.settings import Settings
 from gateway.auth import KeyStore
@@ -30,7 +30,7 @@ class Gateway:
     redis: Redis
     keys: KeyStore
     router: Router
-    health: HealthChecker
+    backend_states: BackendStates  # every report about a backend goes here
     estimator: CostEstimator
     metrics: GatewayMetrics
     admission: Admission

@@ -298,3 +298,22 @@ async def _cleanup(runner: web.AppRunner, timeout_s: float = 30.0) -> None:
         stuck = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
         stacks = "\n".join(f"{task!r}: {task.get_stack(limit=8)}" for task in stuck)
         raise AssertionError(f"the gateway did not shut down; still running:\n{stacks}") from None
+
+
+ServeApp = Callable[[web.Application], Awaitable[str]]
+
+
+@pytest.fixture
+async def serve_app() -> AsyncIterator[ServeApp]:
+    """Serves small aiohttp applications (stand-ins for an engine) on loopback; their URLs."""
+    runners: list[web.AppRunner] = []
+
+    async def start(app: web.Application) -> str:
+        runner = await serve(app, "127.0.0.1", 0)
+        runners.append(runner)
+        host, port = runner.addresses[0][:2]
+        return f"http://{host}:{port}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()

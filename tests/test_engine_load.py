@@ -3,8 +3,8 @@
 Parsers run on real text: a /metrics capture of vLLM 0.32 (CPU build, via
 ../shared/tools/real-vllm, six streams running), the simulator's live /metrics, and fixtures in
 the documented formats of SGLang, llama.cpp server and TGI (tests/data/README.md says where
-each comes from). The scraper runs against a real simulator and small real HTTP servers;
-sharing goes through a real Redis.
+each comes from). The scraper runs against a real simulator, small real HTTP servers and,
+where only what it makes of an answer matters, a fake transport.
 """
 
 from __future__ import annotations
@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from redis.asyncio import Redis
 
 from backends.backend import Backend
 from backends.engine_load import (
@@ -32,14 +31,11 @@ from backends.engine_load import (
     parse_tgi_info,
     parse_tgi_metrics,
     parse_vllm_metrics,
-    publish_engine_load,
-    read_engine_loads,
 )
 from backends.engines import ENGINES
-from fairgate.keys import AdmissionKeys
-from fairgate.serving import serve
+from backends.transport import EngineRequest, FakeResponse, FakeTransport
 from fairgate.settings import BackendConfig
-from tests.conftest import StartSim
+from tests.conftest import ServeApp, StartSim
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -182,20 +178,23 @@ def test_engine_capacity_replaces_defaults_with_the_default_headroom() -> None:
 # --------------------------------------------------------------------------------- scraping
 
 
-async def started_backend(url: str, engine: str = "vllm") -> Backend:
-    backend = Backend("b0", "p", backend_config(engine=engine).model_copy(update={"url": url}), 1.0)
-    backend.base_url = url.rstrip("/")
-    await backend.start()
-    return backend
+def started_backend(url: str, engine: str = "vllm") -> Backend:
+    return Backend("b0", backend_config(engine=engine).model_copy(update={"url": url}))
+
+
+class Reports(list[tuple[str, EngineLoad | None]]):
+    """What a scraper reported, in order."""
+
+    async def __call__(self, backend: Backend, load: EngineLoad | None) -> None:
+        self.append((backend.name, load))
 
 
 Serve = Callable[[dict[str, web.Response | Callable[[], web.Response]]], Awaitable[str]]
 
 
 @pytest.fixture
-async def fake_engine() -> AsyncIterator[Serve]:
+def fake_engine(serve_app: ServeApp) -> Serve:
     """Real HTTP servers on loopback answering fixed bodies per path."""
-    runners = []
 
     async def start(routes: dict[str, Any]) -> str:
         app = web.Application()
@@ -205,14 +204,9 @@ async def fake_engine() -> AsyncIterator[Serve]:
                 return answer() if callable(answer) else answer
 
             app.router.add_get(path, handler)
-        runner = await serve(app, "127.0.0.1", 0)
-        runners.append(runner)
-        host, port = runner.addresses[0][:2]
-        return f"http://{host}:{port}"
+        return await serve_app(app)
 
-    yield start
-    for runner in runners:
-        await runner.cleanup()
+    return start
 
 
 async def test_scraper_reads_a_busy_simulator(start_sim: StartSim) -> None:
@@ -230,17 +224,17 @@ async def test_scraper_reads_a_busy_simulator(start_sim: StartSim) -> None:
             await resp.read()
 
     tasks = [asyncio.create_task(request()) for _ in range(5)]
-    backend = await started_backend(sim.url)
+    backend = started_backend(sim.url)
     try:
         for _ in range(400):
             state = await sim.state()
             if (state["running"], state["waiting"]) == (2, 3):
                 break
             await asyncio.sleep(0.02)
-        scraper = LoadScraper([backend], interval_s=1.0)
-        load = await scraper.scrape(backend)
+        reports = Reports()
+        load = await LoadScraper([backend], 1.0, reports).scrape(backend)
         after = await sim.state()
-        assert load is not None and scraper.latest("b0") == load
+        assert load is not None and reports == [("b0", load)]
         assert (load.engine, load.running, load.waiting) == ("vllm", 2, 3)
         assert load.kv_capacity_tokens == 29_205 * 16 == after["kv_total_blocks"] * 16
         # KV only grows while nothing finishes: scrape value between the two state reads
@@ -254,50 +248,6 @@ async def test_scraper_reads_a_busy_simulator(start_sim: StartSim) -> None:
         await backend.close()
 
 
-async def test_scraper_shares_loads_through_redis(start_sim: StartSim, redis_url: str) -> None:
-    sim = await start_sim()
-    backend = await started_backend(sim.url)
-    redis = Redis.from_url(redis_url)
-    key = AdmissionKeys.of("fairgate").engine_load
-    scraper = LoadScraper([backend], interval_s=0.05, redis=redis, key=key)
-    await scraper.start()
-    try:
-        shared: dict[str, EngineLoad] = {}
-        for _ in range(200):
-            shared = await read_engine_loads(redis, key, max_age_s=10)
-            if shared:
-                break
-            await asyncio.sleep(0.02)
-        assert key == "fairgate:{adm}:engine_load"
-        assert set(shared) == {"b0"}
-        assert (shared["b0"].running, shared["b0"].waiting) == (0, 0)
-        assert shared["b0"].kv_capacity_tokens == 467_280
-        assert 0 < await redis.ttl(key) <= 2  # ten max ages of 0.15 s, rounded up
-    finally:
-        await scraper.stop()
-        await backend.close()
-        await redis.aclose()
-
-
-async def test_shared_loads_go_stale_and_can_be_withdrawn(redis_url: str) -> None:
-    redis = Redis.from_url(redis_url)
-    key = AdmissionKeys.of("fg").engine_load
-    now = time.time()
-    fresh = EngineLoad(engine="sglang", running=3, waiting=1, scraped_at=now - 1)
-    old = EngineLoad(engine="vllm", running=9, waiting=9, scraped_at=now - 30)
-    try:
-        await publish_engine_load(redis, key, "fresh", fresh, ttl_s=60)
-        await publish_engine_load(redis, key, "old", old, ttl_s=60)
-        await redis.hset(key, "garbage", b"not json")
-        assert await read_engine_loads(redis, key, max_age_s=5, now=now) == {"fresh": fresh}
-        assert set(await read_engine_loads(redis, key, max_age_s=60, now=now)) == {"fresh", "old"}
-        await publish_engine_load(redis, key, "fresh", None, ttl_s=60)
-        assert not await redis.hexists(key, "fresh")
-        assert 55 <= await redis.ttl(key) <= 60
-    finally:
-        await redis.aclose()
-
-
 async def test_sglang_capacity_comes_from_server_info(fake_engine: Serve) -> None:
     url = await fake_engine(
         {
@@ -305,9 +255,9 @@ async def test_sglang_capacity_comes_from_server_info(fake_engine: Serve) -> Non
             "/get_server_info": web.json_response(json.loads(data("sglang-server-info.json"))),
         }
     )
-    backend = await started_backend(url, engine="sglang")
+    backend = started_backend(url, engine="sglang")
     try:
-        load = await LoadScraper([backend], interval_s=1).scrape(backend)
+        load = await LoadScraper([backend], 1, Reports()).scrape(backend)
         assert load is not None
         assert (load.running, load.waiting, load.kv_cache_usage) == (162, 2826, 0.28)
         assert load.kv_capacity_tokens == 442_318
@@ -322,9 +272,9 @@ async def test_llamacpp_without_metrics_falls_back_to_slots(fake_engine: Serve) 
             "/slots": web.json_response(json.loads(data("llamacpp-slots.json"))),
         }
     )
-    backend = await started_backend(url, engine="llamacpp")
+    backend = started_backend(url, engine="llamacpp")
     try:
-        load = await LoadScraper([backend], interval_s=1).scrape(backend)
+        load = await LoadScraper([backend], 1, Reports()).scrape(backend)
         assert load is not None
         assert (load.running, load.waiting, load.kv_capacity_tokens) == (2, None, 16_384)
     finally:
@@ -334,36 +284,61 @@ async def test_llamacpp_without_metrics_falls_back_to_slots(fake_engine: Serve) 
 async def test_failed_scrapes_leave_the_load_unknown(fake_engine: Serve) -> None:
     answers = iter([web.Response(text=data("tgi-metrics.txt")), web.Response(text="{not: [prom")])
     url = await fake_engine({"/metrics": lambda: next(answers), "/info": web.Response(status=404)})
-    backend = await started_backend(url, engine="tgi")
-    scraper = LoadScraper([backend], interval_s=1)
+    backend = started_backend(url, engine="tgi")
+    reports = Reports()
+    scraper = LoadScraper([backend], 1, reports)
     try:
         first = await scraper.scrape(backend)
         assert first is not None and (first.running, first.waiting) == (24, 7)
         assert first.kv_capacity_tokens is None  # /info answered 404
         assert await scraper.scrape(backend) is None  # not Prometheus text
-        assert scraper.latest("b0") is None and scraper.loads() == {}
+        assert reports == [("b0", first), ("b0", None)]  # an unknown load is reported too
     finally:
         await backend.close()
-    closed = await started_backend("http://127.0.0.1:9", engine="vllm")  # nothing listens
+    closed = started_backend("http://127.0.0.1:9", engine="vllm")  # nothing listens
     try:
-        assert await LoadScraper([closed], interval_s=1).scrape(closed) is None
+        assert await LoadScraper([closed], 1, reports).scrape(closed) is None
+        assert reports[-1] == ("b0", None)
     finally:
         await closed.close()
 
 
 async def test_engines_without_load_are_not_scraped() -> None:
-    ollama = Backend("o", "p", backend_config(engine="ollama"), 1.0)
-    hosted = Backend("h", "p", backend_config(engine="openai"), 1.0)
-    scraper = LoadScraper([ollama, hosted], interval_s=1)
+    metrics = FakeResponse(body=data("vllm-0.32-cpu-metrics.txt"))
+    vllm = Backend("v", backend_config(), FakeTransport(lambda _: metrics))
+    ollama = Backend("o", backend_config(engine="ollama"), FakeTransport(_never))
+    hosted = Backend("h", backend_config(engine="openai"), FakeTransport(_never))
+    reports = Reports()
+    scraper = LoadScraper([vllm, ollama, hosted], 1, reports)
     await scraper.start()
+    for _ in range(100):
+        if reports:
+            break
+        await asyncio.sleep(0.01)
     await scraper.stop()
-    assert scraper.loads() == {}
+    assert [name for name, _ in reports] == ["v"]
 
 
-def test_stale_snapshots_count_as_unknown() -> None:
-    load = EngineLoad(engine="vllm", running=1, scraped_at=time.time() - 10)
-    scraper = LoadScraper([], interval_s=1.0)
-    scraper._latest["b0"] = load
+async def test_a_failing_listener_does_not_stop_the_scrapes() -> None:
+    async def broken(backend: Backend, load: EngineLoad | None) -> None:
+        raise RuntimeError("listener bug")
+
+    metrics = FakeResponse(body=data("vllm-0.32-cpu-metrics.txt"))
+    backend = Backend("b0", backend_config(), FakeTransport(lambda _: metrics))
+    load = await LoadScraper([backend], 1, broken).scrape(backend)
+    assert load is not None and load.kv_capacity_tokens == 8192 * 128
+
+
+def _never(request: EngineRequest) -> FakeResponse:
+    raise AssertionError(f"{request.path} was asked of an engine that reports no load")
+
+
+def test_saturated_engines_are_looked_at_more_often() -> None:
+    scraper = LoadScraper([], 1.0, Reports(), max_waiting=0)
+    waiting = EngineLoad(engine="vllm", running=4, waiting=1, scraped_at=0.0)
+    idle = waiting.model_copy(update={"waiting": 0})
+    assert scraper.saturated(waiting) and not scraper.saturated(idle)
+    assert not scraper.saturated(None)  # an unknown load holds nothing
+    assert (scraper.next_delay(waiting), scraper.next_delay(idle)) == (0.25, 1.0)
     assert scraper.max_age_s == 3.0
-    assert scraper.latest("b0") is None
-    assert load.fresh(11) and not load.fresh(9)
+    assert not LoadScraper([], 1.0, Reports(), max_waiting=None).saturated(waiting)

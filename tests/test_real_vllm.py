@@ -19,7 +19,7 @@ import openai
 import pytest
 from redis.asyncio import Redis
 
-from backends.engine_load import DEFAULT_HEADROOM
+from backends.engine_load import DEFAULT_HEADROOM, parse_vllm_metrics
 from tests.conftest import RunningGateway, StartGateway, gateway_config, inflight_state
 
 _GIVEN = os.environ.get("FAIRGATE_REAL_VLLM_URLS") or os.environ.get("FAIRGATE_REAL_VLLM_URL", "")
@@ -106,19 +106,23 @@ async def test_engine_metrics_are_scraped_into_budgets(
     gateway: RunningGateway, redis_url: str
 ) -> None:
     """vLLM's reported KV capacity becomes each backend's token budget (none is configured)."""
+    expected = {}
+    for url in URLS:
+        async with gateway.http.get(f"{url}/metrics") as resp:
+            capacity = parse_vllm_metrics(await resp.text()).kv_capacity_tokens
+        assert capacity is not None, url
+        expected[url] = math.floor(capacity * DEFAULT_HEADROOM)
     redis = Redis.from_url(redis_url)
     try:
+        budgets: dict[str, int] = {}
         for _ in range(100):
-            loads = await redis.hgetall(PREFIX + "engine_load")
-            if len(loads) == len(URLS):
+            configs = await redis.hgetall(PREFIX + "cfg:backends")
+            budgets = {k.decode(): json.loads(v)["mt"] for k, v in configs.items()}
+            if sorted(budgets.values()) == sorted(expected.values()):
                 break
             await asyncio.sleep(0.1)
-        snapshots = {k.decode(): json.loads(v) for k, v in loads.items()}
-        assert {s["engine"] for s in snapshots.values()} == {"vllm"}
-        for name, snapshot in snapshots.items():
-            budget = math.floor(snapshot["kv_capacity_tokens"] * DEFAULT_HEADROOM)
-            config = json.loads(await redis.hget(PREFIX + "cfg:backends", name))
-            assert config["mt"] == budget, (name, snapshot)
+        backends = gateway.settings.pools["interactive"].backends
+        assert budgets == {name: expected[str(b.url).rstrip("/")] for name, b in backends.items()}
     finally:
         await redis.aclose()
 

@@ -1,0 +1,265 @@
+"""How the gateway talks to an engine: one small interface on each backend.
+
+Every HTTP exchange with an engine (the forwarded request, ``/tokenize``, health probes, the
+metrics, server-info and slots scrapes) is an :class:`EngineRequest` sent through the backend's
+:class:`Transport`, as httpx's clients send theirs through a transport
+(``httpx/_transports/base.py``). Production uses :class:`AiohttpTransport`, one
+``aiohttp.ClientSession`` per backend; a test gives a backend a :class:`FakeTransport`, a
+function from request to canned response, and needs no engine at all.
+
+How talking to an engine can fail is decided here, in one place: a transport raises the
+backends' own exceptions (:mod:`backends.errors`), never aiohttp's; reading a whole answer
+(:func:`fetch`) maps read failures the same way. Only the relay of a forwarded response reads
+its body itself, and catches :data:`READ_ERRORS` to end a stream with an error event.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import aiohttp
+
+from backends.errors import BackendUnreachable, EngineFailed, EngineTimeout
+from fairgate.settings import BackendConfig
+
+#: Idle keep-alive connections are dropped after 4 s, below the 5 s that uvicorn-based engines
+#: (vLLM, SGLang) keep them: reusing a connection the server has just closed would fail a
+#: request that was never processed.
+_KEEPALIVE_S = 4.0
+
+#: Connecting failed: refused, unreachable, DNS, or the connect timeout. Nothing was sent.
+_NOT_CONNECTED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
+#: Failures of the engine side while a response's body is read.
+READ_ERRORS = (
+    aiohttp.ClientPayloadError,
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ClientOSError,
+    TimeoutError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineRequest:
+    """One request to an engine: ``path`` is relative to the backend's URL.
+
+    ``timeout_s`` bounds the whole exchange; None keeps the backend's own connect and read
+    timeouts (a forwarded request may run for minutes while it keeps sending).
+    """
+
+    method: Literal["GET", "POST"]
+    path: str
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timeout_s: float | None = None
+
+
+class ByteStream(Protocol):
+    """A response body as it arrives (``aiohttp.StreamReader`` is one)."""
+
+    def iter_any(self) -> AsyncIterator[bytes]: ...
+
+
+class EngineResponse(Protocol):
+    """An engine's response with its headers read, what the relay reads
+    (``aiohttp.ClientResponse`` is one). Its body is read whole (``read``) or as it arrives
+    (``content``); ``release`` returns the connection, ``close`` aborts the request."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def content_type(self) -> str: ...
+
+    @property
+    def content(self) -> ByteStream: ...
+
+    async def read(self) -> bytes: ...
+
+    def release(self) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    """Sends a backend's requests to its engine; raises only :mod:`backends.errors`."""
+
+    async def send(self, request: EngineRequest) -> EngineResponse:
+        """The engine's response, its headers read and its body not yet.
+
+        Raises :class:`BackendUnreachable` when no connection could be made (nothing was
+        sent), :class:`EngineTimeout` or :class:`EngineFailed` once something may have been.
+        """
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A whole (small) answer of an engine: probes, scrapes, tokenize."""
+
+    status: int
+    body: bytes
+
+    def text(self) -> str:
+        return self.body.decode()
+
+    def json(self) -> Any:
+        """The body as JSON (``ValueError`` if it is not)."""
+        return json.loads(self.body)
+
+
+async def fetch(transport: Transport, request: EngineRequest) -> Answer:
+    """Send ``request`` and read its whole answer (errors as :meth:`Transport.send` raises)."""
+    response = await transport.send(request)
+    try:
+        body = await response.read()
+    except TimeoutError as exc:
+        response.close()
+        raise EngineTimeout(f"The engine did not answer {request.path} in time.") from exc
+    except aiohttp.ClientError as exc:
+        response.close()
+        raise EngineFailed(f"The engine failed answering {request.path}: {exc!r}") from exc
+    response.release()
+    return Answer(response.status, body)
+
+
+class AiohttpTransport:
+    """A backend's own ``aiohttp.ClientSession`` (its own connection pool), so that a slow or
+    dead engine cannot starve connections to the others. Made on first use, in the loop."""
+
+    def __init__(self, name: str, config: BackendConfig) -> None:
+        self._name = name
+        self._config = config
+        self._base_url = str(config.url).rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        headers = {}
+        if self._config.api_key is not None:
+            headers["Authorization"] = f"Bearer {self._config.api_key.get_secret_value()}"
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_S),
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                connect=self._config.connect_timeout_s,
+                sock_read=self._config.read_timeout_s,
+            ),
+            headers=headers,
+        )
+
+    async def send(self, request: EngineRequest) -> aiohttp.ClientResponse:
+        if self._session is None:
+            self._session = self._open_session()
+        options: dict[str, Any] = {}
+        if request.timeout_s is not None:
+            options["timeout"] = aiohttp.ClientTimeout(total=request.timeout_s)
+        try:
+            return await self._session.request(
+                request.method,
+                self._base_url + request.path,
+                data=request.body or None,
+                headers=request.headers,
+                **options,
+            )
+        except _NOT_CONNECTED as exc:
+            raise BackendUnreachable(f"{self._name}: {exc}") from exc
+        except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+            raise EngineTimeout(f"The engine {self._name} did not answer in time.") from exc
+        except aiohttp.ClientError as exc:
+            raise EngineFailed(
+                f"The engine {self._name} failed: {exc.__class__.__name__}: {exc}"
+            ) from exc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+# ------------------------------------------------------------------------------ for tests
+
+
+class _Chunks:
+    """A body that arrives in ``chunks``; an exception among them is raised when reached."""
+
+    def __init__(self, chunks: Iterable[bytes | BaseException]) -> None:
+        self._chunks = list(chunks)
+
+    async def _each(self) -> AsyncIterator[bytes]:
+        for chunk in self._chunks:
+            if isinstance(chunk, BaseException):
+                raise chunk
+            yield chunk
+
+    def iter_any(self) -> AsyncIterator[bytes]:
+        return self._each()
+
+
+class FakeResponse:
+    """A canned response: a body whole, or chunks (an exception among them breaks it there)."""
+
+    def __init__(
+        self,
+        status: int = 200,
+        body: bytes | str | dict[str, Any] | list[Any] = b"",
+        headers: Mapping[str, str] | None = None,
+        chunks: Iterable[bytes | BaseException] | None = None,
+    ) -> None:
+        self.status = status
+        self.headers = dict(headers or {})
+        if isinstance(body, str):
+            body = body.encode()
+        elif isinstance(body, dict | list):  # a JSON value
+            body = json.dumps(body).encode()
+            self.headers.setdefault("Content-Type", "application/json")
+        self.headers.setdefault("Content-Type", "application/octet-stream")
+        self.content = _Chunks([body] if chunks is None else chunks)
+        self.released = self.closed = False
+
+    @property
+    def content_type(self) -> str:
+        return self.headers["Content-Type"].split(";")[0].strip()
+
+    async def read(self) -> bytes:
+        body = b""
+        async for chunk in self.content.iter_any():
+            body += chunk
+        return body
+
+    def release(self) -> None:
+        self.released = True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+#: Answers one request: a response, or raises as a transport would (possibly asynchronously).
+Handler = Callable[[EngineRequest], FakeResponse | Awaitable[FakeResponse]]
+
+
+class FakeTransport:
+    """A transport answered by a function instead of an engine (httpx's ``MockTransport``).
+
+    ``requests`` keeps what was sent, for a test to look at.
+    """
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+        self.requests: list[EngineRequest] = []
+
+    async def send(self, request: EngineRequest) -> FakeResponse:
+        self.requests.append(request)
+        answer = self._handler(request)
+        return await answer if inspect.isawaitable(answer) else answer
+
+    async def close(self) -> None:
+        return None
