@@ -50,8 +50,7 @@ import uvloop
 import yaml
 from aiohttp import web
 
-from fairgate.cli import _until_signalled
-from fairgate.serving import serve
+from fairgate.serving import serve, until_signalled
 from loadtest.report import machine, markdown_table, revision, write_section
 from loadtest.services import free_ports
 
@@ -236,7 +235,7 @@ def run_server(kind: str, args: argparse.Namespace) -> int:
     async def main() -> None:
         runner = await serve(SERVER_APPS[kind](args), LOOPBACK, args.port)
         try:
-            await _until_signalled()
+            await until_signalled()
         finally:
             await runner.cleanup()
 
