@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -316,26 +315,17 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _serve_until_signalled(app: web.Application, host: str, port: int, banner: str) -> None:
     """Serve ``app`` on uvloop until SIGINT or SIGTERM, then shut it down cleanly."""
-    from fairgate.serving import serve
+    from fairgate.serving import serve, until_signalled
 
     async def run() -> None:
         runner = await serve(app, host, port)
         logging.getLogger("fairgate").info("%s", banner)
         try:
-            await _until_signalled()
+            await until_signalled()
         finally:
             await runner.cleanup()
 
     _run_async(run())
-
-
-async def _until_signalled() -> None:
-    """Wait for SIGINT or SIGTERM."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
 
 
 def _run_async(coro: object) -> None:

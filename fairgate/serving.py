@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
+
 from aiohttp import web
 
 
@@ -17,3 +20,16 @@ async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
     await runner.setup()
     await web.TCPSite(runner, host, port, backlog=1024).start()
     return runner
+
+
+async def until_signalled() -> None:
+    """Wait for SIGINT or SIGTERM: how every fairgate server (and a benchmark's) ends cleanly.
+
+    Handlers on the running loop, so that the caller's ``finally`` (``runner.cleanup()``) runs
+    instead of the process dying mid-request.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

@@ -23,7 +23,6 @@ from loadtest.kit.client import Record
 from loadtest.kit.metrics import (
     fairness,
     jain,
-    percentile,
     served_by,
     slope,
     unplaced_service,
@@ -43,6 +42,7 @@ from loadtest.kit.scenario import (
 from loadtest.kit.shapes import draw_plan, prompt_text
 from loadtest.kit.stack import gateway_config
 from loadtest.kit.targets import evaluate
+from loadtest.stats import percentile, percentile_or_none
 
 W = ServiceWeights()
 
@@ -237,11 +237,32 @@ def test_prompt_text_has_exactly_the_tokens_drawn(tokens: int) -> None:
 # --------------------------------------------------------------------------------- metrics
 
 
-def test_percentile_and_jain_on_known_inputs() -> None:
-    assert percentile([], 50) is None
+def test_percentile_interpolates_between_the_closest_ranks() -> None:
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
     assert percentile([0.0, 10.0], 99) == pytest.approx(9.9)
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([5.0, 1.0, 3.0], 0) == 1.0
+    assert percentile([5.0, 1.0, 3.0], 100) == 5.0
+    assert percentile_or_none([], 50) is None
+    assert percentile_or_none([2.0, 4.0], 25) == 2.5
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def test_percentile_is_numpys_default_definition() -> None:
+    """The documented definition is numpy's "linear" (matplotlib's box plots draw it too)."""
+    numpy = pytest.importorskip("numpy")  # installed with matplotlib, the kit's plotting
+    rng = numpy.random.default_rng(3)
+    for size in (1, 2, 5, 40):
+        values = rng.lognormal(0.0, 1.0, size).tolist()
+        for q in (0, 1, 25, 50, 90, 99, 100):
+            assert percentile(values, q) == pytest.approx(float(numpy.percentile(values, q)))
+
+
+def test_jain_and_slope_on_known_inputs() -> None:
     assert jain([5.0, 5.0, 5.0]) == 1.0
     assert jain([1.0, 0.0, 0.0, 0.0]) == 0.25
     assert jain([1.0, 2.0]) == pytest.approx(9 / 10)

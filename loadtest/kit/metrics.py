@@ -22,23 +22,12 @@ Fairness figures, for tenants with weights ``w_i`` and service ``S_i`` in a wind
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 from loadtest.kit.client import CANCELLED, Record
 from loadtest.kit.scenario import ServiceWeights
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The ``q``-th percentile (0-100) with linear interpolation between ranks; None if empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100.0
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+from loadtest.stats import percentile_or_none
 
 
 def jain(values: Sequence[float]) -> float | None:
@@ -220,13 +209,13 @@ def tenant_stats(tenant: str, records: Sequence[Record], duration: float) -> Ten
         rejected=len(rejected),
         failed=len(mine) - len(ok) - len(rejected) - len(cancelled),
         cancelled=len(cancelled),
-        ttft_p50=percentile([r.ttft for r in ok if r.ttft is not None], 50),
-        ttft_p99=percentile([r.ttft for r in ok if r.ttft is not None], 99),
-        itl_p50=percentile(itl, 50),
-        itl_p99=percentile(itl, 99),
-        e2e_p50=percentile([r.e2e for r in ok if r.e2e is not None], 50),
-        e2e_p99=percentile([r.e2e for r in ok if r.e2e is not None], 99),
-        reject_wait_p50=percentile(waits, 50),
+        ttft_p50=percentile_or_none([r.ttft for r in ok if r.ttft is not None], 50),
+        ttft_p99=percentile_or_none([r.ttft for r in ok if r.ttft is not None], 99),
+        itl_p50=percentile_or_none(itl, 50),
+        itl_p99=percentile_or_none(itl, 99),
+        e2e_p50=percentile_or_none([r.e2e for r in ok if r.e2e is not None], 50),
+        e2e_p99=percentile_or_none([r.e2e for r in ok if r.e2e is not None], 99),
+        reject_wait_p50=percentile_or_none(waits, 50),
         reject_wait_max=max(waits) if waits else None,
         completed_rps=len(in_time) / duration,
         output_tps=sum(r.output_tokens for r in in_time) / duration,

@@ -16,6 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 DPI = 72
+#: The box plots' whiskers, percentiles (as :func:`loadtest.stats.percentile` defines them).
+WHISKERS = (1, 99)
 
 
 def _grid(count: int, cols: int = 3) -> tuple[int, int]:
@@ -33,7 +35,7 @@ def ttft_plot(title: str, runs: list[dict[str, Any]], path: Path) -> None:
         data = [run["ttft"].get(t) or [math.nan] for t in tenants]
         positions = [k + (i - (len(runs) - 1) / 2) * width for k in range(len(tenants))]
         boxes = ax.boxplot(
-            data, positions=positions, widths=width * 0.9, whis=(1, 99), showfliers=False,
+            data, positions=positions, widths=width * 0.9, whis=WHISKERS, showfliers=False,
             patch_artist=True, manage_ticks=False,
         )  # fmt: skip
         for box in boxes["boxes"]:
@@ -42,8 +44,9 @@ def ttft_plot(title: str, runs: list[dict[str, Any]], path: Path) -> None:
     ax.set_xticks(range(len(tenants)), tenants)
     ax.set_yscale("log")
     ax.set_ylabel("TTFT, simulated s")
-    ax.set_title(f"{title}\nTTFT per tenant (box p25-p75, whiskers p1-p99; plain = whole answer)",
-                 fontsize=9)  # fmt: skip
+    low, high = WHISKERS
+    ax.set_title(f"{title}\nTTFT per tenant (box p25-p75, whiskers p{low:g}-p{high:g}; "
+                 "plain = whole answer)", fontsize=9)  # fmt: skip
     ax.legend(fontsize=7, ncol=min(len(runs), 5), loc="upper left")
     ax.grid(axis="y", alpha=0.3)
     _save(fig, path)

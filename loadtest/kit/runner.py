@@ -20,7 +20,6 @@ from loadtest.kit.client import Record
 from loadtest.kit.metrics import (
     cumulative_service,
     fairness,
-    percentile,
     request_service,
     tenant_stats,
 )
@@ -28,6 +27,7 @@ from loadtest.kit.modes import Mode
 from loadtest.kit.scenario import Scenario
 from loadtest.kit.stack import running
 from loadtest.kit.workload import Endpoints, RunResult, drive
+from loadtest.stats import percentile_or_none
 
 
 @dataclass
@@ -177,10 +177,10 @@ def _shared_pool_latency(scenario: Scenario, records: list[Record]) -> dict[str,
     return {
         "tenants": sorted({r.tenant for r in mine}),
         "requests": len(mine),
-        "ttft_p50": percentile(ttft, 50),
-        "ttft_p99": percentile(ttft, 99),
-        "itl_p50": percentile(itl, 50),
-        "itl_p99": percentile(itl, 99),
+        "ttft_p50": percentile_or_none(ttft, 50),
+        "ttft_p99": percentile_or_none(ttft, 99),
+        "itl_p50": percentile_or_none(itl, 50),
+        "itl_p99": percentile_or_none(itl, 99),
     }
 
 

@@ -13,12 +13,8 @@ per engine with the pool's budget, one tenant per scenario tenant with its weigh
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +25,7 @@ from fairgate.keys import AdmissionKeys
 from loadtest.kit.modes import Mode
 from loadtest.kit.scenario import Scenario
 from loadtest.kit.workload import Endpoints
-from loadtest.services import free_port, redis_server, stop, wait_listening
+from loadtest.services import free_port, redis_server, spawn, wait_http_ok, wait_listening
 
 KEY_PREFIX = "fairgate"
 
@@ -144,7 +140,7 @@ def running(scenario: Scenario, mode: Mode, workdir: Path) -> Iterator[Endpoints
             replicas.append((port, _spawn(stack, log, args, env)))
         urls = [f"http://127.0.0.1:{port}" for port, _ in replicas]
         for (_, process), url in zip(replicas, urls, strict=True):
-            _wait_ready(f"{url}/readyz", process)
+            wait_http_ok(f"{url}/readyz", process)
         yield Endpoints(
             {t: urls for t in tenants}, flat, redis_url, AdmissionKeys.of(KEY_PREFIX).queued
         )
@@ -173,34 +169,6 @@ def _sim_args(scenario: Scenario, port: int) -> list[str]:
 def _spawn(
     stack: contextlib.ExitStack, log: Path, args: list[str], env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    """``fairgate ARGS`` in a child process that logs to ``log`` and stops with ``stack``.
-
-    The caller's ``REDIS_URL`` and ``FAIRGATE_*`` variables are not passed on: they would
-    override the generated configuration (and point a run at someone else's Redis).
-    """
-    out = stack.enter_context(log.open("wb"))
-    inherited = {
-        k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("FAIRGATE_")
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fairgate.cli", "--log-level", "warning", *args],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env={**inherited, **(env or {})},
-    )
-    stack.callback(stop, process)
-    return process
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
-    """Poll ``url`` until it answers 200; fail at once if ``process`` exits."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the process for {url} exited with {process.returncode}")
-        with contextlib.suppress(urllib.error.URLError, OSError):
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer 200 within {timeout_s:.0f} s")
+    """``fairgate ARGS`` in a child process that logs to ``log`` and stops with ``stack``."""
+    argv = [sys.executable, "-m", "fairgate.cli", "--log-level", "warning", *args]
+    return spawn(stack, argv, log, env)

@@ -28,6 +28,16 @@ JAIN_MIN = 0.99
 ISOLATION_MAX = 1.25
 THROUGHPUT_MIN = 0.95  # fraction of direct's throughput
 EARLY_MIN = 0.9  # fraction of 429s that came before half the queue timeout
+LIGHTEST_SERVED_MIN = 0.9  # under overload, the lightest tenant's requests served
+
+#: The labels of the targets with a threshold, written from the constants they check.
+SHARES_LABEL = f"shares within {SHARE_TOLERANCE:.0%} of weights"
+JAIN_LABEL = f"Jain's index >= {JAIN_MIN:g}"
+ISOLATION_LABEL = f"chat latency within {ISOLATION_MAX:g}x of alone"
+THROUGHPUT_LABEL = f"throughput >= {THROUGHPUT_MIN:.0%} of direct"
+COMPLETIONS_LABEL = f"completed requests/s >= {THROUGHPUT_MIN:.0%} of direct's"
+STARVING_LABEL = f"no tenant starves (lightest served >= {LIGHTEST_SERVED_MIN:.0%})"
+EARLY_LABEL = f"429s are early (>= {EARLY_MIN:.0%} before half the queue timeout)"
 
 
 @dataclass(frozen=True)
@@ -72,11 +82,11 @@ def _shares(runs: list[dict[str, Any]]) -> list[Check]:
             vtc = _policy(run) == "vtc"
             error = w["worst_share_error"]
             checks.append(
-                Check("shares within 5% of weights", label,
+                Check(SHARES_LABEL, label,
                       f"{shares}; worst {error:.1%}", error <= SHARE_TOLERANCE if vtc else None)
             )  # fmt: skip
             checks.append(
-                Check("Jain's index >= 0.99", label, f"{w['jain']:.4f}",
+                Check(JAIN_LABEL, label, f"{w['jain']:.4f}",
                       w["jain"] >= JAIN_MIN if vtc else None)
             )  # fmt: skip
             # VTC's bound (two requests) and what the client cannot place yet, at both ends
@@ -125,9 +135,7 @@ def _isolation(runs: list[dict[str, Any]]) -> list[Check]:
                     ok = ratios[0][0] <= ISOLATION_MAX
                     met = ok if met is None else met and ok
             parts.append(figure)
-        checks.append(
-            Check("chat latency within 1.25x of alone", run["label"], "; ".join(parts), met)
-        )
+        checks.append(Check(ISOLATION_LABEL, run["label"], "; ".join(parts), met))
     direct = by_mode.get("direct")
     for run in runs:
         if direct is not None and run is not direct and run["mode"].startswith("vtc-pools"):
@@ -160,7 +168,7 @@ def _work_vs_direct(run: dict[str, Any], direct: dict[str, Any]) -> list[Check]:
         f"engine work {work:.2f}x direct; {run['tokens_per_s']:,.0f} tokens/s = {tokens:.2f}x "
         f"direct ({direct['tokens_per_s']:,.0f})"
     )
-    return [Check("throughput >= 95% of direct", run["label"], figure, work >= THROUGHPUT_MIN)]
+    return [Check(THROUGHPUT_LABEL, run["label"], figure, work >= THROUGHPUT_MIN)]
 
 
 def _overload(runs: list[dict[str, Any]]) -> list[Check]:
@@ -173,10 +181,12 @@ def _overload(runs: list[dict[str, Any]]) -> list[Check]:
         gateway = run["mode"] not in ("direct", "alone", "target")
         checks.append(
             Check(
-                "no tenant starves",
+                STARVING_LABEL,
                 run["label"],
                 "served " + ", ".join(f"{t} {v:.0%}" for t, v in served.items()),
-                (min(served.values()) > 0 and served[lightest] >= 0.9) if gateway else None,
+                (min(served.values()) > 0 and served[lightest] >= LIGHTEST_SERVED_MIN)
+                if gateway
+                else None,
             )
         )
         rejections = run["rejections"]
@@ -184,7 +194,7 @@ def _overload(runs: list[dict[str, Any]]) -> list[Check]:
             early = rejections["early"] / rejections["total"]
             checks.append(
                 Check(
-                    "429s are early",
+                    EARLY_LABEL,
                     run["label"],
                     f"{rejections['total']} 429s, {early:.0%} before half the queue timeout",
                     early >= EARLY_MIN,
@@ -195,7 +205,7 @@ def _overload(runs: list[dict[str, Any]]) -> list[Check]:
             ratio = run["completed_rps"] / base["completed_rps"]
             checks.append(
                 Check(
-                    "throughput matches direct",
+                    COMPLETIONS_LABEL,
                     run["label"],
                     f"{run['completed_rps']:.2f} req/s = {ratio:.2f}x direct",
                     ratio >= THROUGHPUT_MIN,

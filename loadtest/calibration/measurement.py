@@ -1,62 +1,41 @@
-"""Calibration of the engine simulator: its figures next to the published ones it is fitted to.
+"""The measurement of the simulator's calibration: virtual-clock runs, the model, one HTTP check.
 
-``python -m loadtest.calibration [--profile PATH] [--write BENCHMARKS.md]`` (``make bench``)
-
-Every figure is measured in simulated time. The scheduler and KV pool the HTTP simulator uses
-are driven directly on a virtual clock (:func:`run_virtual`), so a 1,024-token decode that the
-paced server would take seconds to play out is computed in milliseconds, and the result does
-not depend on how fast this machine is. One end-to-end check then runs the real aiohttp server
-and reads each request's simulated timeline back, to show that the paced server agrees.
-
-The "expected" column is the published step-time model (base + prefill and decode terms)
-evaluated in closed form, independently of the scheduler: a difference means the scheduler
-batches differently from the model, or the profile has a context term, which the published
-reference does not.
+Every figure is in simulated time. :func:`run_virtual` drives the simulator's scheduler and KV
+pool directly, adding up the modelled step durations without sleeping; the closed-form model
+(:func:`expected_prefill`, :func:`expected_decode_step`) is evaluated independently of the
+scheduler; the HTTP check reads each request's simulated timeline back from the real server.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import datetime
-import sys
 import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import aiohttp
 
-from estimators.tokenizer import default_tokenizer
 from fairgate.serving import serve
-from loadtest.report import machine, markdown_table, write_section
+from loadtest.calibration.workload import (
+    DECODE_BATCHES,
+    DECODE_OUTPUT_TOKENS,
+    DECODE_PROMPT_TOKENS,
+    HOL_DELAY_S,
+    HOL_LONG_TOKENS,
+    HOL_SHORT_TOKENS,
+    HTTP_TIME_SCALE,
+    TTFT_PROMPTS,
+    Arrival,
+    exact_prompt,
+)
 from loadtest.simulator.kv_cache import BlockPool
 from loadtest.simulator.profile import EngineProfile, load_profile
 from loadtest.simulator.scheduler import Scheduler
 from loadtest.simulator.sequence import Sequence
 from loadtest.simulator.server import create_app
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PROFILE = REPO_ROOT / "config" / "sim" / "h100-llama3-8b.yaml"
-
-#: The section of BENCHMARKS.md this benchmark owns (see :mod:`loadtest.report`).
-SECTION = "calibration"
-
-#: Prompts whose TTFT is measured alone: one short step, one prefill chunk, several chunks.
-TTFT_PROMPTS = (100, 8_000, 28_000)
-#: Decode batches: 64 x 128-token prompts fill exactly one 8,192-token step, so all decode in step.
-DECODE_BATCHES = (1, 64)
-DECODE_PROMPT_TOKENS = 128
-DECODE_OUTPUT_TOKENS = 1_024
-#: Head-of-line blocking: a short prompt arriving just after a long one.
-HOL_LONG_TOKENS = 28_000
-HOL_SHORT_TOKENS = 100
-HOL_DELAY_S = 0.001
-#: Fast enough to keep the HTTP check short, slow enough for the paced steps to be meaningful.
-HTTP_TIME_SCALE = 20.0
-#: One cl100k token, so ``n`` repetitions are a prompt of exactly ``n`` tokens.
-ONE_TOKEN_WORD = " hello"
 
 #: What the published sources say (BLIS fit for llama-3.1-8b on H100 with vLLM 0.8.4).
 PUBLISHED_TTFT = {
@@ -67,9 +46,6 @@ PUBLISHED_TTFT = {
 PUBLISHED_THROUGHPUT = {1: "≈ 170 tok/s", 64: "≈ 10,400 tok/s (64 / (5.75 ms + 64 × 6 µs))"}
 PUBLISHED_ITL = "decode step 5.8-7.3 ms (batch 1-256)"
 PUBLISHED_HOL = "waits for the whole long prefill (FCFS chunked prefill)"
-
-#: (arrival time in simulated seconds, prompt tokens, output tokens)
-Arrival = tuple[float, int, int]
 
 
 # ------------------------------------------------------------------------ virtual engine
@@ -187,21 +163,8 @@ def expected_decode_step(profile: EngineProfile, batch: int) -> float:
 
 # ------------------------------------------------------------------------------ figures
 
-
-@dataclass(frozen=True)
-class Unit:
-    """How a figure in SI units is shown."""
-
-    scale: float
-    template: str
-
-    def show(self, value: float) -> str:
-        return self.template.format(value * self.scale)
-
-
-MS = Unit(1e3, "{:,.2f} ms")
-TOKENS_PER_S = Unit(1.0, "{:,.0f} tok/s")
-RATIO = Unit(1.0, "{:,.1f}×")
+#: What a figure measures: a duration (seconds), a rate (tokens per second), a ratio.
+Kind = Literal["seconds", "tokens/s", "ratio"]
 
 
 @dataclass(frozen=True)
@@ -211,7 +174,7 @@ class Figure:
     name: str
     measured: float
     expected: float
-    unit: Unit
+    kind: Kind
     published: str
 
     @property
@@ -226,7 +189,7 @@ def calibration_figures(profile: EngineProfile) -> list[Figure]:
             f"TTFT alone, {n:,}-token prompt",
             ttft_alone(profile, n),
             expected_prefill(profile, n),
-            MS,
+            "seconds",
             PUBLISHED_TTFT.get(n, "—"),
         )
         for n in TTFT_PROMPTS
@@ -239,10 +202,12 @@ def calibration_figures(profile: EngineProfile) -> list[Figure]:
                 f"Decode throughput, batch {batch}",
                 decode.throughput,
                 batch / step,
-                TOKENS_PER_S,
+                "tokens/s",
                 PUBLISHED_THROUGHPUT.get(batch, "—"),
             ),
-            Figure(f"Inter-token latency, batch {batch}", decode.itl, step, MS, PUBLISHED_ITL),
+            Figure(
+                f"Inter-token latency, batch {batch}", decode.itl, step, "seconds", PUBLISHED_ITL
+            ),
         ]
     blocked, alone = hol_ttft(profile), ttft_alone(profile, HOL_SHORT_TOKENS)
     blocked_expected = expected_prefill(profile, HOL_LONG_TOKENS + HOL_SHORT_TOKENS) - HOL_DELAY_S
@@ -251,25 +216,14 @@ def calibration_figures(profile: EngineProfile) -> list[Figure]:
         f"{HOL_SHORT_TOKENS}-token prompt {HOL_DELAY_S * 1e3:g} ms after {HOL_LONG_TOKENS:,} tokens"
     )
     figures += [
-        Figure(f"TTFT, {hol}", blocked, blocked_expected, MS, PUBLISHED_HOL),
+        Figure(f"TTFT, {hol}", blocked, blocked_expected, "seconds", PUBLISHED_HOL),
         Figure("Head-of-line slowdown (blocked / alone)", blocked / alone,
-               blocked_expected / alone_expected, RATIO, "—"),
+               blocked_expected / alone_expected, "ratio", "—"),
     ]  # fmt: skip
     return figures
 
 
 # ------------------------------------------------------------------------ over HTTP
-
-
-def exact_prompt(tokens: int) -> str:
-    """A prompt of exactly ``tokens`` tokens, checked: a fallback tokenizer would skew the check."""
-    text = ONE_TOKEN_WORD * tokens
-    counted = default_tokenizer().count(text)
-    if counted != tokens:
-        raise RuntimeError(
-            f"{ONE_TOKEN_WORD!r} x {tokens} is {counted} tokens; is tiktoken installed?"
-        )
-    return text
 
 
 async def http_timings(
@@ -312,118 +266,35 @@ async def _one_token_timing(
     return timeline["ttft"]
 
 
-# ----------------------------------------------------------------------------- report
+@dataclass(frozen=True)
+class HttpCheck:
+    """One prompt's TTFT from the paced HTTP server next to the virtual run's."""
+
+    prompt_tokens: int
+    virtual: float
+    http: float
+
+    @property
+    def difference(self) -> float:
+        return self.http / self.virtual - 1
 
 
-def percent(error: float) -> str:
-    """A signed percentage; rounding noise shows as +0.00%, not -0.00%."""
-    return f"{round(error, 4) + 0.0:+.2%}"
+@dataclass(frozen=True)
+class Calibration:
+    """Everything the report shows."""
+
+    profile: EngineProfile
+    profile_path: Path
+    figures: list[Figure]
+    http: list[HttpCheck]
+    elapsed: float  # wall seconds of the whole run
 
 
-def figures_table(figures: list[Figure]) -> str:
-    """The calibration table: simulator, model, their difference, and the published figure."""
-    return markdown_table(
-        ["Figure", "Simulator", "Expected (model)", "Error", "Published reference"],
-        "lrrrl",
-        [[f.name, f.unit.show(f.measured), f.unit.show(f.expected), percent(f.error), f.published]
-         for f in figures],
-    )  # fmt: skip
-
-
-def http_table(profile: EngineProfile, timings: dict[int, float]) -> str:
-    """The HTTP check: each server TTFT next to the virtual one for the same prompt."""
-    rows = []
-    for n, measured in timings.items():
-        virtual = ttft_alone(profile, n)
-        rows.append(
-            [f"{n:,}", MS.show(virtual), MS.show(measured), percent(measured / virtual - 1)]
-        )
-    return markdown_table(
-        ["Prompt tokens", "Virtual TTFT", "HTTP TTFT (simulated)", "Difference"], "rrrr", rows
-    )
-
-
-def reproduce_command(profile_path: Path) -> str:
-    """The command that regenerates the section: ``make bench`` unless another profile was used."""
-    if profile_path.resolve() == DEFAULT_PROFILE:
-        return "make bench"
-    return f"python -m loadtest.calibration --profile {profile_path} --write BENCHMARKS.md"
-
-
-def render_section(
-    profile: EngineProfile,
-    profile_path: Path,
-    figures: list[Figure],
-    timings: dict[int, float],
-    elapsed: float,
-) -> str:
-    """The BENCHMARKS.md section (without its delimiters)."""
-    step, limits = profile.step_time, profile.scheduler
-    model = (
-        f"{step.base_ms:g} ms + {step.prefill_us_per_token:g} µs per prefill token + "
-        f"{step.decode_us_per_token:g} µs per decode token, prefill in chunks of "
-        f"{limits.max_num_batched_tokens:,} tokens"
-    )
-    if step.context_us_per_token:
-        model += (
-            f"; the profile's context term ({step.context_us_per_token:g} µs per resident token)"
-            " is not in the published model, so it shows as error"
-        )
-    sources = "\n".join(f"- {source}" for source in profile.sources)
-    today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
-    return f"""## Simulator calibration: `{profile.name}`
-
-The engine simulator (profile `{profile_path.name}`) next to the step-time model it is fitted
-to, evaluated in closed form ({model}), and the published figures.
-
-{figures_table(figures)}
-
-Decode rows: {DECODE_PROMPT_TOKENS}-token prompts with {DECODE_OUTPUT_TOKENS:,} output tokens \
-each, all arriving together, measured from the first token to the last.
-
-End to end over HTTP: the real aiohttp server at time scale {HTTP_TIME_SCALE:g}, one
-`/v1/completions` request at a time (`max_tokens: 1`, `ignore_eos: true`), each request's
-timeline read back from `GET /sim/requests/{{id}}`.
-
-{http_table(profile, timings)}
-
-Sources of the profile:
-{sources}
-
-Reproduce with `{reproduce_command(profile_path)}`.
-Machine: {machine()}; run on {today}, {elapsed:.1f} s of wall time in all.
-
-All figures are in simulated time, so they do not depend on this machine's speed. The virtual
-runs drive the simulator's own scheduler and KV pool and add up the modelled step durations
-without sleeping, and the HTTP server's clock also advances by exactly the modelled duration of
-each step however long Python takes to compute it; any machine reproduces the first table
-exactly. The HTTP table should agree with it: the server's clock anchors on a request that
-arrives at an idle engine, then advances by exactly the modelled steps."""
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m loadtest.calibration", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument(
-        "--profile", type=Path, default=DEFAULT_PROFILE, metavar="PATH", help="engine profile YAML"
-    )
-    parser.add_argument(
-        "--write", type=Path, metavar="FILE", help="replace (or append) FILE's calibration section"
-    )
-    args = parser.parse_args(argv)
-
+def calibrate(profile_path: Path) -> Calibration:
+    """Every virtual figure, then the HTTP check of :data:`TTFT_PROMPTS`."""
     started = time.perf_counter()
-    profile = load_profile(args.profile)
+    profile = load_profile(profile_path)
     figures = calibration_figures(profile)
     timings = asyncio.run(http_timings(profile, TTFT_PROMPTS, HTTP_TIME_SCALE))
-    section = render_section(profile, args.profile, figures, timings, time.perf_counter() - started)
-    print(section)
-    if args.write:
-        write_section(args.write, SECTION, section)
-        print(f"\nwrote the calibration section of {args.write}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    http = [HttpCheck(n, ttft_alone(profile, n), measured) for n, measured in timings.items()]
+    return Calibration(profile, profile_path, figures, http, time.perf_counter() - started)

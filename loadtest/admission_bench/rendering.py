@@ -1,0 +1,71 @@
+"""The rendering of the admission benchmark: its BENCHMARKS.md section, from :class:`Results`."""
+
+from __future__ import annotations
+
+import datetime
+
+from loadtest.admission_bench.measurement import PROCESS_COUNTS, Latency, Results
+from loadtest.admission_bench.workload import (
+    CONCURRENCY,
+    QUEUEING_BUDGET,
+    REUSE_GAP_S,
+    WARMUP_REQUESTS,
+)
+from loadtest.report import machine, markdown_table
+from loadtest.stats import percentile
+
+#: The section of BENCHMARKS.md this benchmark owns (see :mod:`loadtest.report`).
+SECTION = "admission"
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f} ms"
+
+
+def latency_rows(latency: Latency) -> list[list[str]]:
+    suffix = ", lease reused" if latency.reuse else ""
+    steps = (("acquire", latency.acquire), ("release", latency.release), ("both", latency.both))
+    return [
+        [name + suffix, ms(percentile(values, 50)), ms(percentile(values, 99))]
+        for name, values in steps
+    ]
+
+
+def cost_reading(results: Results) -> str:
+    """What one uncontended decision costs, with and without lease reuse, from this run."""
+    fresh, reused = results.latency
+    return (
+        f"One uncontended decision costs {ms(percentile(fresh.both, 50))} at p50, two script "
+        f"calls (acquire {ms(percentile(fresh.acquire, 50))}, release "
+        f"{ms(percentile(fresh.release, 50))}); with the lease reused, "
+        f"{ms(percentile(reused.both, 50))}, its script call made in the background."
+    )
+
+
+def render(results: Results) -> str:
+    rows = [row for latency in results.latency for row in latency_rows(latency)]
+    rate_rows = [[r.label, str(r.processes), f"{r.per_second:,.0f}"] for r in results.rates]
+    today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+    most = max(PROCESS_COUNTS)
+    measured = len(results.latency[0].both)
+    return f"""## Admission: cost per request and decisions per second
+
+One request at a time through the real `Admission` client and Lua scripts on a private
+redis-server ({measured:,} requests after {WARMUP_REQUESTS:,} of warm-up). "Lease reused": each
+request ends well and the next starts {REUSE_GAP_S * 1e3:g} ms later, so that the finished
+lease passes to the next request of its flow, whose acquire makes no Redis call (the reuse is
+recorded in the background), and whose release only holds the lease for the request after it:
+
+{markdown_table(["step", "p50", "p99"], "lrr", rows)}
+
+Acquire/release pairs per second ({CONCURRENCY} concurrent loops per process, \
+{results.duration:g} s; "queueing" has a backend budget of {QUEUEING_BUDGET} requests, so at
+most {QUEUEING_BUDGET} of all the processes' loops run at once and the others wait, each granted
+by another loop's release, another process's when several share the budget, through pub/sub):
+
+{markdown_table(["budgets", "processes", "decisions/s"], "lrr", rate_rows)}
+
+Reproduce with `make bench` (or `python -m loadtest.admission_bench --write BENCHMARKS.md`).
+Machine: {machine()}; {results.code_revision}; run on {today}. Its {results.cpus} CPUs are
+shared by Redis and the {most} client processes of the largest runs, so those figures measure
+the machine as much as Redis. {cost_reading(results)}"""

@@ -1,0 +1,34 @@
+"""``python -m loadtest.calibration [--profile PATH] [--write BENCHMARKS.md]`` (``make bench``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from loadtest.calibration.measurement import calibrate
+from loadtest.calibration.rendering import SECTION, render_section
+from loadtest.calibration.workload import DEFAULT_PROFILE
+from loadtest.report import write_section
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.calibration",
+        description="Calibration of the engine simulator: its figures next to the published "
+        "ones it is fitted to.",
+    )
+    parser.add_argument(
+        "--profile", type=Path, default=DEFAULT_PROFILE, metavar="PATH", help="engine profile YAML"
+    )
+    parser.add_argument(
+        "--write", type=Path, metavar="FILE", help=f"replace (or append) FILE's {SECTION} section"
+    )
+    args = parser.parse_args(argv)
+
+    section = render_section(calibrate(args.profile))
+    print(section)
+    if args.write:
+        write_section(args.write, SECTION, section)
+        print(f"\nwrote the {SECTION} section of {args.write}", file=sys.stderr)
+    return 0

@@ -1,0 +1,91 @@
+"""``python -m loadtest.proxy_overhead [--duration S] [--write BENCHMARKS.md]`` (``make bench``).
+
+Also the entry point of the benchmark's own servers (``--serve upstream|forwarder``), which it
+starts as child processes of this same module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from loadtest.proxy_overhead.measurement import (
+    CONCURRENCIES,
+    DEFAULT_DURATION_S,
+    DEFAULT_WARMUP_S,
+    METRICS,
+    run_benchmark,
+)
+from loadtest.proxy_overhead.rendering import SECTION, render_section
+from loadtest.proxy_overhead.stack import MODULE
+from loadtest.proxy_overhead.workload import MODES, SERVER_APPS, run_server
+from loadtest.report import write_section
+
+
+def _parser() -> argparse.ArgumentParser:
+    cells = len(MODES) * len(METRICS) * len(CONCURRENCIES)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {MODULE}",
+        description="Proxy overhead: the latency and throughput fairgate's proxy path adds, "
+        "next to a bare forwarder.",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=DEFAULT_DURATION_S,
+        metavar="S",
+        help=f"seconds measured per cell (default {DEFAULT_DURATION_S:g}; {cells} cells)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=DEFAULT_WARMUP_S,
+        metavar="S",
+        help=f"seconds of unmeasured load before each cell (default {DEFAULT_WARMUP_S:g})",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=list(CONCURRENCIES),
+        metavar="N",
+        help=f"numbers of concurrent clients (default {' '.join(map(str, CONCURRENCIES))})",
+    )
+    parser.add_argument(
+        "--write", type=Path, metavar="FILE", help=f"replace (or append) FILE's {SECTION} section"
+    )
+    # The child processes this benchmark starts for its own servers.
+    parser.add_argument("--serve", choices=sorted(SERVER_APPS), help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--upstream", default="", help=argparse.SUPPRESS)
+    return parser
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM behaves as Ctrl-C: the event loop's runner cancels the load, cleanup follows."""
+    signal.raise_signal(signal.SIGINT)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    if args.serve:
+        return run_server(args.serve, args.port, args.upstream)
+
+    signal.signal(signal.SIGTERM, _interrupt)  # a terminated run stops its children too
+    try:
+        run = run_benchmark(args.concurrency, args.duration, args.warmup)
+    except KeyboardInterrupt:
+        print("\ninterrupted; every process started was stopped", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        print(f"proxy_overhead: {exc}", file=sys.stderr)
+        return 1
+    section = render_section(run, argv)
+    print(section)
+    if args.write:
+        write_section(args.write, SECTION, section)
+        print(f"\nwrote the {SECTION} section of {args.write}", file=sys.stderr)
+    return 0

@@ -1,0 +1,286 @@
+"""The rendering of the proxy-overhead benchmark: its BENCHMARKS.md section, from a :class:`Run`.
+
+Every figure and verdict in the text is computed from the run, and every threshold is written
+from the constant the verdict checks (:mod:`loadtest.proxy_overhead.measurement`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import shlex
+
+from loadtest.proxy_overhead.measurement import (
+    METRICS,
+    SLICE_S,
+    TARGET_ADDED_P50_RATIO,
+    TARGET_ALONE_ADDED_S,
+    TARGET_FULL_PATH_RPS,
+    TARGET_THROUGHPUT_RATIO,
+    Cell,
+    Headline,
+    Metric,
+    Result,
+    Run,
+    added,
+    full_path_figures,
+)
+from loadtest.proxy_overhead.stack import MODULE
+from loadtest.proxy_overhead.workload import MODES, STREAM_CHUNKS
+from loadtest.report import machine, markdown_table
+
+#: The section of BENCHMARKS.md this benchmark owns (see :mod:`loadtest.report`).
+SECTION = "proxy-overhead"
+#: The percentiles the cell tables show.
+SHOWN_PERCENTILES = (50, 99)
+
+
+def workload(stream: bool) -> str:
+    return "streaming" if stream else "non-streaming"
+
+
+def metric_label(stream: bool, metric: Metric) -> str:
+    """How a latency is named in a column: a whole response needs no name, a stream does."""
+    return {"ttfb": "TTFB ", "total": "total "}[metric] if stream else ""
+
+
+def ms(seconds: float, signed: bool = False) -> str:
+    return f"{seconds * 1e3:{'+' if signed else ''}.2f} ms"
+
+
+def us(seconds: float) -> str:
+    return "n/a" if math.isnan(seconds) else f"{seconds * 1e6:,.0f} µs"
+
+
+def cpu_cell(result: Result) -> str:
+    """CPU per request of a path, with its Redis's share when it has one."""
+    shown = us(result.cpu_per_request())
+    if "redis" in result.samples.cpu:
+        shown += f" (Redis {us(result.cpu_per_request('redis'))})"
+    return shown
+
+
+def cells_table(results: dict[Cell, Result], stream: bool, concurrencies: list[int]) -> str:
+    """Every path of one workload: throughput, CPU, latencies and latency added over direct."""
+    headers = ["Conc.", "Path", "req/s", "CPU/req"]
+    for metric in METRICS[stream]:
+        label = metric_label(stream, metric)
+        headers += [f"{label}p{q}" for q in SHOWN_PERCENTILES]
+        headers += [f"added {label}p{q}" for q in SHOWN_PERCENTILES]
+    rows = []
+    for concurrency in concurrencies:
+        for mode in MODES:
+            cell = Cell(mode, stream, concurrency)
+            result = results[cell]
+            cpu = "—" if mode == "direct" else cpu_cell(result)
+            row = [str(concurrency), mode, f"{result.rps:,.0f}", cpu]
+            for metric in METRICS[stream]:
+                row += [ms(result.percentile(metric, q)) for q in SHOWN_PERCENTILES]
+                row += (
+                    ["—"] * len(SHOWN_PERCENTILES)
+                    if mode == "direct"
+                    else [
+                        ms(added(results, cell, metric, q), signed=True) for q in SHOWN_PERCENTILES
+                    ]
+                )
+            rows.append(row + [str(result.samples.errors)])
+    headers.append("Errors")
+    return markdown_table(headers, "rl" + "r" * (len(headers) - 2), rows)
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "**missed**"
+
+
+def headline_name(h: Headline) -> str:
+    label = metric_label(h.stream, h.metric).strip()
+    return workload(h.stream) + (f", {label}" if label else "")
+
+
+def headline_table(rows: list[Headline]) -> str:
+    """fairgate / forwarder: added p50 and throughput, with the verdict on each target."""
+    table = []
+    for h in rows:
+        ratio = h.latency_ratio
+        shown = "n/a" if ratio is None else f"{ratio:.2f}×"
+        table.append(
+            [
+                headline_name(h),
+                str(h.concurrency),
+                ms(h.forwarder_added, signed=True),
+                ms(h.fairgate_added, signed=True),
+                f"{shown} ({_verdict(h.latency_met)})",
+                f"{h.forwarder_rps:,.0f}",
+                f"{h.fairgate_rps:,.0f}",
+                f"{h.throughput_ratio:.2f} ({_verdict(h.throughput_met)})",
+                f"{us(h.forwarder_cpu)} / {us(h.fairgate_cpu)} (Redis {us(h.fairgate_redis_cpu)})",
+            ]
+        )
+    return markdown_table(
+        [
+            "Workload",
+            "Conc.",
+            "Forwarder added p50",
+            "fairgate added p50",
+            f"Ratio (target ≤ {TARGET_ADDED_P50_RATIO:g}×)",
+            "Forwarder req/s",
+            "fairgate req/s",
+            f"Ratio (target ≥ {TARGET_THROUGHPUT_RATIO:g})",
+            "CPU/req forwarder / fairgate",
+        ],
+        "lrrrrrrrr",
+        table,
+    )
+
+
+def full_path_table(results: dict[Cell, Result], concurrencies: list[int]) -> str:
+    """fairgate's absolute targets: requests/s from one process, added p50 when alone."""
+    throughput, alone = full_path_figures(results, concurrencies)
+    rows = [
+        [
+            f"requests/s, one gateway process (≥ {throughput.threshold:,.0f})",
+            f"{throughput.value:,.0f} ({throughput.what})",
+            _verdict(throughput.met),
+        ]
+    ]
+    rows += [
+        [
+            f"added p50 at concurrency 1, {f.what} (< {ms(f.threshold)})",
+            ms(f.value),
+            _verdict(f.met),
+        ]
+        for f in alone
+    ]
+    return markdown_table(["Target", "fairgate", "Verdict"], "lrl", rows)
+
+
+def machine_load(run: Run) -> str:
+    """How busy the machine's CPUs were at each concurrency, all cells of it together."""
+    shares = []
+    for concurrency in run.concurrencies:
+        cells = [r for r in run.results.values() if r.cell.concurrency == concurrency]
+        busy = sum(r.samples.machine_busy for r in cells)
+        total = sum(r.samples.machine_total for r in cells)
+        if total:
+            shares.append(f"{busy / total:.0%} at concurrency {concurrency}")
+    if not shares:
+        return "how busy its CPUs were is unknown here (no `/proc/stat`)"
+    shares[0] = shares[0].replace(" at ", " of the time at ", 1)
+    return "under load, its CPUs were busy " + ", ".join(shares)
+
+
+def _log_message(line: str, limit: int = 160) -> str:
+    """A log line without its date and time, shortened."""
+    message = line.split(" ", 2)[-1] if line[:4].isdigit() else line
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
+def reading(run: Run, rows: list[Headline]) -> str:
+    """A plain-words summary computed from the figures, so that it stays true on every run."""
+    results = run.results
+    alone = min((h for h in rows if not h.stream), key=lambda h: h.concurrency)
+    latency_met = sum(h.latency_met for h in rows)
+    throughput_rows = [h for h in rows if h.metric == "total"]  # one per measured cell
+    throughput_met = sum(h.throughput_met for h in throughput_rows)
+    ratios = [h.throughput_ratio for h in throughput_rows]
+    errors = {mode: sum(r.samples.errors for r in results.values() if r.cell.mode == mode)
+              for mode in MODES}  # fmt: skip
+    alone_ratio = alone.latency_ratio
+    nothing_queues = " (nothing queues)" if alone.concurrency == 1 else ""
+    text = [
+        f"At concurrency {alone.concurrency}, non-streaming{nothing_queues}, a request through "
+        f"fairgate takes {ms(alone.fairgate_added)} longer at p50 than direct, through the bare "
+        f"forwarder {ms(alone.forwarder_added)}"
+        + (f", so fairgate costs {alone_ratio:.2f}× the floor." if alone_ratio else "."),
+        f"The latency target (added p50 ≤ {TARGET_ADDED_P50_RATIO:g}× the forwarder's) is met "
+        f"in {latency_met} of {len(rows)} rows; the throughput target (≥ "
+        f"{TARGET_THROUGHPUT_RATIO:g}× the forwarder's requests/s) in {throughput_met} of "
+        f"{len(throughput_rows)} cells (fairgate/forwarder from {min(ratios):.2f} to "
+        f"{max(ratios):.2f}).",
+    ]
+    cpu_ratios = [h.fairgate_cpu / h.forwarder_cpu for h in throughput_rows if h.forwarder_cpu > 0]
+    if cpu_ratios:
+        text.append(
+            f"fairgate and its Redis spend {min(cpu_ratios):.1f}-{max(cpu_ratios):.1f}× the CPU "
+            "time per request that the forwarder does; where every process competes for the same "
+            "cores, that ratio is what sets the throughput ratio and the queueing part of the "
+            "added latency."
+        )
+    if failed := {mode: n for mode, n in errors.items() if n}:
+        counts = ", ".join(f"{n} through {mode}" for mode, n in failed.items())
+        text.append(f"Requests that failed or came back incomplete: {counts}.")
+    for name, lines in run.logs.items():
+        text.append(
+            f"{name} logged {len(lines)} lines during the run, the last: "
+            f"`{_log_message(lines[-1])}`."
+        )
+    sizes = [len(r.samples.total) for r in results.values()]
+    high = max(SHOWN_PERCENTILES)
+    text.append(
+        f"Each cell's p{high} rests on the slowest {100 - high:g}% of its {min(sizes):,} to "
+        f"{max(sizes):,} requests, measured over {run.duration:g} s: read it as an order of "
+        "magnitude."
+    )
+    return " ".join(text)
+
+
+def reproduce_command(argv: list[str]) -> str:
+    """The exact command of this run; ``make bench`` runs the default one."""
+    command = f"`{shlex.join(['python', '-m', MODULE, *argv])}`"
+    return command + (" (what `make bench` runs)" if argv == ["--write", "BENCHMARKS.md"] else "")
+
+
+def render_section(run: Run, argv: list[str]) -> str:
+    """The BENCHMARKS.md section (without its delimiters); ``argv`` is the command's."""
+    results, concurrencies = run.results, run.concurrencies
+    rows = run.headlines
+    today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+    return f"""## Proxy overhead: fairgate next to a bare aiohttp forwarder
+
+What fairgate's proxy path adds to a request, measured against an upstream that answers at once
+(a prebuilt `chat.completion`, or {STREAM_CHUNKS} SSE content chunks, the usage chunk and
+`[DONE]` written back to back), reached three ways in the same run: **direct**, through a
+**forwarder** (a minimal aiohttp proxy: one shared client session, no auth, no parsing, streams
+relayed with `iter_any`; the floor for any Python proxy) and through **fairgate**
+(`fairgate serve`: one pool with the upstream as its backend, one tenant and its key, a private
+`redis-server`). Each server is its own process on loopback, on uvloop, behind the same
+`fairgate.serving.serve` listener. The load generator is closed loop: N clients each send the
+next request as soon as the previous one ends, {run.duration:g} s per cell after a
+{run.warmup:g} s warm-up; the three paths of a row take turns in slices of {SLICE_S:g} s, so
+that whatever else the machine does is spread over all three. Streamed requests ask for
+`stream_options.include_usage`, so every path returns the same events. TTFB is the first body
+byte (the first content chunk); "added" is a path's percentile minus the same percentile
+direct (percentiles interpolate between the closest ranks, `loadtest/stats.py`); CPU/req is the
+CPU time (user + system) the path's own processes spent per request: the forwarder, or fairgate
+plus its Redis.
+
+**This machine has {run.cpus} CPUs, shared by the load generator, the upstream, the proxy under
+test and Redis**; {machine_load(run)}. Where they are all busy, added latency is mostly waiting
+for a CPU, and requests/s measures the CPU time of the whole chain per request, not the proxy's
+alone. Other work on the machine adds noise (load average {run.load_before:.2f} when this run
+started). Absolute figures do not transfer to other machines; the ratios between fairgate and
+the forwarder, measured in the same run, are the result.
+
+fairgate / forwarder (targets: added p50 within {TARGET_ADDED_P50_RATIO:g}× the forwarder's,
+throughput within {1 - TARGET_THROUGHPUT_RATIO:.0%} of it):
+
+{headline_table(rows)}
+
+The full path's own targets (auth, estimate, admission, relay and release, against the instant
+upstream; ≥ {TARGET_FULL_PATH_RPS:,.0f} requests/s, < {ms(TARGET_ALONE_ADDED_S)} added alone):
+
+{full_path_table(results, concurrencies)}
+
+Non-streaming requests:
+
+{cells_table(results, False, concurrencies)}
+
+Streaming requests ({STREAM_CHUNKS} content chunks):
+
+{cells_table(results, True, concurrencies)}
+
+{reading(run, rows)}
+
+Reproduce with {reproduce_command(argv)}.
+Machine: {machine()}; load generator on `{run.loop_name}`; fairgate at {run.code_revision}; run
+on {today}, {run.elapsed:.0f} s of wall time in all."""

@@ -1,0 +1,154 @@
+"""The processes of the proxy-overhead benchmark: Redis, the upstream, the forwarder, fairgate.
+
+Each is its own process on loopback (free ports, a private ``redis-server``), logging to a file
+in the run's work directory, started through :mod:`loadtest.services` and stopped with the
+:class:`contextlib.ExitStack` that started it, also on an error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from loadtest.proxy_overhead.workload import API_KEY, CHAT_PATH, LOOPBACK, MODEL, TENANT
+from loadtest.services import (
+    free_ports,
+    log_tail,
+    redis_command,
+    spawn,
+    wait_http_ok,
+    wait_listening,
+)
+
+#: What ``python -m`` runs for the upstream and the forwarder (``--serve KIND``).
+MODULE = "loadtest.proxy_overhead"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One way of reaching the upstream's chat endpoint, and the processes it adds to the path."""
+
+    mode: str
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    #: The processes whose CPU time is the path's own cost, by name (none when direct).
+    processes: dict[str, int] = field(default_factory=dict)
+
+
+def fairgate_config(port: int, redis_port: int, upstream: str) -> dict[str, Any]:
+    """One pool with one backend (the upstream), one tenant, limits far above the load."""
+    return {
+        "server": {"host": LOOPBACK, "port": port},
+        "redis": {"url": f"redis://{LOOPBACK}:{redis_port}/0", "key_prefix": "fairgate-bench"},
+        "pools": {
+            "bench": {
+                "backends": {
+                    "upstream-0": {"url": upstream, "models": [MODEL], "max_concurrency": 4096}
+                }
+            }
+        },
+        "tenants": {
+            TENANT: {
+                "max_concurrency": 4096,
+                "max_queued": 4096,
+                "max_inflight_tokens": 100_000_000,
+                "api_keys": [API_KEY],
+            }
+        },
+    }
+
+
+#: The processes whose log is shown after the run if they wrote anything (Redis always does).
+_QUIET_SERVERS = ("upstream", "forwarder", "fairgate")
+
+
+def server_logs(workdir: Path) -> dict[str, list[str]]:
+    """The lines each server logged, for those that logged any: a warning may explain a figure."""
+    logs = {}
+    for name in _QUIET_SERVERS:
+        path = workdir / f"{name}.log"
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        if lines:
+            logs[name] = lines
+    return logs
+
+
+Ready = Callable[[subprocess.Popen[bytes]], None]
+
+
+def _start(
+    stack: contextlib.ExitStack, name: str, argv: list[str], ready: Ready, workdir: Path
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` logging to ``workdir/NAME.log`` and wait until ``ready`` returns.
+
+    What the readiness check last saw and the tail of the log are the error message if the
+    process dies or does not become ready.
+    """
+    log = workdir / f"{name}.log"
+    process = spawn(stack, argv, log)
+    try:
+        ready(process)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{name} did not become ready ({exc}):\n{log_tail(log)}") from None
+    return process
+
+
+def start_stack(stack: contextlib.ExitStack, workdir: Path) -> list[Target]:
+    """Redis, the upstream, the forwarder and fairgate, each in its own process, all ready."""
+    redis_port, upstream_port, forwarder_port, gateway_port = free_ports(4)
+    upstream = f"http://{LOOPBACK}:{upstream_port}"
+    forwarder = f"http://{LOOPBACK}:{forwarder_port}"
+    gateway = f"http://{LOOPBACK}:{gateway_port}"
+    this = [sys.executable, "-m", MODULE]
+
+    def http_ok(url: str) -> Ready:
+        return lambda process: wait_http_ok(url, process)
+
+    redis = _start(
+        stack,
+        "redis",
+        redis_command(redis_port, workdir),
+        lambda process: wait_listening(redis_port, process),
+        workdir,
+    )
+    _start(
+        stack,
+        "upstream",
+        [*this, "--serve", "upstream", "--port", str(upstream_port)],
+        http_ok(upstream + "/health"),
+        workdir,
+    )
+    forwarding = _start(
+        stack,
+        "forwarder",
+        [*this, "--serve", "forwarder", "--port", str(forwarder_port), "--upstream", upstream],
+        http_ok(forwarder + "/health"),
+        workdir,
+    )
+    config = workdir / "fairgate.yaml"
+    config.write_text(yaml.safe_dump(fairgate_config(gateway_port, redis_port, upstream)))
+    fairgate = _start(
+        stack,
+        "fairgate",
+        [sys.executable, "-m", "fairgate.cli", "--log-level", "warning", "serve",
+         "--config", str(config)],
+        http_ok(gateway + "/readyz"),  # Redis answers and the upstream passed its health probe
+        workdir,
+    )  # fmt: skip
+    return [
+        Target("direct", upstream + CHAT_PATH),
+        Target("forwarder", forwarder + CHAT_PATH, processes={"forwarder": forwarding.pid}),
+        Target(
+            "fairgate",
+            gateway + CHAT_PATH,
+            {"Authorization": f"Bearer {API_KEY}"},
+            processes={"fairgate": fairgate.pid, "redis": redis.pid},
+        ),
+    ]

@@ -1,0 +1,200 @@
+"""The workload of the proxy-overhead benchmark: what is sent, and the servers that answer it.
+
+The upstream answers at once from prebuilt bodies (a ``chat.completion``, or
+:data:`STREAM_CHUNKS` SSE content chunks, the usage chunk and ``[DONE]``), so that whatever a
+path adds above "direct" is that path's own cost. The forwarder is the least a Python proxy
+can do. Both run in a child process of their own (``python -m loadtest.proxy_overhead --serve
+KIND``) on the same loop and listener as ``fairgate serve``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import uvloop
+from aiohttp import web
+
+from fairgate.serving import serve, until_signalled
+
+LOOPBACK = "127.0.0.1"
+CHAT_PATH = "/v1/chat/completions"
+MODEL = "bench-model"
+TENANT = "bench"
+API_KEY = "fg-bench-key"
+
+#: The three ways of reaching the upstream, in the order they take turns and are shown.
+MODES = ("direct", "forwarder", "fairgate")
+
+# ------------------------------------------------------------------ what the upstream says
+
+STREAM_CHUNKS = 16
+_USAGE = {"prompt_tokens": 12, "completion_tokens": STREAM_CHUNKS, "total_tokens": 28}
+
+
+def _event(payload: dict[str, Any]) -> bytes:
+    """One SSE event carrying ``payload``, as engines write them."""
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """A ``chat.completion.chunk`` in OpenAI's shape."""
+    return {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": MODEL,
+        "choices": choices,
+        **extra,
+    }
+
+
+#: Built once: the upstream must cost as close to nothing per request as aiohttp allows.
+COMPLETION = json.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 0,
+        "model": MODEL,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "hello " * STREAM_CHUNKS},
+                "finish_reason": "length",
+            }
+        ],
+        "usage": _USAGE,
+    }
+).encode()
+CONTENT_EVENTS = tuple(
+    _event(
+        _chunk(
+            [
+                {
+                    "index": 0,
+                    "delta": {"content": "hello "},
+                    "finish_reason": "length" if i == STREAM_CHUNKS - 1 else None,
+                }
+            ]
+        )
+    )
+    for i in range(STREAM_CHUNKS)
+)
+USAGE_EVENT = _event(_chunk([], usage=_USAGE))
+DONE_EVENT = b"data: [DONE]\n\n"
+
+#: The client asks for usage, so every path sends it the same events (fairgate always asks
+#: the engine for usage, and would otherwise drop the chunk again on the way back).
+CHAT_REQUEST: dict[str, Any] = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "Hello!"}],
+    "max_tokens": STREAM_CHUNKS,
+}
+STREAM_REQUEST = {**CHAT_REQUEST, "stream": True, "stream_options": {"include_usage": True}}
+#: Events a complete stream carries: the content chunks, the usage chunk and [DONE].
+STREAM_EVENTS = STREAM_CHUNKS + 2
+
+
+def complete_answer(payload: bytes, stream: bool) -> bool:
+    """Whether a 200 body is the whole answer: every event of a stream, a usage'd completion."""
+    if stream:
+        return payload.endswith(DONE_EVENT) and payload.count(b"\n\n") == STREAM_EVENTS
+    return payload.endswith(b"}") and b'"usage"' in payload
+
+
+# ------------------------------------------------------------------------ the two servers
+
+
+async def _health(request: web.Request) -> web.Response:
+    """Liveness: fairgate's health checker probes its backend here, the benchmark both servers."""
+    return web.Response(text="ok")
+
+
+def upstream_app() -> web.Application:
+    """An OpenAI-style chat endpoint that answers at once: prebuilt bodies, no sleeps."""
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if not body.get("stream"):
+            return web.Response(body=COMPLETION, content_type="application/json")
+        response = web.StreamResponse()
+        response.content_type = "text/event-stream"
+        await response.prepare(request)
+        for event in CONTENT_EVENTS:  # one write per event, as an engine sends its tokens
+            await response.write(event)
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await response.write(USAGE_EVENT)
+        await response.write(DONE_EVENT)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post(CHAT_PATH, chat)
+    app.router.add_get("/health", _health)
+    return app
+
+
+_SESSION = web.AppKey("session", aiohttp.ClientSession)
+
+
+def forwarder_app(upstream: str) -> web.Application:
+    """The least a Python proxy can do: relay body and response through one shared session."""
+
+    async def session(app: web.Application) -> AsyncIterator[None]:
+        app[_SESSION] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        yield
+        await app[_SESSION].close()
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        async with request.app[_SESSION].post(
+            upstream + request.path, data=body, headers={"Content-Type": "application/json"}
+        ) as answer:
+            if answer.content_type != "text/event-stream":
+                return web.Response(
+                    status=answer.status, body=await answer.read(), content_type=answer.content_type
+                )
+            response = web.StreamResponse(status=answer.status)
+            response.content_type = answer.content_type
+            await response.prepare(request)
+            async for data in answer.content.iter_any():
+                await response.write(data)
+            await response.write_eof()
+            return response
+
+    app = web.Application()
+    app.cleanup_ctx.append(session)
+    app.router.add_post(CHAT_PATH, forward)
+    app.router.add_get("/health", _health)
+    return app
+
+
+#: The servers this module runs in a child process of its own: ``--serve KIND``.
+
+
+#: The servers this package runs in a child process of its own (``--serve KIND``), from the
+#: upstream's URL (which only the forwarder needs).
+SERVER_APPS: dict[str, Callable[[str], web.Application]] = {
+    "upstream": lambda upstream: upstream_app(),
+    "forwarder": forwarder_app,
+}
+
+
+def run_server(kind: str, port: int, upstream: str = "") -> int:
+    """Serve one app until SIGINT/SIGTERM, on the same loop and listener as ``fairgate serve``.
+
+    Same event loop, same ``serve`` (no access log, handler cancellation), same signal handling:
+    the three paths then differ only in what their handlers do.
+    """
+
+    async def main() -> None:
+        runner = await serve(SERVER_APPS[kind](upstream), LOOPBACK, port)
+        try:
+            await until_signalled()
+        finally:
+            await runner.cleanup()
+
+    uvloop.run(main())
+    return 0
