@@ -56,7 +56,7 @@ flood: $(STAMP)
 		--no-progress --out demo-flood
 
 sim: $(STAMP)
-	$(VENV)/bin/fairgate sim --profile config/sim/h100-llama3-8b.yaml --port 8001
+	$(VENV)/bin/fairgate sim --profile h100-llama3-8b --port 8001
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from aiohttp import web
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PROFILE = REPO_ROOT / "config" / "sim" / "h100-llama3-8b.yaml"
 DEFAULT_CONFIG = REPO_ROOT / "config" / "fairgate.yaml"
 
 
@@ -66,7 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_run_serve)
 
     sim = commands.add_parser("sim", help="run a simulated engine (vLLM-like, no GPU needed)")
-    sim.add_argument("--profile", type=Path, default=DEFAULT_PROFILE, help="engine profile YAML")
+    sim.add_argument(
+        "--profile",
+        default="h100-llama3-8b",
+        help="a bundled profile's name or a profile YAML file (default: %(default)s)",
+    )
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8001)
     sim.add_argument("--model", action="append", dest="models", help="served model id (repeatable)")

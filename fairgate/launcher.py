@@ -97,7 +97,9 @@ def _listening(host: str, port: int) -> bool:
 def _start_simulator(backend: BackendConfig, config_path: Path) -> subprocess.Popen[bytes]:
     spec = backend.simulator
     assert spec is not None
-    profile = spec.profile if spec.profile.exists() else config_path.parent / spec.profile
+    profile = spec.profile  # a bundled profile's name, or a file relative to the config
+    if Path(profile).suffix in (".yaml", ".yml") and not Path(profile).is_file():
+        profile = str(config_path.parent / profile)
     args = [
         "sim",
         "--profile", str(profile),

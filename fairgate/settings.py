@@ -76,7 +76,10 @@ def _redis_scheme(url: str) -> str:
 class SimulatorSpec(StrictModel):
     """Run a simulated engine for this backend under ``fairgate up`` (demo and development)."""
 
-    profile: Path = Field(description="Engine profile YAML (see config/sim/).")
+    profile: str = Field(
+        description="A bundled engine profile's name (h100-llama3-8b, one of "
+        "loadtest/simulator/profiles/) or a profile YAML file, relative to the config file."
+    )
     time_scale: PositiveFloat = Field(1.0, description="Simulated seconds per wall second.")
     seed: int = 0
 

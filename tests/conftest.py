@@ -19,11 +19,11 @@ from fairgate.redis_client import GatewayRedis
 from fairgate.serving import serve
 from fairgate.settings import Settings
 from gateway.app import create_app as create_gateway
-from loadtest.simulator.profile import EngineProfile, load_profile
+from loadtest.simulator.profile import DEFAULT_PROFILE, EngineProfile, load_profile, profile_path
 from loadtest.simulator.server import SIMULATOR, Simulator, create_app
 
 REPO = Path(__file__).resolve().parent.parent
-H100_PROFILE = REPO / "config" / "sim" / "h100-llama3-8b.yaml"
+H100_PROFILE = profile_path(DEFAULT_PROFILE)
 
 
 @dataclass

@@ -26,9 +26,10 @@ from fairgate.kv_capacity import (
     weight_bytes,
 )
 from fairgate.settings import ConfigError, Settings, load_settings
+from loadtest.simulator.profile import DEFAULT_PROFILE, profile_path
 
 REPO = Path(__file__).resolve().parent.parent
-H100_PROFILE = REPO / "config" / "sim" / "h100-llama3-8b.yaml"
+H100_PROFILE = profile_path(DEFAULT_PROFILE)
 
 
 def plan(**spec: Any):  # noqa: ANN201 - KvCapacity

@@ -64,4 +64,6 @@ def test_an_installed_wheel_plans_and_checks_configs_outside_the_repo(tmp_path: 
     assert "max_inflight_tokens: 396,158 (derived)" in planned  # from the packaged presets
     composed = "len(p.AdmissionPolicy('shadow').compose('tick'))"
     lua = _run(["-c", f"import admission.policy as p; print({composed})"], elsewhere, site)
+    named = "import loadtest.simulator.profile as p; print(p.load_profile(p.DEFAULT_PROFILE).name)"
+    assert _run(["-c", named], elsewhere, site).strip() == "h100-llama3-8b-bf16"
     assert int(lua) > 1000

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from loadtest.calibration.measurement import calibrate
 from loadtest.calibration.rendering import SECTION, render_section
-from loadtest.calibration.workload import DEFAULT_PROFILE
 from loadtest.report import write_section
+from loadtest.simulator.profile import DEFAULT_PROFILE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
         "ones it is fitted to.",
     )
     parser.add_argument(
-        "--profile", type=Path, default=DEFAULT_PROFILE, metavar="PATH", help="engine profile YAML"
+        "--profile", default=DEFAULT_PROFILE, help="a bundled profile's name or a profile YAML file"
     )
     parser.add_argument(
         "--write", type=Path, metavar="FILE", help=f"replace (or append) FILE's {SECTION} section"

@@ -14,10 +14,10 @@ from loadtest.calibration.measurement import Calibration, Figure, HttpCheck, Kin
 from loadtest.calibration.workload import (
     DECODE_OUTPUT_TOKENS,
     DECODE_PROMPT_TOKENS,
-    DEFAULT_PROFILE,
     HTTP_TIME_SCALE,
 )
 from loadtest.report import machine, markdown_table
+from loadtest.simulator.profile import DEFAULT_PROFILE
 
 #: The section of BENCHMARKS.md this benchmark owns (see :mod:`loadtest.report`).
 SECTION = "calibration"
@@ -72,11 +72,11 @@ def agreement(run: Calibration) -> str:
     )
 
 
-def reproduce_command(profile_path: Path) -> str:
+def reproduce_command(profile: str | Path) -> str:
     """The command that regenerates the section: ``make bench`` unless another profile was used."""
-    if profile_path.resolve() == DEFAULT_PROFILE:
+    if str(profile) == DEFAULT_PROFILE:
         return "make bench"
-    return f"python -m loadtest.calibration --profile {profile_path} --write BENCHMARKS.md"
+    return f"python -m loadtest.calibration --profile {profile} --write BENCHMARKS.md"
 
 
 def render_section(run: Calibration) -> str:

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from estimators.tokenizer import default_tokenizer
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_PROFILE = REPO_ROOT / "config" / "sim" / "h100-llama3-8b.yaml"
 
 #: Prompts whose TTFT is measured alone: one short step, one prefill chunk, several chunks.
 TTFT_PROMPTS = (100, 8_000, 28_000)

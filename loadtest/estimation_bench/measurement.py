@@ -28,7 +28,6 @@ from estimators.tokenizer import Tokenizer, tokenizer_for
 from fairgate.redis_client import GatewayRedis, connect
 from fairgate.serving import serve
 from fairgate.settings import ChatTemplate, RedisConfig, Settings
-from loadtest.calibration.workload import DEFAULT_PROFILE
 from loadtest.estimation_bench.workload import (
     HF_MODEL,
     MODEL,
@@ -42,7 +41,7 @@ from loadtest.estimation_bench.workload import (
     load_corpus,
 )
 from loadtest.services import redis_server
-from loadtest.simulator.profile import EngineProfile, load_profile
+from loadtest.simulator.profile import DEFAULT_PROFILE, EngineProfile, load_profile
 from loadtest.simulator.server import create_app
 from loadtest.stats import percentile
 

@@ -24,9 +24,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     NonNegativeFloat,
     PositiveFloat,
@@ -35,15 +33,12 @@ from pydantic import (
     model_validator,
 )
 
+from fairgate.strict_model import StrictModel
 from loadtest.kit.modes import Mode, parse_mode
+from loadtest.simulator.profile import DEFAULT_PROFILE
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIO_DIR = REPO / "config" / "loadtest"
-DEFAULT_PROFILE = REPO / "config" / "sim" / "h100-llama3-8b.yaml"
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _bare_number(value: object) -> object:
@@ -153,7 +148,8 @@ class TenantSpec(StrictModel):
 class EngineSpec(StrictModel):
     """The simulated engine every backend runs: a profile and its scheduler overrides."""
 
-    profile: Path = DEFAULT_PROFILE
+    #: a bundled profile's name or a profile YAML file (loadtest/simulator/profile.py)
+    profile: str = DEFAULT_PROFILE
     max_num_seqs: PositiveInt | None = None
     max_num_batched_tokens: PositiveInt | None = None
     num_gpu_blocks: PositiveInt | None = None

@@ -1,6 +1,8 @@
 """Engine profiles: what one simulated engine costs per step and how much KV it holds.
 
-A profile is a YAML file in ``config/sim/``. The step-time model is the linear one fitted by
+A profile is a YAML file: one of those bundled in ``loadtest/simulator/profiles/`` (named
+without ``.yaml``, e.g. ``h100-llama3-8b``, found with ``importlib.resources`` wherever fairgate
+is installed), or any other file by its path. The step-time model is the linear one fitted by
 the BLIS inference simulator for vLLM on real GPUs::
 
     step = base + prefill_per_token x (prefill tokens in the step)
@@ -12,6 +14,7 @@ Add a profile for other hardware by writing another file; nothing in code is H10
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -114,7 +117,37 @@ class EngineProfile(_Section):
         return EngineProfile.model_validate(data)
 
 
-def load_profile(path: str | Path) -> EngineProfile:
-    """Read and validate a profile file."""
-    with open(path, encoding="utf-8") as handle:
+#: The profile everything uses unless told otherwise: an H100 running Llama-3-8B in bf16.
+DEFAULT_PROFILE = "h100-llama3-8b"
+
+_BUNDLED = resources.files("loadtest.simulator").joinpath("profiles")
+
+
+def bundled_profiles() -> list[str]:
+    """The names of the profiles that ship with fairgate."""
+    return sorted(
+        f.name.removesuffix(".yaml") for f in _BUNDLED.iterdir() if f.name.endswith(".yaml")
+    )
+
+
+def profile_path(name_or_path: str | Path) -> Path:
+    """The file of a profile: a bundled profile's name, or a path to a YAML file.
+
+    A path that exists wins over a bundled name, so a local file can shadow one.
+    """
+    path = Path(name_or_path)
+    if path.is_file() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        return path
+    bundled = _BUNDLED.joinpath(f"{name_or_path}.yaml")
+    if not bundled.is_file():
+        known = ", ".join(bundled_profiles())
+        raise FileNotFoundError(
+            f"no profile file or bundled profile {str(name_or_path)!r} (bundled: {known})"
+        )
+    return Path(str(bundled))  # package data installed as files (a wheel, or the checkout)
+
+
+def load_profile(name_or_path: str | Path) -> EngineProfile:
+    """Read and validate a profile: a bundled profile's name or a file (:func:`profile_path`)."""
+    with open(profile_path(name_or_path), encoding="utf-8") as handle:
         return EngineProfile.model_validate(yaml.safe_load(handle))
