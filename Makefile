@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/fairgate up --config $(CONFIG)
 
-# Every test: the unit layer (tests/unit) and the integration tests (the rest of tests/).
+# Every test: the unit layer (tests/unit) and the integration tests (tests/integration).
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 

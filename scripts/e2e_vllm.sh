@@ -18,4 +18,4 @@ if [ -z "${FAIRGATE_REAL_VLLM_URLS:-}" ]; then
   for p in "${PORTS[@]}"; do KV_CACHE_BYTES=${KV_CACHE_BYTES:-80M} bash "$TOOLS/serve.sh" "$p" >/dev/null; done
   export FAIRGATE_REAL_VLLM_URLS="http://127.0.0.1:8100,http://127.0.0.1:8200"
 fi
-"$PY" -m pytest tests/test_real_vllm.py -v "$@"
+"$PY" -m pytest tests/integration/test_real_vllm.py -v "$@"

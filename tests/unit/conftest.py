@@ -3,7 +3,8 @@
 Layout: ``tests/unit/<package>/test_<module>.py`` tests ``<package>/<module>.py`` (for example
 ``tests/unit/gateway/test_sse.py`` tests ``gateway/sse.py``); every folder has an
 ``__init__.py``, so the test modules are ``tests.unit.gateway.test_sse`` and so on, and never
-clash with the integration tests' names (``tests/test_*.py``) or shadow the product packages.
+clash with the integration tests' names (``tests/integration/test_*.py``) or shadow the product
+packages.
 
 What a unit test may use: the module under test, real collaborators that cost nothing
 (pydantic models, aiohttp's request objects, redis-py's client), and in-process servers on

@@ -1,8 +1,5 @@
-"""gateway/middleware.py: admission's refusals become HTTP in one place (``as_gateway_error``).
-
-The engines' failures (``backends/errors.py``) are mapped there too; their tests stay with the
-backends while that package is being reshaped.
-"""
+"""gateway/middleware.py: admission's refusals and the engines' failures become HTTP in one
+place (``as_gateway_error``)."""
 
 from __future__ import annotations
 
@@ -15,6 +12,7 @@ from admission.errors import (
     QueueFull,
     QueueTimeout,
 )
+from backends.errors import EngineError, EngineFailed, EngineTimeout
 from gateway.middleware import as_gateway_error
 
 
@@ -46,3 +44,18 @@ def test_refusal_messages_name_the_tenant() -> None:
 def test_an_admission_error_of_no_known_kind_is_a_type_error_not_a_silent_500() -> None:
     with pytest.raises(TypeError, match="no mapping"):
         as_gateway_error(AdmissionError("new kind"))
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "code"),
+    [
+        (EngineTimeout("slow"), 504, "backend_timeout"),
+        (EngineFailed("broke"), 502, "backend_error"),
+    ],
+)
+def test_engine_failures_map_to_gateway_errors(
+    failure: EngineError, status: int, code: str
+) -> None:
+    mapped = as_gateway_error(failure)
+    assert (mapped.status, mapped.code, mapped.message) == (status, code, str(failure))
+    assert "Retry-After" not in mapped.headers

@@ -227,3 +227,15 @@ def test_usage_of_a_body_where_usage_is_only_text() -> None:
 @pytest.mark.parametrize("body", [b"", b"not json", b"[1]", b'{"usage": null}', b'{"usage": 3}'])
 def test_usage_of_a_body_without_one(body: bytes) -> None:
     assert _usage_of(body) is None
+
+
+def test_usage_null_chunks_pass_and_only_the_real_usage_is_taken() -> None:
+    """OpenAI-style APIs send ``"usage": null`` on every chunk when usage was asked for."""
+    outcome = Relayed(200)
+    stream = _StreamFilter(client_wants_usage=False, outcome=outcome)
+    chunk = b'data: {"choices":[{"delta":{"content":"x"}}],"usage": null}\n\n'
+    final = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
+    relayed = stream.feed(chunk + chunk + final + b"data: [DONE]\n\n")
+    assert relayed == chunk + chunk + b"data: [DONE]\n\n"  # the usage chunk was not asked for
+    assert outcome.usage == {"prompt_tokens": 3, "completion_tokens": 2}
+    assert (outcome.chunks, outcome.completed) == (2, True)

@@ -164,7 +164,7 @@ def test_bad_rules_stop_start_up_naming_the_field(
 
 
 def test_the_demo_config_routes_long_and_reasoning_work_to_the_reasoning_pool() -> None:
-    demo = Path(__file__).resolve().parent.parent / "config" / "fairgate.yaml"
+    demo = Path(__file__).resolve().parents[2] / "config" / "fairgate.yaml"
     settings = load_settings(demo)
     classifier = Classifier(
         settings.routing.rules, {n: p.models for n, p in settings.pools.items()}

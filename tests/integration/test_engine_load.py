@@ -2,8 +2,8 @@
 
 Parsers run on real text: a /metrics capture of vLLM 0.32 (CPU build, via
 ../shared/tools/real-vllm, six streams running), the simulator's live /metrics, and fixtures in
-the documented formats of SGLang, llama.cpp server and TGI (tests/data/README.md says where
-each comes from). The scraper runs against a real simulator, small real HTTP servers and,
+the documented formats of SGLang, llama.cpp server and TGI (tests/integration/data/README.md
+says where each comes from). The scraper runs against a real simulator, small real HTTP servers and,
 where only what it makes of an answer matters, a fake transport.
 """
 

@@ -30,7 +30,7 @@ Some requests ask for a band of their own (``X-Fairgate-Priority``), so a tenant
 (a queue) in each band: FCFS holds within a flow, ``max_queued`` over all of a tenant's flows,
 and a tenant's score in every backlog it is in equals its one virtual counter.
 
-Long-run shares between tenants are tests/test_admission_fairness.py's business.
+Long-run shares between tenants are tests/integration/test_admission_fairness.py's business.
 
 Plain example tests at the end pin a few behaviours down with exact values.
 """

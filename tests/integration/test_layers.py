@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("fairgate", "gateway", "admission", "estimators", "backends", "loadtest")
 PRODUCT = {"gateway", "admission", "estimators", "backends", "loadtest"}
 #: The shared core: what every product package may stand on.

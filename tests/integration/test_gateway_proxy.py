@@ -7,24 +7,13 @@ official ``openai`` client (async, and sync in a worker thread).
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import openai
 import pytest
 from aiohttp import web
 
-from admission.errors import (
-    AdmissionError,
-    AdmissionUnavailable,
-    AtLimit,
-    QueueFull,
-    QueueTimeout,
-)
-from backends.errors import EngineError, EngineFailed, EngineTimeout
 from fairgate.serving import serve
-from gateway.middleware import as_gateway_error
-from gateway.relay import Relayed, _StreamFilter, engine_error_body
 from tests.conftest import (
     RunningGateway,
     RunningSim,
@@ -492,83 +481,3 @@ async def test_unknown_route_and_method_get_json_errors(gateway: RunningGateway)
         assert resp.status == 404 and "error" in await resp.json()
     async with gateway.http.get(f"{gateway.url}/v1/chat/completions") as resp:
         assert resp.status == 405 and (await resp.json())["error"]["code"] == "method_not_allowed"
-
-
-def test_usage_null_chunks_pass_and_only_the_real_usage_is_taken() -> None:
-    """OpenAI-style APIs send ``"usage": null`` on every chunk when usage was asked for."""
-    outcome = Relayed(200)
-    stream = _StreamFilter(client_wants_usage=False, outcome=outcome)
-    chunk = b'data: {"choices":[{"delta":{"content":"x"}}],"usage": null}\n\n'
-    final = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
-    relayed = stream.feed(chunk + chunk + final + b"data: [DONE]\n\n")
-    assert relayed == chunk + chunk + b"data: [DONE]\n\n"  # the usage chunk was not asked for
-    assert outcome.usage == {"prompt_tokens": 3, "completion_tokens": 2}
-    assert (outcome.chunks, outcome.completed) == (2, True)
-
-
-@pytest.mark.parametrize("terminator", [b"\n\n", b"\r\n\r\n"])
-@pytest.mark.parametrize("client_wants_usage", [False, True])
-def test_stream_filter_gives_the_same_bytes_however_the_stream_is_cut(
-    terminator: bytes, client_wants_usage: bool
-) -> None:
-    """Events split anywhere across reads: complete events pass at once, the rest waits."""
-    chunk = b'data: {"choices":[{"delta":{"content":"\\"choices\\""}}],"usage":null}'
-    final = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}'
-    events = [b": keep-alive", chunk, chunk, final, b"data: [DONE]"]
-    stream = terminator.join(events) + terminator
-    expected = b"".join(e + terminator for e in events if client_wants_usage or e != final)
-    for cut in range(1, len(stream)):
-        outcome = Relayed(200)
-        relay = _StreamFilter(client_wants_usage=client_wants_usage, outcome=outcome)
-        first = relay.feed(stream[:cut])
-        assert expected.startswith(first) and not relay.tail.endswith(terminator)
-        assert first + relay.feed(stream[cut:]) == expected and relay.tail == b""
-        assert outcome.usage == {"prompt_tokens": 3, "completion_tokens": 2}
-        assert (outcome.chunks, outcome.completed) == (3 if client_wants_usage else 2, True)
-
-
-@pytest.mark.parametrize(
-    ("failure", "status", "code", "retry_after"),
-    [
-        (QueueFull("acme"), 429, "rate_limit_exceeded", "1"),
-        (QueueTimeout("acme", 30.0), 429, "rate_limit_exceeded", "15"),
-        (AtLimit("Pool 'p' is at capacity."), 429, "rate_limit_exceeded", "1"),
-        (AdmissionUnavailable("Redis unreachable."), 503, "admission_unavailable", None),
-        (EngineTimeout("slow"), 504, "backend_timeout", None),
-        (EngineFailed("broke"), 502, "backend_error", None),
-    ],
-)
-def test_admission_and_engine_failures_map_to_openai_errors_in_one_place(
-    failure: AdmissionError | EngineError, status: int, code: str, retry_after: str | None
-) -> None:
-    mapped = as_gateway_error(failure)
-    assert (mapped.status, mapped.code, mapped.message) == (status, code, str(failure))
-    assert mapped.headers.get("Retry-After") == retry_after
-
-
-VLLM_400 = (
-    b'{"object": "error", "message": "max_tokens is too large", "type": "BadRequestError", '
-    b'"param": "max_tokens", "code": 400}'
-)
-
-
-@pytest.mark.parametrize(
-    ("status", "body", "message", "kind", "code", "param"),
-    [
-        (400, VLLM_400, "max_tokens is too large", "invalid_request_error", 400, "max_tokens"),
-        (422, b'{"error": "Input validation error"}', "Input validation error",
-         "invalid_request_error", None, None),  # TGI, Ollama
-        (503, b"upstream connect error", "upstream connect error", "server_error", None, None),
-        (500, b"", "The engine answered 500.", "server_error", None, None),
-    ],
-)  # fmt: skip
-def test_engine_errors_reach_clients_in_the_openai_envelope(
-    status: int, body: bytes, message: str, kind: str, code: int | None, param: str | None
-) -> None:
-    error = json.loads(engine_error_body(status, body))["error"]
-    assert error == {"message": message, "type": kind, "code": code, "param": param}
-
-
-def test_an_engine_error_already_in_the_envelope_passes_unchanged() -> None:
-    body = b'{"error": {"message": "no", "type": "invalid_request_error", "code": "x"}}'
-    assert engine_error_body(400, body) == body

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from fairgate.settings import ConfigError, Settings, hash_api_key, load_settings
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = REPO_ROOT / "config" / "fairgate.yaml"
 EXAMPLE_KEYS = {
     "hobby": "fg-demo-hobby-key",

@@ -28,7 +28,7 @@ from fairgate.kv_capacity import (
 from fairgate.settings import ConfigError, Settings, load_settings
 from loadtest.simulator.profile import DEFAULT_PROFILE, profile_path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 H100_PROFILE = profile_path(DEFAULT_PROFILE)
 
 
