@@ -118,8 +118,10 @@ def write_reports(
     """JSON and PNGs into ``out_dir``; the Markdown section into ``benchmarks`` if given."""
     write_json(result, out_dir / f"{result.scenario.name}.json")
     plots = write_plots(result, out_dir)
-    section = render(result, plots, benchmarks or out_dir / "README.md", command)
-    (out_dir / f"{result.scenario.name}.md").write_text(section + "\n", encoding="utf-8")
+    report = out_dir / f"{result.scenario.name}.md"
+    # image links are relative to the file they are written into
+    report.write_text(render(result, plots, report, command) + "\n", encoding="utf-8")
+    section = render(result, plots, benchmarks or report, command)
     if benchmarks is not None:
         write_section(benchmarks, f"loadtest-{result.scenario.name}", section)
     return section

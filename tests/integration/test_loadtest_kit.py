@@ -427,6 +427,9 @@ def test_a_short_run_writes_json_markdown_and_plots(tmp_path: Path) -> None:
     section = benchmarks.read_text()
     assert "<!-- loadtest-tiny:start -->" in section and "| vtc-pools | side |" in section
     assert "fairgate loadtest tiny" in section
+    # each file links the plots relative to where it lies
+    assert "](out/tiny-service.png)" in section
+    assert "](tiny-service.png)" in (out / "tiny.md").read_text()
 
 
 def test_a_tenant_is_active_in_a_window_only_with_demand_inside_it() -> None:
