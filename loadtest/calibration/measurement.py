@@ -284,17 +284,18 @@ class Calibration:
     """Everything the report shows."""
 
     profile: EngineProfile
-    profile_path: Path
+    profile_source: str  # the bundled profile's name or the file's path, as given
     figures: list[Figure]
     http: list[HttpCheck]
     elapsed: float  # wall seconds of the whole run
 
 
-def calibrate(profile_path: Path) -> Calibration:
+def calibrate(profile_source: str | Path) -> Calibration:
     """Every virtual figure, then the HTTP check of :data:`TTFT_PROMPTS`."""
     started = time.perf_counter()
-    profile = load_profile(profile_path)
+    profile = load_profile(profile_source)
     figures = calibration_figures(profile)
     timings = asyncio.run(http_timings(profile, TTFT_PROMPTS, HTTP_TIME_SCALE))
     http = [HttpCheck(n, ttft_alone(profile, n), measured) for n, measured in timings.items()]
-    return Calibration(profile, profile_path, figures, http, time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    return Calibration(profile, str(profile_source), figures, http, elapsed)

@@ -81,7 +81,7 @@ def reproduce_command(profile: str | Path) -> str:
 
 def render_section(run: Calibration) -> str:
     """The BENCHMARKS.md section (without its delimiters)."""
-    profile, profile_path = run.profile, run.profile_path
+    profile, source = run.profile, run.profile_source
     step, limits = profile.step_time, profile.scheduler
     model = (
         f"{step.base_ms:g} ms + {step.prefill_us_per_token:g} µs per prefill token + "
@@ -97,7 +97,7 @@ def render_section(run: Calibration) -> str:
     today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     return f"""## Simulator calibration: `{profile.name}`
 
-The engine simulator (profile `{profile_path.name}`) next to the step-time model it is fitted
+The engine simulator (profile `{source}`) next to the step-time model it is fitted
 to, evaluated in closed form ({model}), and the published figures.
 
 {figures_table(run.figures)}
@@ -114,7 +114,7 @@ timeline read back from `GET /sim/requests/{{id}}`.
 Sources of the profile:
 {sources}
 
-Reproduce with `{reproduce_command(profile_path)}`.
+Reproduce with `{reproduce_command(source)}`.
 Machine: {machine()}; run on {today}, {run.elapsed:.1f} s of wall time in all.
 
 All figures are in simulated time, so they do not depend on this machine's speed. The virtual
