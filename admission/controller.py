@@ -237,9 +237,7 @@ class Admission:
         """Tell Redis that the lease passed on: settle the last request, serve the next."""
         self._reusing += 1
         try:
-            outcome = await self.scripts.reuse(
-                held.lease_id, held.used, ticket.tokens, ticket.service
-            )
+            outcome = await self.scripts.reuse(held.lease_id, held.used, ticket)
         except RedisError as exc:
             log.debug("reuse of lease %s not recorded: %s", held.lease_id, exc)
             return

@@ -92,15 +92,15 @@ class AdmissionScripts:
         state = _RELEASED[int(result[0])]
         return Decision(state, "", _pairs(result[2:]), may_reuse=not int(result[1]))
 
-    async def reuse(
-        self, lease_id: str, used: float | None, tokens: int, service: float
-    ) -> Decision:
-        """Pass a finished request's lease (``used``: its service) to the next of its flow.
+    async def reuse(self, lease_id: str, used: float | None, next_: Ticket) -> Decision:
+        """Pass a finished request's lease (``used``: its service) to ``next_``, the next
+        request of its flow (its tokens held, its input service charged).
 
         ``reused`` (or ``gone``); ``may_reuse`` if nothing waits anywhere and the lease's
         backend is open.
         """
-        args = [lease_id, "" if used is None else used, tokens, service, self._ttl, self._max]
+        used_arg = "" if used is None else used
+        args = [lease_id, used_arg, next_.tokens, next_.service, self._ttl, self._max]
         result = await self._reuse(self._keys, args)
         state = "reused" if int(result[0]) else "gone"
         return Decision(state, "", _pairs(result[2:]), may_reuse=bool(int(result[1])))

@@ -599,7 +599,8 @@ class AdmissionMachine(RuleBasedStateMachine):
         svc = data.draw(st.sampled_from(SERVICES), label="service")
         used = data.draw(st.sampled_from(USED), label="used")
         waiting = bool(self.ids("queued"))
-        out = self.run(self.scripts.reuse(request_id, used, tok, svc))
+        following = ticket(f"{request_id}.next", r.tenant, tok, svc, r.pool, r.band)
+        out = self.run(self.scripts.reuse(request_id, used, following))
         event(f"reuse of a {r.state} lease" + (" while requests wait" if waiting else ""))
         if r.state != "leased":
             assert (out.state, out.grants, out.may_reuse) == ("gone", [], False), out
