@@ -1,7 +1,9 @@
 """How talking to an engine failed, in the backends' own terms.
 
-The gateway maps each of these to an HTTP status and the OpenAI error body in one place
-(``gateway/middleware.py``), and counts :class:`EngineError` against the engine's health.
+The engine's transport raises them (``backends/transport.py``); the gateway maps each to an
+HTTP status and the OpenAI error body in one place (``gateway/middleware.py``) and reports an
+:class:`EngineError` to the backend's state (``backends/state.py``), which counts it against
+the engine's health.
 """
 
 from __future__ import annotations
