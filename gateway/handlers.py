@@ -29,6 +29,7 @@ from gateway.auth import authenticate
 from gateway.inflight import Granted, InFlight
 from gateway.metering import StreamMeter
 from gateway.middleware import request_id_of
+from gateway.ratelimits import rate_limit_headers
 from gateway.relay import (
     Relayed,
     is_event_stream,
@@ -57,7 +58,12 @@ def inference(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Strea
         gateway = request.app[GATEWAY]
         flight = await _arrive(request, gateway, endpoint)
         asked = time.monotonic()
-        granted = await _admit_and_connect(gateway, flight)
+        try:
+            granted = await _admit_and_connect(gateway, flight)
+        except BaseException:
+            if flight.quota is not None:  # it never ran: its tokens go back to the quota
+                gateway.in_background(gateway.quotas.correct(flight.quota, 0))
+            raise
         flight.granted = granted
         queued_s = max(granted.lease.granted_at - asked, 0.0)
         flight.headers["X-Fairgate-Queue-Time"] = f"{queued_s:.3f}"
@@ -83,7 +89,8 @@ def inference(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Strea
 
 async def _arrive(request: web.Request, gateway: Gateway, endpoint: Endpoint) -> InFlight:
     """Who asks, for what, at what estimated cost, in which pool: the request as admission
-    will see it (its ticket, with the per-request priority and queue timeout)."""
+    will see it (its ticket, with the per-request priority and queue timeout), charged to its
+    tenant's quotas (a request over one is refused here and never queues)."""
     tenant_id, tenant = await _tenant(request, gateway)
     parsed = parse_request(endpoint, await request.read())
     choice = gateway.pools.start(request.headers, parsed.model, tenant_id, tenant)
@@ -111,7 +118,13 @@ async def _arrive(request: web.Request, gateway: Gateway, endpoint: Endpoint) ->
         prefer=pool.session_backend(request.headers, parsed.body),
         prefer_slack=pool.affinity_slack_tokens,
     )
-    return InFlight(request, tenant_id, tenant, parsed, cost, pool, ticket, headers)
+    flight = InFlight(request, tenant_id, tenant, parsed, cost, pool, ticket, headers)
+    flight.quota = await gateway.quotas.charge(
+        tenant_id, tenant.quotas, parsed.model, cost.inflight_tokens
+    )
+    if flight.quota is not None:
+        headers.update(rate_limit_headers(flight.quota.state))
+    return flight
 
 
 async def _estimate(gateway: Gateway, tenant_id: str, parsed: InferenceRequest, pool: Pool) -> Cost:
@@ -240,12 +253,15 @@ async def _relay_plain(granted: Granted, headers: dict[str, str]) -> tuple[web.R
 
 
 async def _settle(gateway: Gateway, flight: InFlight) -> None:
-    """After the response: release the lease with the service used, then learn from usage.
+    """After the response: release the lease with the service used, correct the tokens
+    charged to the tenant's quotas to those used, then learn from usage.
 
     A request that ended well leaves its lease reusable by the next of its flow (admission
     decides whether it is reused); one that failed or was abandoned releases it.
     """
     await flight.granted.lease.release(flight.service_used, reusable=flight.ended_well)
+    if flight.quota is not None and (used := flight.tokens_used) is not None:
+        await gateway.quotas.correct(flight.quota, used)
     outcome = flight.outcome
     if outcome is None or outcome.usage is None:
         return
