@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 Kind = Literal["requests", "tokens"]
 
 _MINUTE_MS, _DAY_MS = 60_000, 86_400_000
-_SOURCE = resources.files("admission").joinpath("lua", "quota.lua").read_text()
+#: The quota script (standalone: it needs none of the admission library).
+SOURCE = resources.files("admission").joinpath("lua", "quota.lua").read_text()
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ class Quotas:
     """
 
     def __init__(self, redis: GatewayRedis, settings: Settings) -> None:
-        self._script = Script(redis, _SOURCE)
+        self._script = Script(redis, SOURCE)
         self._prefix = settings.redis.key_prefix
         self._fail_open = settings.admission.fail_mode == "open"
 
