@@ -15,6 +15,8 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from admission.domain import band_of
+from admission.errors import AdmissionError
+from admission.quota import QuotaState
 from admission.ticket import Ticket
 from backends.backend import Backend
 from backends.errors import BackendUnreachable, EngineError, EngineFailed
@@ -22,13 +24,13 @@ from backends.pools import Pool
 from backends.tokenize import engine_token_count
 from backends.transport import READ_ERRORS, EngineRequest
 from estimators.cost import Cost
-from fairgate.errors import backend_unavailable, invalid_api_key, invalid_request
+from fairgate.errors import GatewayError, backend_unavailable, invalid_api_key, invalid_request
 from fairgate.ids import new_id
 from fairgate.settings import TenantConfig
 from gateway.auth import authenticate
 from gateway.inflight import Granted, InFlight
 from gateway.metering import StreamMeter
-from gateway.middleware import request_id_of
+from gateway.middleware import as_gateway_error, request_id_of
 from gateway.ratelimits import rate_limit_headers
 from gateway.relay import (
     Relayed,
@@ -60,10 +62,16 @@ def inference(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Strea
         asked = time.monotonic()
         try:
             granted = await _admit_and_connect(gateway, flight)
-        except BaseException:
-            if flight.quota is not None:  # it never ran: its tokens go back to the quota
-                gateway.in_background(gateway.quotas.correct(flight.quota, 0))
-            raise
+        except BaseException as exc:
+            if flight.quota is None:
+                raise
+            # It never ran: its tokens go back to the quota, and its refusal says where the
+            # quotas stand, as every response of the tenant does.
+            gateway.in_background(gateway.quotas.correct(flight.quota, 0))
+            error = _with_quota_headers(exc, flight.quota.state)
+            if error is exc:
+                raise
+            raise error from exc
         flight.granted = granted
         queued_s = max(granted.lease.granted_at - asked, 0.0)
         flight.headers["X-Fairgate-Queue-Time"] = f"{queued_s:.3f}"
@@ -209,6 +217,14 @@ async def _admit_and_connect(gateway: Gateway, flight: InFlight) -> Granted:
     raise backend_unavailable(
         f"No engine of pool '{ticket.pool}' could be reached ({'; '.join(failures)})."
     )
+
+
+def _with_quota_headers(exc: BaseException, state: QuotaState) -> BaseException:
+    """A failure answered to the client, with the rate-limit headers of the tenant's quotas."""
+    error = as_gateway_error(exc) if isinstance(exc, (AdmissionError, EngineError)) else exc
+    if isinstance(error, GatewayError):
+        error.headers.update(rate_limit_headers(state))
+    return error
 
 
 def _engine_failed(gateway: Gateway, backend: Backend, reason: str) -> None:

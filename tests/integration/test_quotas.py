@@ -158,3 +158,25 @@ async def test_two_replicas_share_one_quota(
     for replica in (first, second):
         refused = await refusal(replica)
         assert ratelimit_headers(refused.response.headers)["x-ratelimit-remaining-requests"] == "0"
+
+
+async def test_an_admission_refusal_after_the_charge_reports_the_quotas_too(
+    start_gateway: StartGateway, sim: RunningSim, redis_url: str
+) -> None:
+    cfg = config(redis_url, sim, {"requests_per_minute": 10, "tokens_per_minute": 100_000})
+    cfg["tenants"]["a"].update(max_concurrency=1, max_queued=0)
+    gateway = await start_gateway(cfg)
+    running = await gateway.client().chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=2000,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    await anext(aiter(running))  # admitted and running: the tenant's one slot is taken
+    refused = await refusal(gateway)
+    assert "already waiting" in refused.message  # the queue's refusal, not a quota's
+    headers = ratelimit_headers(refused.response.headers)
+    assert headers["x-ratelimit-remaining-requests"] == "8"
+    assert int(headers["x-ratelimit-remaining-tokens"]) < 100_000
+    await running.close()
