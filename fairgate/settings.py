@@ -583,12 +583,22 @@ class Settings(BaseSettings):
         return self
 
     def _tenant_problems(self) -> Iterator[str]:
+        """Tenants name known pools, and quotas only models some backend serves."""
+        served = {
+            m for pool in self.pools.values() for b in pool.backends.values() for m in b.models
+        }
         for tenant_id, tenant in self.tenants.items():
             for pool in tenant.pools or ():
                 if pool not in self.pools:
                     yield (
                         f"tenants.{tenant_id}.pools: unknown pool {pool!r} "
                         f"(known: {', '.join(sorted(self.pools))})"
+                    )
+            for model in tenant.quotas.models if tenant.quotas is not None else ():
+                if model not in served:
+                    yield (
+                        f"tenants.{tenant_id}.quotas.models: no backend serves model {model!r} "
+                        f"(served: {', '.join(sorted(served))})"
                     )
 
     def _lending_problems(self) -> Iterator[str]:

@@ -343,6 +343,11 @@ INVALID_CONFIGS = [
         id="model-quota-not-positive",
     ),
     pytest.param(
+        _set_tenant(quotas={"models": {"gpt-x": {"requests_per_minute": 5}}}),
+        ["tenants.t.quotas.models: no backend serves model 'gpt-x'", "served: m"],
+        id="quota-of-unserved-model",
+    ),
+    pytest.param(
         _same_key_on_two_tenants,
         ["tenants:", "each API key must be unique"],
         id="same-key-on-two-tenants",
