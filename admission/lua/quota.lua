@@ -37,5 +37,8 @@ for _, l in ipairs(limits) do
   reply[#reply + 1] = math.max(0, math.floor((now + l.period - tat) / l.interval))
   reply[#reply + 1] = math.ceil(tat - now)
 end
-if fits then redis.call('PEXPIRE', key, math.ceil(longest) + 1000) end
+-- The key lives while any limit is not whole again; a correction, which sees only the token
+-- limits, never shortens it.
+local ttl = math.ceil(longest) + 1000
+if fits and redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
 return reply

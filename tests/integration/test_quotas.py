@@ -7,6 +7,7 @@ Real parts: simulated engines and gateways on loopback, a real redis-server, and
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from typing import Any
@@ -180,3 +181,17 @@ async def test_an_admission_refusal_after_the_charge_reports_the_quotas_too(
     assert headers["x-ratelimit-remaining-requests"] == "8"
     assert int(headers["x-ratelimit-remaining-tokens"]) < 100_000
     await running.close()
+
+
+async def test_the_usage_correction_keeps_the_request_quota(
+    start_gateway: StartGateway, sim: RunningSim, redis_url: str
+) -> None:
+    """Correcting the tokens (a short token window here) leaves the request count alone."""
+    quotas = {"requests_per_minute": 1, "tokens_per_minute": 100_000}
+    prior = {"chat_prior": {"p50": 1000, "p90": 1000}}  # charged 1,000 output, uses fewer
+    gateway = await start_gateway(config(redis_url, sim, quotas, estimation=prior))
+    raw = await chat(gateway, max_tokens=None)
+    assert raw.parse().usage.completion_tokens < 1000  # the premise: a correction follows
+    await asyncio.sleep(2.5)  # settled; the token limit is whole again after ~1 s
+    refused = await refusal(gateway)
+    assert "requests_per_minute quota of 1" in refused.message
