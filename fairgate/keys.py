@@ -90,3 +90,12 @@ def calibration(key_prefix: str, model: str) -> str:
 def api_keys(key_prefix: str) -> str:
     """sha256 digest of an API key -> its tenant."""
     return f"{key_prefix}:apikeys"
+
+
+def quota(key_prefix: str, tenant: str) -> str:
+    """The hash of one tenant's quota state (limit -> GCRA theoretical arrival time, ms).
+
+    Its own Redis Cluster hash tag (``{quota:<tenant>}``): the quota script touches only this
+    key, so tenants spread over the cluster's slots.
+    """
+    return f"{key_prefix}:{{quota:{tenant}}}"

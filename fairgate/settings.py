@@ -405,6 +405,26 @@ class RoutingConfig(StrictModel):
     rules: list[RoutingRule] = Field(default_factory=list)
 
 
+class QuotaLimits(StrictModel):
+    """Rate quotas over a rolling window, enforced across replicas (:mod:`admission.quota`).
+
+    Each is optional; one left unset does not limit. Tokens are prompt plus completion tokens,
+    charged with the estimate at admission and corrected with the engine's usage at completion.
+    """
+
+    requests_per_minute: PositiveInt | None = Field(None, description="Requests per minute.")
+    tokens_per_minute: PositiveInt | None = Field(None, description="Tokens per minute.")
+    tokens_per_day: PositiveInt | None = Field(None, description="Tokens per rolling 24 hours.")
+
+
+class QuotaConfig(QuotaLimits):
+    """A tenant's quotas: over all its requests, and per model (both apply to a request)."""
+
+    models: dict[ModelId, QuotaLimits] = Field(
+        default_factory=dict, description="Quotas of one model, besides the tenant's own."
+    )
+
+
 class TenantConfig(StrictModel):
     """A customer of the gateway: its share, its limits and the keys that identify it."""
 
@@ -426,6 +446,9 @@ class TenantConfig(StrictModel):
         False,
         description="May name its pool per request (X-Fairgate-Pool), among those it may use; "
         "otherwise such a request gets 403.",
+    )
+    quotas: QuotaConfig | None = Field(
+        None, description="Requests and tokens per minute or day; unlimited if unset."
     )
     api_keys: list[SecretStr] = Field(
         default_factory=list, description="Keys in clear, to seed; stored only as hashes."
@@ -560,12 +583,22 @@ class Settings(BaseSettings):
         return self
 
     def _tenant_problems(self) -> Iterator[str]:
+        """Tenants name known pools, and quotas only models some backend serves."""
+        served = {
+            m for pool in self.pools.values() for b in pool.backends.values() for m in b.models
+        }
         for tenant_id, tenant in self.tenants.items():
             for pool in tenant.pools or ():
                 if pool not in self.pools:
                     yield (
                         f"tenants.{tenant_id}.pools: unknown pool {pool!r} "
                         f"(known: {', '.join(sorted(self.pools))})"
+                    )
+            for model in tenant.quotas.models if tenant.quotas is not None else ():
+                if model not in served:
+                    yield (
+                        f"tenants.{tenant_id}.quotas.models: no backend serves model {model!r} "
+                        f"(served: {', '.join(sorted(served))})"
                     )
 
     def _lending_problems(self) -> Iterator[str]:

@@ -15,6 +15,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from admission.controller import Admission
+from admission.quota import Quotas
 from backends.pools import Router
 from backends.state import BackendStates
 from estimators.estimator import CostEstimator
@@ -52,7 +53,15 @@ def create_app(settings: Settings) -> web.Application:
         await asyncio.to_thread(load_tokenizers, settings)
         estimator = CostEstimator(settings, redis)
         gateway = Gateway(
-            settings, redis, keys, router, backend_states, estimator, GatewayMetrics(), admission
+            settings,
+            redis,
+            keys,
+            router,
+            backend_states,
+            estimator,
+            GatewayMetrics(),
+            admission,
+            Quotas(redis, settings),
         )
         app[GATEWAY] = gateway
         yield

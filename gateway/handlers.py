@@ -15,6 +15,8 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from admission.domain import band_of
+from admission.errors import AdmissionError
+from admission.quota import QuotaState
 from admission.ticket import Ticket
 from backends.backend import Backend
 from backends.errors import BackendUnreachable, EngineError, EngineFailed
@@ -22,13 +24,14 @@ from backends.pools import Pool
 from backends.tokenize import engine_token_count
 from backends.transport import READ_ERRORS, EngineRequest
 from estimators.cost import Cost
-from fairgate.errors import backend_unavailable, invalid_api_key, invalid_request
+from fairgate.errors import GatewayError, backend_unavailable, invalid_api_key, invalid_request
 from fairgate.ids import new_id
 from fairgate.settings import TenantConfig
 from gateway.auth import authenticate
 from gateway.inflight import Granted, InFlight
 from gateway.metering import StreamMeter
-from gateway.middleware import request_id_of
+from gateway.middleware import as_gateway_error, request_id_of
+from gateway.ratelimits import rate_limit_headers
 from gateway.relay import (
     Relayed,
     is_event_stream,
@@ -57,7 +60,18 @@ def inference(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Strea
         gateway = request.app[GATEWAY]
         flight = await _arrive(request, gateway, endpoint)
         asked = time.monotonic()
-        granted = await _admit_and_connect(gateway, flight)
+        try:
+            granted = await _admit_and_connect(gateway, flight)
+        except BaseException as exc:
+            if flight.quota is None:
+                raise
+            # It never ran: its tokens go back to the quota, and its refusal says where the
+            # quotas stand, as every response of the tenant does.
+            gateway.in_background(gateway.quotas.correct(flight.quota, 0))
+            error = _with_quota_headers(exc, flight.quota.state)
+            if error is exc:
+                raise
+            raise error from exc
         flight.granted = granted
         queued_s = max(granted.lease.granted_at - asked, 0.0)
         flight.headers["X-Fairgate-Queue-Time"] = f"{queued_s:.3f}"
@@ -83,7 +97,8 @@ def inference(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Strea
 
 async def _arrive(request: web.Request, gateway: Gateway, endpoint: Endpoint) -> InFlight:
     """Who asks, for what, at what estimated cost, in which pool: the request as admission
-    will see it (its ticket, with the per-request priority and queue timeout)."""
+    will see it (its ticket, with the per-request priority and queue timeout), charged to its
+    tenant's quotas (a request over one is refused here and never queues)."""
     tenant_id, tenant = await _tenant(request, gateway)
     parsed = parse_request(endpoint, await request.read())
     choice = gateway.pools.start(request.headers, parsed.model, tenant_id, tenant)
@@ -111,7 +126,13 @@ async def _arrive(request: web.Request, gateway: Gateway, endpoint: Endpoint) ->
         prefer=pool.session_backend(request.headers, parsed.body),
         prefer_slack=pool.affinity_slack_tokens,
     )
-    return InFlight(request, tenant_id, tenant, parsed, cost, pool, ticket, headers)
+    flight = InFlight(request, tenant_id, tenant, parsed, cost, pool, ticket, headers)
+    flight.quota = await gateway.quotas.charge(
+        tenant_id, tenant.quotas, parsed.model, cost.inflight_tokens
+    )
+    if flight.quota is not None:
+        headers.update(rate_limit_headers(flight.quota.state))
+    return flight
 
 
 async def _estimate(gateway: Gateway, tenant_id: str, parsed: InferenceRequest, pool: Pool) -> Cost:
@@ -198,6 +219,14 @@ async def _admit_and_connect(gateway: Gateway, flight: InFlight) -> Granted:
     )
 
 
+def _with_quota_headers(exc: BaseException, state: QuotaState) -> BaseException:
+    """A failure answered to the client, with the rate-limit headers of the tenant's quotas."""
+    error = as_gateway_error(exc) if isinstance(exc, (AdmissionError, EngineError)) else exc
+    if isinstance(error, GatewayError):
+        error.headers.update(rate_limit_headers(state))
+    return error
+
+
 def _engine_failed(gateway: Gateway, backend: Backend, reason: str) -> None:
     """Count a failed request against its engine; enough in a row eject it on every replica."""
     gateway.in_background(gateway.backend_states.request_failed(backend, reason))
@@ -240,12 +269,15 @@ async def _relay_plain(granted: Granted, headers: dict[str, str]) -> tuple[web.R
 
 
 async def _settle(gateway: Gateway, flight: InFlight) -> None:
-    """After the response: release the lease with the service used, then learn from usage.
+    """After the response: release the lease with the service used, correct the tokens
+    charged to the tenant's quotas to those used, then learn from usage.
 
     A request that ended well leaves its lease reusable by the next of its flow (admission
     decides whether it is reused); one that failed or was abandoned releases it.
     """
     await flight.granted.lease.release(flight.service_used, reusable=flight.ended_well)
+    if flight.quota is not None and (used := flight.tokens_used) is not None:
+        await gateway.quotas.correct(flight.quota, used)
     outcome = flight.outcome
     if outcome is None or outcome.usage is None:
         return

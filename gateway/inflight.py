@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from admission.lease import Lease
+from admission.quota import Charge
 from admission.ticket import Ticket
 from backends.backend import Backend
 from backends.pools import Pool
@@ -55,6 +56,7 @@ class InFlight:
     pool: Pool
     ticket: Ticket
     headers: dict[str, str]  # the response's own: request id, pool, route, estimates, ...
+    quota: Charge | None = None  # what it took of its tenant's quotas (None: it has none)
     outcome: Relayed | None = None
     _granted: Granted | None = field(default=None, init=False, repr=False)
 
@@ -80,6 +82,20 @@ class InFlight:
             and outcome.status < 500
             and outcome.completed
         )
+
+    @property
+    def tokens_used(self) -> int | None:
+        """Prompt plus output tokens, from the engine's usage, else from the chunks relayed
+        (a stream); None where neither says (its quota keeps the estimate charged)."""
+        if self.outcome is None:
+            return None
+        usage = self.outcome.usage or {}
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(prompt, int):
+            return prompt + (completion if isinstance(completion, int) else 0)
+        if self.parsed.stream:
+            return self.cost.prompt_tokens + self.outcome.chunks
+        return None
 
     @property
     def service_used(self) -> float | None:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from admission.errors import AdmissionError, AdmissionUnavailable, Refused
+from admission.errors import AdmissionError, AdmissionUnavailable, QuotaExceeded, Refused
 from backends.errors import EngineError, EngineTimeout
 from fairgate.errors import (
     GatewayError,
@@ -26,6 +26,7 @@ from fairgate.errors import (
     rate_limited,
 )
 from fairgate.ids import new_id
+from gateway.ratelimits import rate_limit_headers
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,12 @@ async def request_id(request: web.Request, handler: Handler) -> web.StreamRespon
 
 def as_gateway_error(exc: AdmissionError | EngineError) -> GatewayError:
     """The one place where admission's and the engines' failures become HTTP and the OpenAI
-    error body: status, type, code, ``Retry-After``."""
+    error body: status, type, code, ``Retry-After`` (and a quota's rate-limit headers)."""
     message = str(exc)
+    if isinstance(exc, QuotaExceeded):
+        error = rate_limited(message, exc.retry_after_s)
+        error.headers.update(rate_limit_headers(exc.state))
+        return error
     if isinstance(exc, Refused):
         return rate_limited(message, exc.retry_after_s)
     if isinstance(exc, AdmissionUnavailable):

@@ -12,6 +12,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from admission.controller import Admission
+from admission.quota import Quotas
 from backends.pools import Router
 from backends.state import BackendStates
 from estimators.estimator import CostEstimator
@@ -34,6 +35,7 @@ class Gateway:
     estimator: CostEstimator
     metrics: GatewayMetrics
     admission: Admission
+    quotas: Quotas  # tenants' requests and tokens per minute or day
     meters: PlainMeters = field(init=False)  # plain responses charged while they run
     pools: PoolSelector = field(init=False)  # which pool serves each request
     _background: set[asyncio.Task[Any]] = field(default_factory=set)

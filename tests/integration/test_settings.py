@@ -189,6 +189,20 @@ def test_tenant_defaults(tmp_path: Path) -> None:
     assert tenant.key_hashes() == []
 
 
+def test_tenant_quotas_are_optional_and_may_be_per_model(tmp_path: Path) -> None:
+    cfg = minimal_config()
+    cfg["tenants"]["u"] = {
+        "api_keys": ["fg-u-key"],
+        "quotas": {"tokens_per_minute": 1000, "models": {"m": {"requests_per_minute": 5}}},
+    }
+    settings = load(tmp_path, cfg)
+    assert settings.tenants["t"].quotas is None
+    quotas = settings.tenants["u"].quotas
+    assert quotas is not None
+    assert (quotas.tokens_per_minute, quotas.requests_per_minute) == (1000, None)
+    assert quotas.models["m"].requests_per_minute == 5
+
+
 def test_tenant_may_name_known_pools(tmp_path: Path) -> None:
     cfg = minimal_config()
     add_second_pool(cfg)
@@ -312,6 +326,26 @@ INVALID_CONFIGS = [
         _set_tenant(pools=["batch"]),
         ["tenants.t.pools", "unknown pool 'batch'", "known: interactive"],
         id="tenant-refers-to-unknown-pool",
+    ),
+    pytest.param(
+        _set_tenant(quotas={"requests_per_minute": 0}),
+        ["tenants.t.quotas.requests_per_minute", "greater than 0"],
+        id="quota-not-positive",
+    ),
+    pytest.param(
+        _set_tenant(quotas={"tokens_per_minut": 100}),
+        ["tenants.t.quotas.tokens_per_minut", "Extra inputs are not permitted"],
+        id="quota-typo",
+    ),
+    pytest.param(
+        _set_tenant(quotas={"models": {"m": {"tokens_per_day": -5}}}),
+        ["tenants.t.quotas.models.m.tokens_per_day", "greater than 0"],
+        id="model-quota-not-positive",
+    ),
+    pytest.param(
+        _set_tenant(quotas={"models": {"gpt-x": {"requests_per_minute": 5}}}),
+        ["tenants.t.quotas.models: no backend serves model 'gpt-x'", "served: m"],
+        id="quota-of-unserved-model",
     ),
     pytest.param(
         _same_key_on_two_tenants,

@@ -1,0 +1,187 @@
+"""Per-tenant quotas (requests and tokens per minute or day), shared by every replica.
+
+Enforced in Redis by one atomic script (``lua/quota.lua``) on the tenant's own key
+(:func:`fairgate.keys.quota`), before the request enters admission: a refused request never
+queues. The algorithm is GCRA (the generic cell rate algorithm) rather than a sliding window:
+it keeps one number per limit (when its budget would be whole again) instead of a log of
+every request, so a check is O(1) in time and memory whatever the rate; a cost of any size
+(a request's tokens) is one subtraction; and giving tokens back at completion is as cheap as
+taking them. Its window rolls continuously: a budget refills at ``limit / period`` rather
+than all at once at the top of a minute, so no burst of twice the limit straddles a boundary.
+
+Tokens are charged at admission with :attr:`~estimators.cost.Cost.inflight_tokens` (prompt
+plus the likely, p90, output): the same reservation admission holds against the tenant's
+token budget, so a burst of huge prompts is refused before any of it runs, and a typical
+request is over- rather than under-charged. At completion the charge is corrected to the
+engine's usage (prompt + completion tokens), freeing what was charged but not used. A tenant
+without quotas costs nothing: no limits, no Redis call.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from importlib import resources
+from typing import Literal
+
+from redis.exceptions import RedisError
+
+from admission.errors import AdmissionUnavailable, QuotaExceeded
+from fairgate.keys import quota as quota_key
+from fairgate.redis_client import GatewayRedis, Script
+from fairgate.settings import QuotaConfig, QuotaLimits, Settings
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["requests", "tokens"]
+
+_MINUTE_MS, _DAY_MS = 60_000, 86_400_000
+#: The quota script (standalone: it needs none of the admission library).
+SOURCE = resources.files("admission").joinpath("lua", "quota.lua").read_text()
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One limit that applies to a request: its field in the tenant's hash, and its rate."""
+
+    field: str  # e.g. ``rpm`` or ``m:<model>:tpm``
+    kind: Kind
+    limit: int
+    period_ms: int
+    name: str  # how the config names it, for messages: ``tokens_per_minute`` of ``model x``
+
+
+@dataclass(frozen=True)
+class LimitState:
+    """A limit after a check: what is left of it and in how long it is whole again."""
+
+    limit: Limit
+    remaining: int
+    reset_ms: int
+
+
+@dataclass(frozen=True)
+class QuotaState:
+    """Every limit of one request after its check (the headers report the binding ones)."""
+
+    limits: tuple[LimitState, ...]
+
+    def binding(self, kind: Kind) -> LimitState | None:
+        """The limit of ``kind`` with the least remaining (None if none of that kind)."""
+        of_kind = [s for s in self.limits if s.limit.kind == kind]
+        return min(of_kind, key=lambda s: (s.remaining, -s.reset_ms)) if of_kind else None
+
+
+def limits_of(config: QuotaConfig, model: str) -> tuple[Limit, ...]:
+    """The limits a request for ``model`` is checked against: the tenant's, then the model's."""
+    found = _limits(config, "", "")
+    if (per_model := config.models.get(model)) is not None:
+        found += _limits(per_model, f"m:{model}:", f" of model {model!r}")
+    return found
+
+
+def _limits(config: QuotaLimits, field: str, where: str) -> tuple[Limit, ...]:
+    candidates: list[tuple[str, Kind, int | None, int, str]] = [
+        ("rpm", "requests", config.requests_per_minute, _MINUTE_MS, "requests_per_minute"),
+        ("tpm", "tokens", config.tokens_per_minute, _MINUTE_MS, "tokens_per_minute"),
+        ("tpd", "tokens", config.tokens_per_day, _DAY_MS, "tokens_per_day"),
+    ]
+    return tuple(
+        Limit(field + short, kind, limit, period, name + where)
+        for short, kind, limit, period, name in candidates
+        if limit is not None
+    )
+
+
+def retry_after_s(wait_ms: int) -> int:
+    """Whole seconds until a refused request would fit (rounded up, at least one)."""
+    return max(1, math.ceil(wait_ms / 1000))
+
+
+def _amount(limit: Limit, tokens: int) -> int:
+    return 1 if limit.kind == "requests" else tokens
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What one request took of its tenant's quotas, to correct at completion."""
+
+    tenant: str
+    limits: tuple[Limit, ...]
+    tokens: int
+    state: QuotaState
+
+
+class Quotas:
+    """The quota checks of one gateway process (one script, every tenant's key).
+
+    With Redis unreachable, quotas follow ``admission.fail_mode``: closed refuses (503, as
+    admission would), open lets the request on unchecked (admission's per-replica limits
+    still hold) and warns.
+    """
+
+    def __init__(self, redis: GatewayRedis, settings: Settings) -> None:
+        self._script = Script(redis, SOURCE)
+        self._prefix = settings.redis.key_prefix
+        self._fail_open = settings.admission.fail_mode == "open"
+
+    async def charge(
+        self, tenant: str, config: QuotaConfig | None, model: str, tokens: int
+    ) -> Charge | None:
+        """Take one request and ``tokens`` from every limit that applies, or raise
+        :class:`QuotaExceeded` (taking nothing). None, without a Redis call, if none applies."""
+        limits = limits_of(config, model) if config is not None else ()
+        if not limits:
+            return None
+        try:
+            reply = await self._call(
+                "charge", tenant, [(lim, _amount(lim, tokens)) for lim in limits]
+            )
+        except RedisError as exc:
+            if not self._fail_open:
+                raise AdmissionUnavailable(f"Quotas cannot be checked: {exc}") from exc
+            log.warning("quotas of tenant %s not checked, Redis unreachable: %s", tenant, exc)
+            return None
+        state = _state(limits, reply[2:])
+        if not int(reply[0]):
+            raise QuotaExceeded(
+                _refusal(tenant, state, tokens), retry_after_s(int(reply[1])), state
+            )
+        return Charge(tenant, limits, tokens, state)
+
+    async def correct(self, charge: Charge, tokens_used: int) -> None:
+        """Correct the tokens charged to those used (fewer give the difference back)."""
+        delta = tokens_used - charge.tokens
+        tokens = [(lim, delta) for lim in charge.limits if lim.kind == "tokens"]
+        if delta and tokens:
+            try:
+                await self._call("correct", charge.tenant, tokens)
+            except RedisError as exc:  # the estimate stays charged
+                log.warning("quota of tenant %s not corrected: %s", charge.tenant, exc)
+
+    async def _call(self, mode: str, tenant: str, amounts: list[tuple[Limit, int]]) -> list[int]:
+        args: list[str | int] = [mode]
+        for limit, amount in amounts:
+            args += [limit.field, limit.limit, limit.period_ms, amount]
+        return [int(v) for v in await self._script([quota_key(self._prefix, tenant)], args)]
+
+
+def _state(limits: tuple[Limit, ...], values: list[int]) -> QuotaState:
+    pairs = zip(values[0::2], values[1::2], strict=True)
+    return QuotaState(
+        tuple(LimitState(lim, rem, reset) for lim, (rem, reset) in zip(limits, pairs, strict=True))
+    )
+
+
+def _refusal(tenant: str, state: QuotaState, tokens: int) -> str:
+    """The client's message: the exhausted limit, and whether waiting can help at all."""
+    for s in state.limits:
+        if s.limit.kind == "tokens" and tokens > s.limit.limit:
+            return (
+                f"The request's estimated {tokens} tokens exceed tenant '{tenant}''s "
+                f"{s.limit.name} quota of {s.limit.limit}; lower max_tokens or the prompt."
+            )
+    short = [s for s in state.limits if s.remaining < _amount(s.limit, tokens)]
+    exhausted = short[0] if short else state.limits[0]
+    return f"Tenant '{tenant}' reached its {exhausted.limit.name} quota of {exhausted.limit.limit}."
