@@ -7,11 +7,6 @@ says after how long (``retry_after_s``), which the gateway sends as ``Retry-Afte
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from admission.quota import QuotaState
-
 
 class AdmissionError(Exception):
     """A request admission will not run; ``str(exc)`` is the message for the client."""
@@ -52,15 +47,3 @@ class AtLimit(Refused):
 
 class AdmissionUnavailable(AdmissionError):
     """Admission cannot decide: Redis is unreachable (fail closed), or lost the request."""
-
-
-class QuotaExceeded(Refused):
-    """The tenant's requests or tokens per minute or day would exceed a quota.
-
-    ``state`` is what is left of each of its quotas (:class:`admission.quota.QuotaState`),
-    which the gateway reports in the rate-limit headers of the refusal too.
-    """
-
-    def __init__(self, message: str, retry_after_s: float, state: QuotaState) -> None:
-        super().__init__(message, retry_after_s)
-        self.state = state

@@ -27,7 +27,7 @@ from typing import Literal
 
 from redis.exceptions import RedisError
 
-from admission.errors import AdmissionUnavailable, QuotaExceeded
+from admission.errors import AdmissionUnavailable, Refused
 from fairgate.keys import quota as quota_key
 from fairgate.redis_client import GatewayRedis, Script
 from fairgate.settings import QuotaConfig, QuotaLimits, Settings
@@ -71,6 +71,18 @@ class QuotaState:
         """The limit of ``kind`` with the least remaining (None if none of that kind)."""
         of_kind = [s for s in self.limits if s.limit.kind == kind]
         return min(of_kind, key=lambda s: (s.remaining, -s.reset_ms)) if of_kind else None
+
+
+class QuotaExceeded(Refused):
+    """The tenant's requests or tokens per minute or day would exceed a quota.
+
+    ``state`` is what is left of each of its quotas (:class:`QuotaState`),
+    which the gateway reports in the rate-limit headers of the refusal too.
+    """
+
+    def __init__(self, message: str, retry_after_s: float, state: QuotaState) -> None:
+        super().__init__(message, retry_after_s)
+        self.state = state
 
 
 def limits_of(config: QuotaConfig, model: str) -> tuple[Limit, ...]:

@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from admission.errors import AdmissionError, AdmissionUnavailable, QuotaExceeded, Refused
+from admission.errors import AdmissionError, AdmissionUnavailable, Refused
+from admission.quota import QuotaExceeded
 from backends.errors import EngineError, EngineTimeout
 from fairgate.errors import (
     GatewayError,
