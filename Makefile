@@ -32,7 +32,7 @@ unit: $(STAMP)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 # Lint, format and types of every package (CI runs it before the tests).
-PACKAGES := fairgate gateway admission estimators backends loadtest
+PACKAGES := fairgate gateway admission estimators backends tenants loadtest
 
 check: $(STAMP)
 	$(VENV)/bin/ruff check $(PACKAGES) tests

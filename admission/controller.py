@@ -24,7 +24,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -39,7 +39,7 @@ from admission.scripts import AdmissionScripts, Decision
 from admission.ticket import Ticket
 from fairgate.keys import AdmissionKeys
 from fairgate.redis_client import GatewayRedis, text
-from fairgate.settings import Settings
+from fairgate.settings import Settings, TenantSettings
 from fairgate.tasks import cancel_all
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,14 @@ MAX_REUSES_IN_FLIGHT = 64
 class Admission:
     """The admission client of one gateway replica."""
 
-    def __init__(self, redis: GatewayRedis, settings: Settings) -> None:
+    def __init__(
+        self,
+        redis: GatewayRedis,
+        settings: Settings,
+        tenants: Callable[[], Mapping[str, TenantSettings]] | None = None,
+    ) -> None:
+        """``tenants`` gives the tenants as they are now (the tenant directory's, which the
+        admin API changes); the settings file's if not given."""
         config = settings.admission
         self.owner = uuid.uuid4().hex[:16]
         self.keys = AdmissionKeys.of(settings.redis.key_prefix)
@@ -67,12 +74,13 @@ class Admission:
         )
         self._redis = redis
         self._settings = settings
+        self._tenants = tenants or (lambda: settings.tenants)
         self._config = config
         self._waiters: dict[str, asyncio.Future[str]] = {}
         self._due: dict[str, float] = {}  # a waiter's queue deadline (loop time)
         self._leases: set[str] = set()
         self._held: dict[str, asyncio.TimerHandle] = {}  # leases Redis holds for a next request
-        self._local = LocalLimits(settings)
+        self._local = LocalLimits(settings, self._tenants)
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Future[None]] = set()
         self._warned_at = 0.0
@@ -87,7 +95,7 @@ class Admission:
 
     async def start(self) -> None:
         try:
-            await publish_config(self._redis, self.keys, self._settings)
+            await publish_config(self._redis, self.keys, self._settings, self._tenants())
         except RedisError as exc:
             log.warning("could not publish admission config to Redis: %s", exc)
         self._tasks = [
@@ -140,7 +148,7 @@ class Admission:
         outcome = await self.scripts.enqueue(ticket, self.owner)
         if outcome.state in ("unknown_tenant", "unknown_pool"):
             # Redis lost its data (a restart without persistence): publish ours, try again.
-            await publish_config(self._redis, self.keys, self._settings)
+            await publish_config(self._redis, self.keys, self._settings, self._tenants())
             outcome = await self.scripts.enqueue(ticket, self.owner)
         return outcome
 

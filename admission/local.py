@@ -9,25 +9,32 @@ controller logs loudly while it is in use.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Mapping
 
 from admission.errors import AtLimit
 from admission.lease import Lease
 from admission.ticket import Ticket
-from fairgate.settings import Settings
+from fairgate.settings import Settings, TenantSettings
 
 
 class LocalLimits:
     """In-process request counts per tenant and backend."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        tenants: Callable[[], Mapping[str, TenantSettings]] | None = None,
+    ) -> None:
+        """``tenants`` gives the tenants as they are now (the settings file's if not given)."""
         self._settings = settings
+        self._tenants_now = tenants or (lambda: settings.tenants)
         self._tenants: Counter[str] = Counter()
         self._backends: Counter[str] = Counter()
         self._held: dict[str, tuple[str, str]] = {}
 
     def admit(self, ticket: Ticket) -> Lease:
-        tenant = self._settings.tenants[ticket.tenant]
-        if self._tenants[ticket.tenant] >= tenant.max_concurrency:
+        tenant = self._tenants_now().get(ticket.tenant)
+        if tenant is None or self._tenants[ticket.tenant] >= tenant.max_concurrency:
             raise AtLimit(f"Tenant '{ticket.tenant}' is at its concurrency limit.")
         pool = self._settings.pools[ticket.pool]
         free = [

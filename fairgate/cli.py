@@ -280,7 +280,9 @@ def _run_sim(args: argparse.Namespace) -> int:
     app = create_app(profile, args.models, args.time_scale, args.seed)
     served = ", ".join(args.models or [profile.model])
     banner = f"simulated engine {profile.name} serving {served} on http://{args.host}:{args.port}"
-    _serve_until_signalled(app, args.host, args.port, f"{banner} (time scale {args.time_scale:g})")
+    _serve_until_signalled(
+        app, args.host, (args.port,), f"{banner} (time scale {args.time_scale:g})"
+    )
     return 0
 
 
@@ -288,12 +290,14 @@ def _run_serve(args: argparse.Namespace) -> int:
     from gateway.app import create_app
 
     settings = load_settings(args.config)
-    host, port = settings.server.host, settings.server.port
+    host, port, admin_port = settings.server.host, settings.server.port, settings.server.admin_port
     banner = (
         f"fairgate listening on http://{host}:{port}/v1 "
-        f"({len(settings.pools)} pools, {len(settings.tenants)} tenants)"
+        f"({len(settings.pools)} pools, {len(settings.tenants)} tenants in the file), "
+        f"admin API on http://{host}:{admin_port or port}/admin/v1"
     )
-    _serve_until_signalled(create_app(settings), host, port, banner)
+    ports = (port,) if admin_port is None else (port, admin_port)
+    _serve_until_signalled(create_app(settings), host, ports, banner)
     return 0
 
 
@@ -316,12 +320,14 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_until_signalled(app: web.Application, host: str, port: int, banner: str) -> None:
+def _serve_until_signalled(
+    app: web.Application, host: str, ports: tuple[int, ...], banner: str
+) -> None:
     """Serve ``app`` on uvloop until SIGINT or SIGTERM, then shut it down cleanly."""
     from fairgate.serving import serve, until_signalled
 
     async def run() -> None:
-        runner = await serve(app, host, port)
+        runner = await serve(app, host, *ports)
         logging.getLogger("fairgate").info("%s", banner)
         try:
             await until_signalled()

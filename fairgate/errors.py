@@ -81,6 +81,16 @@ def model_not_found(model: str) -> GatewayError:
     )
 
 
+def not_found(message: str, code: str = "not_found") -> GatewayError:
+    """404: no such route, tenant, key or backend (``NotFoundError``)."""
+    return GatewayError(404, message, code=code)
+
+
+def conflict(message: str, code: str = "conflict") -> GatewayError:
+    """409: the change conflicts with the current state (``ConflictError``)."""
+    return GatewayError(409, message, code=code)
+
+
 def body_too_large(limit: int) -> GatewayError:
     return GatewayError(
         413, f"The request body exceeds the limit of {limit} bytes.", code="request_too_large"

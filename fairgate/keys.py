@@ -64,6 +64,21 @@ class AdmissionKeys:
         """Counters of admission events (grants, reclaimed, timeouts, holds...)."""
         return f"{self.prefix}stats"
 
+    def directory(self, table: str) -> str:
+        """The tenant directory, the truth the admin API changes: ``tenants`` (tenant ->
+        json {version, config}), ``keys`` (key id -> json record with its digest),
+        ``key_used`` (key id -> last use, epoch s), ``version`` (string, bumped by every
+        change) and ``seeded`` (set once the config file's tenants were written).
+
+        In the admission slot, so that a change and the scripts' view of it (``cfg:tenants``,
+        ``cfg:bands``) are written in one transaction."""
+        return f"{self.prefix}dir:{table}"
+
+    @property
+    def directory_channel(self) -> str:
+        """The channel on which every replica hears that the directory changed."""
+        return f"{self.prefix}dir:changed"
+
     @property
     def queued(self) -> str:
         """tenant -> requests queued; ``pool:<pool>`` -> requests queued for a pool."""
@@ -85,11 +100,6 @@ def output_history(key_prefix: str, model: str, tenant: str, kind: str) -> tuple
 def calibration(key_prefix: str, model: str) -> str:
     """The hash of a model's prompt-count correction."""
     return f"{model_tag(key_prefix, model)}:calib"
-
-
-def api_keys(key_prefix: str) -> str:
-    """sha256 digest of an API key -> its tenant."""
-    return f"{key_prefix}:apikeys"
 
 
 def quota(key_prefix: str, tenant: str) -> str:

@@ -8,8 +8,9 @@ import signal
 from aiohttp import web
 
 
-async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Start listening on ``host:port`` (0 picks a free port; see ``runner.addresses``).
+async def serve(app: web.Application, host: str, *ports: int) -> web.AppRunner:
+    """Start listening on ``host`` at each of ``ports`` (0 picks a free port; see
+    ``runner.addresses``).
 
     ``handler_cancellation=True``: when a client disconnects, its handler is cancelled at once.
     Both the gateway (which must close the engine connection so the engine stops generating)
@@ -18,7 +19,8 @@ async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
     """
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port, backlog=1024).start()
+    for port in ports:
+        await web.TCPSite(runner, host, port, backlog=1024).start()
     return runner
 
 

@@ -21,6 +21,7 @@ import hashlib
 import os
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -60,6 +61,15 @@ ModelId = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern
 KeyHash = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
 
 EngineKind = Literal["vllm", "sglang", "tgi", "llamacpp", "ollama", "openai"]
+
+
+#: Ids of API keys: ``key_`` and 4 to 40 lowercase letters or digits.
+KeyId = Annotated[str, StringConstraints(pattern=r"^key_[a-z0-9]{4,40}$")]
+
+
+def key_id_of(digest: str) -> str:
+    """The id of a key declared by its digest alone: part of the digest, stable everywhere."""
+    return "key_" + digest.removeprefix("sha256:")[:16]
 
 
 def hash_api_key(key: str) -> str:
@@ -425,8 +435,23 @@ class QuotaConfig(QuotaLimits):
     )
 
 
-class TenantConfig(StrictModel):
-    """A customer of the gateway: its share, its limits and the keys that identify it."""
+class ApiKeyRecord(StrictModel):
+    """A key known by its digest, with what an operator sees of it (never the secret).
+
+    Keys made through the admin API are exported in this form (``GET /admin/v1/config``), so
+    the exported file seeds them back with their ids, names and expiry.
+    """
+
+    id: KeyId = Field(description="The key's id, for listing and revoking it.")
+    sha256: KeyHash = Field(description="The digest of the secret.")
+    name: str = Field("", max_length=128, description="What the key is for.")
+    prefix: str = Field("", max_length=16, description="The secret's first characters.")
+    created_at: datetime | None = Field(None, description="When the key was made.")
+    expires_at: datetime | None = Field(None, description="When it stops working, if ever.")
+
+
+class TenantSettings(StrictModel):
+    """A customer of the gateway: its share and its limits (what the admin API changes)."""
 
     weight: PositiveFloat = Field(1.0, description="Share of contended capacity.")
     priority: int = Field(
@@ -450,16 +475,40 @@ class TenantConfig(StrictModel):
     quotas: QuotaConfig | None = Field(
         None, description="Requests and tokens per minute or day; unlimited if unset."
     )
+
+
+class TenantConfig(TenantSettings):
+    """A tenant as the config file declares it: its settings and the keys that identify it."""
+
     api_keys: list[SecretStr] = Field(
         default_factory=list, description="Keys in clear, to seed; stored only as hashes."
     )
     api_key_hashes: list[KeyHash] = Field(
         default_factory=list, description="Keys given as sha256 digests."
     )
+    keys: list[ApiKeyRecord] = Field(
+        default_factory=list, description="Keys by digest with an id, name and expiry."
+    )
 
     def key_hashes(self) -> list[str]:
         """All of this tenant's keys as stored digests."""
-        return [hash_api_key(k.get_secret_value()) for k in self.api_keys] + self.api_key_hashes
+        return [
+            *(hash_api_key(k.get_secret_value()) for k in self.api_keys),
+            *self.api_key_hashes,
+            *(k.sha256 for k in self.keys),
+        ]
+
+    def key_records(self) -> list[ApiKeyRecord]:
+        """Every key of this tenant as a record; keys given in clear or as bare digests get an
+        id derived from their digest (stable across replicas and restarts)."""
+        bare = [hash_api_key(k.get_secret_value()) for k in self.api_keys] + self.api_key_hashes
+        return [ApiKeyRecord(id=key_id_of(d), sha256=d, name="config") for d in bare] + self.keys
+
+    def without_keys(self) -> TenantSettings:
+        """The tenant's settings alone: what the directory stores (keys are kept apart)."""
+        return TenantSettings.model_validate(
+            self.model_dump(exclude={"api_keys", "api_key_hashes", "keys"}, exclude_unset=True)
+        )
 
 
 class RedisConfig(StrictModel):
@@ -498,15 +547,42 @@ class ServerConfig(StrictModel):
     engine_load_interval_s: PositiveFloat = Field(
         1.0, description="How often each engine's own load (its /metrics) is scraped."
     )
-
-
-class AuthConfig(StrictModel):
-    """How API keys are looked up: in Redis, through a short per-replica cache."""
-
-    cache_ttl_s: NonNegativeFloat = Field(5.0, description="How long a found key is cached.")
-    negative_cache_ttl_s: NonNegativeFloat = Field(
-        1.0, description="How long an unknown key is remembered as unknown."
+    admin_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Serve the admin API and status page on this port only (same host), "
+        "apart from the proxy's; on the proxy's port if unset.",
     )
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> ServerConfig:
+        if self.admin_port == self.port:
+            raise ValueError("admin_port must differ from port (or be left unset)")
+        return self
+
+
+class AdminConfig(StrictModel):
+    """Who may use the admin API: bearer tokens of its own, never a tenant's key.
+
+    Tokens are kept only as sha256 digests and compared in constant time. With none
+    configured, the admin API answers every call with 401 and says how to enable it.
+    """
+
+    tokens: list[SecretStr] = Field(
+        default_factory=list, description="Admin tokens in clear (from env, preferably)."
+    )
+    token_hashes: list[KeyHash] = Field(
+        default_factory=list, description="Admin tokens as sha256 digests."
+    )
+    sync_interval_s: PositiveFloat = Field(
+        1.0,
+        description="How often each replica checks the tenant directory's version, besides "
+        "hearing changes on pub/sub.",
+    )
+
+    def token_digests(self) -> list[str]:
+        return [hash_api_key(t.get_secret_value()) for t in self.tokens] + self.token_hashes
 
 
 class _RedisUrlAlias(PydanticBaseSettingsSource):
@@ -531,7 +607,7 @@ class Settings(BaseSettings):
     )
 
     server: ServerConfig = ServerConfig()
-    auth: AuthConfig = AuthConfig()
+    admin: AdminConfig = AdminConfig()
     redis: RedisConfig = RedisConfig()
     pools: dict[Name, PoolConfig] = Field(min_length=1)
     tenants: dict[Name, TenantConfig] = Field(default_factory=dict)
@@ -583,23 +659,28 @@ class Settings(BaseSettings):
         return self
 
     def _tenant_problems(self) -> Iterator[str]:
-        """Tenants name known pools, and quotas only models some backend serves."""
+        for tenant_id, tenant in self.tenants.items():
+            yield from self.tenant_problems(tenant_id, tenant)
+
+    def tenant_problems(self, tenant_id: str, tenant: TenantSettings) -> Iterator[str]:
+        """What is wrong with ``tenant`` in this deployment: pools it names must exist, and
+        its quotas name only models some backend serves. Also checks the admin API's
+        changes, so a tenant made at run time is held to the file's rules."""
         served = {
             m for pool in self.pools.values() for b in pool.backends.values() for m in b.models
         }
-        for tenant_id, tenant in self.tenants.items():
-            for pool in tenant.pools or ():
-                if pool not in self.pools:
-                    yield (
-                        f"tenants.{tenant_id}.pools: unknown pool {pool!r} "
-                        f"(known: {', '.join(sorted(self.pools))})"
-                    )
-            for model in tenant.quotas.models if tenant.quotas is not None else ():
-                if model not in served:
-                    yield (
-                        f"tenants.{tenant_id}.quotas.models: no backend serves model {model!r} "
-                        f"(served: {', '.join(sorted(served))})"
-                    )
+        for pool in tenant.pools or ():
+            if pool not in self.pools:
+                yield (
+                    f"tenants.{tenant_id}.pools: unknown pool {pool!r} "
+                    f"(known: {', '.join(sorted(self.pools))})"
+                )
+        for model in tenant.quotas.models if tenant.quotas is not None else ():
+            if model not in served:
+                yield (
+                    f"tenants.{tenant_id}.quotas.models: no backend serves model {model!r} "
+                    f"(served: {', '.join(sorted(served))})"
+                )
 
     def _lending_problems(self) -> Iterator[str]:
         """A pool lends only to known pools whose every model all of its backends serve."""
@@ -681,7 +762,7 @@ def load_settings(path: str | Path) -> Settings:
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: invalid configuration\n{_describe(exc)}") from None
+        raise ConfigError(f"{source}: invalid configuration\n{describe_validation(exc)}") from None
     except SettingsError as exc:  # e.g. FAIRGATE_SERVER=x: not JSON where an object is expected
         raise ConfigError(
             f"{source}: invalid configuration\n  {exc} (check the FAIRGATE_* environment)"
@@ -704,10 +785,12 @@ def _read_yaml(source: Path) -> dict[str, Any]:
     return data
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_validation(exc: ValidationError, at: str = "") -> str:
+    """One indented line per problem, each naming its field by dotted path (under ``at``);
+    secrets and whole objects are never echoed back."""
     lines = []
     for err in exc.errors(include_url=False):
-        where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        where = ".".join([at] * bool(at) + [str(part) for part in err["loc"]]) or "(top level)"
         message = err["msg"].removeprefix("Value error, ")
         if not err["loc"] and err["type"] == "value_error":
             # the cross-section checks: one line per problem, each naming its own field

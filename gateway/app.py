@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from redis.exceptions import RedisError
+from aiohttp.typedefs import Middleware
 
 from admission.controller import Admission
 from admission.quota import Quotas
@@ -23,39 +23,38 @@ from estimators.tokenizer import default_tokenizer, tokenizer_for
 from fairgate.redis_client import connect
 from fairgate.settings import Settings
 from gateway import handlers
-from gateway.auth import KeyStore
+from gateway.admin import routes as admin_routes
 from gateway.metrics import GatewayMetrics
-from gateway.middleware import openai_errors, request_id
+from gateway.middleware import admin_port_only, openai_errors, request_id
 from gateway.requests import Endpoint
 from gateway.state import GATEWAY, Gateway
+from tenants.directory import Directory
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> web.Application:
     """The gateway application for ``settings`` (resources open when it starts)."""
-    app = web.Application(
-        middlewares=[request_id, openai_errors], client_max_size=settings.server.max_body_bytes
-    )
+    middlewares: list[Middleware] = [request_id, openai_errors]
+    if settings.server.admin_port is not None:
+        middlewares.append(admin_port_only(settings.server.admin_port))
+    app = web.Application(middlewares=middlewares, client_max_size=settings.server.max_body_bytes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         redis = connect(settings.redis)
         router = Router(settings)
-        admission = Admission(redis, settings)
+        directory = Directory(redis, settings)
+        await directory.start()
+        admission = Admission(redis, settings, directory.tenants)
         await admission.start()
         backend_states = BackendStates(router.backends, admission, settings)
-        keys = KeyStore(redis, settings)
-        try:
-            await keys.seed()
-        except RedisError as exc:
-            log.warning("could not seed API keys into Redis (%s); config keys still work", exc)
         await backend_states.start()
         await asyncio.to_thread(load_tokenizers, settings)
         estimator = CostEstimator(settings, redis)
         gateway = Gateway(
             settings,
             redis,
-            keys,
+            directory,
             router,
             backend_states,
             estimator,
@@ -69,6 +68,7 @@ def create_app(settings: Settings) -> web.Application:
         await gateway.drain()
         await backend_states.stop()
         await admission.stop()
+        await directory.stop()
         await router.close()
         await redis.aclose()
 
@@ -79,6 +79,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
+    admin_routes.install(app)
     return app
 
 

@@ -24,9 +24,9 @@ from backends.pools import Pool
 from backends.tokenize import engine_token_count
 from backends.transport import READ_ERRORS, EngineRequest
 from estimators.cost import Cost
-from fairgate.errors import GatewayError, backend_unavailable, invalid_api_key, invalid_request
+from fairgate.errors import GatewayError, backend_unavailable, invalid_request
 from fairgate.ids import new_id
-from fairgate.settings import TenantConfig
+from fairgate.settings import TenantSettings
 from gateway.auth import authenticate
 from gateway.inflight import Granted, InFlight
 from gateway.metering import StreamMeter
@@ -43,14 +43,6 @@ from gateway.state import GATEWAY, Gateway
 
 #: Request headers passed on to the engine (the tenant's key never is).
 _FORWARDED = ("traceparent", "tracestate", "baggage", "Accept", "Accept-Language", "User-Agent")
-
-
-async def _tenant(request: web.Request, gateway: Gateway) -> tuple[str, TenantConfig]:
-    tenant_id = await authenticate(request, gateway.keys)
-    tenant = gateway.settings.tenants.get(tenant_id)
-    if tenant is None:  # a key whose tenant has been removed
-        raise invalid_api_key("The API key belongs to no active tenant.")
-    return tenant_id, tenant
 
 
 def inference(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -99,7 +91,7 @@ async def _arrive(request: web.Request, gateway: Gateway, endpoint: Endpoint) ->
     """Who asks, for what, at what estimated cost, in which pool: the request as admission
     will see it (its ticket, with the per-request priority and queue timeout), charged to its
     tenant's quotas (a request over one is refused here and never queues)."""
-    tenant_id, tenant = await _tenant(request, gateway)
+    tenant_id, tenant = authenticate(request, gateway.directory)
     parsed = parse_request(endpoint, await request.read())
     choice = gateway.pools.start(request.headers, parsed.model, tenant_id, tenant)
     cost = await _estimate(gateway, tenant_id, parsed, choice.estimating)
@@ -142,18 +134,20 @@ async def _estimate(gateway: Gateway, tenant_id: str, parsed: InferenceRequest, 
     )
 
 
-def _priority(request: web.Request, gateway: Gateway, tenant: TenantConfig) -> tuple[str, int]:
+def _priority(request: web.Request, gateway: Gateway, tenant: TenantSettings) -> tuple[str, int]:
     """The request's band and priority: the tenant's own, or lower if it asks for it (with
     ``X-Fairgate-Priority``, where the tenant may), never below the lowest tenant's."""
     band, priority = "", tenant.priority
     if tenant.allow_priority_header and (asked := request.headers.get("X-Fairgate-Priority")):
-        lowest = min(t.priority for t in gateway.settings.tenants.values())
-        priority = max(lowest, min(int(_number(asked, "X-Fairgate-Priority")), tenant.priority))
+        priority = max(
+            gateway.directory.lowest_priority,
+            min(int(_number(asked, "X-Fairgate-Priority")), tenant.priority),
+        )
         band = band_of(priority)
     return band, priority
 
 
-def _queue_timeout(request: web.Request, tenant: TenantConfig) -> float:
+def _queue_timeout(request: web.Request, tenant: TenantSettings) -> float:
     """How long the request may wait: the tenant's queue timeout, or less if it asks."""
     timeout = tenant.queue_timeout_s
     if asked := request.headers.get("X-Fairgate-Queue-Timeout"):
@@ -323,7 +317,7 @@ def _upstream_headers(flight: InFlight) -> dict[str, str]:
 
 async def list_models(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
-    _, tenant = await _tenant(request, gateway)
+    _, tenant = authenticate(request, gateway.directory)
     created = int(time.time())
     data = [
         {"id": model, "object": "model", "created": created, "owned_by": "fairgate"}

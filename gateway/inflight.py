@@ -20,7 +20,7 @@ from backends.backend import Backend
 from backends.pools import Pool
 from backends.transport import EngineResponse
 from estimators.cost import Cost
-from fairgate.settings import TenantConfig
+from fairgate.settings import TenantSettings
 from gateway.metering import PlainMeter
 from gateway.relay import Relayed
 from gateway.requests import InferenceRequest
@@ -50,7 +50,7 @@ class InFlight:
 
     request: web.Request
     tenant_id: str
-    tenant: TenantConfig
+    tenant: TenantSettings
     parsed: InferenceRequest
     cost: Cost
     pool: Pool

@@ -14,6 +14,7 @@ import re
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from admission.errors import AdmissionError, AdmissionUnavailable, Refused
 from admission.quota import QuotaExceeded
@@ -24,14 +25,26 @@ from fairgate.errors import (
     backend_failed,
     backend_timeout,
     body_too_large,
+    conflict,
+    invalid_request,
+    not_found,
     rate_limited,
 )
 from fairgate.ids import new_id
 from gateway.ratelimits import rate_limit_headers
+from tenants.errors import (
+    DirectoryError,
+    InvalidTenant,
+    KeyNotFound,
+    TenantExists,
+    TenantNotFound,
+    VersionConflict,
+)
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 REQUEST_ID = web.RequestKey("request_id", str)
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -55,10 +68,19 @@ async def request_id(request: web.Request, handler: Handler) -> web.StreamRespon
     return response
 
 
-def as_gateway_error(exc: AdmissionError | EngineError) -> GatewayError:
-    """The one place where admission's and the engines' failures become HTTP and the OpenAI
-    error body: status, type, code, ``Retry-After`` (and a quota's rate-limit headers)."""
+def as_gateway_error(exc: AdmissionError | EngineError | DirectoryError) -> GatewayError:
+    """The one place where admission's, the engines' and the tenant directory's failures
+    become HTTP and the OpenAI error body: status, type, code, ``Retry-After`` (and a quota's
+    rate-limit headers)."""
     message = str(exc)
+    if isinstance(exc, TenantNotFound | KeyNotFound):
+        return not_found(message)
+    if isinstance(exc, VersionConflict):
+        return conflict(message, "version_conflict")
+    if isinstance(exc, TenantExists):
+        return conflict(message, "tenant_exists")
+    if isinstance(exc, InvalidTenant):
+        return invalid_request(message)
     if isinstance(exc, QuotaExceeded):
         error = rate_limited(message, exc.retry_after_s)
         error.headers.update(rate_limit_headers(exc.state))
@@ -74,13 +96,31 @@ def as_gateway_error(exc: AdmissionError | EngineError) -> GatewayError:
     raise TypeError(f"no mapping for {exc!r}")  # a new failure kind: map it here
 
 
+def admin_port_only(admin_port: int) -> Middleware:
+    """With ``server.admin_port``: the admin API and page answer only on that port, the
+    proxy only on the other (liveness and readiness on both). The listening socket decides,
+    not the Host header, which a client could forge."""
+
+    @web.middleware
+    async def split(request: web.Request, handler: Handler) -> web.StreamResponse:
+        transport = request.transport
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        on_admin_port = sockname is not None and sockname[1] == admin_port
+        admin_path = request.path == "/admin" or request.path.startswith("/admin/")
+        if on_admin_port != admin_path and request.path not in ("/healthz", "/readyz"):
+            raise not_found(f"No route {request.path} on this port.")
+        return await handler(request)
+
+    return split
+
+
 @web.middleware
 async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except GatewayError as exc:
         return exc.response()
-    except (AdmissionError, EngineError) as exc:
+    except (AdmissionError, EngineError, DirectoryError) as exc:
         return as_gateway_error(exc).response()
     except web.HTTPRequestEntityTooLarge:
         return body_too_large(request.client_max_size).response()

@@ -21,7 +21,7 @@ from backends.classify import HEADER_ROUTE, Route
 from backends.pools import Pool, Router
 from estimators.cost import Cost
 from fairgate.errors import invalid_request, model_not_found, permission_denied
-from fairgate.settings import TenantConfig
+from fairgate.settings import TenantSettings
 from gateway.metrics import GatewayMetrics
 
 POOL_HEADER = "X-Fairgate-Pool"
@@ -37,7 +37,7 @@ class PoolChoice:
 
     model: str
     tenant_id: str
-    tenant: TenantConfig
+    tenant: TenantSettings
     estimating: Pool
     pinned: bool  # named by the header: the rules do not apply
 
@@ -51,7 +51,7 @@ class PoolSelector:
         self._metrics = metrics
 
     def start(
-        self, headers: Mapping[str, str], model: str, tenant_id: str, tenant: TenantConfig
+        self, headers: Mapping[str, str], model: str, tenant_id: str, tenant: TenantSettings
     ) -> PoolChoice:
         """What is known before the estimate: a pool named by the header (403 if the tenant may
         not name it), else the default pool (404 if no pool the tenant may use serves the
@@ -74,7 +74,7 @@ class PoolSelector:
         self._metrics.routed(chosen.pool, chosen.rule)
         return self._router.pools[chosen.pool], chosen
 
-    def _named(self, name: str | None, model: str, tenant: TenantConfig) -> Pool | None:
+    def _named(self, name: str | None, model: str, tenant: TenantSettings) -> Pool | None:
         if not name:
             return None
         if not tenant.allow_pool_header:
@@ -88,7 +88,7 @@ class PoolSelector:
             raise invalid_request(f"Pool {name!r} does not serve the model `{model}`.", "model")
         return pool
 
-    def _default(self, model: str, tenant: TenantConfig) -> Pool:
+    def _default(self, model: str, tenant: TenantSettings) -> Pool:
         usable = self._router.classifier.usable(model, tenant.pools)
         if not usable:
             raise model_not_found(model)

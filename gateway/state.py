@@ -17,10 +17,10 @@ from backends.pools import Router
 from backends.state import BackendStates
 from estimators.estimator import CostEstimator
 from fairgate.settings import Settings
-from gateway.auth import KeyStore
 from gateway.metering import PlainMeters
 from gateway.metrics import GatewayMetrics
 from gateway.routing import PoolSelector
+from tenants.directory import Directory
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +29,20 @@ log = logging.getLogger(__name__)
 class Gateway:
     settings: Settings
     redis: Redis
-    keys: KeyStore
+    directory: Directory  # tenants and keys now (the admin API changes them)
     router: Router
     backend_states: BackendStates  # every report about a backend goes here
     estimator: CostEstimator
     metrics: GatewayMetrics
     admission: Admission
     quotas: Quotas  # tenants' requests and tokens per minute or day
+    admin_tokens: list[str] = field(init=False)  # digests of the admin API's tokens
     meters: PlainMeters = field(init=False)  # plain responses charged while they run
     pools: PoolSelector = field(init=False)  # which pool serves each request
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
+        self.admin_tokens = self.settings.admin.token_digests()
         self.meters = PlainMeters(self)
         self.pools = PoolSelector(self.router, self.metrics)
 

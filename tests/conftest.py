@@ -276,7 +276,9 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
 
     async def start(config: dict) -> RunningGateway:
         settings = Settings(**config)
-        runner = await serve(create_gateway(settings), "127.0.0.1", 0)
+        admin_port = settings.server.admin_port
+        ports = (0,) if admin_port is None else (0, admin_port)
+        runner = await serve(create_gateway(settings), "127.0.0.1", *ports)
         runners.append(runner)
         host, port = runner.addresses[0][:2]
         gateways.append(RunningGateway(f"http://{host}:{port}", settings, aiohttp.ClientSession()))

@@ -224,7 +224,10 @@ class Req:
     fast: bool = False  # granted on arrival, never queued (the uncontended fast path)
 
 
-BAND_WEIGHTS = band_weights(make_settings("redis://unused"))  # {"499": 1.0, "500": 0.25}
+_SETTINGS = make_settings("redis://unused")
+BAND_WEIGHTS = band_weights(
+    (t.priority for t in _SETTINGS.tenants.values()), _SETTINGS.admission.priority_min_share
+)  # {"499": 1.0, "500": 0.25}
 #: A flow is a tenant's requests in one band: FCFS within it, one queue each.
 FLOWS = [f"{t}:{b}" for t in TENANTS for b in BAND_WEIGHTS]
 

@@ -7,6 +7,7 @@ official ``openai`` client (async, and sync in a worker thread).
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import openai
@@ -177,9 +178,9 @@ async def test_unknown_or_missing_key_is_401_and_keys_are_stored_hashed(
         assert (await resp.json())["error"]["code"] == "invalid_api_key"
 
     contents = await redis_contents(redis_url)
-    stored = contents["fairgate:apikeys"]
-    assert set(stored.values()) == {b"a", b"b"}
-    assert all(k.startswith(b"sha256:") for k in stored)
+    stored = [json.loads(v) for v in contents["fairgate:{adm}:dir:keys"].values()]
+    assert sorted(k["tenant"] for k in stored) == ["a", "b"]
+    assert all(k["sha256"].startswith("sha256:") for k in stored)
     assert "key-a" not in repr(contents)
 
 

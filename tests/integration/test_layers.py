@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("fairgate", "gateway", "admission", "estimators", "backends", "loadtest")
-PRODUCT = {"gateway", "admission", "estimators", "backends", "loadtest"}
+PACKAGES = ("fairgate", "gateway", "admission", "estimators", "backends", "tenants", "loadtest")
+PRODUCT = {"gateway", "admission", "estimators", "backends", "tenants", "loadtest"}
 #: The shared core: what every product package may stand on.
 CORE = [
     "fairgate.errors",

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("fairgate", "gateway", "admission", "estimators", "backends", "loadtest")
+PACKAGES = ("fairgate", "gateway", "admission", "estimators", "backends", "tenants", "loadtest")
 
 CONFIG = """\
 pools:

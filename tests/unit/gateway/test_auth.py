@@ -1,24 +1,21 @@
-"""gateway/auth.py: where a request's key is read from, and the key store's local cache.
-
-The store talks to Redis through redis-py, here to the test's RESP server; time is a clock the
-test moves (the cache reads ``time.monotonic`` through the module), so expiry needs no sleep.
-"""
+"""gateway/auth.py: where a request's key is read from, and which tenant it names (from the
+tenant directory a replica holds in memory: no Redis is needed to answer)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from types import SimpleNamespace
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from redis.asyncio import Redis
 
-import gateway.auth
 from fairgate.errors import GatewayError
-from fairgate.settings import Settings, hash_api_key
-from gateway.auth import KeyStore, authenticate, bearer_key
+from fairgate.settings import hash_api_key
+from gateway.auth import authenticate, bearer_key
+from tenants.directory import Directory
 from tests.unit.config import settings
-from tests.unit.fake_redis import SILENCE, Error, FakeRedis
 
 # ------------------------------------------------------------------- where the key is read
 
@@ -61,180 +58,46 @@ def test_a_request_without_a_key_is_401_saying_how_to_send_one(headers: dict[str
     assert "Authorization: Bearer YOUR_KEY" in caught.value.message
 
 
-# ----------------------------------------------------------------------------- the cache
+# ------------------------------------------------------------------ keys to tenants
 
 
-class Clock:
-    """``time.monotonic`` for the auth module, moved by the test."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
+def directory(**tenants: dict[str, Any]) -> Directory:
+    """A directory of the file's tenants, as a replica holds it before reaching Redis."""
+    redis = Redis.from_url("redis://127.0.0.1:1")  # never used: nothing is started
+    return Directory(redis, settings(tenants=tenants))
 
 
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr(gateway.auth, "time", SimpleNamespace(monotonic=clock.monotonic))
-    return clock
+def request_with(key: str) -> web.Request:
+    return make_mocked_request("GET", "/v1/models", headers={"Authorization": f"Bearer {key}"})
 
 
-@pytest.fixture
-async def redis(fake_redis: FakeRedis) -> AsyncIterator[Redis]:
-    client = Redis.from_url(fake_redis.url())
-    yield client
-    await client.aclose()
+def test_a_known_key_names_its_tenant_and_its_settings() -> None:
+    found = authenticate(request_with("sk-a"), directory(a={"api_keys": ["sk-a"], "weight": 3}))
+    assert found[0] == "a" and found[1].weight == 3
 
 
-@pytest.fixture
-def config() -> Settings:
-    """Found keys cached 5 s, unknown ones 1 s; Redis calls bounded at 0.1 s."""
-    return settings(
-        redis={"key_prefix": "fg", "timeout_s": 0.1},
-        auth={"cache_ttl_s": 5.0, "negative_cache_ttl_s": 1.0},
-    )
-
-
-STORED = b"fg:apikeys"
-
-
-def store(fake: FakeRedis, key: str, tenant: str) -> None:
-    """A key some replica stored in Redis (as its digest), not in the config file."""
-    fake.hashes.setdefault(STORED, {})[hash_api_key(key).encode()] = tenant.encode()
-
-
-def revoke(fake: FakeRedis, key: str) -> None:
-    del fake.hashes[STORED][hash_api_key(key).encode()]
-
-
-def lookups(fake: FakeRedis) -> int:
-    return fake.names().count("HGET")
-
-
-async def test_seed_stores_the_config_files_keys_as_digests(
-    config: Settings, fake_redis: FakeRedis, redis: Redis
-) -> None:
-    await KeyStore(redis, config).seed()
-    assert fake_redis.hashes[STORED] == {
-        hash_api_key("key-t").encode(): b"t",
-        hash_api_key("key-u").encode(): b"u",
-    }
-
-
-async def test_seed_without_configured_keys_writes_nothing(
-    fake_redis: FakeRedis, redis: Redis
-) -> None:
-    no_keys = settings(tenants={"t": {}})
-    await KeyStore(redis, no_keys).seed()
-    assert "HSET" not in fake_redis.names()
-
-
-async def test_config_keys_cost_no_round_trip_and_outlive_redis(
-    config: Settings, fake_redis: FakeRedis, redis: Redis
-) -> None:
-    keys = KeyStore(redis, config)
-    assert await keys.tenant_for("key-t") == "t"
-    await fake_redis.stop()
-    assert await keys.tenant_for("key-u") == "u"
-    assert lookups(fake_redis) == 0
-
-
-async def test_a_stored_key_is_looked_up_once_then_answered_from_the_cache(
-    config: Settings, fake_redis: FakeRedis, redis: Redis, clock: Clock
-) -> None:
-    store(fake_redis, "sk-stored", "t")
-    keys = KeyStore(redis, config)
-    assert await keys.tenant_for("sk-stored") == "t"
-    clock.now += 4.9
-    assert await keys.tenant_for("sk-stored") == "t"
-    assert lookups(fake_redis) == 1
-    assert fake_redis.commands[-1] == [b"HGET", STORED, hash_api_key("sk-stored").encode()]
-
-
-async def test_a_cached_key_is_looked_up_again_once_its_ttl_is_over(
-    config: Settings, fake_redis: FakeRedis, redis: Redis, clock: Clock
-) -> None:
-    store(fake_redis, "sk-stored", "t")
-    keys = KeyStore(redis, config)
-    assert await keys.tenant_for("sk-stored") == "t"
-    clock.now += 5.0
-    assert await keys.tenant_for("sk-stored") == "t"
-    assert lookups(fake_redis) == 2
-
-
-async def test_a_revoked_key_works_until_its_cache_entry_expires_then_is_refused(
-    config: Settings, fake_redis: FakeRedis, redis: Redis, clock: Clock
-) -> None:
-    store(fake_redis, "sk-stored", "t")
-    keys = KeyStore(redis, config)
-    assert await keys.tenant_for("sk-stored") == "t"
-    revoke(fake_redis, "sk-stored")
-    clock.now += 4.0
-    assert await keys.tenant_for("sk-stored") == "t"  # at most cache_ttl_s of grace
-    clock.now += 1.0
-    assert await keys.tenant_for("sk-stored") is None
-    assert lookups(fake_redis) == 2
-
-
-async def test_an_unknown_key_is_remembered_as_unknown_for_the_negative_ttl(
-    config: Settings, fake_redis: FakeRedis, redis: Redis, clock: Clock
-) -> None:
-    keys = KeyStore(redis, config)
-    assert await keys.tenant_for("sk-new") is None
-    store(fake_redis, "sk-new", "u")  # stored by another replica just after
-    clock.now += 0.9
-    assert await keys.tenant_for("sk-new") is None  # a client retrying costs no round trip
-    assert lookups(fake_redis) == 1
-    clock.now += 0.1
-    assert await keys.tenant_for("sk-new") == "u"
-    assert lookups(fake_redis) == 2
-
-
-@pytest.mark.parametrize(
-    "failure",
-    [lambda command: Error("ERR server is loading"), lambda command: SILENCE],
-    ids=["error reply", "no answer"],
-)
-async def test_a_failed_lookup_refuses_the_key_without_caching_the_refusal(
-    config: Settings, fake_redis: FakeRedis, redis: Redis, failure: object
-) -> None:
-    store(fake_redis, "sk-stored", "t")
-    fake_redis.answers[b"HGET"] = failure  # type: ignore[assignment]
-    keys = KeyStore(redis, config)
-    assert await keys.tenant_for("sk-stored") is None
-    assert await keys.tenant_for("key-t") == "t"  # config keys still work
-    del fake_redis.answers[b"HGET"]
-    assert await keys.tenant_for("sk-stored") == "t"  # Redis answers again: asked again
-
-
-async def test_answers_are_cached_per_store(
-    config: Settings, fake_redis: FakeRedis, redis: Redis
-) -> None:
-    store(fake_redis, "sk-stored", "t")
-    assert await KeyStore(redis, config).tenant_for("sk-stored") == "t"
-    assert await KeyStore(redis, config).tenant_for("sk-stored") == "t"
-    assert lookups(fake_redis) == 2
-
-
-# --------------------------------------------------------------------------- authenticate
-
-
-async def test_authenticate_returns_the_tenant_of_the_key(config: Settings, redis: Redis) -> None:
-    request = make_mocked_request("POST", "/", headers={"api-key": "key-u"})
-    assert await authenticate(request, KeyStore(redis, config)) == "u"
-
-
-@pytest.mark.parametrize(
-    ("key", "shown"), [("sk-unknown-0123456789", "sk-...6789"), ("short-key", "***")]
-)
-async def test_an_unknown_key_is_401_naming_the_key_only_in_part(
-    config: Settings, redis: Redis, key: str, shown: str
-) -> None:
-    request = make_mocked_request("POST", "/", headers={"Authorization": f"Bearer {key}"})
+@pytest.mark.parametrize("key", ["sk-unknown-1234", "short"])
+def test_an_unknown_key_is_401_showing_only_its_ends(key: str) -> None:
     with pytest.raises(GatewayError) as caught:
-        await authenticate(request, KeyStore(redis, config))
+        authenticate(request_with(key), directory(a={"api_keys": ["sk-a"]}))
     assert (caught.value.status, caught.value.code) == (401, "invalid_api_key")
-    assert caught.value.message == f"Incorrect API key provided: {shown}."
-    assert key not in caught.value.message
+    assert key not in caught.value.message or len(key) <= 10 and "***" in caught.value.message
+
+
+def test_a_key_given_by_digest_works_and_an_expired_one_is_refused() -> None:
+    past = datetime(2020, 1, 1, tzinfo=UTC)
+    keys = [
+        {"id": "key_live0001", "sha256": hash_api_key("sk-live")},
+        {"id": "key_dead0001", "sha256": hash_api_key("sk-dead"), "expires_at": past},
+    ]
+    tenants = directory(a={"keys": keys})
+    assert authenticate(request_with("sk-live"), tenants)[0] == "a"
+    with pytest.raises(GatewayError) as caught:
+        authenticate(request_with("sk-dead"), tenants)
+    assert caught.value.status == 401
+
+
+def test_keys_are_held_only_as_digests() -> None:
+    held = directory(a={"api_keys": ["sk-secret-value"]}).snapshot
+    assert "sk-secret-value" not in repr(held)
+    assert list(held.by_digest) == [hash_api_key("sk-secret-value")]

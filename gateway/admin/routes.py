@@ -1,0 +1,13 @@
+"""Installing the admin API and the status page on the gateway's application."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+# Each module declares its operations on ADMIN when imported.
+from gateway.admin import config_export, keys, openapi, tenants  # noqa: F401
+from gateway.admin.api import ADMIN
+
+
+def install(app: web.Application) -> None:
+    ADMIN.install(app)
