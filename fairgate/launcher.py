@@ -146,11 +146,29 @@ fairgate is up: OpenAI base URL {base}/v1 (tenant {tenant} in the examples)
 
   demo keys:
 {tenants}
-
+{_admin_examples(settings, base)}
 Readiness: {base}/readyz     Press Ctrl-C to stop.
 """,
         flush=True,
     )
+
+
+def _admin_examples(settings: Settings, base: str) -> str:
+    """How to reach the admin API, if a token in clear is configured (the demo's)."""
+    if not settings.admin.tokens:
+        return ""
+    token = settings.admin.tokens[0].get_secret_value()
+    admin = (
+        base
+        if settings.server.admin_port is None
+        else base.rsplit(":", 1)[0] + (f":{settings.server.admin_port}")
+    )
+    return f"""
+  admin API (token {token}):
+    curl -s {admin}/admin/v1/tenants -H 'Authorization: Bearer {token}'
+    {_python()} -m fairgate.cli admin --url {admin} --token {token} tenants list
+  status page: {admin}/admin/#token={token}
+"""
 
 
 def _python() -> str:
