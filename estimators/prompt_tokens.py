@@ -84,9 +84,18 @@ def _message_pieces(message: dict[str, Any], template: ChatTemplate) -> Iterator
     elif isinstance(content, list):
         for part in content:
             yield _part_piece(part, template)
-    for call in message.get("tool_calls") or ():
-        function = (call.get("function") or {}) if isinstance(call, dict) else {}
-        yield str(function.get("name", "")) + str(function.get("arguments", ""))
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else [calls] if calls else ():
+        yield _call_piece(call)
+
+
+def _call_piece(call: Any) -> str:
+    """The text of one tool call: its function's name and arguments. A call of another shape
+    (the engine will refuse it) is counted by its JSON, so it is still charged."""
+    function = call.get("function") if isinstance(call, dict) else None
+    if isinstance(function, dict):
+        return str(function.get("name", "")) + str(function.get("arguments", ""))
+    return json.dumps(call, separators=(",", ":"))
 
 
 def _part_piece(part: Any, template: ChatTemplate) -> str | int:

@@ -38,7 +38,7 @@ from gateway.relay import (
     relay_body,
     relay_stream,
 )
-from gateway.requests import Endpoint, InferenceRequest, parse_request
+from gateway.requests import Endpoint, InferenceRequest, parse_request, read_body
 from gateway.state import GATEWAY, Gateway
 
 #: Request headers passed on to the engine (the tenant's key never is).
@@ -92,7 +92,7 @@ async def _arrive(request: web.Request, gateway: Gateway, endpoint: Endpoint) ->
     will see it (its ticket, with the per-request priority and queue timeout), charged to its
     tenant's quotas (a request over one is refused here and never queues)."""
     tenant_id, tenant = authenticate(request, gateway.directory)
-    parsed = parse_request(endpoint, await request.read())
+    parsed = parse_request(endpoint, await read_body(request))
     choice = gateway.pools.start(request.headers, parsed.model, tenant_id, tenant)
     cost = await _estimate(gateway, tenant_id, parsed, choice.estimating)
     pool, chosen = gateway.pools.route(choice, cost)
@@ -188,7 +188,7 @@ async def _admit_and_connect(gateway: Gateway, flight: InFlight) -> Granted:
                 EngineRequest(
                     "POST",
                     parsed.endpoint.value,
-                    parsed.upstream_body(_engine_fields(backend, flight)),
+                    parsed.upstream_body(*_engine_fields(backend, flight)),
                     _upstream_headers(flight),
                 )
             )
@@ -283,18 +283,22 @@ async def _settle(gateway: Gateway, flight: InFlight) -> None:
     gateway.metrics.observed(model, seen)
 
 
-def _engine_fields(backend: Backend, flight: InFlight) -> dict[str, int]:
-    """Body fields for this engine: the request's priority, where the engine orders by one.
+def _engine_fields(backend: Backend, flight: InFlight) -> tuple[dict[str, int], tuple[str, ...]]:
+    """Body fields the gateway sets for this engine, and those the client may not send it.
 
-    Only for a backend configured with ``forward_priority`` (vLLM refuses a priority unless it
-    runs with ``--scheduling-policy priority``), and never over the client's own value. The
-    engine then orders its own queue as fairgate does: higher fairgate priority first.
+    The engine's scheduling field (``priority`` on vLLM and SGLang) is the gateway's alone: a
+    client that set it could jump the engine's queue. With ``forward_priority`` (vLLM refuses
+    a priority unless it runs with ``--scheduling-policy priority``) it carries the request's
+    priority, in the direction the engine orders by (higher fairgate priority first);
+    otherwise the client's value is removed.
     """
     field, first = backend.traits.priority_field, backend.traits.priority_first
-    if not backend.config.forward_priority or field is None or field in flight.parsed.body:
-        return {}
+    if field is None:
+        return {}, ()
+    if not backend.config.forward_priority:
+        return {}, (field,)
     priority = flight.ticket.priority
-    return {field: -priority if first == "lower" else priority}
+    return {field: -priority if first == "lower" else priority}, ()
 
 
 def _upstream_headers(flight: InFlight) -> dict[str, str]:

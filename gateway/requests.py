@@ -2,9 +2,10 @@
 
 The gateway checks only what it needs to route and account for a request: a JSON object with
 a string ``model`` and the input field of its endpoint (``messages``, ``prompt`` or ``input``)
-of the right shape. Every other field, known or not (``ignore_eos``, ``priority``,
+of the right shape. Every other field, known or not (``ignore_eos``, ``top_k``,
 ``chat_template_kwargs``...), goes to the engine exactly as sent; engines validate their own
-parameters and their 4xx answers reach the client unchanged.
+parameters and their 4xx answers reach the client unchanged. The one exception is the field
+that steers the engine's own scheduling (``priority``): only the gateway sets it.
 
 The one change fairgate makes: a streamed request always asks the engine for the final usage
 chunk, so the gateway learns the true token counts; whether the client asked for it is
@@ -18,6 +19,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from fairgate.errors import invalid_request
@@ -76,23 +79,53 @@ class InferenceRequest:
     client_wants_usage: bool
     raw: bytes | None = None  # the client's bytes, while the body is forwarded unchanged
 
-    def upstream_body(self, extra: dict[str, Any] | None = None) -> bytes:
-        """The JSON sent to the engine: the client's own bytes unless the body was changed
-        (or ``extra`` fields are added for this engine)."""
-        if self.raw is not None and not extra:
+    def upstream_body(
+        self, extra: dict[str, Any] | None = None, drop: tuple[str, ...] = ()
+    ) -> bytes:
+        """The JSON sent to the engine: the client's own bytes unless the body was changed,
+        ``extra`` fields are set for this engine, or fields the client may not set are in it
+        (``drop``)."""
+        dropped = [name for name in drop if name in self.body]
+        if self.raw is not None and not extra and not dropped:
             return self.raw
-        body = {**self.body, **extra} if extra else self.body
+        body = {**self.body, **(extra or {})}
+        for name in dropped:
+            if not extra or name not in extra:
+                del body[name]
         return json.dumps(body, separators=(",", ":")).encode()
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request's body, decoded per its ``Content-Encoding``; 400 if it cannot be (a body
+    that says ``deflate`` and is not, a body shorter than its ``Content-Length``). The
+    connection is closed after such an answer: what is left of the body cannot be trusted."""
+    try:
+        return await request.read()
+    except RequestPayloadError as exc:
+        cause = exc.__cause__ or exc
+        error = invalid_request(f"The request body could not be read: {cause}.")
+        error.headers["Connection"] = "close"
+        raise error from None
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A body as a JSON object; 400 saying why it is not one. Nesting deeper than the
+    interpreter's recursion limit and integers of more than 4,300 digits (Python's limit on
+    converting them) are refused here, so nothing later meets them."""
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise invalid_request("The request body is not valid JSON: nested too deeply.") from None
+    except ValueError as exc:  # JSONDecodeError, invalid UTF-8, an integer of 5,000 digits
+        raise invalid_request(f"The request body is not valid JSON: {exc}.") from None
+    if not isinstance(body, dict):
+        raise invalid_request("The request body must be a JSON object.")
+    return body
 
 
 def parse_request(endpoint: Endpoint, raw: bytes) -> InferenceRequest:
     """Parse and check a request body; 400 with the reason if it cannot be served."""
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise invalid_request(f"The request body is not valid JSON: {exc}.") from None
-    if not isinstance(body, dict):
-        raise invalid_request("The request body must be a JSON object.")
+    body = json_object(raw)
     try:
         checked = _SHAPES[endpoint].model_validate(body)
     except ValidationError as exc:

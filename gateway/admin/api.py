@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -12,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from fairgate.errors import GatewayError, invalid_request
 from fairgate.settings import describe_validation
+from gateway import requests
 from gateway.admin.auth import require_admin
 from gateway.state import GATEWAY, Gateway
 
@@ -105,14 +105,7 @@ ADMIN = AdminApi()
 
 async def json_object(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object, or 400 saying what is wrong with it."""
-    raw = await request.read()
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise invalid_request("The request body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise invalid_request("The request body must be a JSON object.")
-    return body
+    return requests.json_object(await requests.read_body(request))
 
 
 def validated(model: type[M], data: Any, at: str = "") -> M:

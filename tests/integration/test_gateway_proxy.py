@@ -303,7 +303,7 @@ async def test_unknown_fields_and_trace_headers_reach_the_engine_but_not_the_key
     gateway = await start_gateway(config)
     extras = {
         "ignore_eos": True,
-        "priority": 5,
+        "top_k": 5,
         "chat_template_kwargs": {"enable_thinking": False},
         "some_future_field": [1, {"x": None}],
     }
@@ -341,10 +341,10 @@ async def test_priority_reaches_engines_that_order_by_it(
         model="llama-3-8b", messages=MESSAGES, extra_headers={"X-Fairgate-Priority": "1"}
     )
     assert received[-1][0]["priority"] == -1  # the header lowered b's priority to 1
-    await gateway.client().chat.completions.create(
-        model="llama-3-8b", messages=MESSAGES, extra_body={"priority": 9}
+    await gateway.client("key-c").chat.completions.create(
+        model="llama-3-8b", messages=MESSAGES, extra_body={"priority": -100}
     )
-    assert received[-1][0]["priority"] == 9  # the client's own value is never overwritten
+    assert received[-1][0]["priority"] == 0  # the gateway's, never the client's own value
 
 
 async def test_priority_is_not_sent_unless_the_backend_asks_for_it(
@@ -356,6 +356,11 @@ async def test_priority_is_not_sent_unless_the_backend_asks_for_it(
     gateway = await start_gateway(config)
     await gateway.client().chat.completions.create(model="llama-3-8b", messages=MESSAGES)
     assert "priority" not in received[-1][0]
+    # A client's own priority would let it jump the engine's queue: it never reaches the engine.
+    await gateway.client().chat.completions.create(
+        model="llama-3-8b", messages=MESSAGES, extra_body={"priority": -100}, temperature=0.5
+    )
+    assert "priority" not in received[-1][0] and received[-1][0]["temperature"] == 0.5
 
 
 # ------------------------------------------------------------------- disconnects, failures

@@ -1,0 +1,125 @@
+"""Bodies a hostile or broken client sends: each is a 4xx in the OpenAI envelope, never a 500,
+and the gateway goes on serving (issue 16, "Found by a hostile client").
+
+Real parts: an in-process gateway in front of a simulated engine, a real redis-server.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import pytest
+
+from tests.conftest import RunningGateway, StartGateway, StartSim, gateway_config
+
+CHAT = "/v1/chat/completions"
+HEADERS = {"Authorization": "Bearer key-a", "Content-Type": "application/json"}
+HELLO = [{"role": "user", "content": "hi"}]
+
+
+def chat(messages: object, **fields: object) -> bytes:
+    return json.dumps(
+        {"model": "llama-3-8b", "messages": messages, "max_tokens": 4, **fields}
+    ).encode()
+
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+@pytest.fixture
+async def gateway(
+    start_gateway: StartGateway, start_sim: StartSim, redis_url: str
+) -> RunningGateway:
+    sim = await start_sim(time_scale=100.0)
+    return await start_gateway(gateway_config(redis_url, {"interactive": [sim.url]}))
+
+
+async def post(gateway: RunningGateway, body: bytes, **headers: str) -> tuple[int, dict]:
+    async with gateway.http.post(
+        gateway.url + CHAT, data=body, headers={**HEADERS, **headers}
+    ) as response:
+        return response.status, await response.json(content_type=None)
+
+
+@pytest.mark.parametrize(
+    ("name", "body"),
+    [
+        (
+            "an array nested 10,000 levels",
+            b'{"model":"llama-3-8b","messages":' + nested(10_000) + b"}",
+        ),
+        (
+            "an object nested 10,000 levels",
+            b'{"model":"m","x":' + b'{"a":' * 10_000 + b"1" + b"}" * 10_001,
+        ),
+        ("an integer of 5,000 digits", b'{"model":"llama-3-8b","max_tokens":' + b"9" * 5000 + b"}"),
+        ("one inside a message", b'{"model":"llama-3-8b","messages":[{"x":' + b"9" * 5000 + b"}]}"),
+        ("invalid UTF-8", b'{"model":"llama-3-8b","messages":"\xff\xfe"}'),
+    ],
+)
+async def test_bodies_python_cannot_parse_are_400(
+    gateway: RunningGateway, name: str, body: bytes
+) -> None:
+    status, answer = await post(gateway, body)
+    assert status == 400, name
+    assert answer["error"]["type"] == "invalid_request_error"
+    assert "not valid JSON" in answer["error"]["message"]
+
+
+@pytest.mark.parametrize("depth", [900, 960, 970, 975, 980, 985, 990])
+@pytest.mark.parametrize("where", ["tool_calls", "content", "extra", "streamed"])
+async def test_deep_nesting_near_the_limit_is_served_or_refused_never_a_500(
+    gateway: RunningGateway, depth: int, where: str
+) -> None:
+    """Whatever the parser accepts, the estimate and the re-encoded body handle too."""
+    inner = nested(depth)
+    hello = json.dumps(HELLO[0]).encode()
+    head = b'{"model":"llama-3-8b","messages":'
+    bodies = {
+        "tool_calls": head + b'[{"role":"assistant","tool_calls":' + inner + b"}]}",
+        "content": head + b'[{"role":"user","content":[{"type":"x","y":' + inner + b"}]}]}",
+        "extra": head + b"[" + hello + b'],"x":' + inner + b"}",
+        "streamed": head + b"[" + hello + b'],"stream":true,"x":' + inner + b"}",
+    }
+    async with gateway.http.post(
+        gateway.url + CHAT, data=bodies[where], headers=HEADERS
+    ) as response:
+        assert response.status in (200, 400), await response.text()
+
+
+@pytest.mark.parametrize(
+    "tool_calls",
+    [
+        "abc",
+        5,
+        [1, 2],
+        [{"function": "x"}],
+        {"a": 1},
+        [{"function": {"name": 1, "arguments": [1]}}],
+        [None],
+    ],
+)
+async def test_tool_calls_of_any_shape_are_estimated_and_forwarded(
+    gateway: RunningGateway, tool_calls: object
+) -> None:
+    """The engine judges their shape (the simulator accepts them); the gateway must not fail."""
+    status, answer = await post(
+        gateway, chat([{"role": "assistant", "tool_calls": tool_calls}, *HELLO])
+    )
+    assert status == 200, answer
+
+
+@pytest.mark.parametrize("encoding", ["deflate", "gzip"])
+async def test_a_body_not_encoded_as_it_says_is_400_and_an_encoded_one_is_served(
+    gateway: RunningGateway, encoding: str
+) -> None:
+    status, answer = await post(gateway, chat(HELLO), **{"Content-Encoding": encoding})
+    assert status == 400
+    assert "could not be read" in answer["error"]["message"]
+    status, answer = await post(
+        gateway, zlib.compress(chat(HELLO)), **{"Content-Encoding": "deflate"}
+    )
+    assert status == 200, answer
+    assert answer["choices"][0]["message"]["content"]
