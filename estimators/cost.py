@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveFloat
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveFloat, PositiveInt
 
 PromptSource = Literal["tiktoken", "tokenizer", "engine", "estimate"]
 
@@ -15,7 +15,8 @@ class Cost(BaseModel):
     ``prompt_tokens`` is the corrected estimate (the raw count times the model's learned
     correction factor, or the engine's exact count). ``expected_output`` is the median of
     recent outputs of this tenant and model (p50), ``likely_output`` their p90, both capped by
-    ``max_output``, the hard limit (``max_tokens`` or what is left of the context).
+    ``max_output``, the hard limit (``max_tokens`` or what is left of the context); all three
+    count every one of the request's ``choices`` (``n``), which share one prompt.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -27,6 +28,7 @@ class Cost(BaseModel):
     likely_output: NonNegativeInt
     max_output: NonNegativeInt
     reasoning: bool
+    choices: PositiveInt = 1
     input_weight: PositiveFloat
     output_weight: PositiveFloat
 

@@ -52,6 +52,22 @@ def output_cap(body: dict[str, Any], prompt_tokens: int, model: ModelConfig) -> 
     return remainder
 
 
+#: The most choices (``n``, ``best_of``) a request is estimated with; engines refuse more.
+MAX_CHOICES = 128
+
+
+def choices(body: dict[str, Any]) -> int:
+    """How many completions the engine generates for a request: ``n``, or ``best_of`` for a
+    completion that asks for more candidates than it returns. Values an engine would refuse
+    (not a positive integer) count as one: the engine's 400 follows."""
+    counts = [
+        value
+        for value in (body.get("n"), body.get("best_of"))
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0
+    ]
+    return min(max(counts, default=1), MAX_CHOICES)
+
+
 class CostEstimator:
     """Estimates request costs and learns from every completed request."""
 
@@ -80,13 +96,15 @@ class CostEstimator:
         reasoning = generates and wants_reasoning(body, model)
         cap = output_cap(body, prompt, model) if generates else 0
         guess = await self._output(tenant, model_id, reasoning) if generates else None
+        n = choices(body) if generates else 1  # each choice generates its own output
         return Cost(
             prompt_tokens=prompt,
             counted_prompt_tokens=counted,
             prompt_source=source,
-            expected_output=min(round(guess.p50), cap) if guess else 0,
-            likely_output=min(round(guess.p90), cap) if guess else 0,
-            max_output=cap,
+            expected_output=min(round(guess.p50), cap) * n if guess else 0,
+            likely_output=min(round(guess.p90), cap) * n if guess else 0,
+            max_output=cap * n,
+            choices=n,
             reasoning=reasoning,
             input_weight=self._config.input_weight,
             output_weight=self._config.output_weight,
@@ -110,7 +128,9 @@ class CostEstimator:
         output = None
         if actual_output and completed and cost.max_output:
             seen.output_ratio = cost.expected_output / actual_output
-            output = (cost.expected_output, actual_output)
+            # the history holds one choice's length: the mean of this request's choices
+            per_choice = max(round(actual_output / cost.choices), 1)
+            output = (cost.expected_output // cost.choices, per_choice)
         if prompt is None and output is None:
             return seen
         kind = "reasoning" if cost.reasoning else "chat"

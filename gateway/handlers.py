@@ -304,13 +304,16 @@ def _engine_fields(backend: Backend, flight: InFlight) -> tuple[dict[str, int], 
 def _upstream_headers(flight: InFlight) -> dict[str, str]:
     """Headers of the engine request: the request id, trace context, and the tenant's id.
 
-    ``X-Fairgate-Tenant`` names the tenant (its id, never its key) so that engines and their
-    logs can attribute work; the simulator counts requests per tenant by it.
+    The request id is unique per request (the client's id, kept for correlation, and a
+    suffix): two tenants sending the same ``X-Request-Id`` must not collide in an engine that
+    keys its requests by it (vLLM with ``--enable-request-id-headers``). ``X-Fairgate-Tenant``
+    names the tenant (its id, never its key) so that engines and their logs can attribute
+    work; the simulator counts requests per tenant by it.
     """
     request = flight.request
     headers = {
         "Content-Type": "application/json",
-        "X-Request-Id": request_id_of(request),
+        "X-Request-Id": flight.ticket.request_id,
         "X-Fairgate-Tenant": flight.tenant_id,
     }
     for name in _FORWARDED:

@@ -100,8 +100,14 @@ class _StreamFilter:
 
 
 def response_headers(upstream: EngineResponse, extra: Mapping[str, str]) -> dict[str, str]:
-    """The engine's response headers minus hop-by-hop ones, plus the gateway's own."""
-    headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
+    """The engine's response headers minus hop-by-hop ones, plus the gateway's own (which
+    replace the engine's of the same name, whatever their case: one ``X-Request-Id``)."""
+    own = {name.lower() for name in extra}
+    headers = {
+        k: v
+        for k, v in upstream.headers.items()
+        if k.lower() not in _HOP_HEADERS and k.lower() not in own
+    }
     headers.update(extra)
     return headers
 

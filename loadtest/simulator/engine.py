@@ -108,7 +108,15 @@ class Engine:
             self._publish_load()
 
     def lookup(self, seq_id: str) -> Sequence | None:
-        return self._history.get(seq_id)
+        """A request by the id it was sent with or, failing that, by the client's id that
+        fairgate keeps as its prefix (``<client id>.<unique suffix>``); the latest such."""
+        found = self._history.get(seq_id)
+        if found is None:
+            prefix = seq_id + "."
+            found = next(
+                (s for k, s in reversed(self._history.items()) if k.startswith(prefix)), None
+            )
+        return found
 
     def state(self) -> dict[str, object]:
         """A snapshot for the debug endpoint and tests."""

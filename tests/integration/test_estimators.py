@@ -307,6 +307,30 @@ async def test_output_is_capped_by_max_tokens_or_the_context(redis_url: str, red
     assert (embedding.expected_output, embedding.max_output) == (0, 0)
 
 
+async def test_every_choice_is_estimated_and_learned_as_one_choice(
+    estimator: CostEstimator,
+) -> None:
+    """``n: 3`` generates three outputs from one prompt: three times the output, one prompt;
+    the history learns the length of one choice."""
+    hello = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}
+    one = await estimator.estimate("t", MODEL, hello)
+    three = await estimator.estimate("t", MODEL, {**hello, "n": 3})
+    assert three.prompt_tokens == one.prompt_tokens and three.choices == 3
+    assert (three.expected_output, three.likely_output, three.max_output) == (
+        3 * one.expected_output,
+        3 * one.likely_output,
+        300,
+    )
+    best = await estimator.estimate("t", MODEL, {"prompt": "x", "n": 2, "best_of": 5})
+    assert best.choices == 5  # best_of candidates are generated, n of them returned
+    for odd in ({"n": 0}, {"n": "3"}, {"n": True}, {"n": -2}):
+        assert (await estimator.estimate("t", MODEL, {**hello, **odd})).choices == 1
+    for _ in range(40):  # three choices of 30 tokens each: one choice is 30 tokens long
+        await estimator.observe("t", MODEL, three, {"completion_tokens": 90}, completed=True)
+    learned = await estimator.estimate("t", MODEL, hello)
+    assert 30 <= learned.expected_output <= 40  # 30, shrunk a little toward the prior; not 90
+
+
 async def test_redis_down_falls_back_to_priors(unused_tcp_port: int) -> None:
     redis = GatewayRedis.from_url(f"redis://127.0.0.1:{unused_tcp_port}/0")
     estimator = CostEstimator(settings_for(f"redis://127.0.0.1:{unused_tcp_port}/0"), redis)

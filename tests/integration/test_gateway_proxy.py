@@ -63,7 +63,8 @@ async def test_chat_answer_and_usage_identical_to_the_engine(
     assert via.usage.completion_tokens > 0
     assert raw.headers["x-fairgate-pool"] == "interactive"
     assert raw.headers["x-fairgate-backend"] == "interactive-0"
-    assert via.id == "chatcmpl-" + raw.headers["x-request-id"]  # the engine got our id
+    # the engine got the client's id with a suffix that makes it unique
+    assert via.id.startswith("chatcmpl-" + raw.headers["x-request-id"] + ".")
 
 
 @pytest.mark.parametrize("include_usage", [True, False])
@@ -319,7 +320,8 @@ async def test_unknown_fields_and_trace_headers_reach_the_engine_but_not_the_key
     assert {k: body[k] for k in extras} == extras
     assert body["temperature"] == 0.3 and body["messages"] == MESSAGES
     assert "stream_options" not in body  # added only to streamed requests
-    assert headers["traceparent"] == traceparent and headers["X-Request-Id"] == "trace-me-1"
+    assert headers["traceparent"] == traceparent
+    assert headers["X-Request-Id"].startswith("trace-me-1.")
     assert headers["Authorization"] == "Bearer engine-secret"  # never the tenant's key
 
 
@@ -487,3 +489,23 @@ async def test_unknown_route_and_method_get_json_errors(gateway: RunningGateway)
         assert resp.status == 404 and "error" in await resp.json()
     async with gateway.http.get(f"{gateway.url}/v1/chat/completions") as resp:
         assert resp.status == 405 and (await resp.json())["error"]["code"] == "method_not_allowed"
+
+
+async def test_request_ids_are_unique_at_the_engine_and_single_in_the_answer(
+    gateway: RunningGateway, sim: RunningSim
+) -> None:
+    """Two tenants sending the same X-Request-Id do not collide in the engine, and a streamed
+    answer carries one X-Request-Id (the client's), not the engine's as well."""
+    ids = []
+    for key in ("key-a", "key-b"):
+        async with gateway.http.post(
+            f"{gateway.url}/v1/chat/completions",
+            json={"model": "llama-3-8b", "messages": MESSAGES, "max_tokens": 3, "stream": True},
+            headers={"Authorization": f"Bearer {key}", "X-Request-Id": "same-id"},
+        ) as resp:
+            assert resp.headers.getall("X-Request-Id") == ["same-id"]
+            first = json.loads((await resp.content.readuntil(b"\n\n")).removeprefix(b"data: "))
+            await resp.read()
+        ids.append(first["id"])
+    assert ids[0] != ids[1]
+    assert all(i.startswith("chatcmpl-same-id.") for i in ids)
