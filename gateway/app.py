@@ -24,6 +24,7 @@ from fairgate.redis_client import connect
 from fairgate.settings import Settings
 from gateway import handlers
 from gateway.admin import routes as admin_routes
+from gateway.logs import quiet_routine_client_errors
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import admin_port_only, openai_errors, request_id
 from gateway.requests import Endpoint
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings) -> web.Application:
     """The gateway application for ``settings`` (resources open when it starts)."""
+    quiet_routine_client_errors()
     middlewares: list[Middleware] = [request_id, openai_errors]
     if settings.server.admin_port is not None:
         middlewares.append(admin_port_only(settings.server.admin_port))
