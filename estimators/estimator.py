@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from estimators.calibration import Calibration
 from estimators.cost import Cost, PromptSource
+from estimators.errors import ContextLengthExceeded
 from estimators.feedback import Feedback
 from estimators.history import OutputEstimate, OutputHistory
 from estimators.prompt_tokens import count_chat_prompt, count_token_input, text_size
@@ -51,6 +52,10 @@ def output_cap(body: dict[str, Any], prompt_tokens: int, model: ModelConfig) -> 
             return min(value, remainder) if remainder else value
     return remainder
 
+
+#: How far an estimated (not exactly counted) prompt may exceed the context length before the
+#: request is refused unseen: estimates of other tokenizers' counts err by a few percent.
+ESTIMATE_TOLERANCE = 1.1
 
 #: The most choices (``n``, ``best_of``) a request is estimated with; engines refuse more.
 MAX_CHOICES = 128
@@ -93,6 +98,7 @@ class CostEstimator:
         counted, source = await self._count_prompt(model, body, remote_count)
         factor = 1.0 if source == "engine" else await self._prompt_factor(model_id)
         prompt = max(round(counted * factor), 0)
+        self._check_context(model_id, prompt, source)
         reasoning = generates and wants_reasoning(body, model)
         cap = output_cap(body, prompt, model) if generates else 0
         guess = await self._output(tenant, model_id, reasoning) if generates else None
@@ -109,6 +115,21 @@ class CostEstimator:
             input_weight=self._config.input_weight,
             output_weight=self._config.output_weight,
         )
+
+    def _check_context(self, model_id: str, prompt: int, source: str) -> None:
+        """Refuse a prompt that cannot fit the model's context before it queues or is charged.
+
+        Only for models whose context length is configured (a default would refuse prompts
+        of a larger model nobody described), and with a tolerance where the count is an
+        estimate rather than the model's own tokenizer's or the engine's.
+        """
+        config = self._settings.models.get(model_id)
+        if config is None:
+            return
+        exact = source in ("engine", "tokenizer")
+        limit = config.context_length * (1.0 if exact else ESTIMATE_TOLERANCE)
+        if prompt > limit:
+            raise ContextLengthExceeded(model_id, prompt, config.context_length, exact)
 
     async def observe(
         self, tenant: str, model_id: str, cost: Cost, usage: dict[str, Any], completed: bool

@@ -236,7 +236,8 @@ class ModelConfig(StrictModel):
     reasoning: bool = Field(False, description="Every request to this model reasons.")
     context_length: PositiveInt = Field(
         131_072,
-        description="Prompt + output limit: caps the output of requests without max_tokens.",
+        description="Prompt + output limit: caps the output of requests without max_tokens; "
+        "for a model described here, a prompt beyond it is refused before it queues.",
     )
 
     @field_validator("tokenizer")

@@ -84,11 +84,21 @@ class InFlight:
         )
 
     @property
+    def refused(self) -> bool:
+        """The engine answered with an error status: it ran nothing of the request that a
+        client received (a 400 for a context exceeded comes before any prefill), so the
+        tenant is charged nothing for it."""
+        return self.outcome is not None and self.outcome.status >= 400
+
+    @property
     def tokens_used(self) -> int | None:
         """Prompt plus output tokens, from the engine's usage, else from the chunks relayed
-        (a stream); None where neither says (its quota keeps the estimate charged)."""
+        (a stream), none for an error answer; None where nothing says (its quota keeps the
+        estimate charged)."""
         if self.outcome is None:
             return None
+        if self.refused:
+            return 0
         usage = self.outcome.usage or {}
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if isinstance(prompt, int):
@@ -100,9 +110,12 @@ class InFlight:
     @property
     def service_used(self) -> float | None:
         """The service the request used, from the engine's usage, else from the chunks
-        relayed; None where neither says (the lease keeps what was charged)."""
+        relayed, none for an error answer; None where nothing says (the lease keeps what was
+        charged)."""
         if self.outcome is None:
             return None
+        if self.refused:
+            return 0.0
         usage = self.outcome.usage or {}
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if isinstance(prompt, int):

@@ -19,6 +19,7 @@ from aiohttp.typedefs import Middleware
 from admission.errors import AdmissionError, AdmissionUnavailable, Refused
 from admission.quota import QuotaExceeded
 from backends.errors import EngineError, EngineTimeout
+from estimators.errors import ContextLengthExceeded, EstimationError
 from fairgate.errors import (
     GatewayError,
     admission_unavailable,
@@ -68,11 +69,15 @@ async def request_id(request: web.Request, handler: Handler) -> web.StreamRespon
     return response
 
 
-def as_gateway_error(exc: AdmissionError | EngineError | DirectoryError) -> GatewayError:
-    """The one place where admission's, the engines' and the tenant directory's failures
-    become HTTP and the OpenAI error body: status, type, code, ``Retry-After`` (and a quota's
-    rate-limit headers)."""
+def as_gateway_error(
+    exc: AdmissionError | EngineError | DirectoryError | EstimationError,
+) -> GatewayError:
+    """The one place where admission's, the engines', estimation's and the tenant
+    directory's failures become HTTP and the OpenAI error body: status, type, code,
+    ``Retry-After`` (and a quota's rate-limit headers)."""
     message = str(exc)
+    if isinstance(exc, ContextLengthExceeded):
+        return GatewayError(400, message, code="context_length_exceeded", param="messages")
     if isinstance(exc, TenantNotFound | KeyNotFound):
         return not_found(message)
     if isinstance(exc, VersionConflict):
@@ -120,7 +125,7 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
         return await handler(request)
     except GatewayError as exc:
         return exc.response()
-    except (AdmissionError, EngineError, DirectoryError) as exc:
+    except (AdmissionError, EngineError, DirectoryError, EstimationError) as exc:
         return as_gateway_error(exc).response()
     except web.HTTPRequestEntityTooLarge:
         return body_too_large(request.client_max_size).response()
