@@ -6,7 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveFloat, PositiveInt
 
-PromptSource = Literal["tiktoken", "tokenizer", "engine", "estimate"]
+PromptSource = Literal["tiktoken", "tokenizer", "engine", "token_ids", "estimate"]
+#: Counts that are the engine's own: no correction applies, and nothing is learned from them.
+EXACT_SOURCES: frozenset[PromptSource] = frozenset({"engine", "token_ids"})
 
 
 class Cost(BaseModel):

@@ -18,11 +18,16 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from estimators.calibration import Calibration
-from estimators.cost import Cost, PromptSource
+from estimators.cost import EXACT_SOURCES, Cost, PromptSource
 from estimators.errors import ContextLengthExceeded
 from estimators.feedback import Feedback
 from estimators.history import OutputEstimate, OutputHistory
-from estimators.prompt_tokens import count_chat_prompt, count_token_input, text_size
+from estimators.prompt_tokens import (
+    count_chat_prompt,
+    count_token_input,
+    text_size,
+    token_ids_count,
+)
 from estimators.reasoning import wants_reasoning
 from estimators.tokenizer import CharEstimateTokenizer, tokenizer_for
 from fairgate.redis_client import GatewayRedis, deadline
@@ -96,7 +101,7 @@ class CostEstimator:
         """The cost of one request. ``generates`` is False for embeddings (no output)."""
         model = self._settings.model(model_id)
         counted, source = await self._count_prompt(model, body, remote_count)
-        factor = 1.0 if source == "engine" else await self._prompt_factor(model_id)
+        factor = 1.0 if source in EXACT_SOURCES else await self._prompt_factor(model_id)
         prompt = max(round(counted * factor), 0)
         self._check_context(model_id, prompt, source)
         reasoning = generates and wants_reasoning(body, model)
@@ -126,7 +131,7 @@ class CostEstimator:
         config = self._settings.models.get(model_id)
         if config is None:
             return
-        exact = source in ("engine", "tokenizer")
+        exact = source in EXACT_SOURCES or source == "tokenizer"
         limit = config.context_length * (1.0 if exact else ESTIMATE_TOLERANCE)
         if prompt > limit:
             raise ContextLengthExceeded(model_id, prompt, config.context_length, exact)
@@ -142,7 +147,7 @@ class CostEstimator:
         seen = Observation()
         actual_prompt = _int(usage.get("prompt_tokens"))
         prompt = None
-        if actual_prompt and cost.prompt_source != "engine":
+        if actual_prompt and cost.prompt_source not in EXACT_SOURCES:
             seen.prompt_ratio = cost.prompt_tokens / actual_prompt
             prompt = (cost.counted_prompt_tokens, cost.prompt_tokens, actual_prompt)
         actual_output = _int(usage.get("completion_tokens"))
@@ -167,6 +172,8 @@ class CostEstimator:
     async def _count_prompt(
         self, model: ModelConfig, body: dict[str, Any], remote_count: RemoteCounter | None
     ) -> tuple[int, PromptSource]:
+        if (ids := token_ids_count(body)) is not None:
+            return ids, "token_ids"  # exact already: no tokenizer, no /tokenize call
         if remote_count is not None:
             exact = await remote_count(body)
             if exact is not None:

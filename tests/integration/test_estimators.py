@@ -156,6 +156,29 @@ async def test_engine_tokenize_gives_the_engines_exact_count(
     assert int(raw.headers["x-fairgate-estimate-prompt-tokens"]) == raw.parse().usage.prompt_tokens
 
 
+async def test_a_token_id_prompt_is_its_own_exact_count_without_asking_the_engine(
+    estimator: CostEstimator,
+) -> None:
+    asked: list[dict[str, Any]] = []
+
+    async def engine_count(body: dict[str, Any]) -> int | None:
+        asked.append(body)
+        return 7
+
+    ids = await estimator.estimate("t", MODEL, {"prompt": [5] * 300}, True, engine_count)
+    batch = await estimator.estimate("t", MODEL, {"prompt": [[1, 2], [3]]}, True, engine_count)
+    embedding = await estimator.estimate("t", MODEL, {"input": [9] * 12}, False, engine_count)
+    assert [(c.prompt_tokens, c.prompt_source) for c in (ids, batch, embedding)] == [
+        (300, "token_ids"), (3, "token_ids"), (12, "token_ids"),
+    ]  # fmt: skip
+    assert asked == []  # vLLM answers 400 to /tokenize of a list: never asked
+    text = await estimator.estimate("t", MODEL, {"prompt": ["hello", [1, 2]]}, True, engine_count)
+    assert (text.prompt_source, len(asked)) == ("engine", 1)
+    # exact counts teach the prompt correction nothing
+    await estimator.observe("t", MODEL, ids, {"prompt_tokens": 300}, completed=True)
+    assert estimator.calibration.cached_factor(MODEL) in (None, 1.0)
+
+
 async def test_calibration_learns_the_ratio_to_the_models_tokenizer(
     estimator: CostEstimator, small_bpe: Path
 ) -> None:
