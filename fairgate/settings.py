@@ -529,6 +529,9 @@ class ServerConfig(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     max_body_bytes: PositiveInt = Field(8 * 1024 * 1024, description="Larger bodies get 413.")
+    body_timeout_s: PositiveFloat = Field(
+        30.0, description="Longest wait for a request's whole body before a 408."
+    )
     health_check_interval_s: PositiveFloat = Field(
         5.0, description="How often each backend's health endpoint is probed."
     )

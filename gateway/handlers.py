@@ -92,7 +92,8 @@ async def _arrive(request: web.Request, gateway: Gateway, endpoint: Endpoint) ->
     will see it (its ticket, with the per-request priority and queue timeout), charged to its
     tenant's quotas (a request over one is refused here and never queues)."""
     tenant_id, tenant = authenticate(request, gateway.directory)
-    parsed = parse_request(endpoint, await read_body(request))
+    body = await read_body(request, gateway.settings.server.body_timeout_s)
+    parsed = parse_request(endpoint, body)
     choice = gateway.pools.start(request.headers, parsed.model, tenant_id, tenant)
     cost = await _estimate(gateway, tenant_id, parsed, choice.estimating)
     pool, chosen = gateway.pools.route(choice, cost)

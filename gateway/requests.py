@@ -14,6 +14,7 @@ remembered so the relay can drop the chunk again.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
-from fairgate.errors import invalid_request
+from fairgate.errors import GatewayError, body_too_large, invalid_request
 
 
 class Endpoint(enum.Enum):
@@ -95,17 +96,37 @@ class InferenceRequest:
         return json.dumps(body, separators=(",", ":")).encode()
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The request's body, decoded per its ``Content-Encoding``; 400 if it cannot be (a body
-    that says ``deflate`` and is not, a body shorter than its ``Content-Length``). The
-    connection is closed after such an answer: what is left of the body cannot be trusted."""
+async def read_body(request: web.Request, timeout_s: float) -> bytes:
+    """The request's body, decoded per its ``Content-Encoding``.
+
+    413 at once for a ``Content-Length`` above the limit (before a byte of the body is read);
+    400 for a body that cannot be decoded (it says ``deflate`` and is not, or it ends before
+    its ``Content-Length``); 408 for a body that has not arrived within ``timeout_s``, so a
+    client that trickles its body holds a connection no longer than that. The connection is
+    closed after such an answer: what is left of the body cannot be trusted.
+    """
+    length = request.content_length
+    if length is not None and length > request.client_max_size:
+        raise _closing(body_too_large(request.client_max_size))
     try:
-        return await request.read()
+        async with asyncio.timeout(timeout_s):
+            return await request.read()
     except RequestPayloadError as exc:
         cause = exc.__cause__ or exc
-        error = invalid_request(f"The request body could not be read: {cause}.")
-        error.headers["Connection"] = "close"
-        raise error from None
+        raise _closing(invalid_request(f"The request body could not be read: {cause}.")) from None
+    except TimeoutError:
+        raise _closing(
+            GatewayError(
+                408,
+                f"The request body did not arrive within {timeout_s:g} s.",
+                code="request_timeout",
+            )
+        ) from None
+
+
+def _closing(error: GatewayError) -> GatewayError:
+    error.headers["Connection"] = "close"
+    return error
 
 
 def json_object(raw: bytes) -> dict[str, Any]:

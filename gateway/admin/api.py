@@ -105,7 +105,8 @@ ADMIN = AdminApi()
 
 async def json_object(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object, or 400 saying what is wrong with it."""
-    return requests.json_object(await requests.read_body(request))
+    timeout_s = request.app[GATEWAY].settings.server.body_timeout_s
+    return requests.json_object(await requests.read_body(request, timeout_s))
 
 
 def validated(model: type[M], data: Any, at: str = "") -> M:

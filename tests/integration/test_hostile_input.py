@@ -6,6 +6,7 @@ Real parts: an in-process gateway in front of a simulated engine, a real redis-s
 
 from __future__ import annotations
 
+import asyncio
 import json
 import zlib
 
@@ -123,3 +124,52 @@ async def test_a_body_not_encoded_as_it_says_is_400_and_an_encoded_one_is_served
     )
     assert status == 200, answer
     assert answer["choices"][0]["message"]["content"]
+
+
+async def raw_exchange(gateway: RunningGateway, head: bytes) -> bytes:
+    """Send ``head`` (headers and maybe part of a body) and read the gateway's answer."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head)
+        await writer.drain()
+        headers = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in headers.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        assert b"connection: close" in headers.lower()
+        return headers + await reader.readexactly(length)
+    finally:
+        writer.close()
+
+
+def request_head(length: int) -> bytes:
+    return (
+        f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-a\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+async def test_a_trickled_body_is_408_after_the_body_timeout_and_the_connection_closed(
+    start_gateway: StartGateway, start_sim: StartSim, redis_url: str
+) -> None:
+    sim = await start_sim(time_scale=100.0)
+    config = gateway_config(redis_url, {"interactive": [sim.url]}, server={"body_timeout_s": 0.3})
+    gateway = await start_gateway(config)
+    answer = await raw_exchange(gateway, request_head(100) + b'{"model":')
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert b"request_timeout" in answer and b"did not arrive within 0.3 s" in answer
+
+
+async def test_a_content_length_over_the_limit_is_413_before_the_body(
+    start_gateway: StartGateway, start_sim: StartSim, redis_url: str
+) -> None:
+    sim = await start_sim(time_scale=100.0)
+    config = gateway_config(
+        redis_url, {"interactive": [sim.url]}, server={"max_body_bytes": 1000, "body_timeout_s": 60}
+    )
+    gateway = await start_gateway(config)
+    answer = await asyncio.wait_for(raw_exchange(gateway, request_head(10**9)), timeout=30)
+    assert answer.startswith(b"HTTP/1.1 413") and b"request_too_large" in answer
