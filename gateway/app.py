@@ -23,6 +23,7 @@ from estimators.tokenizer import default_tokenizer, tokenizer_for
 from fairgate.redis_client import connect
 from fairgate.settings import Settings
 from gateway import handlers
+from gateway.accounting import usage_rejections
 from gateway.admin import routes as admin_routes
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import admin_port_only, openai_errors, request_id
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings) -> web.Application:
     """The gateway application for ``settings`` (resources open when it starts)."""
-    middlewares: list[Middleware] = [request_id, openai_errors]
+    middlewares: list[Middleware] = [request_id, openai_errors, usage_rejections]
     if settings.server.admin_port is not None:
         middlewares.append(admin_port_only(settings.server.admin_port))
     app = web.Application(middlewares=middlewares, client_max_size=settings.server.max_body_bytes)
@@ -66,6 +67,7 @@ def create_app(settings: Settings) -> web.Application:
         yield
         await gateway.meters.stop()
         await gateway.drain()
+        await gateway.usage.close()  # after drain: the last requests' settlements counted
         await backend_states.stop()
         await admission.stop()
         await directory.stop()
