@@ -22,7 +22,7 @@ from estimators.estimator import CostEstimator
 from estimators.tokenizer import default_tokenizer, tokenizer_for
 from fairgate.redis_client import connect
 from fairgate.settings import Settings
-from gateway import handlers
+from gateway import handlers, own_tenant
 from gateway.accounting import usage_rejections
 from gateway.admin import routes as admin_routes
 from gateway.metrics import GatewayMetrics
@@ -78,6 +78,7 @@ def create_app(settings: Settings) -> web.Application:
     for endpoint in Endpoint:
         app.router.add_post(endpoint.value, handlers.inference(endpoint))
     app.router.add_get("/v1/models", handlers.list_models)
+    app.router.add_get("/v1/tenant", own_tenant.own_tenant)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
