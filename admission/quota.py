@@ -49,7 +49,13 @@ class Limit:
     kind: Kind
     limit: int
     period_ms: int
-    name: str  # how the config names it, for messages: ``tokens_per_minute`` of ``model x``
+    setting: str  # how the config names it: ``tokens_per_minute``
+    model: str | None = None  # the model it is of (None: the tenant's own)
+
+    @property
+    def name(self) -> str:
+        """The limit as messages name it: ``tokens_per_minute of model 'x'``."""
+        return self.setting if self.model is None else f"{self.setting} of model {self.model!r}"
 
 
 @dataclass(frozen=True)
@@ -87,20 +93,29 @@ class QuotaExceeded(Refused):
 
 def limits_of(config: QuotaConfig, model: str) -> tuple[Limit, ...]:
     """The limits a request for ``model`` is checked against: the tenant's, then the model's."""
-    found = _limits(config, "", "")
+    found = _limits(config, None)
     if (per_model := config.models.get(model)) is not None:
-        found += _limits(per_model, f"m:{model}:", f" of model {model!r}")
+        found += _limits(per_model, model)
     return found
 
 
-def _limits(config: QuotaLimits, field: str, where: str) -> tuple[Limit, ...]:
+def all_limits(config: QuotaConfig) -> tuple[Limit, ...]:
+    """Every limit of a tenant: its own, then each model's (in the config's order)."""
+    found = _limits(config, None)
+    for model, per_model in config.models.items():
+        found += _limits(per_model, model)
+    return found
+
+
+def _limits(config: QuotaLimits, model: str | None) -> tuple[Limit, ...]:
+    field = "" if model is None else f"m:{model}:"
     candidates: list[tuple[str, Kind, int | None, int, str]] = [
         ("rpm", "requests", config.requests_per_minute, _MINUTE_MS, "requests_per_minute"),
         ("tpm", "tokens", config.tokens_per_minute, _MINUTE_MS, "tokens_per_minute"),
         ("tpd", "tokens", config.tokens_per_day, _DAY_MS, "tokens_per_day"),
     ]
     return tuple(
-        Limit(field + short, kind, limit, period, name + where)
+        Limit(field + short, kind, limit, period, name, model)
         for short, kind, limit, period, name in candidates
         if limit is not None
     )
@@ -161,6 +176,22 @@ class Quotas:
                 _refusal(tenant, state, tokens), retry_after_s(int(reply[1])), state
             )
         return Charge(tenant, limits, tokens, state)
+
+    async def peek(self, tenant: str, config: QuotaConfig | None) -> QuotaState | None:
+        """Where every quota of the tenant stands now, taking nothing (None if it has none).
+
+        The script computes it (mode ``peek``), so the arithmetic stays in one place; with
+        Redis unreachable this raises :class:`AdmissionUnavailable` whatever the fail mode
+        (there is nothing to let through, only nothing to report).
+        """
+        limits = all_limits(config) if config is not None else ()
+        if not limits:
+            return None
+        try:
+            reply = await self._call("peek", tenant, [(lim, 0) for lim in limits])
+        except RedisError as exc:
+            raise AdmissionUnavailable(f"Quotas cannot be read: {exc}") from exc
+        return _state(limits, reply[2:])
 
     async def correct(self, charge: Charge, tokens_used: int) -> None:
         """Correct the tokens charged to those used (fewer give the difference back)."""

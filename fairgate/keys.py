@@ -109,3 +109,14 @@ def quota(key_prefix: str, tenant: str) -> str:
     key, so tenants spread over the cluster's slots.
     """
     return f"{key_prefix}:{{quota:{tenant}}}"
+
+
+def usage(key_prefix: str, tenant: str, day: str) -> str:
+    """The hash of one tenant's usage on one UTC day (``YYYY-MM-DD``): ``<model>\\0<counter>``
+    -> count, the counters being ``requests``, ``prompt_tokens``, ``completion_tokens`` and
+    ``rejected:<reason>`` (:mod:`tenants.usage`).
+
+    One Redis Cluster hash tag per tenant (``{usage:<tenant>}``): a tenant's days share a slot,
+    so a range is read from one node, while tenants spread over the cluster.
+    """
+    return f"{key_prefix}:{{usage:{tenant}}}:{day}"

@@ -584,6 +584,16 @@ class AdminConfig(StrictModel):
         description="How often each replica checks the tenant directory's version, besides "
         "hearing changes on pub/sub.",
     )
+    usage_retention_days: Annotated[int, Field(ge=1, le=3660)] = Field(
+        90,
+        description="How many UTC days of per-tenant usage are kept in Redis (today included); "
+        "older days expire, and usage queries may not reach further back.",
+    )
+    usage_flush_s: Annotated[float, Field(gt=0, le=60)] = Field(
+        1.0,
+        description="Usage counted by a replica is written to Redis in one batch this often "
+        "(or sooner, once many events are pending).",
+    )
 
     def token_digests(self) -> list[str]:
         return [hash_api_key(t.get_secret_value()) for t in self.tokens] + self.token_hashes

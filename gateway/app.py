@@ -22,7 +22,8 @@ from estimators.estimator import CostEstimator
 from estimators.tokenizer import default_tokenizer, tokenizer_for
 from fairgate.redis_client import connect
 from fairgate.settings import Settings
-from gateway import handlers
+from gateway import handlers, own_tenant
+from gateway.accounting import usage_rejections
 from gateway.admin import routes as admin_routes
 from gateway.logs import quiet_routine_client_errors
 from gateway.metrics import GatewayMetrics
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings) -> web.Application:
     """The gateway application for ``settings`` (resources open when it starts)."""
     quiet_routine_client_errors()
-    middlewares: list[Middleware] = [request_id, openai_errors]
+    middlewares: list[Middleware] = [request_id, openai_errors, usage_rejections]
     if settings.server.admin_port is not None:
         middlewares.append(admin_port_only(settings.server.admin_port))
     app = web.Application(middlewares=middlewares, client_max_size=settings.server.max_body_bytes)
@@ -68,6 +69,7 @@ def create_app(settings: Settings) -> web.Application:
         yield
         await gateway.meters.stop()
         await gateway.drain()
+        await gateway.usage.close()  # after drain: the last requests' settlements counted
         await backend_states.stop()
         await admission.stop()
         await directory.stop()
@@ -78,6 +80,7 @@ def create_app(settings: Settings) -> web.Application:
     for endpoint in Endpoint:
         app.router.add_post(endpoint.value, handlers.inference(endpoint))
     app.router.add_get("/v1/models", handlers.list_models)
+    app.router.add_get("/v1/tenant", own_tenant.own_tenant)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)

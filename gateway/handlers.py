@@ -27,6 +27,7 @@ from estimators.cost import Cost
 from fairgate.errors import GatewayError, backend_unavailable, invalid_request
 from fairgate.ids import new_id
 from fairgate.settings import TenantSettings
+from gateway.accounting import open_account, settled
 from gateway.auth import authenticate
 from gateway.inflight import Granted, InFlight
 from gateway.metering import StreamMeter
@@ -92,8 +93,10 @@ async def _arrive(request: web.Request, gateway: Gateway, endpoint: Endpoint) ->
     will see it (its ticket, with the per-request priority and queue timeout), charged to its
     tenant's quotas (a request over one is refused here and never queues)."""
     tenant_id, tenant = authenticate(request, gateway.directory)
+    account = open_account(request, tenant_id)  # its usage counts what happens from here
     body = await read_body(request, gateway.settings.server.body_timeout_s)
     parsed = parse_request(endpoint, body)
+    account.model = parsed.model
     choice = gateway.pools.start(request.headers, parsed.model, tenant_id, tenant)
     cost = await _estimate(gateway, tenant_id, parsed, choice.estimating)
     pool, chosen = gateway.pools.route(choice, cost)
@@ -270,6 +273,7 @@ async def _settle(gateway: Gateway, flight: InFlight) -> None:
     A request that ended well leaves its lease reusable by the next of its flow (admission
     decides whether it is reused); one that failed or was abandoned releases it.
     """
+    settled(gateway.usage, flight)  # first: counted before anything here can wait or fail
     await flight.granted.lease.release(flight.service_used, reusable=flight.ended_well)
     if flight.quota is not None and (used := flight.tokens_used) is not None:
         await gateway.quotas.correct(flight.quota, used)

@@ -21,6 +21,7 @@ from gateway.metering import PlainMeters
 from gateway.metrics import GatewayMetrics
 from gateway.routing import PoolSelector
 from tenants.directory import Directory
+from tenants.usage import Usage
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +40,14 @@ class Gateway:
     admin_tokens: list[str] = field(init=False)  # digests of the admin API's tokens
     meters: PlainMeters = field(init=False)  # plain responses charged while they run
     pools: PoolSelector = field(init=False)  # which pool serves each request
+    usage: Usage = field(init=False)  # tenants' requests, tokens and refusals per model and day
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.admin_tokens = self.settings.admin.token_digests()
         self.meters = PlainMeters(self)
         self.pools = PoolSelector(self.router, self.metrics)
+        self.usage = Usage(self.redis, self.settings)
 
     def in_background(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run bookkeeping after a response without delaying it (tasks are kept referenced)."""

@@ -3,9 +3,10 @@
 -- Each limit keeps one number, its theoretical arrival time (TAT, ms): the moment its
 -- budget would be whole again. A cost of n takes n * (period / limit) ms of it; a request
 -- fits while TAT - now stays within the period.
--- ARGV: mode ('charge' or 'correct'), then per limit: field, limit, period ms, amount.
+-- ARGV: mode ('charge', 'correct' or 'peek'), then per limit: field, limit, period ms, amount.
 --   charge: take every amount, or none if any limit would be exceeded.
 --   correct: move each limit's TAT by amount (negative: give tokens back), never below now.
+--   peek: change nothing (amounts 0): report where each limit stands.
 -- Returns {fits (1/0), ms until it would fit, then per limit: remaining, ms until reset}.
 local key, mode = KEYS[1], ARGV[1]
 local t = redis.call('TIME')
@@ -28,11 +29,12 @@ for _, l in ipairs(limits) do
   end
 end
 local fits = wait <= 0
+local writes = fits and mode ~= 'peek'
 local reply = {fits and 1 or 0, math.ceil(wait)}
 local longest = 0
 for _, l in ipairs(limits) do
   local tat = fits and l.new or l.tat
-  if fits then redis.call('HSET', key, l.field, tostring(tat)) end
+  if writes then redis.call('HSET', key, l.field, tostring(tat)) end
   if tat - now > longest then longest = tat - now end
   reply[#reply + 1] = math.max(0, math.floor((now + l.period - tat) / l.interval))
   reply[#reply + 1] = math.ceil(tat - now)
@@ -40,5 +42,5 @@ end
 -- The key lives while any limit is not whole again; a correction, which sees only the token
 -- limits, never shortens it.
 local ttl = math.ceil(longest) + 1000
-if fits and redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+if writes and redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
 return reply

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 # Each module declares its operations on ADMIN when imported.
-from gateway.admin import config_export, keys, openapi, tenants  # noqa: F401
+from gateway.admin import config_export, keys, openapi, tenants, usage  # noqa: F401
 from gateway.admin.api import ADMIN
 
 
