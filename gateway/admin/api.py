@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -103,11 +104,29 @@ def _handler(operation: Operation) -> Callable[[web.Request], Awaitable[web.Stre
 ADMIN = AdminApi()
 
 
+class _NotFinite(ValueError):
+    """A number JSON cannot carry back: ``1e400`` (infinite as a float), ``NaN``,
+    ``Infinity``. Accepted, it would be stored and answered as invalid JSON."""
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotFinite(text)
+    return value
+
+
+def _no_constant(text: str) -> Any:
+    raise _NotFinite(text)
+
+
 async def json_object(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object, or 400 saying what is wrong with it."""
     raw = await request.read()
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_float=_finite, parse_constant=_no_constant)
+    except _NotFinite as exc:
+        raise invalid_request(f"The request body has a number JSON cannot carry: {exc}.") from None
     except (ValueError, RecursionError):
         raise invalid_request("The request body is not valid JSON.") from None
     if not isinstance(body, dict):
