@@ -171,6 +171,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 def _cell(value: object) -> str:
     if value is None:
         return "-"
+    if isinstance(value, bool):  # as --set takes it back
+        return "true" if value else "false"
     if isinstance(value, list):
         return ",".join(str(v) for v in value) or "-"
     if isinstance(value, float) and value.is_integer():

@@ -163,10 +163,11 @@ def test_bad_versions_are_usage_errors(text: str) -> None:
 
 
 def test_tables_and_tenants_render_for_a_person() -> None:
-    assert table(("ID", "WEIGHT"), [("a", 1.0), ("long-name", None)]).splitlines() == [
-        "ID         WEIGHT",
-        "a          1",
-        "long-name  -",
+    rows = [("a", 1.0, True), ("long-name", None, False)]
+    assert table(("ID", "WEIGHT", "ON"), rows).splitlines() == [
+        "ID         WEIGHT  ON",
+        "a          1       true",
+        "long-name  -       false",
     ]
     shown = render_tenant(
         {"object": "tenant", "id": "acme", "version": 7, "weight": 2.5, "pools": ["x", "y"],
