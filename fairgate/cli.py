@@ -7,6 +7,7 @@ Subcommands:
   ``check-config``  validate a config file and print what it declares
   ``loadtest``      run load-test scenarios and write their reports (``fairgate loadtest -h``)
   ``plan``          KV-cache capacity and budgets, per backend of a config or for presets
+  ``admin``         tenants, keys, usage and config of a running deployment (its admin API)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fairgate import kv_capacity
+from fairgate import admin_cli, kv_capacity
 from fairgate.settings import BackendConfig, ConfigError, load_settings
 
 if TYPE_CHECKING:
@@ -130,6 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--max-num-seqs", type=int)
     plan.add_argument("--headroom", type=float, help="share of KV for max_inflight_tokens (0.9)")
     plan.set_defaults(handler=_run_plan)
+
+    admin_cli.add_parser(commands)
     return parser
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,12 +130,35 @@ def _closing(error: GatewayError) -> GatewayError:
     return error
 
 
-def json_object(raw: bytes) -> dict[str, Any]:
+class _NotFinite(ValueError):
+    """A number JSON cannot carry back: ``1e400`` (infinite as a float), ``NaN``,
+    ``Infinity``."""
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotFinite(text)
+    return value
+
+
+def _no_constant(text: str) -> Any:
+    raise _NotFinite(text)
+
+
+def json_object(raw: bytes, finite_numbers: bool = False) -> dict[str, Any]:
     """A body as a JSON object; 400 saying why it is not one. Nesting deeper than the
     interpreter's recursion limit and integers of more than 4,300 digits (Python's limit on
-    converting them) are refused here, so nothing later meets them."""
+    converting them) are refused here, so nothing later meets them; with ``finite_numbers``,
+    so are numbers JSON cannot carry back (what is stored and answered again must be JSON).
+    Inference bodies keep them: the engine judges its own parameters."""
     try:
-        body = json.loads(raw)
+        if finite_numbers:
+            body = json.loads(raw, parse_float=_finite, parse_constant=_no_constant)
+        else:
+            body = json.loads(raw)
+    except _NotFinite as exc:
+        raise invalid_request(f"The request body has a number JSON cannot carry: {exc}.") from None
     except RecursionError:
         raise invalid_request("The request body is not valid JSON: nested too deeply.") from None
     except ValueError as exc:  # JSONDecodeError, invalid UTF-8, an integer of 5,000 digits

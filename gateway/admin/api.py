@@ -104,9 +104,12 @@ ADMIN = AdminApi()
 
 
 async def json_object(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object, or 400 saying what is wrong with it."""
+    """The request body as a JSON object, or 400 saying what is wrong with it. Numbers JSON
+    cannot carry back (``1e400``, ``NaN``, ``Infinity``) are refused: stored, they would be
+    answered as invalid JSON."""
     timeout_s = request.app[GATEWAY].settings.server.body_timeout_s
-    return requests.json_object(await requests.read_body(request, timeout_s))
+    raw = await requests.read_body(request, timeout_s)
+    return requests.json_object(raw, finite_numbers=True)
 
 
 def validated(model: type[M], data: Any, at: str = "") -> M:

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from fairgate.settings import Settings
 from gateway.admin.api import ADMIN
 from gateway.state import Gateway
 
@@ -28,6 +29,7 @@ _HEADER = """\
     "/admin/v1/config",
     summary="Export the running configuration as YAML (the config file's format)",
     tag="config",
+    response=Settings,  # what the YAML holds: a config file
     produces="application/yaml",
 )
 async def export_config(request: web.Request, gateway: Gateway) -> web.Response:

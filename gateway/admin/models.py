@@ -60,13 +60,19 @@ class Deleted(BaseModel):
     deleted: Literal[True] = True
 
 
+#: The longest ``expires_in_s``: later than this is "never" (and past year 9999, no date).
+_CENTURY_S = 100 * 365.25 * 86_400
+
+
 class KeyCreate(StrictModel):
     """A new API key for a tenant; it expires at ``expires_at``, or ``expires_in_s`` from now,
     or never."""
 
     name: str = Field("", max_length=128, description="What the key is for.")
     expires_at: datetime | None = Field(None, description="When it stops working (RFC 3339).")
-    expires_in_s: PositiveFloat | None = Field(None, description="Or: seconds from now.")
+    expires_in_s: PositiveFloat | None = Field(
+        None, le=_CENTURY_S, description="Or: seconds from now (at most a hundred years)."
+    )
 
 
 class ApiKey(BaseModel):

@@ -100,8 +100,9 @@ def _success(operation: Operation, refs: dict[type[BaseModel], Any]) -> dict[str
         answer["headers"] = {h: {"schema": {"type": "string"}} for h in operation.headers}
     if operation.response is not None:
         answer["content"] = {operation.produces: {"schema": refs[operation.response]}}
-    else:
-        answer["content"] = {operation.produces: {"schema": {"type": "string"}}}
+    else:  # undeclared: a JSON document is an object (this document), anything else text
+        kind = "object" if operation.produces == "application/json" else "string"
+        answer["content"] = {operation.produces: {"schema": {"type": kind}}}
     return answer
 
 

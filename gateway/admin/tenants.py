@@ -113,7 +113,7 @@ async def update_tenant(request: web.Request, gateway: Gateway) -> web.Response:
     summary="Delete a tenant and its keys (what it has in flight finishes)",
     tag="tenants",
     response=Deleted,
-    errors=(404, 409),
+    errors=(400, 404, 409),  # 400: an If-Match that names no version
     params=(TENANT_ID, IF_MATCH),
 )
 async def delete_tenant(request: web.Request, gateway: Gateway) -> web.Response:
