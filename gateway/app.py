@@ -63,7 +63,9 @@ def create_app(settings: Settings) -> web.Application:
             Quotas(redis, settings),
         )
         app[GATEWAY] = gateway
+        await gateway.live.start()
         yield
+        await gateway.live.stop()
         await gateway.meters.stop()
         await gateway.drain()
         await backend_states.stop()

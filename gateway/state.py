@@ -12,6 +12,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from admission.controller import Admission
+from admission.live import LiveState
 from admission.quota import Quotas
 from backends.pools import Router
 from backends.state import BackendStates
@@ -39,12 +40,14 @@ class Gateway:
     admin_tokens: list[str] = field(init=False)  # digests of the admin API's tokens
     meters: PlainMeters = field(init=False)  # plain responses charged while they run
     pools: PoolSelector = field(init=False)  # which pool serves each request
+    live: LiveState = field(init=False)  # admission's shared state, for the admin API
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.admin_tokens = self.settings.admin.token_digests()
         self.meters = PlainMeters(self)
         self.pools = PoolSelector(self.router, self.metrics)
+        self.live = LiveState(self.redis, self.settings)
 
     def in_background(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run bookkeeping after a response without delaying it (tasks are kept referenced)."""
