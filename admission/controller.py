@@ -341,6 +341,8 @@ class Admission:
 
     async def set_drained(self, backend: str, drained: bool) -> None:
         """Drain ``backend`` (no new work on any replica) or bring it back."""
+        if drained:
+            self._let_go_all()  # no lease held here for reuse may pass on to a drained backend
         await set_drained(self._redis, self.keys, backend, drained)
 
     async def backend_load(self, backend: str) -> tuple[int, int]:

@@ -69,6 +69,9 @@ class BackendStates:
         self._eject_after = server.eject_after_failures
         #: Whether the shared store last heard this backend was healthy (absent: not told yet).
         self._told_healthy: dict[str, bool] = {}
+        #: What each engine last reported of its own load to this process (None: unknown).
+        self._loads: dict[str, EngineLoad | None] = {}
+        self._by_name = {b.name: b for b in self.backends}
         self._probes = HealthChecker(self.backends, server.health_check_interval_s, self.probed)
         self._scrapes = LoadScraper(
             self.backends,
@@ -150,6 +153,7 @@ class BackendStates:
         drained; its KV usage corrects the least-loaded choice; the KV capacity it reports
         becomes its token budget unless the configuration sets one.
         """
+        self._loads[backend.name] = load
         scrapes = self._scrapes
         budget = effective_budget(backend.config, load)
         await self._shared.engine_reported(
@@ -176,6 +180,16 @@ class BackendStates:
         return running
 
     # ------------------------------------------------------------------- the views
+
+    def backend(self, name: str) -> Backend | None:
+        """The backend called ``name`` (None: no such backend)."""
+        return self._by_name.get(name)
+
+    def engine_load(self, name: str) -> EngineLoad | None:
+        """What the engine of ``name`` last reported of its own load here (None: unknown, or
+        an engine that reports nothing). Every replica scrapes every engine, so each one's
+        report is as recent as its last scrape."""
+        return self._loads.get(name)
 
     def _mark_down(self, backend: Backend, reason: object, for_s: float) -> None:
         if backend.healthy:

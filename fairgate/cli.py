@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -114,6 +116,15 @@ def _parser() -> argparse.ArgumentParser:
     _config_option(drain)
     drain.add_argument("--undo", action="store_true", help="take work again")
     drain.add_argument("--wait", action="store_true", help="return once nothing runs on it")
+    drain.add_argument(
+        "--url",
+        help="drain through a gateway's admin API (http://host:port) instead of its Redis",
+    )
+    drain.add_argument(
+        "--admin-token",
+        default=os.environ.get("FAIRGATE_ADMIN_TOKEN"),
+        help="admin token for --url (default: $FAIRGATE_ADMIN_TOKEN)",
+    )
     drain.set_defaults(handler=_run_drain)
 
     plan = commands.add_parser("plan", help="KV-cache capacity and budgets (config or presets)")
@@ -228,7 +239,10 @@ def _run_plan(args: argparse.Namespace) -> int:
 
 
 def _run_drain(args: argparse.Namespace) -> int:
-    """Drain a backend through Redis, which every replica's admission reads at each decision."""
+    """Drain a backend through Redis, which every replica's admission reads at each decision,
+    or with ``--url`` through a gateway's admin API (which drains it the same way)."""
+    if args.url:
+        return _drain_by_api(args)
     from admission.controller import Admission
     from backends.pools import Router
     from backends.state import BackendStates
@@ -245,18 +259,62 @@ def _run_drain(args: argparse.Namespace) -> int:
         states = BackendStates(Router(settings).backends, Admission(redis, settings), settings)
         try:
             await states.drain(args.backend, not args.undo)
-            running = await states.running(args.backend)
-            state = "takes work again" if args.undo else "drained: it gets no new work"
-            print(f"{args.backend} {state}; {running} requests running on it")
-            while args.wait and not args.undo and running:
-                await asyncio.sleep(0.5)
-                running = await states.running(args.backend)
-            if args.wait and not args.undo:
-                print(f"{args.backend}: nothing runs on it any more")
+            await _drained(args, lambda: states.running(args.backend))
         finally:
             await redis.aclose()
 
     _run_async(run())
+    return 0
+
+
+async def _drained(args: argparse.Namespace, running: Callable[[], Awaitable[int]]) -> None:
+    """Say what the drain did; with ``--wait``, wait until nothing runs on the backend."""
+    left = await running()
+    state = "takes work again" if args.undo else "drained: it gets no new work"
+    print(f"{args.backend} {state}; {left} requests running on it")
+    while args.wait and not args.undo and left:
+        await asyncio.sleep(0.5)
+        left = await running()
+    if args.wait and not args.undo:
+        print(f"{args.backend}: nothing runs on it any more")
+
+
+def _drain_by_api(args: argparse.Namespace) -> int:
+    """``fairgate drain --url``: the admin API's drain actions, and its state for ``--wait``."""
+    import aiohttp
+
+    if not args.admin_token:
+        print("fairgate drain: --url needs --admin-token or FAIRGATE_ADMIN_TOKEN", file=sys.stderr)
+        return 2
+    base = args.url.rstrip("/") + "/admin/v1"
+    headers = {"Authorization": f"Bearer {args.admin_token}"}
+    failed: list[str] = []
+
+    async def run() -> None:
+        async with aiohttp.ClientSession(headers=headers, raise_for_status=False) as http:
+            action = "undrain" if args.undo else "drain"
+            async with http.post(f"{base}/backends/{args.backend}/{action}") as response:
+                if response.status != 200:
+                    error = (await response.json(content_type=None)).get("error", {})
+                    failed.append(error.get("message", f"HTTP {response.status}"))
+                    return
+
+            async def running() -> int:
+                async with http.get(f"{base}/state") as response:
+                    response.raise_for_status()
+                    state = await response.json()
+                found = [b for b in state["backends"] if b["name"] == args.backend]
+                return int(found[0]["in_flight"]["requests"]) if found else 0
+
+            await _drained(args, running)
+
+    try:
+        _run_async(run())
+    except (aiohttp.ClientError, ValueError) as exc:
+        failed.append(f"{args.url} did not answer as a fairgate gateway: {exc}")
+    if failed:
+        print(f"fairgate drain: {failed[0]}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -117,5 +117,16 @@ def rate_limited(message: str, retry_after_s: float) -> GatewayError:
     )
 
 
+def shared_state_unavailable() -> GatewayError:
+    """503: Redis, which holds what every replica shares, did not answer."""
+    return GatewayError(
+        503,
+        "The shared state (Redis) is unreachable; try again shortly.",
+        type="server_error",
+        code="shared_state_unavailable",
+        headers={"Retry-After": "1"},
+    )
+
+
 def admission_unavailable(message: str) -> GatewayError:
     return GatewayError(503, message, type="server_error", code="admission_unavailable")

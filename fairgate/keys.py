@@ -84,6 +84,35 @@ class AdmissionKeys:
         """tenant -> requests queued; ``pool:<pool>`` -> requests queued for a pool."""
         return f"{self.prefix}queued"
 
+    @property
+    def tenant_load(self) -> str:
+        """``<tenant>:r`` / ``<tenant>:t`` -> requests / tokens in flight."""
+        return f"{self.prefix}tload"
+
+    @property
+    def counters(self) -> str:
+        """tenant -> virtual counter (service / weight); ``band:<band>`` -> band counter;
+        ``p:<tenant>`` -> input charged but not yet delivered (counter units)."""
+        return f"{self.prefix}vtc"
+
+    @property
+    def served(self) -> str:
+        """tenant -> service charged to it since Redis started (service units, only grows but
+        for settlements returning an overcharge): what recent shares are sampled from."""
+        return f"{self.prefix}served"
+
+    @property
+    def leases(self) -> str:
+        """request id -> json of a granted request (tenant ``t``, backend ``b``, tokens
+        ``tok``...)."""
+        return f"{self.prefix}lease"
+
+    @property
+    def engine(self) -> str:
+        """``<backend>:busy`` -> ms until which its engine takes no work; ``<backend>:tokens``
+        -> KV tokens its engine reports in use."""
+        return f"{self.prefix}engine"
+
 
 def model_tag(key_prefix: str, model: str) -> str:
     """The prefix (and Redis Cluster hash tag) of one model's estimation state."""

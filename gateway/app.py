@@ -66,7 +66,9 @@ def create_app(settings: Settings) -> web.Application:
             Quotas(redis, settings),
         )
         app[GATEWAY] = gateway
+        await gateway.live.start()
         yield
+        await gateway.live.stop()
         await gateway.meters.stop()
         await gateway.drain()
         await gateway.usage.close()  # after drain: the last requests' settlements counted

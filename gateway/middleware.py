@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from redis.exceptions import RedisError
 
 from admission.errors import AdmissionError, AdmissionUnavailable, Refused
 from admission.quota import QuotaExceeded
@@ -30,6 +31,7 @@ from fairgate.errors import (
     invalid_request,
     not_found,
     rate_limited,
+    shared_state_unavailable,
 )
 from fairgate.ids import new_id
 from gateway.ratelimits import rate_limit_headers
@@ -138,6 +140,9 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
         return GatewayError(exc.status, exc.reason, kind, code, headers=allow).response()
     except ConnectionResetError:
         raise
+    except RedisError as exc:  # where no fail mode applies (admin calls): say so, not 500
+        log.warning("Redis unreachable serving %s %s: %s", request.method, request.path, exc)
+        return shared_state_unavailable().response()
     except Exception:
         log.exception("unexpected error serving %s %s", request.method, request.path)
         failure = GatewayError(500, "Internal error in the gateway.", "server_error", "internal")

@@ -12,6 +12,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from admission.controller import Admission
+from admission.live import LiveState
 from admission.quota import Quotas
 from backends.pools import Router
 from backends.state import BackendStates
@@ -41,6 +42,7 @@ class Gateway:
     meters: PlainMeters = field(init=False)  # plain responses charged while they run
     pools: PoolSelector = field(init=False)  # which pool serves each request
     usage: Usage = field(init=False)  # tenants' requests, tokens and refusals per model and day
+    live: LiveState = field(init=False)  # admission's shared state, for the admin API
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -48,6 +50,7 @@ class Gateway:
         self.meters = PlainMeters(self)
         self.pools = PoolSelector(self.router, self.metrics)
         self.usage = Usage(self.redis, self.settings)
+        self.live = LiveState(self.redis, self.settings)
 
     def in_background(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run bookkeeping after a response without delaying it (tasks are kept referenced)."""

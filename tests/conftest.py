@@ -215,7 +215,9 @@ async def redis_contents(url: str) -> dict[str, object]:
     }
     contents = {}
     async for key in client.scan_iter():
-        contents[key.decode()] = await readers[await client.type(key)](key)
+        kind = await client.type(key)
+        if kind in readers:  # "none": it expired or was removed since the scan saw it
+            contents[key.decode()] = await readers[kind](key)
     await client.aclose()
     return contents
 

@@ -22,6 +22,7 @@ _REASONS = {
     404: "No such tenant, key or backend.",
     409: "A conflict: the tenant exists already, or changed since the version in If-Match.",
     413: "The request body is too large.",
+    503: "Redis, which holds the shared state, is unreachable.",
 }
 
 
@@ -87,7 +88,7 @@ def _operation(operation: Operation, refs: dict[type[BaseModel], Any]) -> dict[s
         }
     statuses = set(operation.errors) | ({413} if operation.body is not None else set())
     if not operation.public:
-        statuses |= {401, 403}
+        statuses |= {401, 403, 503}
     error = {"content": {"application/json": {"schema": refs[ErrorBody]}}}
     for status in sorted(statuses):
         entry["responses"][str(status)] = {"description": _REASONS[status], **error}

@@ -151,6 +151,7 @@ class Snapshot:
     pending: dict[str, float]  # vtc's p:<tenant> fields: input charged, not yet delivered
     vfloor: dict[str, float]
     stats: dict[str, int]
+    served: dict[str, float]  # tenant -> service charged in all (the live state's samples)
 
 
 def snapshot(redis: SyncRedis, prefix: str) -> Snapshot:
@@ -166,6 +167,7 @@ def snapshot(redis: SyncRedis, prefix: str) -> Snapshot:
         for name in ("tload", "bload", "lease", "req", "granted", "vtc", "vfloor", "stats"):
             pipe.hgetall(prefix + name)
         pipe.hgetall(prefix + "queued")
+        pipe.hgetall(prefix + "served")
         for name in ("exp", "dl", "fifo", "bandlog"):
             pipe.zrange(prefix + name, 0, -1, withscores=True)
         pipe.keys(prefix + "q:*")
@@ -175,11 +177,11 @@ def snapshot(redis: SyncRedis, prefix: str) -> Snapshot:
         for band in BAND_WEIGHTS:
             pipe.zrange(f"{prefix}backlog:{band}", 0, -1, withscores=True)
         replies = pipe.execute()
-    hashes, zsets, (qk, bk) = replies[:9], replies[9:13], replies[13:15]
-    tload, bload, lease, req, granted, vtc, vfloor, stats, queued = hashes
+    hashes, zsets, (qk, bk) = replies[:10], replies[10:14], replies[14:16]
+    tload, bload, lease, req, granted, vtc, vfloor, stats, queued, served = hashes
     exp, dl, fifo, bandlog = zsets
-    queue_replies = dict(zip(FLOWS, replies[15 : 15 + len(FLOWS)], strict=True))
-    backlog_replies = dict(zip(BAND_WEIGHTS, replies[15 + len(FLOWS) :], strict=True))
+    queue_replies = dict(zip(FLOWS, replies[16 : 16 + len(FLOWS)], strict=True))
+    backlog_replies = dict(zip(BAND_WEIGHTS, replies[16 + len(FLOWS) :], strict=True))
     queues = {f: [_s(i) for i in ids] for f, ids in queue_replies.items() if ids}
     backlogs = {b: [(_s(m), sc) for m, sc in ms] for b, ms in backlog_replies.items() if ms}
     # no queue or backlog of anything else
@@ -202,6 +204,7 @@ def snapshot(redis: SyncRedis, prefix: str) -> Snapshot:
         pending={k[2:]: v for k, v in floats(vtc).items() if k.startswith("p:")},
         vfloor=floats(vfloor),
         stats={k: int(v) for k, v in texts(stats).items()},
+        served=floats(served),
     )
 
 
@@ -255,6 +258,7 @@ class AdmissionMachine(RuleBasedStateMachine):
         self.grants_seen = 0
         self.reclaimed = 0
         self.counters: dict[str, float] = {}  # the model of `vtc`: tenant, band:<band>
+        self.served: dict[str, float] = {}  # the model of `served`: charges, never lifts
         self.vfloor: dict[str, float] = {}  # the model of `vfloor`: <band>, bands
         self.behind: dict[str, float] = {}  # the model of `behind`: <tenant>:<band>
         self.settled_this_step = False  # a settlement may return service: counters go down
@@ -323,6 +327,7 @@ class AdmissionMachine(RuleBasedStateMachine):
             self.settled_this_step = True
 
     def adjust(self, tenant: str, band: str, service: float) -> None:
+        self.served[tenant] = self.served.get(tenant, 0.0) + service
         self.counters[tenant] = self.counters.get(tenant, 0.0) + service / TENANTS[tenant][0]
         key = "band:" + band
         self.counters[key] = self.counters.get(key, 0.0) + service / BAND_WEIGHTS[band]
@@ -767,6 +772,7 @@ class AdmissionMachine(RuleBasedStateMachine):
             was, now = before.vtc.get(name, 0.0), after.vtc.get(name, 0.0)
             assert now >= was or settled, f"virtual counter {name} went down: {was} -> {now}"
         assert after.vtc == self.counters, f"vtc {after.vtc} != model {self.counters}"
+        assert after.served == self.served, f"served {after.served} != model {self.served}"
         # input pending per tenant: present exactly while the tenant has something in flight
         pending = {t: self.pending(t) for t in TENANTS if self.tenant_load(t)[0]}
         assert after.pending.keys() <= pending.keys(), (after.pending, pending)

@@ -1,5 +1,6 @@
 """An installed wheel works from any directory: its data files (Lua scripts, GPU and model
-presets) travel inside its packages and load with importlib.resources, not from the repo."""
+presets, the status page) travel inside its packages and load with importlib.resources, not
+from the repo."""
 
 from __future__ import annotations
 
@@ -67,3 +68,6 @@ def test_an_installed_wheel_plans_and_checks_configs_outside_the_repo(tmp_path: 
     named = "import loadtest.simulator.profile as p; print(p.load_profile(p.DEFAULT_PROFILE).name)"
     assert _run(["-c", named], elsewhere, site).strip() == "h100-llama3-8b-bf16"
     assert int(lua) > 1000
+    page = "from gateway.admin.status_page import _asset as a; print(*map(len, map(a, {})))"
+    sizes = _run(["-c", page.format(("index.html", "app.js", "style.css"))], elsewhere, site)
+    assert all(int(size) > 1000 for size in sizes.split())  # the status page's files

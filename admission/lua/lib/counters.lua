@@ -10,8 +10,11 @@ local function rescore(t, c)
   end
 end
 
--- Add service (or, settling, return it) to a tenant and its band.
+-- Add service (or, settling, return it) to a tenant and its band. ``served`` keeps the plain
+-- sum (no weight, no lifts) that the live state samples for recent shares (admission/live.py):
+-- a counter's increase also holds its lifts, which are no service.
 local function adjust(t, band, weight, service)
+  redis.call('HINCRBYFLOAT', P .. 'served', t, service)
   rescore(t, redis.call('HINCRBYFLOAT', P .. 'vtc', t, service / weight))
   local bc = redis.call('HINCRBYFLOAT', P .. 'vtc', 'band:' .. band, service / band_weight(band))
   if #backlogged_bands() > 0 and redis.call('ZSCORE', P .. 'bandlog', band) then

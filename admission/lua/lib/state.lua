@@ -28,6 +28,8 @@
 --                        p:<tenant> -> input charged to its requests in flight that have not
 --                        yet shown output, in counter units: charged, not yet delivered (the
 --                        lift floor leaves it out; gone when nothing of the tenant is in flight)
+--   P.served       hash  tenant -> service charged to it, in all (settlements included; no
+--                        weight, no lifts): sampled by each replica for recent shares
 --   P.vfloor       hash  band -> system virtual time (lift floor when nothing is backlogged)
 --   P.behind       hash  <tenant>:<band> -> how far its delivered counter was below the floor
 --                        when its queue emptied (kept when it queues again);
