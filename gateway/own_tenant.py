@@ -80,6 +80,8 @@ class TenantQueue(BaseModel):
     """The tenant's requests in fairgate's queue now, over every replica."""
 
     queued: int = Field(description="Requests waiting for admission.")
+    in_flight_requests: int = Field(description="Requests admitted and not yet finished.")
+    in_flight_tokens: int = Field(description="Their estimated tokens (prompt + output).")
 
 
 class OwnTenant(BaseModel):
@@ -94,9 +96,18 @@ class OwnTenant(BaseModel):
 
 
 async def queue_state(gateway: Gateway, tenant: str) -> TenantQueue:
-    """The tenant's queue now, as admission counts it in Redis."""
-    queued = await gateway.redis.hget(gateway.admission.keys.queued, tenant)
-    return TenantQueue(queued=int(queued or 0))
+    """The tenant's queue and work in flight now, as admission counts them in Redis (the
+    counters its scripts keep for every replica), in one round trip."""
+    keys = gateway.admission.keys
+    async with gateway.redis.pipeline(transaction=False) as pipe:
+        pipe.hget(keys.queued, tenant)
+        pipe.hmget(keys.tenant_load, [f"{tenant}:r", f"{tenant}:t"])
+        queued, (requests, tokens) = await pipe.execute()
+    return TenantQueue(
+        queued=int(queued or 0),
+        in_flight_requests=int(requests or 0),
+        in_flight_tokens=int(tokens or 0),
+    )
 
 
 async def own_tenant(request: web.Request) -> web.Response:

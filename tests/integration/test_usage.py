@@ -208,10 +208,12 @@ async def test_queue_full_and_queue_timeout_and_the_tenants_queue_now(
     for _ in range(200):
         status, body = await own(gateway, "key-b")
         assert status == 200, body
-        if body["queue"] == {"queued": 1}:
+        if body["queue"]["queued"] == 1:
             break
         await asyncio.sleep(0.005)
-    assert body["queue"] == {"queued": 1}
+    assert body["queue"] == {"queued": 1, "in_flight_requests": 0, "in_flight_tokens": 0}
+    running_a = (await own(gateway, "key-a"))[1]["queue"]
+    assert running_a["in_flight_requests"] == 1 and running_a["in_flight_tokens"] > 0
     with pytest.raises(openai.RateLimitError, match="waited 1 s"):
         await waiting
     await running.close()  # abandoned by its client: neither served nor refused
@@ -219,7 +221,7 @@ async def test_queue_full_and_queue_timeout_and_the_tenants_queue_now(
     day = (await usage(gateway, "a"))["to"]
     assert rows(await usage(gateway, "a")) == {(day, MODEL): counts(queue_full=1)}
     assert rows(await usage(gateway, "b")) == {(day, MODEL): counts(queue_timeout=1)}
-    assert (await own(gateway, "key-b"))[1]["queue"] == {"queued": 0}
+    assert (await own(gateway, "key-b"))[1]["queue"]["queued"] == 0
 
 
 async def test_engine_failures_and_unreachable_engines_count_as_upstream(
@@ -399,7 +401,7 @@ async def test_a_tenant_sees_its_own_limits_quotas_and_usage_and_nobody_elses(
         50_000,  # a's requests were all for the other model
         0,
     )
-    assert mine["queue"] == {"queued": 0}
+    assert mine["queue"] == {"queued": 0, "in_flight_requests": 0, "in_flight_tokens": 0}
     day = mine["usage"]["to"]
     assert mine["usage"]["tenant"] == "a"
     assert rows(mine["usage"]) == {
