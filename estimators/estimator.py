@@ -100,7 +100,7 @@ class CostEstimator:
     ) -> Cost:
         """The cost of one request. ``generates`` is False for embeddings (no output)."""
         model = self._settings.model(model_id)
-        counted, source = await self._count_prompt(model, body, remote_count)
+        counted, source = await self._count_prompt(model, body, remote_count, generates)
         factor = 1.0 if source in EXACT_SOURCES else await self._prompt_factor(model_id)
         prompt = max(round(counted * factor), 0)
         self._check_context(model_id, prompt, source)
@@ -170,9 +170,13 @@ class CostEstimator:
         return seen
 
     async def _count_prompt(
-        self, model: ModelConfig, body: dict[str, Any], remote_count: RemoteCounter | None
+        self,
+        model: ModelConfig,
+        body: dict[str, Any],
+        remote_count: RemoteCounter | None,
+        generates: bool,
     ) -> tuple[int, PromptSource]:
-        if (ids := token_ids_count(body)) is not None:
+        if (ids := token_ids_count(body, "prompt" if generates else "input")) is not None:
             return ids, "token_ids"  # exact already: no tokenizer, no /tokenize call
         if remote_count is not None:
             exact = await remote_count(body)
@@ -188,7 +192,9 @@ class CostEstimator:
                 return count_chat_prompt(
                     body["messages"], tokenizer, model.template, body.get("tools")
                 )
-            return count_token_input(body.get("prompt", body.get("input")), tokenizer)
+            # the endpoint's own field: a completion's prompt, an embedding's input (a stray
+            # field of the other name must not replace what the engine will really read)
+            return count_token_input(body.get("prompt" if generates else "input"), tokenizer)
 
         if text_size(body) > self._config.off_loop_chars:
             return await asyncio.to_thread(count), source

@@ -54,16 +54,17 @@ def count_token_input(value: object, tokenizer: Tokenizer) -> int:
     return 0
 
 
-def token_ids_count(body: dict[str, Any]) -> int | None:
-    """The exact length of a prompt given as token ids (a list of them, or a batch of such
-    lists); None for a prompt with any text in it."""
-    value = body.get("prompt", body.get("input")) if "messages" not in body else None
+def token_ids_count(body: dict[str, Any], field: str = "prompt") -> int | None:
+    """The exact length of a prompt (``field``: ``prompt``, or ``input`` for an embedding)
+    given as token ids (a list of them, or a batch of such lists); None for a prompt with any
+    text in it."""
+    value = body.get(field) if "messages" not in body else None
     if not isinstance(value, list) or not value:
         return None
     if all(isinstance(item, int) and not isinstance(item, bool) for item in value):
         return len(value)
     if all(isinstance(row, list) and row for row in value):
-        counts = [token_ids_count({"prompt": row}) for row in value]
+        counts = [token_ids_count({field: row}, field) for row in value]
         return None if None in counts else sum(c for c in counts if c is not None)
     return None
 

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from redis.asyncio import Redis
 
-from tests.conftest import ServeApp, StartGateway, gateway_config, inflight_state
+from tests.conftest import ServeApp, StartGateway, StartSim, gateway_config, inflight_state
 
 MODEL = "llama-3-8b"
 
@@ -101,3 +101,32 @@ async def test_a_prompt_beyond_the_configured_context_is_refused_before_it_queue
             model="other", messages=[{"role": "user", "content": "word " * 5000}]
         )
     assert judged.value.code != "context_length_exceeded"
+
+
+async def test_a_request_of_no_tokens_is_released_at_once(
+    start_gateway: StartGateway, start_sim: StartSim, redis: Redis, redis_url: str
+) -> None:
+    """A lease of zero tokens once failed its release (Lua wrote -0, which HINCRBY refuses)
+    and held its backend's request slot until the lease expired."""
+    sim = await start_sim(time_scale=1000.0)
+    gateway = await start_gateway(gateway_config(redis_url, {"interactive": [sim.url]}))
+    embedded = await gateway.client().embeddings.create(model=MODEL, input="")
+    assert embedded.data
+    for _ in range(50):  # released in the background, in milliseconds (the TTL is 10 s)
+        if not await inflight_state(redis):
+            break
+        await asyncio.sleep(0.02)
+    assert await inflight_state(redis) == {}
+
+
+async def test_an_embedding_is_estimated_from_its_input_whatever_else_the_body_holds(
+    start_gateway: StartGateway, start_sim: StartSim, redis_url: str
+) -> None:
+    sim = await start_sim(time_scale=1000.0)
+    gateway = await start_gateway(gateway_config(redis_url, {"interactive": [sim.url]}))
+    text = "a long document " * 200
+    raw = await gateway.client().embeddings.with_raw_response.create(
+        model=MODEL, input=text, extra_body={"prompt": ""}
+    )
+    estimated = int(raw.headers["x-fairgate-estimate-prompt-tokens"])
+    assert estimated == raw.parse().usage.prompt_tokens > 500

@@ -106,8 +106,12 @@ local function backlogged_bands()
   return bands_cache
 end
 
--- add to a load hash (whole numbers); a field back at zero is deleted, so idle state is empty
+-- add to a load hash (whole numbers); a field back at zero is deleted, so idle state is empty.
+-- A zero delta changes nothing and is not sent: Lua writes -0 (a lease of no tokens, released)
+-- as "-0", which HINCRBY refuses, and an error half-way through a script leaves its earlier
+-- writes in place.
 local function add_load(key, field, delta)
+  if delta == 0 then return tonumber(redis.call('HGET', key, field) or '0') end
   local value = redis.call('HINCRBY', key, field, delta)
   if value <= 0 then redis.call('HDEL', key, field) end
   return value
