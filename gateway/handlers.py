@@ -40,6 +40,7 @@ from gateway.relay import (
 )
 from gateway.requests import Endpoint, InferenceRequest, parse_request
 from gateway.state import GATEWAY, Gateway
+from gateway.tracing import current_trace
 
 #: Request headers passed on to the engine (the tenant's key never is).
 _FORWARDED = ("traceparent", "tracestate", "baggage", "Accept", "Accept-Language", "User-Agent")
@@ -94,7 +95,8 @@ async def _arrive(request: web.Request, gateway: Gateway, endpoint: Endpoint) ->
     tenant_id, tenant = authenticate(request, gateway.directory)
     parsed = parse_request(endpoint, await request.read())
     choice = gateway.pools.start(request.headers, parsed.model, tenant_id, tenant)
-    cost = await _estimate(gateway, tenant_id, parsed, choice.estimating)
+    with current_trace().step("estimate"):
+        cost = await _estimate(gateway, tenant_id, parsed, choice.estimating)
     pool, chosen = gateway.pools.route(choice, cost)
     headers = {
         "X-Request-Id": request_id_of(request),
@@ -176,9 +178,10 @@ async def _admit_and_connect(gateway: Gateway, flight: InFlight) -> Granted:
     ticket, parsed = flight.ticket, flight.parsed
     failures = []
     for attempt in range(2):
-        lease = await gateway.admission.acquire(
-            ticket if attempt == 0 else replace(ticket, request_id=ticket.request_id + ".retry")
-        )
+        with flight.trace.step("queue"):
+            lease = await gateway.admission.acquire(
+                ticket if attempt == 0 else replace(ticket, request_id=ticket.request_id + ".retry")
+            )
         backend = gateway.router.backend(lease.backend)
         meter = None
         if not parsed.stream and not backend.prefill_capped and flight.cost.max_output > 0:
@@ -189,10 +192,11 @@ async def _admit_and_connect(gateway: Gateway, flight: InFlight) -> Granted:
                     "POST",
                     parsed.endpoint.value,
                     parsed.upstream_body(_engine_fields(backend, flight)),
-                    _upstream_headers(flight),
+                    flight.trace.calling(backend, _upstream_headers(flight)),
                 )
             )
         except BackendUnreachable as exc:
+            flight.trace.call_failed(exc)
             if meter is not None:
                 meter.stop()
             failures.append(str(exc))
@@ -236,7 +240,12 @@ async def _relay(gateway: Gateway, flight: InFlight) -> tuple[web.StreamResponse
                 gateway, granted.lease, flight.cost, prefill_held=granted.backend.prefill_capped
             )
             result = await relay_stream(
-                flight.request, upstream, flight.parsed.client_wants_usage, flight.headers, streamed
+                flight.request,
+                upstream,
+                flight.parsed.client_wants_usage,
+                flight.headers,
+                streamed,
+                flight.trace.tap,
             )
         else:
             result = await _relay_plain(granted, flight.headers)
@@ -299,6 +308,9 @@ def _engine_fields(backend: Backend, flight: InFlight) -> dict[str, int]:
 
 def _upstream_headers(flight: InFlight) -> dict[str, str]:
     """Headers of the engine request: the request id, trace context, and the tenant's id.
+
+    The client's trace context goes on as sent; with tracing on, the engine call's own span
+    replaces it (``RequestTrace.calling``), a child of the client's.
 
     ``X-Fairgate-Tenant`` names the tenant (its id, never its key) so that engines and their
     logs can attribute work; the simulator counts requests per tenant by it.
