@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -108,8 +109,8 @@ class RequestTrace:
     """The hooks the request path calls; this one does nothing (tracing off: :data:`NO_TRACE`).
 
     Kept in the request's :class:`~gateway.inflight.InFlight` (before that exists, the step that
-    needs it asks :func:`current_trace`). The live trace (:class:`_LiveTrace`) overrides every
-    method.
+    needs it asks :func:`current_trace`). A sampled request's (:class:`_Sampled`) overrides
+    every method; an unsampled one's (:class:`_Unsampled`) only passes its context on.
     """
 
     #: Given to the stream relay (None: nothing to hear, not even a call per chunk).
@@ -187,7 +188,12 @@ class Tracing:
         operation, policy = OPERATIONS[endpoint], self._policy
 
         async def traced(request: web.Request) -> web.StreamResponse:
-            live = _LiveTrace(tracer, operation, endpoint.value, policy, request)
+            span = _server_span(tracer, operation, policy, request)
+            live: _Sampled | _Unsampled
+            if span.is_recording():
+                live = _Sampled(tracer, span, operation, endpoint.value)
+            else:  # the sampler said no: no other span, only the context goes on
+                live = _Unsampled(span)
             serving = _CURRENT.set(live)
             try:
                 response = await handler(request)
@@ -306,29 +312,53 @@ def build_provider(export: TraceExport) -> SdkTracerProvider:
 # ------------------------------------------------------------------- one request's trace
 
 
-class _LiveTrace(RequestTrace):
-    """The spans of one request, from its arrival until its handler returns or raises."""
+def _server_span(tracer: Tracer, operation: str, policy: str, request: web.Request) -> Span:
+    """The request's SERVER span, a child of the caller's ``traceparent`` if it sent one (its
+    name gets the model once the body is read)."""
+    return tracer.start_span(
+        operation,
+        _W3C.extract(request.headers),
+        SpanKind.SERVER,
+        {
+            "gen_ai.operation.name": operation,
+            "fairgate.request_id": request_id_of(request),
+            "fairgate.admission.policy": policy,
+        },
+    )
 
-    def __init__(
-        self, tracer: Tracer, operation: str, path: str, policy: str, request: web.Request
-    ) -> None:
+
+def _carry(headers: dict[str, str], context: Context) -> dict[str, str]:
+    """The engine request's ``headers`` with ``context`` as its trace context (in place of
+    the client's)."""
+    headers.pop("traceparent", None)
+    headers.pop("tracestate", None)
+    _W3C.inject(headers, context)
+    return headers
+
+
+class _Unsampled(RequestTrace):
+    """A request the sampler left out: its server span records nothing and no other span is
+    made, but the engine gets the trace context (not sampled), so it leaves it out too."""
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+        self._context = trace.set_span_in_context(span)
+
+    def calling(self, backend: Backend, headers: dict[str, str]) -> dict[str, str]:
+        return _carry(headers, self._context)
+
+    def end(self, response: web.StreamResponse | None, error: BaseException | None) -> None:
+        self.span.end()
+
+
+class _Sampled(_Unsampled):
+    """The spans of one sampled request, from its arrival until its handler returns or raises."""
+
+    def __init__(self, tracer: Tracer, span: Span, operation: str, path: str) -> None:
+        super().__init__(span)
         self._tracer = tracer
         self._operation = operation
         self._path = path
-        self._policy = policy
-        self.span = tracer.start_span(
-            operation,
-            _W3C.extract(request.headers),
-            SpanKind.SERVER,
-            {
-                "gen_ai.operation.name": operation,
-                "http.request.method": request.method,
-                "url.path": path,
-                "fairgate.request_id": request_id_of(request),
-                "fairgate.admission.policy": policy,
-            },
-        )
-        self._context = trace.set_span_in_context(self.span)
         self._flight: InFlight | None = None
         self._call: Span | None = None
         self._backend: Backend | None = None
@@ -343,8 +373,11 @@ class _LiveTrace(RequestTrace):
         self.span.update_name(f"{self._operation} {flight.parsed.model}")
         self.span.set_attributes(_arrival_attributes(flight))
 
+    def step(self, name: str) -> AbstractContextManager[None]:
+        return self._step(name)
+
     @contextlib.contextmanager
-    def step(self, name: str) -> Iterator[None]:
+    def _step(self, name: str) -> Iterator[None]:
         span = self._tracer.start_span(name, self._context, SpanKind.INTERNAL)
         started = time.monotonic()
         try:
@@ -371,13 +404,9 @@ class _LiveTrace(RequestTrace):
                 "server.port": url.port or 0,
                 "url.full": f"{url.scheme}://{url.host}:{url.port}"
                 f"{(url.path or '').rstrip('/')}{self._path}",  # never the URL's credentials
-                "fairgate.backend": backend.name,
             },
         )
-        headers.pop("traceparent", None)  # the client's: the engine's parent is this call
-        headers.pop("tracestate", None)
-        _W3C.inject(headers, trace.set_span_in_context(self._call))
-        return headers
+        return _carry(headers, trace.set_span_in_context(self._call))  # its parent: the call
 
     def call_failed(self, error: BaseException) -> None:
         self._end_call(None, type(error).__name__)
@@ -416,8 +445,9 @@ class _LiveTrace(RequestTrace):
             assert response is not None
             status = response.status
             outcome, error_type = _answered(status, flight)
-            if isinstance(response, web.Response) and isinstance(response.body, bytes):
-                self._scan(response.body)
+            body = response.body if isinstance(response, web.Response) else None
+            if status < 400 and isinstance(body, bytes):
+                self._scan(body)
         attributes: dict[str, Any] = {"fairgate.outcome": outcome}
         if status is not None:
             attributes["http.response.status_code"] = status
