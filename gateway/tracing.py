@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 from opentelemetry import trace
@@ -49,8 +49,13 @@ from gateway.requests import Endpoint
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
+    from admission.ticket import Ticket
     from backends.backend import Backend
-    from gateway.inflight import InFlight
+    from backends.pools import Pool
+    from backends.transport import EngineResponse
+    from estimators.cost import Cost
+    from gateway.relay import Relayed
+    from gateway.requests import InferenceRequest
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +108,37 @@ _MAX_FINISH_REASONS = 64
 
 _W3C = TraceContextTextMapPropagator()
 _NOTHING: AbstractContextManager[None] = contextlib.nullcontext()
+
+
+class Grant(Protocol):
+    """What a trace reads of a request's grant (``gateway.inflight.Granted``)."""
+
+    @property
+    def backend(self) -> Backend: ...
+    @property
+    def upstream(self) -> EngineResponse: ...
+
+
+class InFlight(Protocol):
+    """What a trace reads of a request in flight (``gateway.inflight.InFlight``, which holds
+    its trace: a protocol here keeps the two modules from importing each other)."""
+
+    @property
+    def tenant_id(self) -> str: ...
+    @property
+    def parsed(self) -> InferenceRequest: ...
+    @property
+    def cost(self) -> Cost: ...
+    @property
+    def pool(self) -> Pool: ...
+    @property
+    def ticket(self) -> Ticket: ...
+    @property
+    def headers(self) -> dict[str, str]: ...
+    @property
+    def outcome(self) -> Relayed | None: ...
+    @property
+    def grant(self) -> Grant | None: ...
 
 
 class RequestTrace:
