@@ -599,6 +599,43 @@ class AdminConfig(StrictModel):
         return [hash_api_key(t.get_secret_value()) for t in self.tokens] + self.token_hashes
 
 
+class TracesConfig(StrictModel):
+    """OpenTelemetry traces of inference requests, exported over OTLP/HTTP
+    (docs/observability.md). Off unless configured: then the request path pays nothing.
+
+    The standard ``OTEL_*`` variables win over these values, as in every OpenTelemetry SDK:
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT`` over ``endpoint``,
+    ``OTEL_TRACES_SAMPLER`` (with ``OTEL_TRACES_SAMPLER_ARG``) over ``sample_ratio``,
+    ``OTEL_SERVICE_NAME`` over ``service_name``; ``OTEL_SDK_DISABLED=true`` or
+    ``OTEL_TRACES_EXPORTER=none`` turn tracing off whatever this says.
+    """
+
+    enabled: bool | None = Field(
+        None,
+        description="Record and export traces. Unset: on when a collector is configured, here "
+        "(endpoint) or by OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT.",
+    )
+    endpoint: HttpUrl | None = Field(
+        None,
+        description="The OTLP/HTTP collector's base URL, such as http://127.0.0.1:4318 (spans "
+        "go to its /v1/traces).",
+    )
+    sample_ratio: Annotated[float, Field(ge=0, le=1)] = Field(
+        1.0,
+        description="Share of new traces recorded; a request that arrives with a traceparent "
+        "follows its caller's decision.",
+    )
+    service_name: Annotated[str, StringConstraints(min_length=1, max_length=256)] = Field(
+        "fairgate", description="The service.name of the spans."
+    )
+
+
+class TelemetryConfig(StrictModel):
+    """What the gateway tells about its requests besides their responses."""
+
+    traces: TracesConfig = TracesConfig()
+
+
 class _RedisUrlAlias(PydanticBaseSettingsSource):
     """Reads the conventional ``REDIS_URL`` into ``redis.url``."""
 
@@ -629,6 +666,7 @@ class Settings(BaseSettings):
     estimation: EstimationConfig = EstimationConfig()
     admission: AdmissionConfig = AdmissionConfig()
     routing: RoutingConfig = RoutingConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     def model(self, model_id: str) -> ModelConfig:
         """The configuration of a model (defaults for one the file does not describe)."""

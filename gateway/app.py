@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from opentelemetry.trace import TracerProvider
 
 from admission.controller import Admission
 from admission.quota import Quotas
@@ -30,13 +31,20 @@ from gateway.metrics import GatewayMetrics
 from gateway.middleware import admin_port_only, openai_errors, request_id
 from gateway.requests import Endpoint
 from gateway.state import GATEWAY, Gateway
+from gateway.tracing import Tracing
 from tenants.directory import Directory
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings) -> web.Application:
-    """The gateway application for ``settings`` (resources open when it starts)."""
+def create_app(
+    settings: Settings, tracer_provider: TracerProvider | None = None
+) -> web.Application:
+    """The gateway application for ``settings`` (resources open when it starts).
+
+    Requests are traced as ``telemetry.traces`` and the ``OTEL_*`` variables say, or into
+    ``tracer_provider`` if given (a test's, with an in-memory exporter).
+    """
     quiet_routine_client_errors()
     middlewares: list[Middleware] = [request_id, openai_errors, usage_rejections]
     if settings.server.admin_port is not None:
@@ -79,8 +87,10 @@ def create_app(settings: Settings) -> web.Application:
         await redis.aclose()
 
     app.cleanup_ctx.append(lifecycle)
+    tracing = Tracing.configure(settings, tracer_provider)
+    app.on_cleanup.append(tracing.close)
     for endpoint in Endpoint:
-        app.router.add_post(endpoint.value, handlers.inference(endpoint))
+        app.router.add_post(endpoint.value, tracing.wrap(endpoint, handlers.inference(endpoint)))
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/v1/tenant", own_tenant.own_tenant)
     app.router.add_get("/healthz", handlers.healthz)

@@ -41,6 +41,7 @@ from gateway.relay import (
 )
 from gateway.requests import Endpoint, InferenceRequest, parse_request, read_body
 from gateway.state import GATEWAY, Gateway
+from gateway.tracing import current_trace
 
 #: Request headers passed on to the engine (the tenant's key never is).
 _FORWARDED = ("traceparent", "tracestate", "baggage", "Accept", "Accept-Language", "User-Agent")
@@ -98,7 +99,8 @@ async def _arrive(request: web.Request, gateway: Gateway, endpoint: Endpoint) ->
     parsed = parse_request(endpoint, body)
     account.model = parsed.model
     choice = gateway.pools.start(request.headers, parsed.model, tenant_id, tenant)
-    cost = await _estimate(gateway, tenant_id, parsed, choice.estimating)
+    with current_trace().step("estimate"):
+        cost = await _estimate(gateway, tenant_id, parsed, choice.estimating)
     pool, chosen = gateway.pools.route(choice, cost)
     headers = {
         "X-Request-Id": request_id_of(request),
@@ -180,9 +182,10 @@ async def _admit_and_connect(gateway: Gateway, flight: InFlight) -> Granted:
     ticket, parsed = flight.ticket, flight.parsed
     failures = []
     for attempt in range(2):
-        lease = await gateway.admission.acquire(
-            ticket if attempt == 0 else replace(ticket, request_id=ticket.request_id + ".retry")
-        )
+        with flight.trace.step("queue"):
+            lease = await gateway.admission.acquire(
+                ticket if attempt == 0 else replace(ticket, request_id=ticket.request_id + ".retry")
+            )
         backend = gateway.router.backend(lease.backend)
         meter = None
         if not parsed.stream and not backend.prefill_capped and flight.cost.max_output > 0:
@@ -193,10 +196,11 @@ async def _admit_and_connect(gateway: Gateway, flight: InFlight) -> Granted:
                     "POST",
                     parsed.endpoint.value,
                     parsed.upstream_body(*_engine_fields(backend, flight)),
-                    _upstream_headers(flight),
+                    flight.trace.calling(backend, _upstream_headers(flight)),
                 )
             )
         except BackendUnreachable as exc:
+            flight.trace.call_failed(exc)
             if meter is not None:
                 meter.stop()
             failures.append(str(exc))
@@ -240,7 +244,12 @@ async def _relay(gateway: Gateway, flight: InFlight) -> tuple[web.StreamResponse
                 gateway, granted.lease, flight.cost, prefill_held=granted.backend.prefill_capped
             )
             result = await relay_stream(
-                flight.request, upstream, flight.parsed.client_wants_usage, flight.headers, streamed
+                flight.request,
+                upstream,
+                flight.parsed.client_wants_usage,
+                flight.headers,
+                streamed,
+                flight.trace.tap,
             )
         else:
             result = await _relay_plain(granted, flight.headers)
@@ -311,9 +320,11 @@ def _upstream_headers(flight: InFlight) -> dict[str, str]:
 
     The request id is unique per request (the client's id, kept for correlation, and a
     suffix): two tenants sending the same ``X-Request-Id`` must not collide in an engine that
-    keys its requests by it (vLLM with ``--enable-request-id-headers``). ``X-Fairgate-Tenant``
-    names the tenant (its id, never its key) so that engines and their logs can attribute
-    work; the simulator counts requests per tenant by it.
+    keys its requests by it (vLLM with ``--enable-request-id-headers``). The client's trace
+    context goes on as sent; with tracing on, the engine call's own span replaces it
+    (``RequestTrace.calling``), a child of the client's. ``X-Fairgate-Tenant`` names the tenant
+    (its id, never its key) so that engines and their logs can attribute work; the simulator
+    counts requests per tenant by it.
     """
     request = flight.request
     headers = {

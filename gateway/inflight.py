@@ -24,6 +24,7 @@ from fairgate.settings import TenantSettings
 from gateway.metering import PlainMeter
 from gateway.relay import Relayed
 from gateway.requests import InferenceRequest
+from gateway.tracing import NO_TRACE, RequestTrace, current_trace
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,12 @@ class InFlight:
     quota: Charge | None = None  # what it took of its tenant's quotas (None: it has none)
     outcome: Relayed | None = None
     _granted: Granted | None = field(default=None, init=False, repr=False)
+    #: Its spans (gateway/tracing.py), begun by the traced handler; NO_TRACE when tracing is off.
+    trace: RequestTrace = field(default=NO_TRACE, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.trace = current_trace()
+        self.trace.attach(self)
 
     @property
     def granted(self) -> Granted:
@@ -70,6 +77,11 @@ class InFlight:
     @granted.setter
     def granted(self, granted: Granted) -> None:
         self._granted = granted
+
+    @property
+    def grant(self) -> Granted | None:
+        """The grant and connection if it got that far (None: not, or not yet)."""
+        return self._granted
 
     @property
     def ended_well(self) -> bool:

@@ -122,8 +122,10 @@ async def relay_stream(
     client_wants_usage: bool,
     headers: Mapping[str, str],
     meter: Callable[[int], None] | None = None,
+    tap: Callable[[bytes, int], None] | None = None,
 ) -> tuple[web.StreamResponse, Relayed]:
-    """Relay an SSE response event by event; ``meter`` hears the running count of chunks."""
+    """Relay an SSE response event by event; ``meter`` hears the running count of chunks,
+    ``tap`` (the request's trace) also what was written."""
     outcome = Relayed(upstream.status)
     stream = _StreamFilter(client_wants_usage, outcome)
     response = web.StreamResponse(
@@ -147,6 +149,8 @@ async def relay_stream(
             await response.write(out)
             if meter is not None:
                 meter(outcome.chunks)
+            if tap is not None:
+                tap(out, outcome.chunks)
     if stream.tail and outcome.error is None:
         await response.write(stream.tail)
     await response.write_eof()

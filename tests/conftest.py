@@ -272,15 +272,16 @@ def gateway_config(redis_url: str, pools: dict[str, list[str]], **sections: obje
 
 @pytest.fixture
 async def start_gateway() -> AsyncIterator[StartGateway]:
-    """Start gateways in-process: ``await start_gateway(gateway_config(...))``."""
+    """Start gateways in-process: ``await start_gateway(gateway_config(...))``; keyword
+    arguments go to ``create_app`` (``tracer_provider=``)."""
     runners = []
     gateways: list[RunningGateway] = []
 
-    async def start(config: dict) -> RunningGateway:
+    async def start(config: dict, **app_options: object) -> RunningGateway:
         settings = Settings(**config)
         admin_port = settings.server.admin_port
         ports = (0,) if admin_port is None else (0, admin_port)
-        runner = await serve(create_gateway(settings), "127.0.0.1", *ports)
+        runner = await serve(create_gateway(settings, **app_options), "127.0.0.1", *ports)
         runners.append(runner)
         host, port = runner.addresses[0][:2]
         gateways.append(RunningGateway(f"http://{host}:{port}", settings, aiohttp.ClientSession()))

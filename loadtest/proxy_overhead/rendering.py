@@ -26,6 +26,7 @@ from loadtest.proxy_overhead.measurement import (
     full_path_figures,
 )
 from loadtest.proxy_overhead.stack import MODULE
+from loadtest.proxy_overhead.tracing import tracing_section
 from loadtest.proxy_overhead.workload import MODES, STREAM_CHUNKS
 from loadtest.report import machine, markdown_table
 
@@ -270,6 +271,13 @@ The full path's own targets (auth, estimate, admission, relay and release, again
 upstream; ≥ {TARGET_FULL_PATH_RPS:,.0f} requests/s, < {ms(TARGET_ALONE_ADDED_S)} added alone):
 
 {full_path_table(results, concurrencies)}
+
+What tracing costs: **fairgate+traces** is the same gateway with `telemetry.traces` on, every
+request recorded (a SERVER span and its `estimate`, `queue` and engine-call children) and
+exported over OTLP/HTTP to a collector stand-in on the upstream that keeps nothing; next to it
+fairgate with tracing off, in the same run:
+
+{tracing_section(results, concurrencies)}
 
 Non-streaming requests:
 

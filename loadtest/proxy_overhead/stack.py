@@ -17,7 +17,14 @@ from typing import Any
 
 import yaml
 
-from loadtest.proxy_overhead.workload import API_KEY, CHAT_PATH, LOOPBACK, MODEL, TENANT
+from loadtest.proxy_overhead.workload import (
+    API_KEY,
+    CHAT_PATH,
+    LOOPBACK,
+    MODEL,
+    TENANT,
+    TRACED,
+)
 from loadtest.services import (
     free_ports,
     log_tail,
@@ -62,11 +69,22 @@ def fairgate_config(port: int, redis_port: int, upstream: str) -> dict[str, Any]
                 "api_keys": [API_KEY],
             }
         },
+        # Off, whatever OTEL_* variables the environment has: the traced path is another process.
+        "telemetry": {"traces": {"enabled": False}},
     }
 
 
+def traced_config(port: int, redis_port: int, upstream: str) -> dict[str, Any]:
+    """The same gateway tracing every request (the default ratio, 1), spans sent to the
+    upstream's stand-in collector; an admission domain of its own in the same Redis."""
+    config = fairgate_config(port, redis_port, upstream)
+    config["redis"]["key_prefix"] = "fairgate-bench-traces"
+    config["telemetry"] = {"traces": {"enabled": True, "endpoint": upstream}}
+    return config
+
+
 #: The processes whose log is shown after the run if they wrote anything (Redis always does).
-_QUIET_SERVERS = ("upstream", "forwarder", "fairgate")
+_QUIET_SERVERS = ("upstream", "forwarder", "fairgate", TRACED)
 
 
 def server_logs(workdir: Path) -> dict[str, list[str]]:
@@ -101,8 +119,9 @@ def _start(
 
 
 def start_stack(stack: contextlib.ExitStack, workdir: Path) -> list[Target]:
-    """Redis, the upstream, the forwarder and fairgate, each in its own process, all ready."""
-    redis_port, upstream_port, forwarder_port, gateway_port = free_ports(4)
+    """Redis, the upstream, the forwarder, fairgate and fairgate tracing, each in its own
+    process, all ready."""
+    redis_port, upstream_port, forwarder_port, gateway_port, traced_port = free_ports(5)
     upstream = f"http://{LOOPBACK}:{upstream_port}"
     forwarder = f"http://{LOOPBACK}:{forwarder_port}"
     gateway = f"http://{LOOPBACK}:{gateway_port}"
@@ -132,16 +151,12 @@ def start_stack(stack: contextlib.ExitStack, workdir: Path) -> list[Target]:
         http_ok(forwarder + "/health"),
         workdir,
     )
-    config = workdir / "fairgate.yaml"
-    config.write_text(yaml.safe_dump(fairgate_config(gateway_port, redis_port, upstream)))
-    fairgate = _start(
-        stack,
-        "fairgate",
-        [sys.executable, "-m", "fairgate.cli", "--log-level", "warning", "serve",
-         "--config", str(config)],
-        http_ok(gateway + "/readyz"),  # Redis answers and the upstream passed its health probe
-        workdir,
-    )  # fmt: skip
+    fairgate = _start_fairgate(
+        stack, "fairgate", fairgate_config(gateway_port, redis_port, upstream), workdir
+    )
+    traced = _start_fairgate(
+        stack, TRACED, traced_config(traced_port, redis_port, upstream), workdir
+    )
     return [
         Target("direct", upstream + CHAT_PATH),
         Target("forwarder", forwarder + CHAT_PATH, processes={"forwarder": forwarding.pid}),
@@ -151,4 +166,23 @@ def start_stack(stack: contextlib.ExitStack, workdir: Path) -> list[Target]:
             {"Authorization": f"Bearer {API_KEY}"},
             processes={"fairgate": fairgate.pid, "redis": redis.pid},
         ),
+        Target(
+            TRACED,
+            f"http://{LOOPBACK}:{traced_port}{CHAT_PATH}",
+            {"Authorization": f"Bearer {API_KEY}"},
+            processes={TRACED: traced.pid, "redis": redis.pid},
+        ),
     ]
+
+
+def _start_fairgate(
+    stack: contextlib.ExitStack, name: str, config: dict[str, Any], workdir: Path
+) -> subprocess.Popen[bytes]:
+    """``fairgate serve`` with ``config``, ready once Redis answers and the upstream passed
+    its health probe."""
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    url = f"http://{LOOPBACK}:{config['server']['port']}/readyz"
+    argv = [sys.executable, "-m", "fairgate.cli", "--log-level", "warning", "serve",
+            "--config", str(path)]  # fmt: skip
+    return _start(stack, name, argv, lambda process: wait_http_ok(url, process), workdir)

@@ -25,8 +25,13 @@ MODEL = "bench-model"
 TENANT = "bench"
 API_KEY = "fg-bench-key"
 
-#: The three ways of reaching the upstream, in the order they take turns and are shown.
-MODES = ("direct", "forwarder", "fairgate")
+#: The ways of reaching the upstream, in the order they take turns and are shown: directly,
+#: through the forwarder, through fairgate, and through fairgate tracing every request.
+MODES = ("direct", "forwarder", "fairgate", "fairgate+traces")
+#: The path of fairgate with tracing on, every request sampled, spans sent to the upstream.
+TRACED = "fairgate+traces"
+#: Where the traced gateway sends its spans (the upstream answers as a collector would).
+TRACES_PATH = "/v1/traces"
 
 # ------------------------------------------------------------------ what the upstream says
 
@@ -130,8 +135,15 @@ def upstream_app() -> web.Application:
         await response.write_eof()
         return response
 
+    async def traces(request: web.Request) -> web.Response:
+        """An OTLP/HTTP collector that keeps nothing: an empty body is an empty
+        ``ExportTraceServiceResponse``, a full success."""
+        await request.read()
+        return web.Response(content_type="application/x-protobuf")
+
     app = web.Application()
     app.router.add_post(CHAT_PATH, chat)
+    app.router.add_post(TRACES_PATH, traces)
     app.router.add_get("/health", _health)
     return app
 
