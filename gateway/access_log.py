@@ -30,6 +30,8 @@ from gateway.ending import Ending
 
 log = logging.getLogger(__name__)
 
+#: How every line begins (its first field is the time), which tells it from other logs' lines.
+LINE_START = '{"time":'
 #: How often the writer thread writes what is pending, and how many lines may wait.
 FLUSH_S = 0.05
 MAX_PENDING = 100_000
