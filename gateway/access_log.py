@@ -22,7 +22,7 @@ import json
 import logging
 import sys
 import threading
-from datetime import UTC, datetime
+import time
 from typing import IO, NamedTuple
 
 from fairgate.settings import AccessLogConfig
@@ -55,12 +55,27 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+_SECOND: list[tuple[int, str]] = [(-1, "")]  # the last second formatted, and its text
+
+
+def _time(at: float) -> str:
+    """``at`` in UTC as ISO 8601 with milliseconds; the date and time of a second are
+    formatted once (lines of the same second are the rule)."""
+    second = int(at)
+    cached, text = _SECOND[0]
+    if cached != second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _SECOND[0] = (second, text)
+    return f"{text}.{int((at - second) * 1000):03d}Z"
+
+
 def line_of(entry: Entry) -> str:
     """The JSON line of one entry (the writer thread's work, not the request path's)."""
     ending = entry.ending
-    return json.dumps(
+    return _ENCODE(
         {
-            "time": datetime.fromtimestamp(entry.arrived, UTC).isoformat(timespec="milliseconds"),
+            "time": _time(entry.arrived),
             "request_id": entry.request_id,
             "tenant": entry.tenant,
             "pool": entry.pool,
@@ -76,8 +91,7 @@ def line_of(entry: Entry) -> str:
             "total_ms": _ms(ending.total_s),
             "prompt_tokens": ending.prompt_tokens,
             "completion_tokens": ending.completion_tokens,
-        },
-        separators=(",", ":"),
+        }
     )
 
 

@@ -92,7 +92,7 @@ async def test_one_line_per_request_with_its_facts_and_none_of_its_secrets(
         "outcome": "rejected",
     }
     assert refused["reason"] == "auth"
-    assert all(line["time"].endswith("+00:00") for line in lines)
+    assert all(line["time"].endswith("Z") for line in lines)
 
     text = path.read_text()
     assert KEY not in text and "SECRET" not in text

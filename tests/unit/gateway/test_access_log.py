@@ -27,7 +27,7 @@ def entry(request_id: str = "req-1", ending: Ending = SERVED) -> Entry:
 
 def test_a_line_has_every_field_in_milliseconds() -> None:
     assert json.loads(line_of(entry())) == {
-        "time": "2026-01-01T00:00:00.250+00:00",
+        "time": "2026-01-01T00:00:00.250Z",
         "request_id": "req-1",
         "tenant": "acme",
         "pool": "chat",
