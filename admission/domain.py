@@ -27,6 +27,11 @@ def band_of(priority: int) -> str:
     return f"{_BAND_OFFSET - priority:03d}"
 
 
+def priority_of(band: str) -> int:
+    """The priority of a band id (:func:`band_of`'s inverse)."""
+    return _BAND_OFFSET - int(band)
+
+
 def band_weights(priorities: Iterable[int], min_share: float) -> dict[str, float]:
     """The top band weighs 1; each lower band enough to keep ``min_share`` (the admission
     setting ``priority_min_share``)."""

@@ -28,7 +28,7 @@ import contextlib
 import json
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +67,7 @@ class TenantLive:
     recent_service: float  # service charged in the window (service units)
     recent_share: float | None  # of all service in the window (None: no service in it)
     weight_share: float | None  # its fair share among the tenants active now (None: idle)
+    backlogged: bool = False  # requests queued now and at every sample of the window
 
     @property
     def active(self) -> bool:
@@ -102,15 +103,26 @@ class LiveSnapshot:
 
 @dataclass
 class ServiceWindow:
-    """Snapshots of the service totals over the last ``window_s`` seconds (monotonic time)."""
+    """Snapshots of the service totals over the last ``window_s`` seconds (monotonic time),
+    and of which tenants had requests queued then (to tell who was backlogged all along)."""
 
     window_s: float = WINDOW_S
-    _samples: deque[tuple[float, dict[str, float]]] = field(default_factory=deque)
+    _samples: deque[tuple[float, dict[str, float], frozenset[str]]] = field(default_factory=deque)
 
-    def add(self, at: float, served: Mapping[str, float]) -> None:
-        self._samples.append((at, dict(served)))
+    def add(self, at: float, served: Mapping[str, float], queued: Iterable[str] = ()) -> None:
+        self._samples.append((at, dict(served), frozenset(queued)))
         while self._samples[0][0] < at - self.window_s:
             self._samples.popleft()
+
+    def backlogged(self, at: float, queued: Iterable[str]) -> set[str]:
+        """Of the tenants with requests ``queued`` at ``at``, those that had some queued at
+        every sample within ``window_s`` before it too: backlogged all along, as far as the
+        samples (every few seconds) can tell."""
+        found = set(queued)
+        for then, _, earlier in self._samples:
+            if then >= at - self.window_s:
+                found &= earlier
+        return found
 
     def since(self, at: float, served: Mapping[str, float]) -> tuple[float, dict[str, float]]:
         """The span covered and each tenant's service in it, from the oldest sample within
@@ -118,7 +130,7 @@ class ServiceWindow:
 
         A total that fell (Redis lost its data; a settlement returned more than the window
         charged) counts as no service rather than negative service."""
-        start = next(((t, s) for t, s in self._samples if t >= at - self.window_s), None)
+        start = next(((t, s) for t, s, _ in self._samples if t >= at - self.window_s), None)
         if start is None or start[0] >= at:
             return 0.0, {}
         then, before = start
@@ -184,8 +196,11 @@ class LiveState:
     async def _sample(self) -> None:
         while True:
             with contextlib.suppress(RedisError, OSError):
-                served = await self._redis.hgetall(self._keys.served)
-                self._window.add(time.monotonic(), _floats(served))
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.hgetall(self._keys.served)
+                    pipe.hgetall(self._keys.queued)
+                    served, queued = await pipe.execute()
+                self._window.add(time.monotonic(), _floats(served), _queued(_floats(queued)))
             await asyncio.sleep(self._every_s)
 
     async def read(self) -> LiveSnapshot:
@@ -209,11 +224,12 @@ class LiveState:
         )
         now_ms = seconds * 1000 + micros // 1000
         window_s, recent = self._window.since(at, served)
-        self._window.add(at, served)
+        backlogged = self._window.backlogged(at, _queued(queued))
+        self._window.add(at, served, _queued(queued))
         backends = self._backends(cfg_backends, bload, down, drained, engine, now_ms)
         tenants = _tenants(
             cfg_tenants, cfg_bands, queued, tload, counters, recent,
-            _in_flight_by_pool(leases, backends),
+            _in_flight_by_pool(leases, backends), backlogged,
         )  # fmt: skip
         pools = {
             pool: PoolLive(
@@ -262,6 +278,7 @@ def _tenants(
     counters: Mapping[str, float],
     recent: Mapping[str, float],
     by_pool: Mapping[str, dict[str, Load]],
+    backlogged: set[str],
 ) -> dict[str, TenantLive]:
     """Every tenant the scripts know (their ``cfg:tenants``: weight and band as dispatch uses
     them), with its queue, its work in flight, its counter and its shares."""
@@ -281,9 +298,15 @@ def _tenants(
             recent_service=recent.get(t, 0.0),
             recent_share=recent.get(t, 0.0) / total if total > 0 else None,
             weight_share=fair.get(t),
+            backlogged=t in backlogged,
         )
         for t, (weight, band) in weights.items()
     }
+
+
+def _queued(queued: Mapping[str, float]) -> list[str]:
+    """The tenants with requests queued, from the queue counts (which also count pools')."""
+    return [name for name, n in queued.items() if n > 0 and not name.startswith("pool:")]
 
 
 def _decoded(item: tuple[str, str]) -> tuple[str, dict[str, Any]]:

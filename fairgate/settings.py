@@ -630,10 +630,47 @@ class TracesConfig(StrictModel):
     )
 
 
+class AccessLogConfig(StrictModel):
+    """One JSON line per inference request (docs/metrics.md#the-access-log): who, where, how
+    long, how many tokens, how it ended; never a key, a prompt or a completion."""
+
+    enabled: bool = Field(True, description="Write the access log.")
+    path: Path | None = Field(
+        None,
+        description="Append the lines to this file; to standard error if unset. Written by a "
+        "thread of its own, so a slow disk or pipe never holds up a request.",
+    )
+
+
+class MetricsConfig(StrictModel):
+    """What ``GET /metrics`` labels per tenant, and how fresh its shared-state gauges are
+    (docs/metrics.md)."""
+
+    max_tenants: Annotated[int, Field(ge=0, le=10_000)] = Field(
+        100,
+        description="Tenants (besides those listed in `tenants`) that get a label of their "
+        "own, in the order this replica first sees them; the rest are counted as `_other`, so "
+        "ten thousand tenants do not make ten thousand series per metric.",
+    )
+    tenants: list[Name] = Field(
+        default_factory=list,
+        description="Tenants always labelled by name (give the same list to every replica to "
+        "label the same tenants everywhere once there are more than max_tenants).",
+    )
+    shared_state_max_age_s: Annotated[float, Field(ge=0, le=60)] = Field(
+        1.0,
+        description="The shared-state gauges (queues, work in flight, fairness, backends) are "
+        "read from Redis at a scrape unless the last read is younger than this: several "
+        "scrapers cost one read.",
+    )
+
+
 class TelemetryConfig(StrictModel):
     """What the gateway tells about its requests besides their responses."""
 
     traces: TracesConfig = TracesConfig()
+    access_log: AccessLogConfig = AccessLogConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
 
 class _RedisUrlAlias(PydanticBaseSettingsSource):

@@ -1,22 +1,30 @@
-"""What each inference request counts as in its tenant's usage (:mod:`tenants.usage`).
+"""What each inference request counts as: one classification for usage, metrics and the log.
 
-A request is attributed to its tenant as soon as its key names one (:func:`open_account`, on
-arrival), and to its model once the body names it. From then on it ends in one of two ways:
+Every inference request gets an :class:`Account` when it arrives (:func:`account_requests`, a
+middleware inside the error middleware): when it arrived, and, as the handler learns them, its
+tenant (:func:`open_account`, once its key names one), model and :class:`InFlight`. When the
+handler returns or raises, the middleware classifies the request once into an
+:class:`~gateway.ending.Ending`, times it, and hands that one record to the tenant's usage
+(:mod:`tenants.usage`), the Prometheus metrics and the access log. It ends in one of three ways:
 
-- the engine answered and the answer was relayed: :func:`settled` (from the handler's
-  settlement) counts a success as a request with the tokens the engine's usage reports, and an
-  engine's error answer as a rejection (its 5xx, 429, 401 and 403 are the engine's or
-  fairgate's own trouble: ``upstream``; its other 4xx refused the request: ``invalid_request``);
-- a failure was raised on the way (a quota, the queue, an engine that failed, a bad body...):
-  :func:`usage_rejections`, a middleware inside the error middleware, sees the exception
-  itself, before it becomes an HTTP error, and counts it by its cause (:func:`reason_of`).
+- the engine answered and the answer was relayed: :func:`answered` counts a success as
+  ``served`` with the tokens the engine's usage reports, and an engine's error answer as
+  ``rejected`` (its 5xx, 429, 401 and 403 are the engine's or fairgate's own trouble:
+  ``upstream``; its other 4xx refused the request: ``invalid_request``);
+- a failure was raised on the way (a key, a quota, the queue, an engine that failed, a bad
+  body...): :func:`failed` sees the exception itself, before it becomes an HTTP error, and
+  counts it by its cause (:func:`reason_of`);
+- the client went away first (the handler was cancelled, or a write found the connection
+  gone): ``cancelled``; it was neither served nor refused, and counts in no usage.
 
-A request with no tenant (no key, an unknown one: 401) counts nowhere, and neither does one
-whose client went away before its answer ended: it was neither served nor refused.
+A request with no tenant (no key, an unknown one: 401, ``auth``) counts in the metrics and the
+access log only: usage is per tenant.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -24,44 +32,147 @@ from aiohttp import web
 from admission.errors import AdmissionError, QueueFull, QueueTimeout
 from admission.quota import QuotaExceeded
 from backends.errors import EngineError
+from estimators.errors import EstimationError
 from fairgate.errors import GatewayError
+from gateway.access_log import Entry
+from gateway.ending import CLIENT_CLOSED, Ending, Rejection
 from gateway.inflight import InFlight
-from gateway.middleware import Handler
+from gateway.middleware import Handler, as_gateway_error, request_id_of
 from gateway.relay import Relayed
+from gateway.request_metrics import NO_POOL
+from gateway.requests import Endpoint
 from gateway.state import GATEWAY
-from tenants.usage import Reason, Usage
+from tenants.errors import DirectoryError
+from tenants.usage import Reason
 
 
-@dataclass
+@dataclass(slots=True)
 class Account:
-    """Whose usage a request counts in: its tenant, and its model once known."""
+    """One inference request, as its ending will be counted: when it arrived (monotonic and
+    wall clock), whose it is and for which model once known, and its :class:`InFlight` once
+    it was routed (its pool, backend, timings and the engine's answer)."""
 
-    tenant: str
+    started: float
+    arrived: float  # Unix time, for the access log
+    tenant: str = ""  # "" until a key named one
     model: str = ""
+    flight: InFlight | None = None
 
 
 ACCOUNT = web.RequestKey("usage_account", Account)
 
+#: The paths whose POSTs are inference requests.
+_INFERENCE = frozenset(endpoint.value for endpoint in Endpoint)
+
 
 def open_account(request: web.Request, tenant: str) -> Account:
     """Attribute ``request`` to ``tenant``: any failure from now on counts in its usage."""
-    account = request[ACCOUNT] = Account(tenant)
+    account = request.get(ACCOUNT)
+    if account is None:  # a handler run without the middleware (counts nowhere)
+        account = request[ACCOUNT] = Account(time.monotonic(), time.time())
+    account.tenant = tenant
     return account
 
 
 @web.middleware
-async def usage_rejections(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count the failure of an attributed request by its cause, then let it be answered."""
-    try:
+async def account_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Classify each inference request once as it ends, and count it everywhere it counts."""
+    if request.method != "POST" or request.path not in _INFERENCE:
         return await handler(request)
+    account = request[ACCOUNT] = Account(time.monotonic(), time.time())
+    try:
+        response = await handler(request)
     except Exception as exc:
-        account = request.get(ACCOUNT)
-        if account is not None and (reason := reason_of(exc)) is not None:
-            request.app[GATEWAY].usage.rejected(account.tenant, account.model, reason)
+        _ended(request, account, failed(exc))
         raise
+    except asyncio.CancelledError:  # the client went away (fairgate.serving cancels)
+        _ended(request, account, Ending("cancelled", CLIENT_CLOSED))
+        raise
+    _ended(request, account, answered(account.flight, response.status))
+    return response
 
 
-def reason_of(exc: BaseException) -> Reason | None:
+def failed(exc: BaseException) -> Ending:
+    """The ending of a request whose handler raised ``exc``."""
+    reason = reason_of(exc)
+    if reason is None:
+        return Ending("cancelled", CLIENT_CLOSED)
+    return Ending("rejected", status_of(exc), reason)
+
+
+def answered(flight: InFlight | None, status: int) -> Ending:
+    """The ending of a request whose handler returned (``status``: its response's)."""
+    outcome = flight.outcome if flight is not None else None
+    if flight is None or outcome is None:
+        return Ending("served", status)  # nothing relayed: nothing more to tell
+    if (reason := engine_refusal(outcome)) is not None:
+        return Ending("rejected", outcome.status, reason)
+    prompt, completion = tokens_of(flight, outcome)
+    return Ending("served", outcome.status, None, prompt, completion)
+
+
+def status_of(exc: BaseException) -> int:
+    """The HTTP status the error middleware answers ``exc`` with."""
+    if isinstance(exc, GatewayError | web.HTTPException):
+        return exc.status
+    if isinstance(exc, AdmissionError | EngineError | DirectoryError | EstimationError):
+        return as_gateway_error(exc).status
+    return 500
+
+
+def _ended(request: web.Request, account: Account, ending: Ending) -> None:
+    """Time the request, then count its ending in usage, the metrics and the access log."""
+    now = time.monotonic()
+    ending.total_s = now - account.started
+    flight = account.flight
+    if flight is not None:
+        _time_flight(ending, flight, now, account.started)
+    gateway = request.app[GATEWAY]
+    tenant = account.tenant
+    if tenant:
+        if ending.outcome == "served":
+            gateway.usage.completed(
+                tenant, account.model, ending.prompt_tokens, ending.completion_tokens
+            )
+        elif (reason := usage_reason(ending.reason)) is not None:
+            gateway.usage.rejected(tenant, account.model, reason)
+    pool = flight.pool.name if flight is not None else NO_POOL
+    gateway.metrics.requests.ended(tenant, pool, ending)
+    if gateway.access_log.enabled:
+        grant = flight.grant if flight is not None else None
+        gateway.access_log.write(
+            Entry(
+                account.arrived,
+                request_id_of(request),
+                tenant or None,
+                None if flight is None else pool,
+                None if grant is None else grant.backend.name,
+                None if flight is None else account.model,
+                request.path,
+                flight is not None and flight.parsed.stream,
+                ending,
+            )
+        )
+
+
+def _time_flight(ending: Ending, flight: InFlight, now: float, started: float) -> None:
+    """The queue wait, and for a stream the first token and the pace of the rest."""
+    if flight.asked_at is not None:
+        ending.queue_s = flight.queued_s if flight.queued_s is not None else now - flight.asked_at
+    outcome = flight.outcome
+    if outcome is None or outcome.first_at is None or not flight.parsed.stream:
+        return
+    ending.ttft_s = outcome.first_at - started
+    if ending.completion_tokens > 1 and outcome.last_at is not None:
+        ending.itl_s = (outcome.last_at - outcome.first_at) / (ending.completion_tokens - 1)
+
+
+def usage_reason(reason: Rejection | None) -> Reason | None:
+    """A rejection as a tenant's usage counts it (``auth`` has no tenant: none)."""
+    return None if reason is None or reason == "auth" else reason
+
+
+def reason_of(exc: BaseException) -> Rejection | None:
     """Why a request failed, from the exception raised (or the one an error was made from);
     None for a client that went away."""
     if isinstance(exc, GatewayError) and isinstance(exc.__cause__, AdmissionError | EngineError):
@@ -85,9 +196,11 @@ def reason_of(exc: BaseException) -> Reason | None:
     return "internal"
 
 
-def _by_status(status: int, code: str | None) -> Reason | None:
-    if status < 400 or status == 401:
+def _by_status(status: int, code: str | None) -> Rejection | None:
+    if status < 400:
         return None
+    if status == 401:
+        return "auth"
     if status == 403:
         return "permission"
     if status < 500:
@@ -97,17 +210,6 @@ def _by_status(status: int, code: str | None) -> Reason | None:
     if code in ("backend_unavailable", "backend_error", "backend_timeout"):
         return "upstream"
     return "internal"
-
-
-def settled(usage: Usage, flight: InFlight) -> None:
-    """Count a request whose engine answer was relayed (nothing if the client left first)."""
-    outcome = flight.outcome
-    if outcome is None:
-        return
-    if (reason := engine_refusal(outcome)) is not None:
-        usage.rejected(flight.tenant_id, flight.parsed.model, reason)
-    else:
-        usage.completed(flight.tenant_id, flight.parsed.model, *tokens_of(flight, outcome))
 
 
 def engine_refusal(outcome: Relayed) -> Reason | None:

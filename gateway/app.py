@@ -24,7 +24,7 @@ from estimators.tokenizer import default_tokenizer, tokenizer_for
 from fairgate.redis_client import connect
 from fairgate.settings import Settings
 from gateway import handlers, own_tenant
-from gateway.accounting import usage_rejections
+from gateway.accounting import account_requests
 from gateway.admin import routes as admin_routes
 from gateway.logs import quiet_routine_client_errors
 from gateway.metrics import GatewayMetrics
@@ -46,7 +46,7 @@ def create_app(
     ``tracer_provider`` if given (a test's, with an in-memory exporter).
     """
     quiet_routine_client_errors()
-    middlewares: list[Middleware] = [request_id, openai_errors, usage_rejections]
+    middlewares: list[Middleware] = [request_id, openai_errors, account_requests]
     if settings.server.admin_port is not None:
         middlewares.append(admin_port_only(settings.server.admin_port))
     app = web.Application(middlewares=middlewares, client_max_size=settings.server.max_body_bytes)
@@ -69,16 +69,18 @@ def create_app(
             router,
             backend_states,
             estimator,
-            GatewayMetrics(),
+            GatewayMetrics(settings.telemetry.metrics),
             admission,
             Quotas(redis, settings),
         )
         app[GATEWAY] = gateway
         await gateway.live.start()
+        gateway.access_log.start()
         yield
         await gateway.live.stop()
         await gateway.meters.stop()
         await gateway.drain()
+        gateway.access_log.stop()
         await gateway.usage.close()  # after drain: the last requests' settlements counted
         await backend_states.stop()
         await admission.stop()

@@ -27,7 +27,7 @@ from estimators.cost import Cost
 from fairgate.errors import GatewayError, backend_unavailable, invalid_request
 from fairgate.ids import new_id
 from fairgate.settings import TenantSettings
-from gateway.accounting import open_account, settled
+from gateway.accounting import open_account
 from gateway.auth import authenticate
 from gateway.inflight import Granted, InFlight
 from gateway.metering import StreamMeter
@@ -53,7 +53,7 @@ def inference(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Strea
     async def handle(request: web.Request) -> web.StreamResponse:
         gateway = request.app[GATEWAY]
         flight = await _arrive(request, gateway, endpoint)
-        asked = time.monotonic()
+        asked = flight.asked_at = time.monotonic()
         try:
             granted = await _admit_and_connect(gateway, flight)
         except BaseException as exc:
@@ -67,7 +67,7 @@ def inference(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Strea
                 raise
             raise error from exc
         flight.granted = granted
-        queued_s = max(granted.lease.granted_at - asked, 0.0)
+        queued_s = flight.queued_s = max(granted.lease.granted_at - asked, 0.0)
         flight.headers["X-Fairgate-Queue-Time"] = f"{queued_s:.3f}"
         try:
             flight.headers["X-Fairgate-Backend"] = granted.backend.name
@@ -124,7 +124,9 @@ async def _arrive(request: web.Request, gateway: Gateway, endpoint: Endpoint) ->
         prefer=pool.session_backend(request.headers, parsed.body),
         prefer_slack=pool.affinity_slack_tokens,
     )
-    flight = InFlight(request, tenant_id, tenant, parsed, cost, pool, ticket, headers)
+    flight = account.flight = InFlight(
+        request, tenant_id, tenant, parsed, cost, pool, ticket, headers
+    )
     flight.quota = await gateway.quotas.charge(
         tenant_id, tenant.quotas, parsed.model, cost.inflight_tokens
     )
@@ -282,7 +284,6 @@ async def _settle(gateway: Gateway, flight: InFlight) -> None:
     A request that ended well leaves its lease reusable by the next of its flow (admission
     decides whether it is reused); one that failed or was abandoned releases it.
     """
-    settled(gateway.usage, flight)  # first: counted before anything here can wait or fail
     await flight.granted.lease.release(flight.service_used, reusable=flight.ended_well)
     if flight.quota is not None and (used := flight.tokens_used) is not None:
         await gateway.quotas.correct(flight.quota, used)
@@ -350,10 +351,9 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus metrics of this gateway process (and the admission domain's event counts)."""
+    """Prometheus metrics of this gateway process, and the shared state read from Redis."""
     gateway = request.app[GATEWAY]
-    with contextlib.suppress(RedisError, OSError):
-        gateway.metrics.admission_stats(await gateway.redis.hgetall(gateway.admission.keys.stats))
+    await gateway.shared_state.refresh()
     return gateway.metrics.response()
 
 

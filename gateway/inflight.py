@@ -57,6 +57,8 @@ class InFlight:
     pool: Pool
     ticket: Ticket
     headers: dict[str, str]  # the response's own: request id, pool, route, estimates, ...
+    asked_at: float | None = None  # when it asked admission (monotonic)
+    queued_s: float | None = None  # from then to its grant
     quota: Charge | None = None  # what it took of its tenant's quotas (None: it has none)
     outcome: Relayed | None = None
     _granted: Granted | None = field(default=None, init=False, repr=False)

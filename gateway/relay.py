@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,8 @@ class Relayed:
     chunks: int = 0  # content chunks relayed (a stream)
     completed: bool = False  # the engine finished the response (a stream: sent [DONE])
     error: str | None = None
+    first_at: float | None = None  # when the first content chunk was relayed (monotonic)
+    last_at: float | None = None  # and the last
 
 
 _REAL_USAGE = re.compile(rb'"usage"\s*:\s*\{')
@@ -74,7 +77,11 @@ class _StreamFilter:
         events, self.tail = buffer[:end], buffer[end:]
         if b'"usage"' in events:
             events = self._take_usage(events)
-        self.outcome.chunks += events.count(_CHOICES_KEY)
+        if chunks := events.count(_CHOICES_KEY):
+            self.outcome.chunks += chunks
+            self.outcome.last_at = time.monotonic()
+            if self.outcome.first_at is None:
+                self.outcome.first_at = self.outcome.last_at
         if (at := events.rfind(DONE)) >= 0:
             start, end = event_around(events, at)
             self.outcome.completed = self.outcome.completed or data_of(events[start:end]) == DONE

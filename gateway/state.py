@@ -18,9 +18,11 @@ from backends.pools import Router
 from backends.state import BackendStates
 from estimators.estimator import CostEstimator
 from fairgate.settings import Settings
+from gateway.access_log import AccessLog
 from gateway.metering import PlainMeters
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import AccessLogDrops, GatewayMetrics
 from gateway.routing import PoolSelector
+from gateway.shared_metrics import SharedStateMetrics
 from tenants.directory import Directory
 from tenants.usage import Usage
 
@@ -43,6 +45,8 @@ class Gateway:
     pools: PoolSelector = field(init=False)  # which pool serves each request
     usage: Usage = field(init=False)  # tenants' requests, tokens and refusals per model and day
     live: LiveState = field(init=False)  # admission's shared state, for the admin API
+    access_log: AccessLog = field(init=False)  # one JSON line per inference request
+    shared_state: SharedStateMetrics = field(init=False)  # the live state as gauges
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -51,6 +55,17 @@ class Gateway:
         self.pools = PoolSelector(self.router, self.metrics)
         self.usage = Usage(self.redis, self.settings)
         self.live = LiveState(self.redis, self.settings)
+        telemetry = self.settings.telemetry
+        self.access_log = AccessLog(telemetry.access_log)
+        self.shared_state = SharedStateMetrics(
+            self.live,
+            self.redis,
+            self.admission.keys.stats,
+            self.metrics.tenants,
+            telemetry.metrics.shared_state_max_age_s,
+        )
+        self.metrics.add(self.shared_state)
+        self.metrics.add(AccessLogDrops(self.access_log))
 
     def in_background(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run bookkeeping after a response without delaying it (tasks are kept referenced)."""

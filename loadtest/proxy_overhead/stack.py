@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from gateway.access_log import LINE_START as ACCESS_LOG_LINE
 from loadtest.proxy_overhead.workload import (
     API_KEY,
     CHAT_PATH,
@@ -88,11 +89,13 @@ _QUIET_SERVERS = ("upstream", "forwarder", "fairgate", TRACED)
 
 
 def server_logs(workdir: Path) -> dict[str, list[str]]:
-    """The lines each server logged, for those that logged any: a warning may explain a figure."""
+    """The lines each server logged, for those that logged any: a warning may explain a figure
+    (fairgate's access log, one line per request on its standard error, aside)."""
     logs = {}
     for name in _QUIET_SERVERS:
         path = workdir / f"{name}.log"
         lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        lines = [line for line in lines if not line.startswith(ACCESS_LOG_LINE)]
         if lines:
             logs[name] = lines
     return logs

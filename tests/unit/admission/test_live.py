@@ -41,3 +41,14 @@ def test_a_lower_band_keeps_its_minimum_share_under_contention() -> None:
     assert shares["low"] == pytest.approx(0.1)
     assert shares["high"] == pytest.approx(0.9 / 4) and shares["high2"] == pytest.approx(2.7 / 4)
     assert weight_shares(tenants, {"low"}, bands) == {"low": 1.0}  # alone, it has it all
+
+
+def test_backlogged_means_queued_now_and_at_every_sample_of_the_window() -> None:
+    window = ServiceWindow(window_s=10)
+    window.add(0, {}, ["a"])  # out of the window by t=20
+    window.add(12, {}, ["a", "b", "c"])
+    window.add(16, {}, ["a", "b"])
+    assert window.backlogged(20, ["a", "b", "c", "d"]) == {"a", "b"}
+    assert window.backlogged(25, ["b", "c"]) == {"b"}  # only the sample at 16 is left
+    assert window.backlogged(27, ["b", "c"]) == {"b", "c"}  # none left: queued now is all
+    assert ServiceWindow(window_s=10).backlogged(5, ["a"]) == {"a"}  # no sample: now only

@@ -1,4 +1,5 @@
-"""gateway/accounting.py: what a failure or an engine's answer counts as in a tenant's usage."""
+"""gateway/accounting.py: what a failure or an engine's answer counts as, in a tenant's usage
+and the metrics alike."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from fairgate.errors import (
     model_not_found,
     permission_denied,
 )
-from gateway.accounting import engine_refusal, reason_of
+from gateway.accounting import engine_refusal, failed, reason_of, usage_reason
 from gateway.middleware import as_gateway_error
 from gateway.relay import Relayed
 
@@ -47,7 +48,7 @@ def _answered_with_quota_headers(exc: Exception) -> Exception:
         (body_too_large(10), "invalid_request"),
         (web.HTTPRequestEntityTooLarge(max_size=10, actual_size=20), "invalid_request"),
         (permission_denied("no"), "permission"),
-        (invalid_api_key("who?"), None),
+        (invalid_api_key("who?"), "auth"),  # no tenant: counted in the metrics only
         (ConnectionResetError(), None),  # the client left
         (RuntimeError("a bug"), "internal"),
     ],
@@ -71,3 +72,29 @@ def test_a_failure_counts_by_its_cause(failure: Exception, reason: str | None) -
 )
 def test_an_engines_answer_is_a_success_or_a_refusal(outcome: Relayed, reason: str | None) -> None:
     assert engine_refusal(outcome) == reason
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "outcome"),
+    [
+        (QueueTimeout("a", 1.0), 429, "rejected"),
+        (AdmissionUnavailable("no Redis"), 503, "rejected"),
+        (EngineTimeout("slow"), 504, "rejected"),
+        (invalid_api_key("who?"), 401, "rejected"),
+        (web.HTTPRequestEntityTooLarge(max_size=10, actual_size=20), 413, "rejected"),
+        (RuntimeError("a bug"), 500, "rejected"),
+        (ConnectionResetError(), 499, "cancelled"),
+    ],
+)
+def test_a_failure_ends_with_the_status_the_client_is_answered(
+    failure: Exception, status: int, outcome: str
+) -> None:
+    ending = failed(failure)
+    assert (ending.status, ending.outcome) == (status, outcome)
+    assert ending.reason == reason_of(failure)
+
+
+def test_auth_counts_in_no_usage() -> None:
+    assert usage_reason("auth") is None
+    assert usage_reason("quota") == "quota"
+    assert usage_reason(None) is None

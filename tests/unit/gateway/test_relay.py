@@ -239,3 +239,16 @@ def test_usage_null_chunks_pass_and_only_the_real_usage_is_taken() -> None:
     assert relayed == chunk + chunk + b"data: [DONE]\n\n"  # the usage chunk was not asked for
     assert outcome.usage == {"prompt_tokens": 3, "completion_tokens": 2}
     assert (outcome.chunks, outcome.completed) == (2, True)
+
+
+def test_the_first_and_last_content_chunks_are_timed() -> None:
+    outcome = Relayed(200)
+    stream = _StreamFilter(False, outcome)
+    stream.feed(stream_of([PING]))
+    assert outcome.first_at is None  # a comment carries no token
+    stream.feed(stream_of([ROLE, TOKEN % b"Hi"]))
+    first = outcome.first_at
+    assert first is not None and outcome.last_at == first
+    stream.feed(stream_of([TOKEN % b"there"]))
+    assert outcome.first_at == first and outcome.last_at is not None
+    assert outcome.last_at >= first
