@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 Kind = Literal["requests", "tokens"]
 
 _MINUTE_MS, _DAY_MS = 60_000, 86_400_000
+#: Quota configs and models whose limits a process keeps at most.
+_MAX_CACHED = 4096
 #: The correction script of requests that never ran (it needs none of the admission policy).
 SOURCE = standalone("quota")
 
@@ -196,12 +198,24 @@ class Quotas:
     def __init__(self, redis: GatewayRedis, settings: Settings) -> None:
         self._script = Script(redis, SOURCE)
         self._keys = [AdmissionKeys.of(settings.redis.key_prefix).prefix]
+        #: The limits of a tenant's quotas for a model, by the config's identity (kept with
+        #: it, so that the identity is not reused): they are asked for on every request.
+        self._limits: dict[tuple[int, str], tuple[QuotaConfig, tuple[Limit, ...]]] = {}
 
-    @staticmethod
-    def ask(tenant: str, config: QuotaConfig | None, model: str, tokens: int) -> QuotaAsk | None:
+    def ask(
+        self, tenant: str, config: QuotaConfig | None, model: str, tokens: int
+    ) -> QuotaAsk | None:
         """What a request for ``model`` of ``tokens`` asks of the tenant's quotas; None if no
         limit applies (then it costs nothing)."""
-        limits = limits_of(config, model) if config is not None else ()
+        if config is None:
+            return None
+        key = (id(config), model)
+        cached = self._limits.get(key)
+        if cached is None or cached[0] is not config:
+            if len(self._limits) >= _MAX_CACHED:
+                self._limits.clear()  # tenants were changed many times: start again
+            cached = self._limits[key] = (config, limits_of(config, model))
+        limits = cached[1]
         return QuotaAsk(tenant, limits, tokens) if limits else None
 
     async def correct(self, charge: Charge, tokens_used: int) -> None:
