@@ -63,26 +63,30 @@ def table(windows: list[Window]) -> str:
 def render(windows: list[Window], argv: list[str], elapsed_s: float) -> str:
     today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     bursts = "; ".join(f"{w.tenant} {w.burst:,} {w.kind}" for w in windows)
-    tenants = "; ".join(f"`{tenant}`: {_limits(tenant)}" for tenant in QUOTAS)
-    command = " ".join(["python", "-m", "loadtest.quota_bench", *argv])
+    tenants = "\n".join(f"- `{tenant}`: {_limits(tenant)}" for tenant in QUOTAS)
+    command = "`" + " ".join(["python", "-m", "loadtest.quota_bench", *argv]) + "`"
     if argv == ["--write", "BENCHMARKS.md"]:
-        command += "` (what `make bench` runs"
+        command += " (what `make bench` runs)"
     return f"""## Quotas across replicas: a minute of overload
 
 {REPLICAS} `fairgate serve` replicas share one Redis and one simulated engine (running
-{TIME_SCALE:g}× faster than real time; quotas count wall-clock time). Two tenants overload their
-quotas through every replica at once ({tenants}): {CLIENTS_PER_REPLICA} closed-loop clients per
-tenant on each replica send their next request as soon as the last is answered, and
-{BACKOFF_S * 1000:g} ms after a refusal. Requests ask for up to {MAX_TOKENS} tokens; the engine's
-output lengths vary, so the estimate charged at admission is corrected to the usage at
-completion. Each tenant's window starts {SETTLE_S:g} s after its first refusal: by then the burst
-GCRA allows a tenant idle for a whole minute (its whole budget at once: {bursts}) is spent, and
-what it admits is the limit's rate. Admitted tokens are the engine's usage (prompt +
-completion) of the requests sent in the window; "other answers" are any that were neither a
-200 nor a 429 with `Retry-After` and `rate_limit_exceeded`, over the whole run.
+{TIME_SCALE:g}× faster than real time; quotas count wall-clock time). Two tenants overload
+their quotas through every replica at once:
+
+{tenants}
+
+{CLIENTS_PER_REPLICA} closed-loop clients per tenant on each replica send their next request as
+soon as the last is answered, and {BACKOFF_S * 1000:g} ms after a refusal. Requests ask for up
+to {MAX_TOKENS} tokens; the engine's output lengths vary, so the estimate charged at admission
+is corrected to the usage at completion. Each tenant's window starts {SETTLE_S:g} s after its
+first refusal: by then the burst GCRA allows a tenant idle for a whole minute (its whole budget
+at once; here {bursts} before the first refusal) is spent, and what it admits is the limit's
+rate. Admitted tokens are the engine's usage (prompt + completion) of the requests sent in the
+window; "other answers" are any that were neither a 200 nor a 429 with `Retry-After` and
+`rate_limit_exceeded`, over the whole run.
 
 {table(windows)}
 
-Reproduce with `{command}`{")" if "make bench" in command else ""}.
-Machine: {machine()}; fairgate at {revision()}; run on {today}, {elapsed_s:.0f} s of wall time in
-all."""
+Reproduce with {command}.
+Machine: {machine()}; fairgate at {revision()}; run on {today}, {elapsed_s:.0f} s of wall
+time in all."""
