@@ -7,6 +7,12 @@ by at most ``upkeep_interval_s`` and never strands it. The upkeep also reclaims 
 replicas left behind, dispatches, and renews this replica's queued entries and leases (so that
 they expire, and their capacity returns, only if this replica dies).
 
+A request of a tenant with quotas carries its charge on its ticket: the script call that queues
+or runs it takes the charge first (refusing it, 429, with nothing else changed), and the call that
+releases its lease or passes it on corrects it to the tokens used. Such a request taking over a
+held lease waits for that call (a request without quotas does not), since its charge must be
+taken before it runs.
+
 Every grant ends in exactly one release: the gateway releases in a ``finally``; a waiter whose
 client leaves withdraws, and if its grant raced the withdrawal, releases it at once. While
 nothing waits, a lease that ended well may first pass to the next request of its flow on this
@@ -25,6 +31,8 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -34,6 +42,7 @@ from admission.errors import AdmissionUnavailable, QueueFull, QueueTimeout
 from admission.lease import Lease
 from admission.local import LocalLimits
 from admission.policy import AdmissionPolicy
+from admission.quota import Charge, QuotaPart
 from admission.reuse import Flow, HeldLease, LeaseShelf
 from admission.scripts import AdmissionScripts, Decision
 from admission.ticket import Ticket
@@ -49,6 +58,9 @@ _LOST = "!lost"
 #: Reuse calls (made off the request path) that may be in flight at once; past this, requests
 #: take the path that waits for Redis, so a replica cannot run ahead of what Redis has recorded.
 MAX_REUSES_IN_FLIGHT = 64
+
+#: Hears of a request's quota charge as soon as admission took it (before it may wait).
+Charged = Callable[[Charge], None]
 
 
 class Admission:
@@ -116,13 +128,22 @@ class Admission:
 
     # ------------------------------------------------------------------------- acquiring
 
-    async def acquire(self, ticket: Ticket) -> Lease:
-        """Wait until the request may run, in fair order (429: queue full, or waited too long)."""
+    async def acquire(self, ticket: Ticket, charged: Charged | None = None) -> Lease:
+        """Wait until the request may run, in fair order (429: queue full, or waited too long).
+
+        A ticket's quota charge is taken first (429 :class:`~admission.quota.QuotaExceeded` if
+        over a quota); ``charged`` hears of it as soon as it is taken, so that a request refused
+        or abandoned later can give its tokens back.
+        """
         if self._may_reuse and not self._waiters and self._reusing < MAX_REUSES_IN_FLIGHT:
             held = self._shelf.take(_flow(ticket), ticket.tokens, ticket.prefer)
             if held is not None:
-                self._spawn(self._reuse(held, ticket))
-                return self._lease(held.lease_id, held.backend, ticket)
+                if ticket.quota is None:
+                    self._spawn(self._reuse(held, ticket))
+                    return self._lease(held.lease_id, held.backend, ticket)
+                lease = await self._reuse_charged(held, ticket, charged)
+                if lease is not None:
+                    return lease
         # The queue deadline counts from before the enqueue, so that it never falls after the
         # one Redis keeps (counted from the enqueue): the replica times its waiter out first.
         due = asyncio.get_running_loop().time() + ticket.timeout_s
@@ -135,6 +156,8 @@ class Admission:
             raise
         except RedisError as exc:
             return self._without_redis(ticket, exc)
+        if outcome.quota:
+            _took(ticket, outcome, charged)  # raises QuotaExceeded if refused (nothing changed)
         self._heard(outcome)
         if outcome.state == "granted":
             return self._lease(ticket.request_id, outcome.backend, ticket)
@@ -208,6 +231,48 @@ class Admission:
         self._leases.add(lease_id)
         return Lease(lease_id, backend, self._charge, self._end, _flow(ticket), ticket.tokens)
 
+    async def _reuse_charged(
+        self, held: HeldLease, ticket: Ticket, charged: Charged | None
+    ) -> Lease | None:
+        """Pass a held lease to a request with quotas: the reuse's script call takes its charge
+        first, so unlike a request without quotas it waits for the call. None if the lease was
+        gone (the request then asks as any other)."""
+        passing = asyncio.ensure_future(self._reuse_call(held, ticket))
+        try:
+            outcome = await asyncio.shield(passing)
+        except asyncio.CancelledError:
+            # The client left while the script ran: whatever it decided must be undone.
+            passing.add_done_callback(partial(self._abandon_reuse, held, ticket))
+            raise
+        except RedisError as exc:
+            self._let_go(held)
+            return self._without_redis(ticket, exc)
+        if outcome.state == "gone":
+            self._reclaimed(held.lease_id)
+            return None
+        if outcome.state == "quota":  # the lease stays the finished request's: released
+            self._let_go(replace(held, correction=None))  # (the correction was applied)
+        _took(ticket, outcome, charged)  # raises QuotaExceeded if refused
+        self._heard(outcome)
+        return self._lease(held.lease_id, held.backend, ticket)
+
+    def _abandon_reuse(
+        self, held: HeldLease, ticket: Ticket, passing: asyncio.Future[Decision]
+    ) -> None:
+        """Undo the reuse of a request whose client left before it answered."""
+        if passing.cancelled() or passing.exception() is not None:
+            self._let_go(held)
+            return
+        outcome = passing.result()
+        self._resolve(outcome.grants)
+        if outcome.state == "gone":
+            self._reclaimed(held.lease_id)
+        elif outcome.state == "quota":
+            self._let_go(replace(held, correction=None))
+        elif outcome.state == "reused" and ticket.quota is not None:
+            refund = ticket.quota.answer(outcome.quota).correction(0)  # it never ran
+            self._spawn(self.release(held.lease_id, None, correction=refund))
+
     async def _charge(self, request_id: str, service: float) -> None:
         try:
             outcome = await self.scripts.charge(request_id, service)
@@ -232,32 +297,38 @@ class Admission:
             and lease.backend in self._reusable_backends
             and lease.request_id in self._leases
         ):
-            held = HeldLease(lease.request_id, lease.backend, lease.tokens, service)
+            held = HeldLease(
+                lease.request_id, lease.backend, lease.tokens, service, lease.correction
+            )
             self._shelf.put(lease.flow, held)
             return
         hold_s = 0.0
         if reusable:  # it ended well: its tenant's next request may follow at once
             ran_s = time.monotonic() - lease.granted_at
             hold_s = min(self._config.hold_for_next_s, self._config.hold_for_next_share * ran_s)
-        await self.release(lease.request_id, service, hold_s)
+        await self.release(lease.request_id, service, hold_s, lease.correction)
 
     async def _reuse(self, held: HeldLease, ticket: Ticket) -> None:
         """Tell Redis that the lease passed on: settle the last request, serve the next."""
-        self._reusing += 1
         try:
-            outcome = await self.scripts.reuse(held.lease_id, held.used, ticket)
+            outcome = await self._reuse_call(held, ticket)
         except RedisError as exc:
             log.debug("reuse of lease %s not recorded: %s", held.lease_id, exc)
             return
-        finally:
-            self._reusing -= 1
         if outcome.state == "gone":
             self._reclaimed(held.lease_id)
         self._heard(outcome)
 
+    async def _reuse_call(self, held: HeldLease, ticket: Ticket) -> Decision:
+        self._reusing += 1
+        try:
+            return await self.scripts.reuse(held.lease_id, held.used, ticket, held.correction)
+        finally:
+            self._reusing -= 1
+
     def _let_go(self, held: HeldLease) -> None:
         """Release a held lease nobody took (or that may not be reused any more)."""
-        self._spawn(self.release(held.lease_id, held.used))
+        self._spawn(self.release(held.lease_id, held.used, correction=held.correction))
 
     def _let_go_all(self) -> None:
         for held in self._shelf.take_all():
@@ -270,8 +341,15 @@ class Admission:
         if not outcome.may_reuse:
             self._let_go_all()
 
-    async def release(self, request_id: str, service: float | None, hold_s: float = 0.0) -> None:
-        """Free a lease (idempotent); hands what it frees to the next in fair order.
+    async def release(
+        self,
+        request_id: str,
+        service: float | None,
+        hold_s: float = 0.0,
+        correction: QuotaPart | None = None,
+    ) -> None:
+        """Free a lease (idempotent); hands what it frees to the next in fair order. With it,
+        its request's quota ``correction`` (applied even if the lease is gone).
 
         With ``hold_s`` > 0 Redis may hold it that long for the next request of its tenant
         instead (the tenant is owed the next turn; ``hold_for_next`` in lib/dispatch.lua): it is
@@ -280,7 +358,7 @@ class Admission:
         self._leases.discard(request_id)
         hold_ms = int(hold_s * 1000)
         try:
-            outcome = await self.scripts.release(request_id, service, hold_ms)
+            outcome = await self.scripts.release(request_id, service, hold_ms, correction)
         except RedisError as exc:
             log.warning("release of %s failed (%s); it expires with its lease TTL", request_id, exc)
             return
@@ -422,6 +500,15 @@ class Admission:
             if future is not None and not future.done():
                 late = asyncio.get_running_loop().time() >= self._due.get(request_id, math.inf)
                 future.set_result(_TIMEOUT if late else _LOST)
+
+
+def _took(ticket: Ticket, outcome: Decision, charged: Charged | None) -> None:
+    """The ticket's quota charge as a script answered it: told to ``charged`` if taken,
+    :class:`~admission.quota.QuotaExceeded` if refused."""
+    if ticket.quota is not None:
+        charge = ticket.quota.answer(outcome.quota)
+        if charged is not None:
+            charged(charge)
 
 
 def _flow(ticket: Ticket) -> Flow:

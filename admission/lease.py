@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from admission.quota import QuotaPart
 
 Charger = Callable[[str, float], Awaitable[None]]
 #: Ends a lease: (the lease, the service used or None, whether it may pass to the next request)
@@ -33,6 +37,9 @@ class Lease:
         self._charge = charge
         self._release = release
         self.released = False
+        #: What its request's quotas are owed at the release (the tokens used instead of those
+        #: charged), applied by the releaser in the same step as the release
+        self.correction: QuotaPart | None = None
         self.granted_at = time.monotonic()  # when admission let the request run
 
     async def charge(self, service: float) -> None:
@@ -40,12 +47,17 @@ class Lease:
         if not self.released:
             await self._charge(self.request_id, service)
 
-    async def release(self, service: float | None, reusable: bool = False) -> None:
+    async def release(
+        self, service: float | None, reusable: bool = False, correction: QuotaPart | None = None
+    ) -> None:
         """End the lease with the service actually used (None: keep what was charged).
 
         ``reusable``: the request ended well, so the lease may pass to the next request of its
-        flow rather than go back at once. Idempotent: only the first call releases.
+        flow rather than go back at once. ``correction``: its request's quota correction, made
+        with the release rather than in a Redis call of its own. Idempotent: only the first
+        call releases.
         """
         if not self.released:
             self.released = True
+            self.correction = correction
             await self._release(self, service, reusable)

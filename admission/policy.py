@@ -25,7 +25,7 @@ from importlib.resources.abc import Traversable
 
 _LUA = resources.files("admission").joinpath("lua")
 #: The shared functions, in the order they build on each other (see lib/state.lua).
-_BEFORE_PARTS = ("lib/state", "lib/counters", "lib/leases")
+_BEFORE_PARTS = ("lib/state", "lib/quota", "lib/counters", "lib/leases")
 _AFTER_PARTS = ("lib/placement", "lib/dispatch")
 _REQUIRES = "-- requires:"
 
@@ -73,6 +73,12 @@ class AdmissionPolicy:
         sources += [_read(name) for name in _AFTER_PARTS]
         sources.append(_read(entry))
         return "\n".join(sources)
+
+
+def standalone(entry: str) -> str:
+    """The source of an entry script that needs none of the policy, only the domain's state and
+    quotas (``quota.lua``: a correction apart from any lease)."""
+    return "\n".join(_read(name) for name in ("lib/state", "lib/quota", entry))
 
 
 def available(kind: str) -> list[str]:

@@ -1,10 +1,14 @@
 """Per-tenant quotas (requests and tokens per minute or day), shared by every replica.
 
-Enforced in Redis by one atomic script (``lua/quota.lua``) on the tenant's own key
-(:func:`fairgate.keys.quota`), before the request enters admission: a refused request never
-queues. The algorithm is GCRA (the generic cell rate algorithm) rather than a sliding window:
-it keeps one number per limit (when its budget would be whole again) instead of a log of
-every request, so a check is O(1) in time and memory whatever the rate; a cost of any size
+Enforced in Redis, in the same atomic step as admission: a request's charge travels with its
+ticket and is taken by the script that queues or runs it (``lua/enqueue.lua``, or
+``lua/reuse.lua`` when it takes over a finished request's lease), before anything else: a
+request over a quota is refused (429) having changed nothing, and a request within them costs
+no Redis round trip of its own. The tenant's state is one hash in the admission domain
+(``P.quota:<tenant>``, ``lua/lib/quota.lua``), so that the scripts that touch it touch one Redis
+Cluster slot. The algorithm is GCRA (the generic cell rate algorithm) rather than a sliding
+window: it keeps one number per limit (when its budget would be whole again) instead of a log
+of every request, so a check is O(1) in time and memory whatever the rate; a cost of any size
 (a request's tokens) is one subtraction; and giving tokens back at completion is as cheap as
 taking them. Its window rolls continuously: a budget refills at ``limit / period`` rather
 than all at once at the top of a minute, so no burst of twice the limit straddles a boundary.
@@ -13,8 +17,10 @@ Tokens are charged at admission with :attr:`~estimators.cost.Cost.inflight_token
 plus the likely, p90, output): the same reservation admission holds against the tenant's
 token budget, so a burst of huge prompts is refused before any of it runs, and a typical
 request is over- rather than under-charged. At completion the charge is corrected to the
-engine's usage (prompt + completion tokens), freeing what was charged but not used. A tenant
-without quotas costs nothing: no limits, no Redis call.
+engine's usage (prompt + completion tokens), freeing what was charged but not used: in the
+script call that releases the lease or passes it on. The tokens of a request that was charged
+but never ran (refused later by admission, abandoned, unreachable engine) go back on their own
+(``lua/quota.lua``). A tenant without quotas costs nothing: no limits, no quota work in Redis.
 """
 
 from __future__ import annotations
@@ -22,13 +28,13 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from importlib import resources
 from typing import Literal
 
 from redis.exceptions import RedisError
 
 from admission.errors import AdmissionUnavailable, Refused
-from fairgate.keys import quota as quota_key
+from admission.policy import standalone
+from fairgate.keys import AdmissionKeys
 from fairgate.redis_client import GatewayRedis, Script
 from fairgate.settings import QuotaConfig, QuotaLimits, Settings
 
@@ -37,8 +43,10 @@ log = logging.getLogger(__name__)
 Kind = Literal["requests", "tokens"]
 
 _MINUTE_MS, _DAY_MS = 60_000, 86_400_000
-#: The quota script (standalone: it needs none of the admission library).
-SOURCE = resources.files("admission").joinpath("lua", "quota.lua").read_text()
+#: Quota configs and models whose limits a process keeps at most.
+_MAX_CACHED = 4096
+#: The correction script of requests that never ran (it needs none of the admission policy).
+SOURCE = standalone("quota")
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,54 @@ def _amount(limit: Limit, tokens: int) -> int:
 
 
 @dataclass(frozen=True)
+class QuotaPart:
+    """One step on a tenant's quotas inside an admission script call (a *quota part*, as
+    ``lua/lib/quota.lua`` reads it): a ``charge`` takes every amount or none, a ``correct``
+    moves each limit by its amount (negative: gives tokens back), a ``peek`` changes nothing
+    and reports where each limit stands."""
+
+    mode: Literal["charge", "correct", "peek"]
+    tenant: str
+    amounts: tuple[tuple[Limit, int], ...]
+
+    def args(self) -> list[str | int]:
+        args: list[str | int] = [self.mode, self.tenant, len(self.amounts)]
+        for limit, amount in self.amounts:
+            args += [limit.field, limit.limit, limit.period_ms, amount]
+        return args
+
+
+@dataclass(frozen=True)
+class QuotaAsk:
+    """What one request asks of its tenant's quotas: one request, and ``tokens`` of every
+    token limit. Its ticket carries it to the admission script that queues or runs it."""
+
+    tenant: str
+    limits: tuple[Limit, ...]
+    tokens: int
+
+    @property
+    def part(self) -> QuotaPart:
+        return QuotaPart(
+            "charge", self.tenant, tuple((lim, _amount(lim, self.tokens)) for lim in self.limits)
+        )
+
+    @property
+    def answer_length(self) -> int:
+        """How many values the script's answer to the charge has: fits, wait, then two a limit."""
+        return 2 + 2 * len(self.limits)
+
+    def answer(self, values: list[int]) -> Charge:
+        """The charge taken, from the script's answer; :class:`QuotaExceeded` if it refused."""
+        state = _state(self.limits, values[2:])
+        if not values[0]:
+            raise QuotaExceeded(
+                _refusal(self.tenant, state, self.tokens), retry_after_s(values[1]), state
+            )
+        return Charge(self.tenant, self.limits, self.tokens, state)
+
+
+@dataclass(frozen=True)
 class Charge:
     """What one request took of its tenant's quotas, to correct at completion."""
 
@@ -139,43 +195,44 @@ class Charge:
     tokens: int
     state: QuotaState
 
+    def correction(self, tokens_used: int) -> QuotaPart | None:
+        """The tokens charged corrected to those used (None: nothing to correct)."""
+        delta = tokens_used - self.tokens
+        tokens = tuple((lim, delta) for lim in self.limits if lim.kind == "tokens")
+        return QuotaPart("correct", self.tenant, tokens) if delta and tokens else None
+
 
 class Quotas:
-    """The quota checks of one gateway process (one script, every tenant's key).
+    """The quotas of one gateway process: what a request asks of them, and the corrections
+    made apart from any lease.
 
-    With Redis unreachable, quotas follow ``admission.fail_mode``: closed refuses (503, as
-    admission would), open lets the request on unchecked (admission's per-replica limits
-    still hold) and warns.
+    The charge itself is admission's (:meth:`admission.controller.Admission.acquire`), so with
+    Redis unreachable quotas follow ``admission.fail_mode`` as admission does: closed refuses
+    (503), open lets the request on unchecked (admission's per-replica limits still hold).
     """
 
     def __init__(self, redis: GatewayRedis, settings: Settings) -> None:
         self._script = Script(redis, SOURCE)
-        self._prefix = settings.redis.key_prefix
-        self._fail_open = settings.admission.fail_mode == "open"
+        self._keys = [AdmissionKeys.of(settings.redis.key_prefix).prefix]
+        #: The limits of a tenant's quotas for a model, by the config's identity (kept with
+        #: it, so that the identity is not reused): they are asked for on every request.
+        self._limits: dict[tuple[int, str], tuple[QuotaConfig, tuple[Limit, ...]]] = {}
 
-    async def charge(
+    def ask(
         self, tenant: str, config: QuotaConfig | None, model: str, tokens: int
-    ) -> Charge | None:
-        """Take one request and ``tokens`` from every limit that applies, or raise
-        :class:`QuotaExceeded` (taking nothing). None, without a Redis call, if none applies."""
-        limits = limits_of(config, model) if config is not None else ()
-        if not limits:
+    ) -> QuotaAsk | None:
+        """What a request for ``model`` of ``tokens`` asks of the tenant's quotas; None if no
+        limit applies (then it costs nothing)."""
+        if config is None:
             return None
-        try:
-            reply = await self._call(
-                "charge", tenant, [(lim, _amount(lim, tokens)) for lim in limits]
-            )
-        except RedisError as exc:
-            if not self._fail_open:
-                raise AdmissionUnavailable(f"Quotas cannot be checked: {exc}") from exc
-            log.warning("quotas of tenant %s not checked, Redis unreachable: %s", tenant, exc)
-            return None
-        state = _state(limits, reply[2:])
-        if not int(reply[0]):
-            raise QuotaExceeded(
-                _refusal(tenant, state, tokens), retry_after_s(int(reply[1])), state
-            )
-        return Charge(tenant, limits, tokens, state)
+        key = (id(config), model)
+        cached = self._limits.get(key)
+        if cached is None or cached[0] is not config:
+            if len(self._limits) >= _MAX_CACHED:
+                self._limits.clear()  # tenants were changed many times: start again
+            cached = self._limits[key] = (config, limits_of(config, model))
+        limits = cached[1]
+        return QuotaAsk(tenant, limits, tokens) if limits else None
 
     async def peek(self, tenant: str, config: QuotaConfig | None) -> QuotaState | None:
         """Where every quota of the tenant stands now, taking nothing (None if it has none).
@@ -187,27 +244,22 @@ class Quotas:
         limits = all_limits(config) if config is not None else ()
         if not limits:
             return None
+        part = QuotaPart("peek", tenant, tuple((lim, 0) for lim in limits))
         try:
-            reply = await self._call("peek", tenant, [(lim, 0) for lim in limits])
+            reply = [int(v) for v in await self._script(self._keys, part.args())]
         except RedisError as exc:
             raise AdmissionUnavailable(f"Quotas cannot be read: {exc}") from exc
         return _state(limits, reply[2:])
 
     async def correct(self, charge: Charge, tokens_used: int) -> None:
-        """Correct the tokens charged to those used (fewer give the difference back)."""
-        delta = tokens_used - charge.tokens
-        tokens = [(lim, delta) for lim in charge.limits if lim.kind == "tokens"]
-        if delta and tokens:
+        """Correct the tokens charged to those used (fewer give the difference back), on their
+        own: for a request that holds no lease (it never ran)."""
+        correction = charge.correction(tokens_used)
+        if correction is not None:
             try:
-                await self._call("correct", charge.tenant, tokens)
+                await self._script(self._keys, correction.args())
             except RedisError as exc:  # the estimate stays charged
                 log.warning("quota of tenant %s not corrected: %s", charge.tenant, exc)
-
-    async def _call(self, mode: str, tenant: str, amounts: list[tuple[Limit, int]]) -> list[int]:
-        args: list[str | int] = [mode]
-        for limit, amount in amounts:
-            args += [limit.field, limit.limit, limit.period_ms, amount]
-        return [int(v) for v in await self._script([quota_key(self._prefix, tenant)], args)]
 
 
 def _state(limits: tuple[Limit, ...], values: list[int]) -> QuotaState:

@@ -24,6 +24,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from admission.quota import QuotaPart
 
 #: A flow: tenant, pool, band ('' for the tenant's own).
 Flow = tuple[str, str, str]
@@ -37,6 +41,7 @@ class HeldLease:
     backend: str
     tokens: int  # what the lease holds in Redis: the most a request taking it may need
     used: float | None  # service the finished request used, settled when the lease moves on
+    correction: QuotaPart | None = None  # the finished request's quota correction, likewise
     timer: asyncio.TimerHandle | None = None
 
 

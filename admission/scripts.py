@@ -9,9 +9,10 @@ so the scripts also run on Redis Cluster.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from admission.policy import AdmissionPolicy
+from admission.quota import QuotaPart
 from admission.ticket import Ticket
 from fairgate.redis_client import GatewayRedis, Script, text
 
@@ -32,10 +33,21 @@ class Decision:
     #: Whether a finished lease may be held for reuse now: nothing waits anywhere (and, from
     #: ``reuse``, the lease's backend is open). See :mod:`admission.reuse`.
     may_reuse: bool = False
+    #: The quota script part's answer to the request's charge (see ``lua/lib/quota.lua``), when
+    #: it had one and the script got as far as taking it.
+    quota: list[int] = field(default_factory=list)
 
 
 #: release.lua's first answer
 _RELEASED = ("gone", "released", "held")
+#: reuse.lua's first answer
+_REUSED = ("gone", "reused", "quota")
+#: enqueue.lua's states that answer a quota charge
+_CHARGED = frozenset(("granted", "queued", "full", "quota"))
+
+
+def _quota_args(*parts: QuotaPart | None) -> list[str | int]:
+    return [arg for part in parts if part is not None for arg in part.args()]
 
 
 class AdmissionScripts:
@@ -72,38 +84,63 @@ class AdmissionScripts:
 
     async def enqueue(self, ticket: Ticket, owner: str) -> Decision:
         """Ask for ``ticket`` to run; ``owner`` is the replica that waits for it. ``granted``
-        (on ``backend``), ``queued`` or ``full``; or ``unknown_tenant``, ``unknown_pool``
-        (Redis lacks the config) or ``duplicate``."""
-        args = [ticket.request_id, ticket.tenant, ticket.tokens, ticket.service, ticket.pool]
-        args += [ticket.band, owner, int(ticket.timeout_s * 1000), self._ttl, self._max]
-        args += [ticket.prompt_tokens, ticket.prefer, ticket.prefer_slack]
+        (on ``backend``), ``queued`` or ``full``; ``quota`` (the ticket's quota charge was
+        refused: nothing changed); or ``unknown_tenant``, ``unknown_pool`` (Redis lacks the
+        config) or ``duplicate``."""
+        args: list[str | int | float] = [ticket.request_id, ticket.tenant, ticket.tokens]
+        args += [ticket.service, ticket.pool, ticket.band, owner, int(ticket.timeout_s * 1000)]
+        args += [self._ttl, self._max, ticket.prompt_tokens, ticket.prefer, ticket.prefer_slack]
+        ask = ticket.quota
+        if ask is not None:
+            args += ask.part.args()
         result = await self._enqueue(self._keys, args)
-        state, grants = text(result[0]), _pairs(result[2:])
+        state = text(result[0])
+        answered = ask.answer_length if ask is not None and state in _CHARGED else 0
+        quota, grants = [int(v) for v in result[2 : 2 + answered]], _pairs(result[2 + answered :])
         # granted with no grant listed: the fast path, taken only while nothing waits
-        return Decision(state, text(result[1]), grants, state == "granted" and not grants)
+        return Decision(state, text(result[1]), grants, state == "granted" and not grants, quota)
 
-    async def release(self, request_id: str, service: float | None, hold_ms: int = 0) -> Decision:
+    async def release(
+        self,
+        request_id: str,
+        service: float | None,
+        hold_ms: int = 0,
+        correction: QuotaPart | None = None,
+    ) -> Decision:
         """End a lease: ``released`` (or ``gone``), or ``held`` for the next request of its
         tenant for up to ``hold_ms`` (see ``hold_for_next`` in lib/dispatch.lua): then it is to
-        be released again when the hold ends."""
+        be released again when the hold ends. ``correction``: its request's quota correction,
+        applied in the same step (whatever became of the lease)."""
         used = "" if service is None else service
-        args = [request_id, used, self._ttl, self._max, hold_ms]
+        args = [request_id, used, self._ttl, self._max, hold_ms, *_quota_args(correction)]
         result = await self._release(self._keys, args)
         state = _RELEASED[int(result[0])]
         return Decision(state, "", _pairs(result[2:]), may_reuse=not int(result[1]))
 
-    async def reuse(self, lease_id: str, used: float | None, next_: Ticket) -> Decision:
+    async def reuse(
+        self,
+        lease_id: str,
+        used: float | None,
+        next_: Ticket,
+        correction: QuotaPart | None = None,
+    ) -> Decision:
         """Pass a finished request's lease (``used``: its service) to ``next_``, the next
-        request of its flow (its tokens held, its input service charged).
+        request of its flow (its tokens held, its input service charged); in the same step,
+        apply the finished request's quota ``correction`` and take ``next_``'s quota charge.
 
-        ``reused`` (or ``gone``); ``may_reuse`` if nothing waits anywhere and the lease's
-        backend is open.
+        ``reused``, ``gone``, or ``quota`` (the charge was refused; the lease was not passed
+        on); ``may_reuse`` if nothing waits anywhere and the lease's backend is open.
         """
         used_arg = "" if used is None else used
-        args = [lease_id, used_arg, next_.tokens, next_.service, self._ttl, self._max]
+        args: list[str | int | float] = [lease_id, used_arg, next_.tokens, next_.service]
+        args += [self._ttl, self._max]
+        ask = next_.quota
+        args += _quota_args(correction, ask.part if ask is not None else None)
         result = await self._reuse(self._keys, args)
-        state = "reused" if int(result[0]) else "gone"
-        return Decision(state, "", _pairs(result[2:]), may_reuse=bool(int(result[1])))
+        state = _REUSED[int(result[0])]
+        answered = ask.answer_length if ask is not None and state != "gone" else 0
+        quota, grants = [int(v) for v in result[2 : 2 + answered]], _pairs(result[2 + answered :])
+        return Decision(state, "", grants, may_reuse=bool(int(result[1])), quota=quota)
 
     async def charge(self, request_id: str, service: float) -> Decision:
         """Charge streamed output (``charged``, or ``gone``); ends the request's prefill hold,

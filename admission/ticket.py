@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from admission.quota import QuotaAsk
 
 
 @dataclass(frozen=True)
@@ -20,3 +24,6 @@ class Ticket:
     priority: int = 0  # the request's effective priority (its band; passed on to engines)
     prefer: str = ""  # the session's backend (affinity), taken while within prefer_slack tokens
     prefer_slack: int = 0
+    #: Its charge to its tenant's quotas, taken by the script that queues or runs it (None:
+    #: no quota applies, or it was taken already)
+    quota: QuotaAsk | None = None

@@ -79,6 +79,13 @@ class AdmissionKeys:
         """The channel on which every replica hears that the directory changed."""
         return f"{self.prefix}dir:changed"
 
+    def quota(self, tenant: str) -> str:
+        """One tenant's quota state: limit -> GCRA theoretical arrival time, ms.
+
+        In the admission slot, so that the scripts that queue, run or release a request take
+        and correct its charge in the same step (``admission/lua/lib/quota.lua``)."""
+        return f"{self.prefix}quota:{tenant}"
+
     @property
     def queued(self) -> str:
         """tenant -> requests queued; ``pool:<pool>`` -> requests queued for a pool."""
@@ -129,15 +136,6 @@ def output_history(key_prefix: str, model: str, tenant: str, kind: str) -> tuple
 def calibration(key_prefix: str, model: str) -> str:
     """The hash of a model's prompt-count correction."""
     return f"{model_tag(key_prefix, model)}:calib"
-
-
-def quota(key_prefix: str, tenant: str) -> str:
-    """The hash of one tenant's quota state (limit -> GCRA theoretical arrival time, ms).
-
-    Its own Redis Cluster hash tag (``{quota:<tenant>}``): the quota script touches only this
-    key, so tenants spread over the cluster's slots.
-    """
-    return f"{key_prefix}:{{quota:{tenant}}}"
 
 
 def usage(key_prefix: str, tenant: str, day: str) -> str:

@@ -156,8 +156,10 @@ def _ended(request: web.Request, account: Account, ending: Ending) -> None:
 
 
 def _time_flight(ending: Ending, flight: InFlight, now: float, started: float) -> None:
-    """The queue wait, and for a stream the first token and the pace of the rest."""
-    if flight.asked_at is not None:
+    """The queue wait, and for a stream the first token and the pace of the rest. A request
+    over a quota asked admission (which takes the charge first) but never could wait: it has
+    no queue wait."""
+    if flight.asked_at is not None and ending.reason != "quota":
         ending.queue_s = flight.queued_s if flight.queued_s is not None else now - flight.asked_at
     outcome = flight.outcome
     if outcome is None or outcome.first_at is None or not flight.parsed.stream:

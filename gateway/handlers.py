@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from admission.domain import band_of
 from admission.errors import AdmissionError
-from admission.quota import QuotaState
+from admission.quota import Charge, QuotaState
 from admission.ticket import Ticket
 from backends.backend import Backend
 from backends.errors import BackendUnreachable, EngineError, EngineFailed
@@ -91,8 +91,8 @@ def inference(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Strea
 
 async def _arrive(request: web.Request, gateway: Gateway, endpoint: Endpoint) -> InFlight:
     """Who asks, for what, at what estimated cost, in which pool: the request as admission
-    will see it (its ticket, with the per-request priority and queue timeout), charged to its
-    tenant's quotas (a request over one is refused here and never queues)."""
+    will see it (its ticket, with the per-request priority and queue timeout, and its charge to
+    its tenant's quotas, which admission takes before it queues)."""
     tenant_id, tenant = authenticate(request, gateway.directory)
     account = open_account(request, tenant_id)  # its usage counts what happens from here
     body = await read_body(request, gateway.settings.server.body_timeout_s)
@@ -123,15 +123,11 @@ async def _arrive(request: web.Request, gateway: Gateway, endpoint: Endpoint) ->
         priority=priority,
         prefer=pool.session_backend(request.headers, parsed.body),
         prefer_slack=pool.affinity_slack_tokens,
+        quota=gateway.quotas.ask(tenant_id, tenant.quotas, parsed.model, cost.inflight_tokens),
     )
     flight = account.flight = InFlight(
         request, tenant_id, tenant, parsed, cost, pool, ticket, headers
     )
-    flight.quota = await gateway.quotas.charge(
-        tenant_id, tenant.quotas, parsed.model, cost.inflight_tokens
-    )
-    if flight.quota is not None:
-        headers.update(rate_limit_headers(flight.quota.state))
     return flight
 
 
@@ -186,7 +182,10 @@ async def _admit_and_connect(gateway: Gateway, flight: InFlight) -> Granted:
     for attempt in range(2):
         with flight.trace.step("queue"):
             lease = await gateway.admission.acquire(
-                ticket if attempt == 0 else replace(ticket, request_id=ticket.request_id + ".retry")
+                ticket  # its quota charge is taken once, by the first attempt
+                if attempt == 0
+                else replace(ticket, request_id=ticket.request_id + ".retry", quota=None),
+                partial(_charged, flight),
             )
         backend = gateway.router.backend(lease.backend)
         meter = None
@@ -221,6 +220,12 @@ async def _admit_and_connect(gateway: Gateway, flight: InFlight) -> Granted:
     raise backend_unavailable(
         f"No engine of pool '{ticket.pool}' could be reached ({'; '.join(failures)})."
     )
+
+
+def _charged(flight: InFlight, charge: Charge) -> None:
+    """Admission took the request's quota charge: every response of it reports the quotas."""
+    flight.quota = charge
+    flight.headers.update(rate_limit_headers(charge.state))
 
 
 def _with_quota_headers(exc: BaseException, state: QuotaState) -> BaseException:
@@ -284,9 +289,12 @@ async def _settle(gateway: Gateway, flight: InFlight) -> None:
     A request that ended well leaves its lease reusable by the next of its flow (admission
     decides whether it is reused); one that failed or was abandoned releases it.
     """
-    await flight.granted.lease.release(flight.service_used, reusable=flight.ended_well)
-    if flight.quota is not None and (used := flight.tokens_used) is not None:
-        await gateway.quotas.correct(flight.quota, used)
+    used = flight.tokens_used
+    await flight.granted.lease.release(
+        flight.service_used,
+        reusable=flight.ended_well,
+        correction=None if flight.quota is None or used is None else flight.quota.correction(used),
+    )
     outcome = flight.outcome
     if outcome is None or outcome.usage is None:
         return

@@ -1,9 +1,12 @@
 -- Queue a request and dispatch whatever fits now (often this very request: one round trip).
 -- ARGV: id, tenant, tokens in flight, service charged at dispatch, pool, band ('' = the
 --       tenant's), owner, queue timeout ms, ttl ms, max grants, and optionally: prompt
---       tokens, preferred backend (session affinity, '' for none), its slack in tokens
--- Returns {state, backend or '', grants...}; state: granted | queued | full | unknown_tenant
---         | unknown_pool | duplicate. grants: id, backend pairs of every grant made.
+--       tokens, preferred backend (session affinity, '' for none), its slack in tokens, and
+--       the request's charge to its tenant's quotas (a quota part, lib/quota.lua)
+-- Returns {state, backend or '', the quota answer (with a quota part), grants...}; state:
+--         granted | queued | full | quota (refused by a quota: nothing changed, no grants)
+--         | unknown_tenant | unknown_pool | duplicate (these three before the quota answer).
+--         grants: id, backend pairs of every grant made.
 local id, t, pool, owner = ARGV[1], ARGV[2], ARGV[5], ARGV[7]
 local ttl, max_grants = tonumber(ARGV[9]), tonumber(ARGV[10])
 local now = now_ms()
@@ -15,6 +18,20 @@ local contended = #backlogged_bands() > 0
 if redis.call('HEXISTS', P .. 'lease', id) == 1
     or (contended and redis.call('HEXISTS', P .. 'req', id) == 1) then
   return {'duplicate', ''}
+end
+-- The tenant's quotas first, in this same step: a request over one is refused before it queues.
+local quota = {}
+local asked = quota_part(14)
+if asked then
+  local fits
+  fits, quota = quota_apply(asked, now)
+  if not fits then return {'quota', '', unpack(quota)} end
+end
+local function answer(state, backend, grants)
+  local out = {state, backend}
+  for _, v in ipairs(quota) do out[#out + 1] = v end
+  for _, v in ipairs(grants or {}) do out[#out + 1] = v end
+  return out
 end
 local band = ARGV[6] ~= '' and ARGV[6] or tostring(tc.band)
 local r = {t = t, tok = tonumber(ARGV[3]), svc = tonumber(ARGV[4]), pool = pool, band = band,
@@ -28,7 +45,7 @@ if not contended then
   local b, _, bc, lender = place(r, tc, now)
   if b then
     lease(id, r, tc, b, bc, now, ttl, lender, true)
-    return {'granted', b}
+    return answer('granted', b)
   end
 end
 -- Reclaim what dead replicas left (and drop late entries) before queueing: the fast path above
@@ -51,13 +68,13 @@ redis.call('ZADD', P .. 'dl', now + tonumber(ARGV[8]), id)
 local grants = dispatch(now, ttl, max_grants)
 local backend = redis.call('HGET', P .. 'granted', id)
 if backend then
-  return {'granted', backend, unpack(grants)}
+  return answer('granted', backend, grants)
 end
 -- A request that could not run at once counts against the tenant's queue limit.
 if load(P .. 'queued', t) > tc.mq then
   unqueue(id)
   -- While queued it may have reserved its pool in the round above: dispatch again without it.
   for _, v in ipairs(dispatch(now, ttl, max_grants)) do grants[#grants + 1] = v end
-  return {'full', '', unpack(grants)}
+  return answer('full', '', grants)
 end
-return {'queued', '', unpack(grants)}
+return answer('queued', '', grants)

@@ -1,12 +1,16 @@
 -- End a lease: free its budgets, settle its charge, dispatch what now fits. Idempotent.
 -- With a hold (ms > 0) and the tenant owed the next turn, the lease is held for the tenant's next
 -- request instead (hold_for_next); its owner releases it again when the hold ends.
--- ARGV: id, total service actually used ('' if unknown), ttl ms, max grants, hold ms (optional)
+-- ARGV: id, total service actually used ('' if unknown), ttl ms, max grants, hold ms (optional),
+--       and optionally the finished request's quota correction (a quota part, lib/quota.lua:
+--       the tokens it used instead of those charged), applied whatever became of the lease
 -- Returns {1 if a lease was released, 2 if it is held, else 0; 1 if requests wait anywhere
 --         else 0; grants...}
 local id, ttl, max_grants = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4])
 local hold = tonumber(ARGV[5] or '0')
 local now = now_ms()
+local correction = quota_part(6)
+if correction then quota_apply(correction, now) end
 local l = decode(redis.call('HGET', P .. 'lease', id))
 if l and ARGV[2] ~= '' then
   settle(l.t, l.band, l.w, tonumber(ARGV[2]), l.ch)

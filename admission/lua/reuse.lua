@@ -3,16 +3,39 @@
 -- next request already runs: this settles the finished one's service, serves the new one (its
 -- input charged as at a grant) and holds the new one's tokens, which are never more than those
 -- the lease held. If requests wait meanwhile, what the smaller hold freed is dispatched.
+-- With quotas, in the same step: the finished request's correction is applied (whatever became
+-- of the lease), and the next request's charge taken before anything else; if a quota refuses
+-- it, nothing else changes (the lease stays the finished request's, to be released).
 -- ARGV: id, service the finished request used ('' if unknown), new tokens, new input service,
---       ttl ms, max grants
--- Returns {1 if the lease was there (else 0: reclaimed or released), 1 if it may be reused
---         again (nothing waits, its backend is open), grants...}
+--       ttl ms, max grants, then optionally quota parts (lib/quota.lua): the finished request's
+--       correction, the next request's charge, in that order
+-- Returns {1 if the lease was passed on, 0 if it was not there (reclaimed or released), 2 if a
+--         quota refused the next request; 1 if it may be reused again (nothing waits, its
+--         backend is open); the quota answer (with a charge, unless the lease was not there);
+--         grants...}
 local id, ttl, max_grants = ARGV[1], tonumber(ARGV[5]), tonumber(ARGV[6])
 local tok, svc = tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
+local asked, quota = nil, {}
+local part, i = quota_part(7)
+while part do
+  if part.charge then asked = part else quota_apply(part, now) end
+  part, i = quota_part(i)
+end
 local contended = #backlogged_bands() > 0
 local l = decode(redis.call('HGET', P .. 'lease', id))
 if not l then return {0, 0} end
+if asked then
+  local fits
+  fits, quota = quota_apply(asked, now)
+  if not fits then return {2, 0, unpack(quota)} end
+end
+local function answer(may_reuse, grants)
+  local out = {1, may_reuse}
+  for _, v in ipairs(quota) do out[#out + 1] = v end
+  for _, v in ipairs(grants or {}) do out[#out + 1] = v end
+  return out
+end
 if ARGV[2] ~= '' then
   settle(l.t, l.band, l.w, tonumber(ARGV[2]), l.ch)
 end
@@ -28,6 +51,6 @@ redis.call('HINCRBY', P .. 'stats', 'grants', 1)
 redis.call('HINCRBY', P .. 'stats', 'reused', 1)
 if contended then
   sweep(now)
-  return {1, 0, unpack(dispatch(now, ttl, max_grants))}
+  return answer(0, dispatch(now, ttl, max_grants))
 end
-return {1, backend_open(l.b, now) and 1 or 0}
+return answer(backend_open(l.b, now) and 1 or 0)

@@ -4,17 +4,18 @@
 
 One upstream that answers instantly is reached three ways, side by side in one run: directly,
 through a minimal aiohttp forwarder, and through fairgate (``fairgate serve``, with its own
-Redis). The upstream costs almost nothing, so whatever a path adds above "direct" is that
-path's own cost. The forwarder (one shared client session, no auth, no parsing, streams relayed
-with ``iter_any``) is the floor for any Python proxy on aiohttp, so fairgate is judged against
-it rather than against zero: its added p50 latency should stay within a multiple of the
-forwarder's and its throughput within a fraction of it (the ``TARGET_*`` constants of
+Redis), as a tenant without quotas and as one with quotas far above the load (what checking and
+correcting them costs). The upstream costs almost nothing, so whatever a path adds above
+"direct" is that path's own cost. The forwarder (one shared client session, no auth, no parsing,
+streams relayed with ``iter_any``) is the floor for any Python proxy on aiohttp, so fairgate is
+judged against it rather than against zero: its added p50 latency should stay within a multiple
+of the forwarder's and its throughput within a fraction of it (the ``TARGET_*`` constants of
 :mod:`~loadtest.proxy_overhead.measurement`).
 
 Every server runs in its own process on loopback, on uvloop and behind the same
 :func:`fairgate.serving.serve`, so the three paths differ only in their request handlers. The
 load generator runs in this process: a closed loop of N workers, each sending its next request
-as soon as the previous one is done, for a fixed time per cell after a warm-up, the three paths
+as soon as the previous one is done, for a fixed time per cell after a warm-up, the paths
 taking turns in short slices. All processes share this machine's CPUs, so absolute figures
 depend on it; the ratios between paths measured in the same run are the result, and the CPU
 time each path's processes spend per request explains them.

@@ -1,7 +1,7 @@
 """The measurement of the proxy-overhead benchmark: a closed-loop load, its figures, the targets.
 
 A closed loop of N workers in this process, each sending its next request as soon as the
-previous one is done, for a fixed time per cell after a warm-up, the three paths taking turns
+previous one is done, for a fixed time per cell after a warm-up, the paths taking turns
 in slices of :data:`SLICE_S`. Every figure the report shows is in the :class:`Run` this returns:
 per cell, the latencies of the correct requests, the failures, the CPU time of the path's own
 processes and how busy the machine's CPUs were; and the comparisons the targets are about.
@@ -328,6 +328,51 @@ def headlines(results: dict[Cell, Result], concurrencies: Iterable[int]) -> list
 
 
 @dataclass(frozen=True)
+class QuotaCost:
+    """fairgate for a tenant without quotas and for one with them, at one workload, metric and
+    concurrency (the same gateway process, the same run)."""
+
+    stream: bool
+    metric: Metric
+    concurrency: int
+    added: tuple[float, float]  # added p50 without, with quotas
+    rps: tuple[float, float]
+    cpu: tuple[float, float]  # CPU seconds per request of fairgate and its Redis
+    redis_cpu: tuple[float, float]  # its Redis's share
+
+    @property
+    def throughput_ratio(self) -> float:
+        return self.rps[1] / self.rps[0]
+
+
+def quota_costs(results: dict[Cell, Result], concurrencies: Iterable[int]) -> list[QuotaCost]:
+    """What quotas add to fairgate's path, one row per workload, metric and concurrency."""
+    found = []
+    for stream, metrics in METRICS.items():
+        for metric in metrics:
+            for c in concurrencies:
+                cells = (Cell("fairgate", stream, c), Cell("quotas", stream, c))
+                found.append(
+                    QuotaCost(
+                        stream,
+                        metric,
+                        c,
+                        (
+                            added(results, cells[0], metric, 50),
+                            added(results, cells[1], metric, 50),
+                        ),
+                        (results[cells[0]].rps, results[cells[1]].rps),
+                        (results[cells[0]].cpu_per_request(), results[cells[1]].cpu_per_request()),
+                        (
+                            results[cells[0]].cpu_per_request("redis"),
+                            results[cells[1]].cpu_per_request("redis"),
+                        ),
+                    )
+                )
+    return found
+
+
+@dataclass(frozen=True)
 class FullPathFigure:
     """One of fairgate's absolute targets: which figure, its value, the threshold, the verdict."""
 
@@ -338,13 +383,14 @@ class FullPathFigure:
 
 
 def full_path_figures(
-    results: dict[Cell, Result], concurrencies: Iterable[int]
+    results: dict[Cell, Result], concurrencies: Iterable[int], mode: str = "fairgate"
 ) -> tuple[FullPathFigure, list[FullPathFigure]]:
     """Requests/s from one gateway process at its best concurrency (non-streaming); and the p50
-    fairgate adds at concurrency 1, non-streaming and to a stream's first byte, if measured."""
+    fairgate adds at concurrency 1, non-streaming and to a stream's first byte, if measured;
+    for the tenant of ``mode`` (``fairgate``: without quotas, ``quotas``: with)."""
     concurrencies = list(concurrencies)
-    best = max(concurrencies, key=lambda c: results[Cell("fairgate", False, c)].rps)
-    rps = results[Cell("fairgate", False, best)].rps
+    best = max(concurrencies, key=lambda c: results[Cell(mode, False, c)].rps)
+    rps = results[Cell(mode, False, best)].rps
     throughput = FullPathFigure(
         f"non-streaming, concurrency {best}", rps, TARGET_FULL_PATH_RPS, rps >= TARGET_FULL_PATH_RPS
     )
@@ -355,7 +401,7 @@ def full_path_figures(
             (True, "ttfb", "streaming, first byte"),
         )
         for stream, metric, what in paths:
-            value = added(results, Cell("fairgate", stream, 1), metric, 50)
+            value = added(results, Cell(mode, stream, 1), metric, 50)
             alone.append(
                 FullPathFigure(what, value, TARGET_ALONE_ADDED_S, value < TARGET_ALONE_ADDED_S)
             )

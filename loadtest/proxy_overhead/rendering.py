@@ -20,20 +20,28 @@ from loadtest.proxy_overhead.measurement import (
     Cell,
     Headline,
     Metric,
+    QuotaCost,
     Result,
     Run,
     added,
     full_path_figures,
+    quota_costs,
 )
 from loadtest.proxy_overhead.stack import MODULE
 from loadtest.proxy_overhead.tracing import tracing_section
-from loadtest.proxy_overhead.workload import MODES, STREAM_CHUNKS
+from loadtest.proxy_overhead.workload import COMPLETION_CYCLE, MODES, QUOTAS, STREAM_CHUNKS
 from loadtest.report import machine, markdown_table
 
 #: The section of BENCHMARKS.md this benchmark owns (see :mod:`loadtest.report`).
 SECTION = "proxy-overhead"
 #: The percentiles the cell tables show.
 SHOWN_PERCENTILES = (50, 99)
+#: How the tables name each path.
+PATH_NAMES = {"quotas": "fairgate, quotas"}
+
+
+def path_name(mode: str) -> str:
+    return PATH_NAMES.get(mode, mode)
 
 
 def workload(stream: bool) -> str:
@@ -74,7 +82,7 @@ def cells_table(results: dict[Cell, Result], stream: bool, concurrencies: list[i
             cell = Cell(mode, stream, concurrency)
             result = results[cell]
             cpu = "—" if mode == "direct" else cpu_cell(result)
-            row = [str(concurrency), mode, f"{result.rps:,.0f}", cpu]
+            row = [str(concurrency), path_name(mode), f"{result.rps:,.0f}", cpu]
             for metric in METRICS[stream]:
                 row += [ms(result.percentile(metric, q)) for q in SHOWN_PERCENTILES]
                 row += (
@@ -135,24 +143,51 @@ def headline_table(rows: list[Headline]) -> str:
 
 
 def full_path_table(results: dict[Cell, Result], concurrencies: list[int]) -> str:
-    """fairgate's absolute targets: requests/s from one process, added p50 when alone."""
-    throughput, alone = full_path_figures(results, concurrencies)
+    """fairgate's absolute targets: requests/s from one process, added p50 when alone; for a
+    tenant without quotas and for one with them."""
+    figures = [full_path_figures(results, concurrencies, mode) for mode in ("fairgate", "quotas")]
     rows = [
-        [
-            f"requests/s, one gateway process (≥ {throughput.threshold:,.0f})",
-            f"{throughput.value:,.0f} ({throughput.what})",
-            _verdict(throughput.met),
-        ]
+        [f"requests/s, one gateway process (≥ {figures[0][0].threshold:,.0f})"]
+        + [f"{f.value:,.0f} ({f.what}), {_verdict(f.met)}" for f, _ in figures]
     ]
-    rows += [
+    for index, first in enumerate(figures[0][1]):
+        rows.append(
+            [f"added p50 at concurrency 1, {first.what} (< {ms(first.threshold)})"]
+            + [f"{ms(alone[index].value)}, {_verdict(alone[index].met)}" for _, alone in figures]
+        )
+    return markdown_table(["Target", "fairgate", "fairgate, quotas"], "lll", rows)
+
+
+def quota_table(rows: list[QuotaCost]) -> str:
+    """What a tenant's quotas add to fairgate's path, without / with."""
+    table = [
         [
-            f"added p50 at concurrency 1, {f.what} (< {ms(f.threshold)})",
-            ms(f.value),
-            _verdict(f.met),
+            workload(q.stream)
+            + (f", {label}" if (label := metric_label(q.stream, q.metric).strip()) else ""),
+            str(q.concurrency),
+            f"{ms(q.added[0], signed=True)} / {ms(q.added[1], signed=True)}",
+            f"{ms(q.added[1] - q.added[0], signed=True)}",
+            f"{q.rps[0]:,.0f} / {q.rps[1]:,.0f}",
+            f"{q.throughput_ratio:.2f}",
+            f"{us(q.cpu[0])} / {us(q.cpu[1])}",
+            f"{us(q.redis_cpu[0])} / {us(q.redis_cpu[1])}",
         ]
-        for f in alone
+        for q in rows
     ]
-    return markdown_table(["Target", "fairgate", "Verdict"], "lrl", rows)
+    return markdown_table(
+        [
+            "Workload",
+            "Conc.",
+            "Added p50 without / with",
+            "Difference",
+            "req/s without / with",
+            "Ratio",
+            "CPU/req without / with",
+            "Redis's part",
+        ],
+        "lrrrrrrr",
+        table,
+    )
 
 
 def machine_load(run: Run) -> str:
@@ -207,8 +242,16 @@ def reading(run: Run, rows: list[Headline]) -> str:
             "cores, that ratio is what sets the throughput ratio and the queueing part of the "
             "added latency."
         )
+    costs = [q for q in quota_costs(results, run.concurrencies) if q.metric == "total"]
+    alone_cost = min((q for q in costs if not q.stream), key=lambda q: q.concurrency)
+    text.append(
+        f"For a tenant with quotas, fairgate adds {ms(alone_cost.added[1])} at concurrency "
+        f"{alone_cost.concurrency}, non-streaming ({ms(alone_cost.added[0])} without), and serves "
+        f"{min(q.throughput_ratio for q in costs):.2f}-{max(q.throughput_ratio for q in costs):.2f}"
+        "× the requests/s of a tenant without quotas."
+    )
     if failed := {mode: n for mode, n in errors.items() if n}:
-        counts = ", ".join(f"{n} through {mode}" for mode, n in failed.items())
+        counts = ", ".join(f"{n} through {path_name(mode)}" for mode, n in failed.items())
         text.append(f"Requests that failed or came back incomplete: {counts}.")
     for name, lines in run.logs.items():
         text.append(
@@ -235,20 +278,25 @@ def render_section(run: Run, argv: list[str]) -> str:
     """The BENCHMARKS.md section (without its delimiters); ``argv`` is the command's."""
     results, concurrencies = run.results, run.concurrencies
     rows = run.headlines
+    quotas = ", ".join(f"`{name}: {value:,}`" for name, value in QUOTAS.items())
+    usages = ", ".join(str(c) for c in COMPLETION_CYCLE)
     today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     return f"""## Proxy overhead: fairgate next to a bare aiohttp forwarder
 
 What fairgate's proxy path adds to a request, measured against an upstream that answers at once
 (a prebuilt `chat.completion`, or {STREAM_CHUNKS} SSE content chunks, the usage chunk and
-`[DONE]` written back to back), reached three ways in the same run: **direct**, through a
-**forwarder** (a minimal aiohttp proxy: one shared client session, no auth, no parsing, streams
-relayed with `iter_any`; the floor for any Python proxy) and through **fairgate**
-(`fairgate serve`: one pool with the upstream as its backend, one tenant and its key, a private
-`redis-server`). Each server is its own process on loopback, on uvloop, behind the same
-`fairgate.serving.serve` listener. The load generator is closed loop: N clients each send the
-next request as soon as the previous one ends, {run.duration:g} s per cell after a
-{run.warmup:g} s warm-up; the three paths of a row take turns in slices of {SLICE_S:g} s, so
-that whatever else the machine does is spread over all three. Streamed requests ask for
+`[DONE]` written back to back; the usage it reports cycles through {usages} completion tokens,
+so that fairgate's estimates are corrected as with a real engine), reached in the same run
+**direct**, through a **forwarder** (a minimal aiohttp proxy: one shared client session, no
+auth, no parsing, streams relayed with `iter_any`; the floor for any Python proxy) and through
+**fairgate** (`fairgate serve`: one pool with the upstream as its backend, a private
+`redis-server`) twice: as a tenant without quotas, and as one with quotas far above the load
+({quotas}: checked and corrected on every request, never refusing), **fairgate, quotas**. Each
+server is its own process on loopback, on uvloop, behind the same `fairgate.serving.serve`
+listener. The load generator is closed loop: N clients each send the next request as soon as
+the previous one ends, {run.duration:g} s per cell after a {run.warmup:g} s warm-up; the paths
+of a row take turns in slices of {SLICE_S:g} s, so that whatever else the machine does is
+spread over all of them. Streamed requests ask for
 `stream_options.include_usage`, so every path returns the same events. TTFB is the first body
 byte (the first content chunk); "added" is a path's percentile minus the same percentile
 direct (percentiles interpolate between the closest ranks, `loadtest/stats.py`); CPU/req is the
@@ -268,9 +316,14 @@ throughput within {1 - TARGET_THROUGHPUT_RATIO:.0%} of it):
 {headline_table(rows)}
 
 The full path's own targets (auth, estimate, admission, relay and release, against the instant
-upstream; ≥ {TARGET_FULL_PATH_RPS:,.0f} requests/s, < {ms(TARGET_ALONE_ADDED_S)} added alone):
+upstream; ≥ {TARGET_FULL_PATH_RPS:,.0f} requests/s, < {ms(TARGET_ALONE_ADDED_S)} added alone), for a
+tenant without quotas and for one with them:
 
 {full_path_table(results, concurrencies)}
+
+What quotas add (the same gateway process, the tenant without quotas / the one with them):
+
+{quota_table(quota_costs(results, concurrencies))}
 
 What tracing costs: **fairgate+traces** is the same gateway with `telemetry.traces` on, every
 request recorded (a SERVER span and its `estimate`, `queue` and engine-call children) and

@@ -23,6 +23,9 @@ from loadtest.proxy_overhead.workload import (
     CHAT_PATH,
     LOOPBACK,
     MODEL,
+    QUOTA_API_KEY,
+    QUOTA_TENANT,
+    QUOTAS,
     TENANT,
     TRACED,
 )
@@ -51,7 +54,9 @@ class Target:
 
 
 def fairgate_config(port: int, redis_port: int, upstream: str) -> dict[str, Any]:
-    """One pool with one backend (the upstream), one tenant, limits far above the load."""
+    """One pool with one backend (the upstream), two tenants, limits far above the load: the
+    second has quotas too (checked on every request, never refusing)."""
+    limits = {"max_concurrency": 4096, "max_queued": 4096, "max_inflight_tokens": 100_000_000}
     return {
         "server": {"host": LOOPBACK, "port": port},
         "redis": {"url": f"redis://{LOOPBACK}:{redis_port}/0", "key_prefix": "fairgate-bench"},
@@ -63,12 +68,8 @@ def fairgate_config(port: int, redis_port: int, upstream: str) -> dict[str, Any]
             }
         },
         "tenants": {
-            TENANT: {
-                "max_concurrency": 4096,
-                "max_queued": 4096,
-                "max_inflight_tokens": 100_000_000,
-                "api_keys": [API_KEY],
-            }
+            TENANT: {**limits, "api_keys": [API_KEY]},
+            QUOTA_TENANT: {**limits, "api_keys": [QUOTA_API_KEY], "quotas": QUOTAS},
         },
         # Off, whatever OTEL_* variables the environment has: the traced path is another process.
         "telemetry": {"traces": {"enabled": False}},
@@ -160,6 +161,7 @@ def start_stack(stack: contextlib.ExitStack, workdir: Path) -> list[Target]:
     traced = _start_fairgate(
         stack, TRACED, traced_config(traced_port, redis_port, upstream), workdir
     )
+    gateway_processes = {"fairgate": fairgate.pid, "redis": redis.pid}
     return [
         Target("direct", upstream + CHAT_PATH),
         Target("forwarder", forwarder + CHAT_PATH, processes={"forwarder": forwarding.pid}),
@@ -167,7 +169,13 @@ def start_stack(stack: contextlib.ExitStack, workdir: Path) -> list[Target]:
             "fairgate",
             gateway + CHAT_PATH,
             {"Authorization": f"Bearer {API_KEY}"},
-            processes={"fairgate": fairgate.pid, "redis": redis.pid},
+            processes=gateway_processes,
+        ),
+        Target(
+            "quotas",
+            gateway + CHAT_PATH,
+            {"Authorization": f"Bearer {QUOTA_API_KEY}"},
+            processes=gateway_processes,
         ),
         Target(
             TRACED,

@@ -9,6 +9,7 @@ KIND``) on the same loop and listener as ``fairgate serve``.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -24,10 +25,20 @@ CHAT_PATH = "/v1/chat/completions"
 MODEL = "bench-model"
 TENANT = "bench"
 API_KEY = "fg-bench-key"
+#: A second tenant of the same gateway, with quotas far above the load (never refused): the
+#: same path plus the quota check and its correction.
+QUOTA_TENANT = "bench-quotas"
+QUOTA_API_KEY = "fg-bench-quotas-key"
+QUOTAS = {
+    "requests_per_minute": 10_000_000,
+    "tokens_per_minute": 10_000_000_000,
+    "tokens_per_day": 10_000_000_000_000,
+}
 
 #: The ways of reaching the upstream, in the order they take turns and are shown: directly,
-#: through the forwarder, through fairgate, and through fairgate tracing every request.
-MODES = ("direct", "forwarder", "fairgate", "fairgate+traces")
+#: through the forwarder, through fairgate as a tenant without quotas and as one with quotas,
+#: and through fairgate tracing every request.
+MODES = ("direct", "forwarder", "fairgate", "quotas", "fairgate+traces")
 #: The path of fairgate with tracing on, every request sampled, spans sent to the upstream.
 TRACED = "fairgate+traces"
 #: Where the traced gateway sends its spans (the upstream answers as a collector would).
@@ -36,7 +47,19 @@ TRACES_PATH = "/v1/traces"
 # ------------------------------------------------------------------ what the upstream says
 
 STREAM_CHUNKS = 16
-_USAGE = {"prompt_tokens": 12, "completion_tokens": STREAM_CHUNKS, "total_tokens": 28}
+PROMPT_TOKENS = 12
+#: The completion tokens the usage reports, request after request: as from a real engine they
+#: vary, so that fairgate's estimate (the likely output) is corrected at completion, which a
+#: tenant with quotas pays for. The content is the same whatever the usage says.
+COMPLETION_CYCLE = (16, 13, 10, 7)
+
+
+def _usage(completion: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": PROMPT_TOKENS,
+        "completion_tokens": completion,
+        "total_tokens": PROMPT_TOKENS + completion,
+    }
 
 
 def _event(payload: dict[str, Any]) -> bytes:
@@ -57,22 +80,25 @@ def _chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
 
 
 #: Built once: the upstream must cost as close to nothing per request as aiohttp allows.
-COMPLETION = json.dumps(
-    {
-        "id": "chatcmpl-bench",
-        "object": "chat.completion",
-        "created": 0,
-        "model": MODEL,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": "hello " * STREAM_CHUNKS},
-                "finish_reason": "length",
-            }
-        ],
-        "usage": _USAGE,
-    }
-).encode()
+COMPLETIONS = tuple(
+    json.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion",
+            "created": 0,
+            "model": MODEL,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "hello " * STREAM_CHUNKS},
+                    "finish_reason": "length",
+                }
+            ],
+            "usage": _usage(completion),
+        }
+    ).encode()
+    for completion in COMPLETION_CYCLE
+)
 CONTENT_EVENTS = tuple(
     _event(
         _chunk(
@@ -87,7 +113,7 @@ CONTENT_EVENTS = tuple(
     )
     for i in range(STREAM_CHUNKS)
 )
-USAGE_EVENT = _event(_chunk([], usage=_USAGE))
+USAGE_EVENTS = tuple(_event(_chunk([], usage=_usage(c))) for c in COMPLETION_CYCLE)
 DONE_EVENT = b"data: [DONE]\n\n"
 
 #: The client asks for usage, so every path sends it the same events (fairgate always asks
@@ -120,17 +146,20 @@ async def _health(request: web.Request) -> web.Response:
 def upstream_app() -> web.Application:
     """An OpenAI-style chat endpoint that answers at once: prebuilt bodies, no sleeps."""
 
+    answered = itertools.count()
+
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.json()
+        turn = next(answered) % len(COMPLETION_CYCLE)
         if not body.get("stream"):
-            return web.Response(body=COMPLETION, content_type="application/json")
+            return web.Response(body=COMPLETIONS[turn], content_type="application/json")
         response = web.StreamResponse()
         response.content_type = "text/event-stream"
         await response.prepare(request)
         for event in CONTENT_EVENTS:  # one write per event, as an engine sends its tokens
             await response.write(event)
         if (body.get("stream_options") or {}).get("include_usage"):
-            await response.write(USAGE_EVENT)
+            await response.write(USAGE_EVENTS[turn])
         await response.write(DONE_EVENT)
         await response.write_eof()
         return response

@@ -195,3 +195,38 @@ async def test_the_usage_correction_keeps_the_request_quota(
     await asyncio.sleep(2.5)  # settled; the token limit is whole again after ~1 s
     refused = await refusal(gateway)
     assert "requests_per_minute quota of 1" in refused.message
+
+
+async def test_a_request_taking_over_a_held_lease_is_charged_before_it_runs(
+    start_gateway: StartGateway, sim: RunningSim, redis_url: str, redis: GatewayRedis
+) -> None:
+    """Lease reuse (the lease held for a whole second here) runs a request without queueing:
+    its charge is taken in the reuse's own script call first, which also corrects the last
+    request's tokens; a refused request leaves the lease to be released, corrected too."""
+    limit = 5000  # tokens per day: nothing refills within this test
+    gateway = await start_gateway(
+        config(
+            redis_url,
+            sim,
+            {"requests_per_minute": 2, "tokens_per_day": limit},
+            estimation={"chat_prior": {"p50": 1000, "p90": 1000}},
+            admission={"lease_reuse_s": 1.0},
+        )
+    )
+    first = await chat(gateway, max_tokens=None)
+    second = await chat(gateway, max_tokens=None)
+    assert await redis.hget("fairgate:{adm}:stats", "reused") == b"1"  # the first's lease
+    assert second.headers["x-ratelimit-remaining-requests"] == "0"
+    refused = await refusal(gateway)
+    assert "requests_per_minute quota of 2" in refused.message
+    assert int(refused.response.headers["Retry-After"]) in (29, 30)
+    used = sum(raw.parse().usage.total_tokens for raw in (first, second))
+    left = []
+    for _ in range(100):  # both corrected to their usage once the second's lease is released
+        refused = await refusal(gateway)
+        left.append(int(refused.response.headers["x-ratelimit-remaining-tokens"]))
+        if left[-1] == limit - used:
+            break
+        await asyncio.sleep(0.05)
+    assert left[-1] == limit - used, left
+    assert await redis.hget("fairgate:{adm}:stats", "reused") == b"1"  # no refusal ran

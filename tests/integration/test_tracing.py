@@ -411,7 +411,7 @@ async def test_a_queued_request_shows_its_wait_until_granted(
     assert {(s.attributes or {})["fairgate.outcome"] for s in by_id.values()} == {"ok"}
 
 
-async def test_a_refusal_over_quota_says_so_and_never_queues(
+async def test_a_refusal_over_quota_says_so(
     start_gateway: StartGateway,
     serve_app: ServeApp,
     redis_url: str,
@@ -438,7 +438,8 @@ async def test_a_refusal_over_quota_says_so_and_never_queues(
     assert attributes["error.type"] == "QuotaExceeded"
     assert attributes["fairgate.tenant"] == "a"
     assert server.name == f"chat {MODEL}"
-    assert set(children(spans, server)) == {"estimate"}  # refused before the queue
+    # admission takes the quota charge first, in the call that would queue it: refused there
+    assert set(children(spans, server)) == {"estimate", "queue"}
     # a refusal of the client's request is not the service's failure (HTTP server convention)
     assert server.status.status_code is StatusCode.UNSET
 

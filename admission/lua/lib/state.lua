@@ -52,6 +52,7 @@
 --   P.engine       hash  <backend>:busy -> ms until which it takes no work (its engine reported
 --                        waiting requests); <backend>:tokens -> KV tokens the engine reports in
 --                        use (engine.lua, from each replica's scrape of the engine's metrics)
+--   P.quota:<tenant> hash limit field -> GCRA theoretical arrival time ms (lib/quota.lua)
 --   P.stats        hash  counters (grants, reclaimed, timeouts, shadow agreement)
 --   channel P.grants:<owner>  "<id> <backend>" on grant, "<id> !timeout" on queue timeout
 --   channel P.contended  "<id>" when a request starts to wait while none did (no lease reuse)
