@@ -19,7 +19,6 @@ per-replica limits (see :mod:`admission.local`), loudly; both recover on their o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -38,7 +37,8 @@ from admission.reuse import Flow, HeldLease, LeaseShelf
 from admission.scripts import AdmissionScripts, Decision
 from admission.ticket import Ticket
 from fairgate.keys import AdmissionKeys
-from fairgate.redis_client import GatewayRedis, text
+from fairgate.pubsub import Subscription
+from fairgate.redis_client import RedisClient, text
 from fairgate.settings import Settings, TenantSettings
 from fairgate.tasks import cancel_all
 
@@ -49,6 +49,8 @@ _LOST = "!lost"
 #: Reuse calls (made off the request path) that may be in flight at once; past this, requests
 #: take the path that waits for Redis, so a replica cannot run ahead of what Redis has recorded.
 MAX_REUSES_IN_FLIGHT = 64
+#: The grant listener wakes at least this often (a quiet channel is not a dead one).
+LISTEN_WAKE_S = 1.0
 
 
 class Admission:
@@ -56,7 +58,7 @@ class Admission:
 
     def __init__(
         self,
-        redis: GatewayRedis,
+        redis: RedisClient,
         settings: Settings,
         tenants: Callable[[], Mapping[str, TenantSettings]] | None = None,
     ) -> None:
@@ -374,25 +376,25 @@ class Admission:
     async def _listen(self) -> None:
         """Hear grants to this replica's waiters (and queue timeouts) on pub/sub, and that
         requests started to wait somewhere (no more lease reuse)."""
-        grants = self.keys.grants_channel(self.owner)
-        contended = self.keys.contended_channel.encode()
+        channels = [self.keys.grants_channel(self.owner), self.keys.contended_channel]
+        contended = channels[1].encode()
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(grants, contended)
-                async for message in pubsub.listen():
-                    if message["channel"] == contended:
-                        self._may_reuse = False
-                        self._let_go_all()
-                        continue
-                    request_id, _, backend = message["data"].decode().partition(" ")
-                    self._resolve([(request_id, backend)])
+                async with Subscription(self._redis, channels) as heard:
+                    while True:
+                        message = await heard.get(timeout=LISTEN_WAKE_S)
+                        if message is None:
+                            continue
+                        channel, data = message
+                        if channel == contended:
+                            self._may_reuse = False
+                            self._let_go_all()
+                            continue
+                        request_id, _, backend = data.decode().partition(" ")
+                        self._resolve([(request_id, backend)])
             except (RedisError, OSError) as exc:
                 log.debug("grant subscription interrupted: %s", exc)
                 await asyncio.sleep(self._config.upkeep_interval_s)
-            finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
 
     async def _upkeep(self) -> None:
         renew_every = self._config.lease_ttl_s / 3

@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 
 from admission.errors import AdmissionUnavailable, Refused
 from fairgate.keys import quota as quota_key
-from fairgate.redis_client import GatewayRedis, Script
+from fairgate.redis_client import RedisClient, Script
 from fairgate.settings import QuotaConfig, QuotaLimits, Settings
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class Quotas:
     still hold) and warns.
     """
 
-    def __init__(self, redis: GatewayRedis, settings: Settings) -> None:
+    def __init__(self, redis: RedisClient, settings: Settings) -> None:
         self._script = Script(redis, SOURCE)
         self._prefix = settings.redis.key_prefix
         self._fail_open = settings.admission.fail_mode == "open"

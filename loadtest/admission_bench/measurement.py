@@ -16,10 +16,9 @@ import time
 from dataclasses import dataclass
 
 import uvloop
-from redis.asyncio import Redis
 
 from admission.controller import Admission
-from fairgate.redis_client import connect
+from fairgate.redis_client import RedisClient, connect
 from loadtest.admission_bench.workload import (
     CONCURRENCY,
     RELEASED_OUTPUT,
@@ -42,7 +41,7 @@ RUNS = (
 )
 
 
-async def started(redis_url: str, contended: bool) -> tuple[Admission, Redis]:
+async def started(redis_url: str, contended: bool) -> tuple[Admission, RedisClient]:
     settings = settings_for(redis_url, contended)
     redis = connect(settings.redis)
     admission = Admission(redis, settings)
