@@ -51,6 +51,8 @@ _LOST = "!lost"
 MAX_REUSES_IN_FLIGHT = 64
 #: The grant listener wakes at least this often (a quiet channel is not a dead one).
 LISTEN_WAKE_S = 1.0
+#: How long a grant heard before its waiter registered is kept for it.
+EARLY_GRANT_KEPT_S = 5.0
 
 
 class Admission:
@@ -80,6 +82,8 @@ class Admission:
         self._config = config
         self._waiters: dict[str, asyncio.Future[str]] = {}
         self._due: dict[str, float] = {}  # a waiter's queue deadline (loop time)
+        #: grants heard on pub/sub for requests not waiting yet: backend, when heard
+        self._early: dict[str, tuple[str, float]] = {}
         self._leases: set[str] = set()
         self._held: dict[str, asyncio.TimerHandle] = {}  # leases Redis holds for a next request
         self._local = LocalLimits(settings, self._tenants)
@@ -178,6 +182,9 @@ class Admission:
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiters[request_id] = future
         self._due[request_id] = due
+        early = self._early.pop(request_id, None)
+        if early is not None:  # granted, and told so, before its enqueue's answer arrived
+            future.set_result(early[0])
         try:
             async with asyncio.timeout_at(due):
                 backend = await future
@@ -391,16 +398,33 @@ class Admission:
                             self._let_go_all()
                             continue
                         request_id, _, backend = data.decode().partition(" ")
-                        self._resolve([(request_id, backend)])
+                        self._heard_grant(request_id, backend)
             except (RedisError, OSError) as exc:
                 log.debug("grant subscription interrupted: %s", exc)
                 await asyncio.sleep(self._config.upkeep_interval_s)
+
+    def _heard_grant(self, request_id: str, backend: str) -> None:
+        """A grant to a request of this replica. Another replica's release may grant a request
+        that just queued before the reply of its enqueue has reached its waiter (replies and
+        messages travel on different connections): the grant is kept for the waiter, instead
+        of waiting for the upkeep's poll."""
+        if request_id in self._waiters:
+            self._resolve([(request_id, backend)])
+        else:
+            self._early[request_id] = (backend, time.monotonic())
+
+    def _forget_early(self) -> None:
+        """Drop kept grants nobody came for (their waiter gave up first): the poll's job."""
+        stale = time.monotonic() - EARLY_GRANT_KEPT_S
+        for request_id in [i for i, (_, at) in self._early.items() if at < stale]:
+            del self._early[request_id]
 
     async def _upkeep(self) -> None:
         renew_every = self._config.lease_ttl_s / 3
         renewed = time.monotonic()
         while True:
             await asyncio.sleep(self._config.upkeep_interval_s)
+            self._forget_early()
             try:
                 self._resolve(await self.scripts.tick())
                 await self._poll_grants()
