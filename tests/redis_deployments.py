@@ -335,6 +335,13 @@ def _wait_in_sync(replica: Server, within_s: float = 10.0) -> None:
 # ---------------------------------------------------------------------------------- TLS
 
 
+#: What fairgate's Redis user may do (docs/redis.md): its own keys and channels (the default
+#: ``key_prefix``), every command but the dangerous ones.
+ACL_RULES = ["~fairgate:*", "&fairgate:*", "+@all", "-@dangerous"]
+#: A second user, allowed everything: what the test inspects the server as.
+INSPECTOR = "inspector"
+
+
 @dataclass
 class TlsRedis:
     """A redis-server that takes TLS connections only, with an ACL user besides ``default``."""
@@ -351,7 +358,8 @@ def tls_redis(
 ) -> Iterator[TlsRedis]:
     """TLS on a free port (plain TCP off), ``cert``/``key`` its certificate, which is also the
     CA it trusts for client certificates (required with ``client_certs``, else optional). The
-    ``default`` user is disabled; ``user`` may run every command on every key."""
+    ``default`` user is disabled; ``user`` has :data:`ACL_RULES` (and :data:`INSPECTOR`, with
+    the same password, every right)."""
     if redis_version() is None:
         pytest.skip("TLS: redis-server is not installed")
     (tls_port,) = free_ports(1)
@@ -360,7 +368,8 @@ def tls_redis(
     args += ["--tls-ca-cert-file", str(cert)]
     args += ["--tls-auth-clients", "yes" if client_certs else "optional"]
     args += ["--save", "", "--appendonly", "no"]
-    args += ["--user", "default", "off", "--user", user, "on", f">{password}", "~*", "&*", "+@all"]
+    args += ["--user", "default", "off", "--user", user, "on", f">{password}", *ACL_RULES]
+    args += ["--user", INSPECTOR, "on", f">{password}", "~*", "&*", "+@all"]  # for the test
     server = Server(workdir, tls_port, args, "tls-redis")
     try:
         try:
