@@ -22,7 +22,7 @@ from redis.asyncio.cluster import ClusterPubSub
 from redis.exceptions import PubSubError, RedisError
 from redis.utils import str_if_bytes
 
-from fairgate.redis_client import AnyRedis
+from fairgate.redis_client import AnyRedis, cluster_errors_as_redis_errors
 
 
 def publish_command(redis: AnyRedis) -> str:
@@ -39,15 +39,20 @@ class Subscription:
     """
 
     def __init__(self, redis: AnyRedis, channels: list[str]) -> None:
+        self._redis = redis
         self._channels = channels
-        self._sharded = isinstance(redis, RedisCluster)
-        self._pubsub: PubSub = redis.pubsub(ignore_subscribe_messages=not self._sharded)
+        sharded = isinstance(redis, RedisCluster)  # sharded: see the unsubscriptions too
+        self._pubsub: PubSub = redis.pubsub(ignore_subscribe_messages=not sharded)
 
     async def __aenter__(self) -> Subscription:
-        if isinstance(self._pubsub, ClusterPubSub):
-            await self._pubsub.ssubscribe(*self._channels)
-        else:
-            await self._pubsub.subscribe(*self._channels)
+        pubsub = self._pubsub
+        if not isinstance(pubsub, ClusterPubSub):
+            await pubsub.subscribe(*self._channels)
+            return self
+        assert isinstance(self._redis, RedisCluster)
+        with cluster_errors_as_redis_errors():
+            await self._redis.initialize()  # the slot map the subscription is routed by
+            await pubsub.ssubscribe(*self._channels)
         return self
 
     async def __aexit__(
@@ -67,7 +72,8 @@ class Subscription:
         else:
             if not pubsub.node_pubsub_mapping:  # nothing to read from: never spin on it
                 raise PubSubError("the shard subscription is gone")
-            message = await pubsub.get_sharded_message(timeout=timeout)
+            with cluster_errors_as_redis_errors():
+                message = await pubsub.get_sharded_message(timeout=timeout)
             kind = str_if_bytes(message["type"]) if message is not None else None
             if kind == "sunsubscribe":
                 raise PubSubError("the shard dropped the subscription (its slot moved)")

@@ -1,7 +1,10 @@
 """The Redis client every part of a gateway process shares, and a deadline for its calls.
 
-One connection pool per process, blocking when all connections are busy (a short wait beats
-failing a request because a burst briefly needed more connections than the pool holds).
+One client per process, for the deployment ``redis.mode`` names (docs/redis.md): one server
+or a Sentinel-managed primary (redis-py's ``Redis`` with a pool that blocks when all its
+connections are busy: a short wait beats failing a request because a burst briefly needed
+more), or a Redis Cluster (redis-py's ``RedisCluster``). Each carries a script channel for
+the Lua scripts on the request path (:mod:`fairgate.resp`, :mod:`fairgate.resp_cluster`).
 Calls on the request path are bounded with :func:`deadline` rather than with redis-py's
 ``socket_timeout``, which wraps every command in ``asyncio.wait_for`` and so creates a task per
 command; ``asyncio.timeout`` costs nothing when it does not fire.
@@ -99,7 +102,7 @@ class GatewayCluster(RedisCluster):
         self.scripts: ScriptChannel = ClusterChannel(self, RedisAddress.of_pool(connection, tls))
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        with _cluster_errors_as_redis_errors():
+        with cluster_errors_as_redis_errors():
             return await super().execute_command(*args, **kwargs)
 
     def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> Any:
@@ -116,20 +119,20 @@ class _GatewayClusterPipeline(ClusterPipeline):
     """redis-py's Cluster pipeline, with its cluster errors as :class:`GatewayCluster`'s."""
 
     async def initialize(self) -> ClusterPipeline:
-        with _cluster_errors_as_redis_errors():
+        with cluster_errors_as_redis_errors():
             return await super().initialize()
 
     async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
-        with _cluster_errors_as_redis_errors():
+        with cluster_errors_as_redis_errors():
             return await super().execute(raise_on_error, allow_redirections)
 
     async def watch(self, *names: Any) -> Any:  # type: ignore[override]
-        with _cluster_errors_as_redis_errors():
+        with cluster_errors_as_redis_errors():
             return await super().watch(*names)
 
 
 @contextlib.contextmanager
-def _cluster_errors_as_redis_errors() -> Iterator[None]:
+def cluster_errors_as_redis_errors() -> Iterator[None]:
     """redis-py's Cluster client raises ``RedisClusterException`` (not a ``RedisError``) when
     no node answers or a slot is not covered: an outage, which callers know as redis'
     ``ConnectionError``. Programming errors (keys of several slots in one transaction) stay."""
