@@ -25,7 +25,6 @@ per-replica limits (see :mod:`admission.local`), loudly; both recover on their o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -47,7 +46,8 @@ from admission.reuse import Flow, HeldLease, LeaseShelf
 from admission.scripts import AdmissionScripts, Decision
 from admission.ticket import Ticket
 from fairgate.keys import AdmissionKeys
-from fairgate.redis_client import GatewayRedis, text
+from fairgate.pubsub import Subscription
+from fairgate.redis_client import RedisClient, text
 from fairgate.settings import Settings, TenantSettings
 from fairgate.tasks import cancel_all
 
@@ -58,6 +58,10 @@ _LOST = "!lost"
 #: Reuse calls (made off the request path) that may be in flight at once; past this, requests
 #: take the path that waits for Redis, so a replica cannot run ahead of what Redis has recorded.
 MAX_REUSES_IN_FLIGHT = 64
+#: The grant listener wakes at least this often (a quiet channel is not a dead one).
+LISTEN_WAKE_S = 1.0
+#: How long a grant heard before its waiter registered is kept for it.
+EARLY_GRANT_KEPT_S = 5.0
 
 #: Hears of a request's quota charge as soon as admission took it (before it may wait).
 Charged = Callable[[Charge], None]
@@ -68,7 +72,7 @@ class Admission:
 
     def __init__(
         self,
-        redis: GatewayRedis,
+        redis: RedisClient,
         settings: Settings,
         tenants: Callable[[], Mapping[str, TenantSettings]] | None = None,
     ) -> None:
@@ -90,6 +94,8 @@ class Admission:
         self._config = config
         self._waiters: dict[str, asyncio.Future[str]] = {}
         self._due: dict[str, float] = {}  # a waiter's queue deadline (loop time)
+        #: grants heard on pub/sub for requests not waiting yet: backend, when heard
+        self._early: dict[str, tuple[str, float]] = {}
         self._leases: set[str] = set()
         self._held: dict[str, asyncio.TimerHandle] = {}  # leases Redis holds for a next request
         self._local = LocalLimits(settings, self._tenants)
@@ -199,6 +205,9 @@ class Admission:
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiters[request_id] = future
         self._due[request_id] = due
+        early = self._early.pop(request_id, None)
+        if early is not None:  # granted, and told so, before its enqueue's answer arrived
+            future.set_result(early[0])
         try:
             async with asyncio.timeout_at(due):
                 backend = await future
@@ -452,31 +461,48 @@ class Admission:
     async def _listen(self) -> None:
         """Hear grants to this replica's waiters (and queue timeouts) on pub/sub, and that
         requests started to wait somewhere (no more lease reuse)."""
-        grants = self.keys.grants_channel(self.owner)
-        contended = self.keys.contended_channel.encode()
+        channels = [self.keys.grants_channel(self.owner), self.keys.contended_channel]
+        contended = channels[1].encode()
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(grants, contended)
-                async for message in pubsub.listen():
-                    if message["channel"] == contended:
-                        self._may_reuse = False
-                        self._let_go_all()
-                        continue
-                    request_id, _, backend = message["data"].decode().partition(" ")
-                    self._resolve([(request_id, backend)])
+                async with Subscription(self._redis, channels) as heard:
+                    while True:
+                        message = await heard.get(timeout=LISTEN_WAKE_S)
+                        if message is None:
+                            continue
+                        channel, data = message
+                        if channel == contended:
+                            self._may_reuse = False
+                            self._let_go_all()
+                            continue
+                        request_id, _, backend = data.decode().partition(" ")
+                        self._heard_grant(request_id, backend)
             except (RedisError, OSError) as exc:
                 log.debug("grant subscription interrupted: %s", exc)
                 await asyncio.sleep(self._config.upkeep_interval_s)
-            finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
+
+    def _heard_grant(self, request_id: str, backend: str) -> None:
+        """A grant to a request of this replica. Another replica's release may grant a request
+        that just queued before the reply of its enqueue has reached its waiter (replies and
+        messages travel on different connections): the grant is kept for the waiter, instead
+        of waiting for the upkeep's poll."""
+        if request_id in self._waiters:
+            self._resolve([(request_id, backend)])
+        else:
+            self._early[request_id] = (backend, time.monotonic())
+
+    def _forget_early(self) -> None:
+        """Drop kept grants nobody came for (their waiter gave up first): the poll's job."""
+        stale = time.monotonic() - EARLY_GRANT_KEPT_S
+        for request_id in [i for i, (_, at) in self._early.items() if at < stale]:
+            del self._early[request_id]
 
     async def _upkeep(self) -> None:
         renew_every = self._config.lease_ttl_s / 3
         renewed = time.monotonic()
         while True:
             await asyncio.sleep(self._config.upkeep_interval_s)
+            self._forget_early()
             try:
                 self._resolve(await self.scripts.tick())
                 await self._poll_grants()

@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 
-from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.typing import EncodableT, FieldT
 
 from fairgate.keys import AdmissionKeys
+from fairgate.redis_client import AnyPipeline, AnyRedis
 from fairgate.settings import Settings, TenantSettings
 
 #: Band ids sort so that a higher priority comes first when band counters tie.
@@ -55,7 +54,7 @@ def tenant_entry(tenant: TenantSettings) -> str:
 
 
 def write_tenants(
-    pipe: Pipeline,
+    pipe: AnyPipeline,
     keys: AdmissionKeys,
     changed: Mapping[str, TenantSettings],
     every: Iterable[TenantSettings],
@@ -75,7 +74,7 @@ def write_tenants(
 
 
 async def publish_config(
-    redis: Redis,
+    redis: AnyRedis,
     keys: AdmissionKeys,
     settings: Settings,
     tenants: Mapping[str, TenantSettings] | None = None,
@@ -111,7 +110,7 @@ async def publish_config(
         await pipe.execute()
 
 
-async def set_drained(redis: Redis, keys: AdmissionKeys, backend: str, drained: bool) -> None:
+async def set_drained(redis: AnyRedis, keys: AdmissionKeys, backend: str, drained: bool) -> None:
     """Drain a backend (no new work on any replica; what runs finishes) or bring it back.
 
     Kept apart from health (``down``), which probes set and clear on their own: a drain holds
@@ -123,7 +122,7 @@ async def set_drained(redis: Redis, keys: AdmissionKeys, backend: str, drained: 
         await redis.hdel(keys.drained, backend)
 
 
-async def backend_load(redis: Redis, keys: AdmissionKeys, backend: str) -> tuple[int, int]:
+async def backend_load(redis: AnyRedis, keys: AdmissionKeys, backend: str) -> tuple[int, int]:
     """Requests and estimated tokens a backend has in flight, across every replica."""
     running, tokens = await redis.hmget(keys.backend_load, [f"{backend}:r", f"{backend}:t"])
     return int(running or 0), int(tokens or 0)

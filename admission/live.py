@@ -32,11 +32,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from fairgate.keys import AdmissionKeys
-from fairgate.redis_client import text
+from fairgate.redis_client import AnyRedis, text
 from fairgate.settings import Settings
 from fairgate.tasks import cancel_all
 
@@ -167,7 +166,7 @@ class LiveState:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: AnyRedis,
         settings: Settings,
         window_s: float = WINDOW_S,
         sample_every_s: float = SAMPLE_EVERY_S,
@@ -207,7 +206,6 @@ class LiveState:
         """The live state now (raises ``RedisError`` if Redis cannot be read)."""
         keys = self._keys
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.time()
             for key in (
                 keys.config("tenants"), keys.config("backends"), keys.config("bands"),
                 keys.queued, keys.tenant_load, keys.backend_load, keys.counters, keys.served,
@@ -215,9 +213,10 @@ class LiveState:
             ):  # fmt: skip
                 pipe.hgetall(key)
             pipe.hvals(keys.leases)
-            replies = await pipe.execute()
+            # TIME apart: it names no key, so a Cluster cannot place it in the transaction
+            (seconds, micros), replies = await asyncio.gather(self._redis.time(), pipe.execute())
         at = time.monotonic()
-        (seconds, micros), *hashes, leases = replies
+        *hashes, leases = replies
         cfg_tenants, cfg_backends, cfg_bands = (_texts(h) for h in hashes[:3])
         queued, tload, bload, counters, served, down, drained, engine = (
             _floats(h) for h in hashes[3:]

@@ -65,9 +65,11 @@ class AdmissionPolicy:
             )
         )
 
-    def compose(self, entry: str) -> str:
-        """The source of the entry script ``entry`` (e.g. ``enqueue``) under this policy."""
-        sources = [_read(name) for name in _BEFORE_PARTS]
+    def compose(self, entry: str, publish: str = "PUBLISH") -> str:
+        """The source of the entry script ``entry`` (e.g. ``enqueue``) under this policy;
+        its messages sent with ``publish`` (``SPUBLISH`` on a Cluster: :mod:`fairgate.pubsub`)."""
+        sources = [f"local PUBLISH = '{publish}'"]
+        sources += [_read(name) for name in _BEFORE_PARTS]
         sources += [_read(part) for part in self.parts()]
         sources.append(self.bindings())
         sources += [_read(name) for name in _AFTER_PARTS]

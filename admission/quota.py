@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 from admission.errors import AdmissionUnavailable, Refused
 from admission.policy import standalone
 from fairgate.keys import AdmissionKeys
-from fairgate.redis_client import GatewayRedis, Script
+from fairgate.redis_client import RedisClient, Script
 from fairgate.settings import QuotaConfig, QuotaLimits, Settings
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ class Quotas:
     (503), open lets the request on unchecked (admission's per-replica limits still hold).
     """
 
-    def __init__(self, redis: GatewayRedis, settings: Settings) -> None:
+    def __init__(self, redis: RedisClient, settings: Settings) -> None:
         self._script = Script(redis, SOURCE)
         self._keys = [AdmissionKeys.of(settings.redis.key_prefix).prefix]
         #: The limits of a tenant's quotas for a model, by the config's identity (kept with

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from admission.policy import AdmissionPolicy
 from admission.quota import QuotaPart
 from admission.ticket import Ticket
-from fairgate.redis_client import GatewayRedis, Script, text
+from fairgate.pubsub import publish_command
+from fairgate.redis_client import RedisClient, Script, text
 
 
 def _pairs(values: list[bytes | str]) -> list[tuple[str, str]]:
@@ -59,7 +60,7 @@ class AdmissionScripts:
 
     def __init__(
         self,
-        redis: GatewayRedis,
+        redis: RedisClient,
         prefix: str,
         ttl_ms: int,
         max_grants: int,
@@ -70,8 +71,11 @@ class AdmissionScripts:
         self._max = max_grants
         self.policy = policy or AdmissionPolicy()
 
+        publish = publish_command(redis)
+
         def load(entry: str) -> Script:
-            return Script(redis, self.policy.compose(entry))
+            # the scripts derive their keys from KEYS[1]: never run on a slot half migrated
+            return Script(redis, self.policy.compose(entry, publish), keys_declared=False)
 
         self._enqueue = load("enqueue")
         self._release = load("release")

@@ -18,10 +18,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
 from fairgate.keys import calibration
-from fairgate.redis_client import text
+from fairgate.redis_client import AnyRedis, text
 
 #: Upper bounds (ratios estimate / actual - 1) of the error buckets, and their names.
 ERROR_BUCKETS = ((-0.5, "under_50"), (-0.2, "under_20"), (-0.05, "under_5"), (0.05, "within_5"),
@@ -49,7 +47,7 @@ class CalibrationReport:
 class Calibration:
     """Per-model correction factors and error statistics, as shared in Redis."""
 
-    def __init__(self, redis: Redis, prefix: str, refresh_s: float) -> None:
+    def __init__(self, redis: AnyRedis, prefix: str, refresh_s: float) -> None:
         self._redis = redis
         self._prefix = prefix
         self._refresh_s = refresh_s

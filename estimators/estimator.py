@@ -30,7 +30,7 @@ from estimators.prompt_tokens import (
 )
 from estimators.reasoning import wants_reasoning
 from estimators.tokenizer import CharEstimateTokenizer, tokenizer_for
-from fairgate.redis_client import GatewayRedis, deadline
+from fairgate.redis_client import RedisClient, deadline
 from fairgate.settings import ModelConfig, Settings
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def choices(body: dict[str, Any]) -> int:
 class CostEstimator:
     """Estimates request costs and learns from every completed request."""
 
-    def __init__(self, settings: Settings, redis: GatewayRedis) -> None:
+    def __init__(self, settings: Settings, redis: RedisClient) -> None:
         self._settings = settings
         self._config = settings.estimation
         self._timeout = settings.redis.timeout_s

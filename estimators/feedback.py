@@ -12,7 +12,7 @@ from importlib import resources
 
 from estimators.calibration import Calibration, error_bucket
 from estimators.history import OutputHistory
-from fairgate.redis_client import GatewayRedis, Script
+from fairgate.redis_client import RedisClient, Script
 from fairgate.settings import EstimationConfig
 
 OBSERVE_LUA = resources.files("estimators").joinpath("observe.lua").read_text()
@@ -43,7 +43,7 @@ class Feedback:
 
     def __init__(
         self,
-        redis: GatewayRedis,
+        redis: RedisClient,
         config: EstimationConfig,
         history: OutputHistory,
         calibration: Calibration,

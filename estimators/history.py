@@ -18,9 +18,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
 from fairgate.keys import output_history
+from fairgate.redis_client import AnyRedis
 from fairgate.settings import EstimationConfig, OutputPrior
 
 
@@ -59,7 +58,7 @@ def blend(prior: OutputEstimate, samples: list[int], weight: int) -> OutputEstim
 class OutputHistory:
     """Records output lengths and estimates the next ones, per tenant, model and kind."""
 
-    def __init__(self, redis: Redis, prefix: str, config: EstimationConfig) -> None:
+    def __init__(self, redis: AnyRedis, prefix: str, config: EstimationConfig) -> None:
         self._redis = redis
         self._prefix = prefix
         self._config = config

@@ -36,7 +36,9 @@ def run_stack(settings: Settings, config_path: Path) -> int:
     """Start the stack, wait for Ctrl-C, stop it. Returns an exit status."""
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        if redis := _start_redis_if_needed(settings.redis.url):
+        if settings.redis.mode != "standalone":  # a Cluster or Sentinels: operated elsewhere
+            print(f"  redis: {settings.redis.mode} (not started here)")
+        elif redis := _start_redis_if_needed(settings.redis.url):
             processes.append(redis)
         for name, (pool, backend) in settings.backends().items():
             if backend.simulator is not None:

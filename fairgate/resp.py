@@ -21,17 +21,24 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
 import hiredis
 from redis.exceptions import (
+    AskError,
     AuthenticationError,
+    BusyLoadingError,
+    ClusterDownError,
+    MovedError,
     NoScriptError,
+    ReadOnlyError,
     RedisError,
     ResponseError,
+    TryAgainError,
 )
 from redis.exceptions import (
     ConnectionError as RedisConnectionError,
@@ -96,14 +103,32 @@ def _pack(args: tuple[Arg, ...]) -> bytes:
     return hiredis.pack_command(args)  # type: ignore[arg-type]
 
 
+#: Error replies whose code says more than "the command failed": redis-py's exception for
+#: each, built from the message after the code (as redis-py's parser builds them).
+_ERRORS: dict[str, type[RedisError]] = {
+    "NOSCRIPT": NoScriptError,
+    "WRONGPASS": AuthenticationError,
+    "NOAUTH": AuthenticationError,
+    "NOPERM": AuthenticationError,
+    "MOVED": MovedError,  # Cluster: the slot lives elsewhere now
+    "ASK": AskError,  # Cluster: the slot is migrating, this key already left
+    "TRYAGAIN": TryAgainError,  # Cluster: a multi-key call during a migration
+    "CLUSTERDOWN": ClusterDownError,
+    "READONLY": ReadOnlyError,  # a replica: the primary we knew was demoted
+    "LOADING": BusyLoadingError,
+}
+
+
 def _error(reply: hiredis.ReplyError) -> RedisError:
     """redis-py's exception for an error reply (the callers' vocabulary)."""
     message = str(reply)
-    if message.startswith("NOSCRIPT"):
-        return NoScriptError(message)
-    if message.startswith(("WRONGPASS", "NOAUTH", "NOPERM")):
-        return AuthenticationError(message)
-    return ResponseError(message)
+    code, _, rest = message.partition(" ")
+    kind = _ERRORS.get(code)
+    if kind is None:
+        return ResponseError(message)
+    if kind in (MovedError, AskError):  # "<slot> <host>:<port>", parsed by the exception
+        return kind(rest)
+    return kind(message)
 
 
 class _Connection(asyncio.Protocol):
@@ -206,15 +231,23 @@ class _Connection(asyncio.Protocol):
                 future.set_exception(_lost(reason))
 
 
+#: Finds the server to connect to when (re)connecting: the primary the Sentinels name now.
+Locate = Callable[[], Awaitable[tuple[str, int]]]
+
+
 class RespChannel:
     """Pipelined commands over one lazily (re)connected connection to ``endpoint``.
 
     A lost connection fails the commands in flight with redis-py's ``ConnectionError`` (the
-    callers' fail mode decides what that means) and the next command connects again.
+    callers' fail mode decides what that means) and the next command connects again: to
+    ``endpoint``, or where ``locate`` says (Sentinel: the primary after a failover). A
+    ``READONLY`` reply means the server was demoted to a replica while connected: the
+    connection is dropped, so the next command goes to the primary found anew.
     """
 
-    def __init__(self, endpoint: RedisAddress) -> None:
+    def __init__(self, endpoint: RedisAddress, locate: Locate | None = None) -> None:
         self.endpoint = endpoint
+        self._locate = locate
         self._connection: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
 
@@ -223,7 +256,24 @@ class RespChannel:
         connection = self._connection
         if connection is None or not connection.open or connection.loop is not _loop():
             connection = await self._connect()
-        return await connection.send(_pack(args))
+        try:
+            return await connection.send(_pack(args))
+        except ReadOnlyError as exc:
+            raise _demoted(connection, exc) from exc
+
+    async def execute_routed(self, key: str, *args: Arg, follow_ask: bool = True) -> Any:
+        """As :meth:`execute`: one server owns every key (the Cluster channel's interface)."""
+        return await self.execute(*args)
+
+    async def execute_asking(self, *args: Arg) -> Any:
+        """Send ``ASKING`` and then one command, back to back on one connection (Redis
+        Cluster: the command may then touch a slot this node is importing)."""
+        connection = self._connection
+        if connection is None or not connection.open or connection.loop is not _loop():
+            connection = await self._connect()
+        asking = connection.send(_pack(("ASKING",)))
+        _, reply = await asyncio.gather(asking, connection.send(_pack(args)))
+        return reply
 
     async def close(self) -> None:
         """Close the connection; commands still in flight fail."""
@@ -248,6 +298,9 @@ class RespChannel:
         endpoint = self.endpoint
         try:
             async with asyncio.timeout(endpoint.timeout_s):
+                if self._locate is not None:
+                    host, port = await self._locate()
+                    endpoint = dataclasses.replace(endpoint, host=host, port=port)
 
                 def protocol() -> _Connection:
                     return _Connection(loop, endpoint.timeout_s)
@@ -284,6 +337,14 @@ class RespChannel:
         except BaseException:
             connection.close(RedisConnectionError("handshake failed"))
             raise
+
+
+def _demoted(connection: _Connection, exc: ReadOnlyError) -> RedisConnectionError:
+    """The server turned replica: every command on its connection fails, the next connects
+    afresh (to the new primary, if the channel locates it)."""
+    reason = RedisConnectionError(f"Redis is a replica now (failover?): {exc}")
+    connection.close(reason)
+    return reason
 
 
 def _lost(reason: BaseException) -> RedisError:

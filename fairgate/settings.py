@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -39,6 +40,7 @@ from pydantic import (
     SecretStr,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -512,15 +514,84 @@ class TenantConfig(TenantSettings):
         )
 
 
-class RedisConfig(StrictModel):
-    """The Redis (or Redis Cluster entry point) that holds every replica's shared state."""
+#: ``host:port`` of a Redis Cluster node or a Sentinel (an IPv6 address in brackets).
+HostPort = Annotated[
+    str, StringConstraints(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]/@]+):\d{1,5}$")
+]
 
-    url: Annotated[str, AfterValidator(_redis_scheme)] = "redis://127.0.0.1:6379/0"
+
+def host_port(address: str) -> tuple[str, int]:
+    """``host:port`` (validated as :data:`HostPort`) as a pair, IPv6 brackets removed."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+_MODE_FIELDS = ("nodes", "sentinels", "sentinel_master", "sentinel_username", "sentinel_password")
+
+
+class RedisConfig(StrictModel):
+    """The Redis that holds every replica's shared state: one server, a Cluster, or a primary
+    that Sentinels watch (docs/redis.md)."""
+
+    url: Annotated[str, AfterValidator(_redis_scheme)] = Field(
+        "redis://127.0.0.1:6379/0",
+        description="The server (standalone), a seed node (cluster), or only the credentials, "
+        "database and TLS settings (sentinel: the Sentinels name the primary).",
+    )
+    mode: Literal["standalone", "cluster", "sentinel"] = Field(
+        "standalone",
+        description="standalone: one server at url; cluster: a Redis Cluster, found from url "
+        "and nodes; sentinel: the primary the sentinels name sentinel_master.",
+    )
+    nodes: list[HostPort] = Field(
+        default_factory=list, description="cluster: more seed nodes besides url's host:port."
+    )
+    sentinels: list[HostPort] = Field(
+        default_factory=list,
+        validate_default=True,
+        description="sentinel: host:port of each Sentinel.",
+    )
+    sentinel_master: str | None = Field(
+        None,
+        validate_default=True,
+        description="sentinel: the name the Sentinels monitor the primary under.",
+    )
+    sentinel_username: str | None = Field(None, description="sentinel: the Sentinels' user.")
+    sentinel_password: SecretStr | None = Field(
+        None, description="sentinel: the Sentinels' password (requirepass), if they have one."
+    )
     key_prefix: Name = "fairgate"
     max_connections: PositiveInt = Field(256, description="Connections per gateway process.")
     timeout_s: PositiveFloat = Field(
         2.0, description="Longest wait for a connection or an answer on the request path."
     )
+
+    @field_validator("mode")
+    @classmethod
+    def _url_fits_mode(cls, mode: str, info: ValidationInfo) -> str:
+        url = info.data.get("url", "")
+        if mode != "standalone" and url.startswith("unix://"):
+            raise ValueError(f"{mode} connects over TCP: url must be redis:// or rediss://")
+        if mode == "cluster" and urlsplit(url).path.strip("/") not in ("", "0"):
+            raise ValueError("a Redis Cluster has database 0 only: url must not name another")
+        return mode
+
+    @field_validator(*_MODE_FIELDS)
+    @classmethod
+    def _mode_fields(cls, value: object, info: ValidationInfo) -> object:
+        """Each mode's own fields, and only them."""
+        owner = "cluster" if info.field_name == "nodes" else "sentinel"
+        if "mode" not in info.data:
+            return value  # the mode itself is wrong: that error says enough
+        mode = info.data["mode"]
+        if value and mode != owner:
+            raise ValueError(f"only with mode: {owner}")
+        if not value and mode == "sentinel" and info.field_name in ("sentinels", "sentinel_master"):
+            raise ValueError("required with mode: sentinel")
+        for address in value if isinstance(value, list) else ():
+            if not 0 < host_port(address)[1] < 65536:
+                raise ValueError(f"port of {address} out of range")
+        return value
 
 
 class ServerConfig(StrictModel):

@@ -23,12 +23,11 @@ from dataclasses import dataclass
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from admission.domain import priority_of
 from admission.live import BackendLive, LiveSnapshot, LiveState, TenantLive
-from fairgate.redis_client import text
+from fairgate.redis_client import AnyRedis, text
 from gateway.request_metrics import OTHER, TenantLabels
 
 
@@ -77,7 +76,7 @@ class SharedStateMetrics(Collector):
     def __init__(
         self,
         live: LiveState,
-        redis: Redis,
+        redis: AnyRedis,
         stats_key: str,
         labels: TenantLabels,
         max_age_s: float,

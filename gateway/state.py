@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from redis.asyncio import Redis
 
 from admission.controller import Admission
 from admission.live import LiveState
@@ -17,6 +16,7 @@ from admission.quota import Quotas
 from backends.pools import Router
 from backends.state import BackendStates
 from estimators.estimator import CostEstimator
+from fairgate.redis_client import AnyRedis
 from fairgate.settings import Settings
 from gateway.access_log import AccessLog
 from gateway.metering import PlainMeters
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Gateway:
     settings: Settings
-    redis: Redis
+    redis: AnyRedis
     directory: Directory  # tenants and keys now (the admin API changes them)
     router: Router
     backend_states: BackendStates  # every report about a backend goes here

@@ -17,9 +17,10 @@ import logging
 import time
 from collections.abc import Mapping
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from fairgate.pubsub import Subscription
+from fairgate.redis_client import AnyRedis
 from fairgate.settings import Settings, TenantSettings, hash_api_key
 from fairgate.tasks import cancel_all
 from tenants.snapshot import KeyEntry, Snapshot, utc_now
@@ -34,7 +35,7 @@ TOUCH_EVERY_S = 10.0
 class Directory:
     """Tenants and keys now, for one replica."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: AnyRedis, settings: Settings) -> None:
         self.store = TenantStore(redis, settings)
         self._redis = redis
         self._interval = settings.admin.sync_interval_s
@@ -116,22 +117,18 @@ class Directory:
         """Hear changes on pub/sub; check the version every interval regardless."""
         touched = time.monotonic()
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.store.keys.directory_channel)
-                while True:
-                    await pubsub.get_message(timeout=self._interval)
-                    if await self.store.version() != self._snapshot.version:
-                        await self.refresh()
-                    if time.monotonic() - touched >= TOUCH_EVERY_S:
-                        touched = time.monotonic()
-                        await self._report_use()
+                async with Subscription(self._redis, [self.store.keys.directory_channel]) as heard:
+                    while True:
+                        await heard.get(timeout=self._interval)
+                        if await self.store.version() != self._snapshot.version:
+                            await self.refresh()
+                        if time.monotonic() - touched >= TOUCH_EVERY_S:
+                            touched = time.monotonic()
+                            await self._report_use()
             except (RedisError, OSError) as exc:
                 log.debug("tenant directory sync interrupted: %s", exc)
                 await asyncio.sleep(self._interval)
-            finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
 
     async def _report_use(self) -> None:
         used, self._used = self._used, {}

@@ -18,14 +18,13 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
-from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 from redis.typing import EncodableT, FieldT
 
 from admission.domain import write_tenants
 from fairgate.keys import AdmissionKeys
-from fairgate.redis_client import text
+from fairgate.pubsub import publish_command
+from fairgate.redis_client import AnyPipeline, AnyRedis, text
 from fairgate.settings import (
     ApiKeyRecord,
     Settings,
@@ -61,7 +60,7 @@ class Change:
 class TenantStore:
     """The directory's Redis side: load it, seed it, change it."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: AnyRedis, settings: Settings) -> None:
         self._redis = redis
         self._settings = settings
         self.keys = AdmissionKeys.of(settings.redis.key_prefix)
@@ -234,7 +233,7 @@ class TenantStore:
                     continue
             return version
 
-    async def _read_watched(self, pipe: Pipeline) -> Snapshot | None:
+    async def _read_watched(self, pipe: AnyPipeline) -> Snapshot | None:
         """The directory read on a watching pipeline (immediate commands, before MULTI)."""
         directory = self.keys.directory
         return _snapshot(
@@ -244,7 +243,7 @@ class TenantStore:
         )
 
     def _write(
-        self, pipe: Pipeline, current: Snapshot | None, change: Change, version: int
+        self, pipe: AnyPipeline, current: Snapshot | None, change: Change, version: int
     ) -> None:
         directory = self.keys.directory
         for tenant_id, record in change.tenants.items():
@@ -269,7 +268,9 @@ class TenantStore:
             pipe, self.keys, present, after.values(), self._settings.admission.priority_min_share
         )
         pipe.set(directory("version"), version)
-        pipe.publish(self.keys.directory_channel, version)
+        # in the transaction: a replica that hears of the version can read it (on a Cluster
+        # a sharded message, which keeps the transaction on the directory's slot)
+        pipe.execute_command(publish_command(self._redis), self.keys.directory_channel, version)
 
 
 class _AlreadySeeded(Exception):

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal, get_args
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from fairgate.keys import usage as usage_key
+from fairgate.redis_client import AnyRedis
 from fairgate.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ class Usage:
     """
 
     def __init__(
-        self, redis: Redis, settings: Settings, clock: Callable[[], float] = time.time
+        self, redis: AnyRedis, settings: Settings, clock: Callable[[], float] = time.time
     ) -> None:
         self._redis = redis
         self._prefix = settings.redis.key_prefix

@@ -54,7 +54,7 @@ sweep(now)
 local seq = redis.call('INCR', P .. 'seq')
 if not contended then
   -- the first request to wait: every replica stops reusing leases (fair order decides now)
-  redis.call('PUBLISH', P .. 'contended', id)
+  redis.call(PUBLISH, P .. 'contended', id)
 end
 mark_backlogged(t, band, now)
 r.seq = seq

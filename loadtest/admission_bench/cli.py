@@ -12,6 +12,7 @@ from pathlib import Path
 
 from loadtest.admission_bench.measurement import measure, run_worker
 from loadtest.admission_bench.rendering import SECTION, render
+from loadtest.admission_bench.workload import MIXES
 from loadtest.report import write_section
 
 
@@ -21,11 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--write", type=Path)
     parser.add_argument("--worker", metavar="REDIS_URL", help=argparse.SUPPRESS)
-    parser.add_argument("--contended", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--reuse", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--mix", choices=sorted(MIXES), default="open", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        run_worker(args.worker, args.contended, args.duration, args.reuse)
+        run_worker(args.worker, args.mix, args.duration)
         return 0
 
     results = measure(args.requests, args.duration)

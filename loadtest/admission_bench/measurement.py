@@ -16,33 +16,30 @@ import time
 from dataclasses import dataclass
 
 import uvloop
-from redis.asyncio import Redis
+from redis import Redis as SyncRedis
 
 from admission.controller import Admission
-from fairgate.redis_client import connect
+from fairgate.redis_client import RedisClient, connect
 from loadtest.admission_bench.workload import (
     CONCURRENCY,
+    MIXES,
     RELEASED_OUTPUT,
     REUSE_GAP_S,
     TENANTS,
     WARMUP_REQUESTS,
+    Mix,
     settings_for,
     ticket,
 )
 from loadtest.report import revision
 from loadtest.services import redis_server
 
-#: Process counts of the throughput runs.
+#: Process counts of the throughput runs (three: as many gateway processes as the scaling
+#: figures assume, docs/scaling.md).
 PROCESS_COUNTS = (1, 3)
-#: The throughput runs: label, whether budgets bind (requests queue), whether leases are reused.
-RUNS = (
-    ("never bind", False, False),
-    ("never bind, lease reuse", False, True),
-    ("queueing", True, False),
-)
 
 
-async def started(redis_url: str, contended: bool) -> tuple[Admission, Redis]:
+async def started(redis_url: str, contended: bool) -> tuple[Admission, RedisClient]:
     settings = settings_for(redis_url, contended)
     redis = connect(settings.redis)
     admission = Admission(redis, settings)
@@ -88,9 +85,10 @@ async def uncontended_latency(redis_url: str, requests: int, reuse: bool = False
     return latency
 
 
-async def decisions(redis_url: str, contended: bool, duration: float, reuse: bool = False) -> int:
-    """Acquire/release pairs completed by ``CONCURRENCY`` loops in ``duration`` seconds."""
-    admission, redis = await started(redis_url, contended)
+async def decisions(redis_url: str, mix: Mix, duration: float) -> int:
+    """What ``CONCURRENCY`` loops complete in ``duration`` seconds: acquire/release pairs
+    (with the mix's charges between), or engine load reports."""
+    admission, redis = await started(redis_url, mix.contended)
     done = 0
     stop_at = time.monotonic() + duration
 
@@ -98,9 +96,15 @@ async def decisions(redis_url: str, contended: bool, duration: float, reuse: boo
         nonlocal done
         tenant = TENANTS[index % len(TENANTS)]
         while time.monotonic() < stop_at:
+            if mix.engine_reports:
+                await admission.engine_reported("b", 0.0, 1000 + index, None, 5.0)
+                done += 1
+                continue
             lease = await admission.acquire(ticket(tenant))
             await asyncio.sleep(0)  # the request "runs"
-            await lease.release(RELEASED_OUTPUT, reusable=reuse)
+            for _ in range(mix.charges):
+                await lease.charge(RELEASED_OUTPUT / (mix.charges + 1))
+            await lease.release(RELEASED_OUTPUT, reusable=mix.reuse)
             done += 1
 
     try:
@@ -111,23 +115,30 @@ async def decisions(redis_url: str, contended: bool, duration: float, reuse: boo
     return done
 
 
-def run_worker(redis_url: str, contended: bool, duration: float, reuse: bool) -> None:
-    """Entry point of a worker process: prints its decision count."""
-    print(uvloop.run(decisions(redis_url, contended, duration, reuse)))
+def run_worker(redis_url: str, mix: str, duration: float) -> None:
+    """Entry point of a worker process: prints what its loops completed."""
+    print(uvloop.run(decisions(redis_url, MIXES[mix], duration)))
 
 
-def in_processes(
-    redis_url: str, contended: bool, duration: float, count: int, reuse: bool = False
-) -> int:
-    """Run ``count`` worker processes at once; their decisions added up."""
+def redis_cpu_s(redis_url: str) -> float:
+    """CPU seconds Redis' main thread has used: the thread that runs every command and
+    script, so what one shard can give is one core of it."""
+    client = SyncRedis.from_url(redis_url)
+    try:
+        cpu = client.info("cpu")
+    finally:
+        client.close()
+    return float(cpu["used_cpu_user_main_thread"]) + float(cpu["used_cpu_sys_main_thread"])
+
+
+def in_processes(redis_url: str, mix: Mix, duration: float, count: int) -> Throughput:
+    """Run ``count`` worker processes at once: what they completed, and Redis' CPU for it."""
     command = [sys.executable, "-m", "loadtest.admission_bench", "--worker", redis_url]
-    if contended:
-        command.append("--contended")
-    if reuse:
-        command.append("--reuse")
-    command += ["--duration", str(duration)]
+    command += ["--mix", mix.name, "--duration", str(duration)]
+    before = redis_cpu_s(redis_url)
     workers = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(count)]
-    return sum(int(w.communicate()[0].strip()) for w in workers)
+    done = sum(int(w.communicate()[0].strip()) for w in workers)
+    return Throughput(mix.label, count, done / duration, redis_cpu_s(redis_url) - before, done)
 
 
 @dataclass(frozen=True)
@@ -135,6 +146,18 @@ class Throughput:
     label: str
     processes: int
     per_second: float
+    redis_cpu_s: float  # Redis main-thread CPU the run took (start-up of the workers included)
+    done: int
+
+    @property
+    def redis_us_each(self) -> float:
+        """Redis main-thread CPU per decision (or report), µs."""
+        return self.redis_cpu_s / max(self.done, 1) * 1e6
+
+    @property
+    def shard_ceiling(self) -> float:
+        """Decisions (or reports) per second that one Redis core's worth would carry."""
+        return 1e6 / self.redis_us_each if self.done else 0.0
 
 
 @dataclass(frozen=True)
@@ -154,8 +177,6 @@ def measure(requests: int, duration: float) -> Results:
     with redis_server() as url:
         latency = [uvloop.run(uncontended_latency(url, requests, reuse)) for reuse in (False, True)]
         rates = [
-            Throughput(label, n, in_processes(url, contended, duration, n, reuse) / duration)
-            for label, contended, reuse in RUNS
-            for n in PROCESS_COUNTS
+            in_processes(url, mix, duration, n) for mix in MIXES.values() for n in PROCESS_COUNTS
         ]
     return Results(latency, rates, duration, code_revision, os.cpu_count() or 1)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime
 
-from loadtest.admission_bench.measurement import PROCESS_COUNTS, Latency, Results
+from loadtest.admission_bench.measurement import PROCESS_COUNTS, Latency, Results, Throughput
 from loadtest.admission_bench.workload import (
     CONCURRENCY,
+    MIXES,
     QUEUEING_BUDGET,
     REUSE_GAP_S,
+    STREAM_CHARGES,
     WARMUP_REQUESTS,
 )
 from loadtest.report import machine, markdown_table
@@ -42,9 +44,38 @@ def cost_reading(results: Results) -> str:
     )
 
 
+def rate_row(rate: Throughput, duration: float) -> list[str]:
+    return [
+        rate.label,
+        str(rate.processes),
+        f"{rate.per_second:,.0f}",
+        f"{rate.redis_us_each:,.0f} µs",
+        f"{rate.redis_cpu_s / duration:.0%}",
+        f"{rate.shard_ceiling:,.0f}",
+    ]
+
+
+def shard_reading(results: Results) -> str:
+    """What one shard (one Redis main thread) carries, from the largest runs' CPU figures."""
+    most = max(PROCESS_COUNTS)
+    at_most = {r.label: r for r in results.rates if r.processes == most}
+    plain, streamed = at_most[MIXES["open"].label], at_most[MIXES["stream"].label]
+    reused, report = at_most[MIXES["reuse"].label], at_most[MIXES["engine"].label]
+    charge_us = max(streamed.redis_us_each - plain.redis_us_each, 0.0) / STREAM_CHARGES
+    return (
+        f"With {most} processes, Redis' main thread spends {plain.redis_us_each:,.0f} µs per "
+        f"uncontended decision (acquire and release, two script calls): one shard, whose "
+        f"commands all run on that one thread, carries about {plain.shard_ceiling:,.0f} such "
+        f"decisions per second; {reused.shard_ceiling:,.0f} with leases reused. Each output "
+        f"charge of a running request costs about {charge_us:,.0f} µs more, an engine load "
+        f"report {report.redis_us_each:,.0f} µs (docs/scaling.md turns these into engines and "
+        f"requests per second)."
+    )
+
+
 def render(results: Results) -> str:
     rows = [row for latency in results.latency for row in latency_rows(latency)]
-    rate_rows = [[r.label, str(r.processes), f"{r.per_second:,.0f}"] for r in results.rates]
+    rate_rows = [rate_row(r, results.duration) for r in results.rates]
     today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     most = max(PROCESS_COUNTS)
     measured = len(results.latency[0].both)
@@ -61,9 +92,22 @@ recorded in the background), and whose release only holds the lease for the requ
 Acquire/release pairs per second ({CONCURRENCY} concurrent loops per process, \
 {results.duration:g} s; "queueing" has a backend budget of {QUEUEING_BUDGET} requests, so at
 most {QUEUEING_BUDGET} of all the processes' loops run at once and the others wait, each granted
-by another loop's release, another process's when several share the budget, through pub/sub):
+by another loop's release, another process's when several share the budget, through pub/sub;
+"{STREAM_CHARGES} charges each": the output charged {STREAM_CHARGES} times between acquire and
+release, as a one-second stream is; "engine load reports": the loops only report an engine's
+load, as every replica does for every engine each second). "Redis CPU" is its main thread's
+per decision, "busy" that thread's share of the run, "one core" the decisions per second its
+whole core would carry at that cost:
 
-{markdown_table(["budgets", "processes", "decisions/s"], "lrr", rate_rows)}
+{
+        markdown_table(
+            ["run", "processes", "decisions/s", "Redis CPU", "busy", "one core"],
+            "lrrrrr",
+            rate_rows,
+        )
+    }
+
+{shard_reading(results)}
 
 Reproduce with `make bench` (or `python -m loadtest.admission_bench --write BENCHMARKS.md`).
 Machine: {machine()}; {results.code_revision}; run on {today}. Its {results.cpus} CPUs are

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 from admission.ticket import Ticket
 from fairgate.settings import Settings
@@ -53,3 +54,30 @@ def settings_for(redis_url: str, contended: bool) -> Settings:
 
 def ticket(tenant: str) -> Ticket:
     return Ticket(uuid.uuid4().hex, tenant, TICKET_TOKENS, TICKET_SERVICE, "p", "", 60.0)
+
+
+@dataclass(frozen=True)
+class Mix:
+    """What each loop of a throughput run does, over and over."""
+
+    name: str  # the worker's --mix
+    label: str  # its row in the report
+    contended: bool = False  # budgets bind: requests queue, grants come by pub/sub
+    reuse: bool = False  # requests end well and their leases pass to the next of the flow
+    charges: int = 0  # output charged this many times between acquire and release
+    engine_reports: bool = False  # no requests: the loops report engine load instead
+
+
+#: A streamed request is charged about every ``charge_interval_s`` (0.25 s) while it runs:
+#: :data:`STREAM_CHARGES` charges are what a one-second stream costs.
+STREAM_CHARGES = 4
+MIXES = {
+    mix.name: mix
+    for mix in (
+        Mix("open", "never bind"),
+        Mix("reuse", "never bind, lease reuse", reuse=True),
+        Mix("queueing", "queueing", contended=True),
+        Mix("stream", f"never bind, {STREAM_CHARGES} charges each", charges=STREAM_CHARGES),
+        Mix("engine", "engine load reports (per report)", engine_reports=True),
+    )
+}

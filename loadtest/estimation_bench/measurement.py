@@ -25,7 +25,7 @@ from estimators.cost import Cost
 from estimators.estimator import CostEstimator
 from estimators.prompt_tokens import count_chat_prompt, text_size
 from estimators.tokenizer import Tokenizer, tokenizer_for
-from fairgate.redis_client import GatewayRedis, connect
+from fairgate.redis_client import RedisClient, connect
 from fairgate.serving import serve
 from fairgate.settings import ChatTemplate, RedisConfig, Settings
 from loadtest.estimation_bench.workload import (
@@ -67,7 +67,7 @@ IDLE = "nothing else (the ticker's own jitter)"
 
 
 @contextlib.asynccontextmanager
-async def private_redis() -> AsyncIterator[GatewayRedis]:
+async def private_redis() -> AsyncIterator[RedisClient]:
     """A client of a fresh, empty ``redis-server`` of this benchmark's own, stopped on exit.
 
     Its own process, so no developer's Redis is touched and no leftover key skews a figure.

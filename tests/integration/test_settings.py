@@ -15,7 +15,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from fairgate.settings import ConfigError, Settings, hash_api_key, load_settings
+from fairgate.settings import ConfigError, Settings, hash_api_key, host_port, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = REPO_ROOT / "config" / "fairgate.yaml"
@@ -217,6 +217,45 @@ def test_accepted_redis_schemes(tmp_path: Path, url: str) -> None:
     assert load(tmp_path, cfg).redis.url == url
 
 
+@pytest.mark.parametrize(
+    ("redis", "expected"),
+    [
+        pytest.param(
+            {"url": "rediss://u:p@10.0.0.1:6379", "mode": "cluster", "nodes": ["10.0.0.2:6379"]},
+            {"mode": "cluster", "nodes": ["10.0.0.2:6379"]},
+            id="cluster-with-seeds",
+        ),
+        pytest.param(
+            {"mode": "cluster", "url": "redis://[::1]:7000/0"},
+            {"mode": "cluster", "nodes": []},
+            id="cluster-from-the-url-alone",
+        ),
+        pytest.param(
+            {
+                "url": "rediss://fairgate:pw@unused/2",
+                "mode": "sentinel",
+                "sentinels": ["s1:26379", "[fd00::5]:26379"],
+                "sentinel_master": "cache",
+                "sentinel_password": "sentinel-secret",
+            },
+            {"mode": "sentinel", "sentinels": ["s1:26379", "[fd00::5]:26379"]},
+            id="sentinel",
+        ),
+    ],
+)
+def test_redis_deployments(tmp_path: Path, redis: dict[str, Any], expected: dict) -> None:
+    cfg = minimal_config()
+    cfg["redis"] = redis
+    loaded = load(tmp_path, cfg).redis
+    assert {field: getattr(loaded, field) for field in expected} == expected
+
+
+def test_host_port_of_a_node_or_sentinel() -> None:
+    assert host_port("10.0.0.2:6379") == ("10.0.0.2", 6379)
+    assert host_port("[fd00::5]:26379") == ("fd00::5", 26379)
+    assert host_port("redis-0.redis.svc:7000") == ("redis-0.redis.svc", 7000)
+
+
 # --------------------------------------------------------------------------- rejected configs
 
 Mutation = Callable[[dict[str, Any]], None]
@@ -371,6 +410,51 @@ INVALID_CONFIGS = [
         lambda cfg: cfg.update(redis={"url": "http://127.0.0.1:6379/0"}),
         ["redis.url:", "must start with redis://, rediss:// or unix://"],
         id="redis-url-wrong-scheme",
+    ),
+    pytest.param(
+        lambda cfg: cfg.update(redis={"mode": "replicated"}),
+        ["redis.mode:", "'standalone', 'cluster' or 'sentinel'"],
+        id="redis-mode-unknown",
+    ),
+    pytest.param(
+        lambda cfg: cfg.update(redis={"mode": "sentinel", "sentinels": ["s1:26379"]}),
+        ["redis.sentinel_master:", "required with mode: sentinel"],
+        id="redis-sentinel-without-master",
+    ),
+    pytest.param(
+        lambda cfg: cfg.update(redis={"mode": "sentinel", "sentinel_master": "m"}),
+        ["redis.sentinels:", "required with mode: sentinel"],
+        id="redis-sentinel-without-sentinels",
+    ),
+    pytest.param(
+        lambda cfg: cfg.update(redis={"nodes": ["10.0.0.2:6379"]}),
+        ["redis.nodes:", "only with mode: cluster"],
+        id="redis-nodes-without-cluster",
+    ),
+    pytest.param(
+        lambda cfg: cfg.update(redis={"mode": "cluster", "sentinel_master": "m"}),
+        ["redis.sentinel_master:", "only with mode: sentinel"],
+        id="redis-sentinel-field-in-cluster-mode",
+    ),
+    pytest.param(
+        lambda cfg: cfg.update(redis={"mode": "cluster", "url": "redis://h:7000/3"}),
+        ["redis.mode:", "database 0 only"],
+        id="redis-cluster-with-a-database",
+    ),
+    pytest.param(
+        lambda cfg: cfg.update(redis={"mode": "cluster", "url": "unix:///run/redis.sock"}),
+        ["redis.mode:", "cluster connects over TCP"],
+        id="redis-cluster-over-a-unix-socket",
+    ),
+    pytest.param(
+        lambda cfg: cfg.update(redis={"mode": "cluster", "nodes": ["h:6379", "h-without-port"]}),
+        ["redis.nodes.1:", "should match pattern"],
+        id="redis-node-without-port",
+    ),
+    pytest.param(
+        lambda cfg: cfg.update(redis={"mode": "cluster", "nodes": ["h:70000"]}),
+        ["redis.nodes:", "port of h:70000 out of range"],
+        id="redis-node-port-out-of-range",
     ),
     pytest.param(
         lambda cfg: cfg.update(redis={"key_prefix": "Fair Gate"}),

@@ -219,6 +219,10 @@ class FakeRedis:
             sha = hashlib.sha1(args[1]).hexdigest().encode()
             self.scripts[sha] = args[1]
             return sha
+        if name == b"EVAL":  # runs the script and keeps it, as Redis does
+            self.scripts[hashlib.sha1(args[0]).hexdigest().encode()] = args[0]
+            count = int(args[1])
+            return [args[2 : 2 + count], args[2 + count :]]
         if name == b"EVALSHA":
             if args[0] not in self.scripts:
                 return Error("NOSCRIPT No matching script. Please use EVAL.")

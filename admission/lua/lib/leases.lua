@@ -65,7 +65,7 @@ local function unlease(id, known)
 end
 
 local function notify(owner, message)
-  redis.call('PUBLISH', P .. 'grants:' .. owner, message)
+  redis.call(PUBLISH, P .. 'grants:' .. owner, message)
 end
 
 -- Reclaim leases and queued entries whose owner stopped renewing them (a dead replica), and

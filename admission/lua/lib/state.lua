@@ -9,6 +9,8 @@
 -- Every key of one admission domain shares one hash tag, so all scripts run on one Redis
 -- Cluster slot. KEYS[1] is the domain's key prefix, e.g. "fairgate:{adm}:"; all other keys are
 -- derived from it. Time comes from the Redis server (TIME), so replicas with skewed clocks agree.
+-- Messages go out with PUBLISH, a name bound before this file: 'PUBLISH', or 'SPUBLISH' on a
+-- Redis Cluster (sharded pub/sub on the domain's slot; fairgate/pubsub.py).
 --
 -- State (P = prefix):
 --   P.cfg:tenants  hash  tenant -> json {w, mc, mt, mq, band}

@@ -1,4 +1,4 @@
-"""fairgate/redis_client.py: scripts called by SHA (loaded when Redis lacks them), the deadline."""
+"""fairgate/redis_client.py: scripts by SHA (sent whole if Redis lacks them), the deadline."""
 
 from __future__ import annotations
 
@@ -17,14 +17,15 @@ SOURCE = "return {KEYS, ARGV}"
 SHA = hashlib.sha1(SOURCE.encode()).hexdigest()
 
 
-async def test_a_script_redis_lacks_is_loaded_and_called_again(fake_redis: FakeRedis) -> None:
+async def test_a_script_redis_lacks_is_sent_whole_once_then_by_sha(fake_redis: FakeRedis) -> None:
     client = connect(RedisConfig(url=fake_redis.url()))
     script = Script(client, SOURCE)
     assert script.sha == SHA
     assert await script(["k1", "k2"], [7, "x"]) == [[b"k1", b"k2"], [b"7", b"x"]]
     assert await script(["k3"], []) == [[b"k3"], []]
-    assert fake_redis.names() == ["EVALSHA", "SCRIPT LOAD", "EVALSHA", "EVALSHA"]
+    assert fake_redis.names() == ["EVALSHA", "EVAL", "EVALSHA"]
     assert fake_redis.commands[0] == [b"EVALSHA", SHA.encode(), b"2", b"k1", b"k2", b"7", b"x"]
+    assert fake_redis.commands[1] == [b"EVAL", SOURCE.encode(), b"2", b"k1", b"k2", b"7", b"x"]
     assert fake_redis.scripts == {SHA.encode(): SOURCE.encode()}
     await client.aclose()
 

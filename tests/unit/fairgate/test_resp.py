@@ -15,10 +15,15 @@ from pathlib import Path
 
 import pytest
 from redis.exceptions import (
+    AskError,
     AuthenticationError,
+    BusyLoadingError,
+    ClusterDownError,
+    MovedError,
     NoScriptError,
     RedisError,
     ResponseError,
+    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -27,7 +32,7 @@ from fairgate.redis_client import connect
 from fairgate.resp import RedisAddress, RespChannel
 from fairgate.settings import RedisConfig
 from tests.unit.config import CA_PATH, CERT, CERT_KEY, ENCRYPTED_KEY
-from tests.unit.fake_redis import HANGUP, SILENCE, Error, FakeRedis, Raw, Status
+from tests.unit.fake_redis import HANGUP, OK, SILENCE, Error, FakeRedis, Raw, Status
 
 # ------------------------------------------------------------------ the address, from a URL
 
@@ -379,4 +384,78 @@ async def test_rediss_unlocks_an_encrypted_client_key_with_the_urls_password() -
         )
         channel = RespChannel(address(fake.url("rediss", query=query)))
         assert await channel.execute("ECHO", "mutual") == b"mutual"
+        await channel.close()
+
+
+# ------------------------------------------------------- Cluster redirections, failovers
+
+
+@pytest.mark.parametrize(
+    ("reply", "kind"),
+    [
+        ("MOVED 3999 127.0.0.1:6381", MovedError),
+        ("ASK 3999 127.0.0.1:6381", AskError),
+        ("TRYAGAIN Multiple keys request during rehashing of slot", TryAgainError),
+        ("CLUSTERDOWN The cluster is down", ClusterDownError),
+        ("LOADING Redis is loading the dataset in memory", BusyLoadingError),
+    ],
+)
+async def test_cluster_and_failover_replies_are_redis_py_exceptions(
+    fake_redis: FakeRedis, reply: str, kind: type[Exception]
+) -> None:
+    fake_redis.answers[b"GET"] = lambda command: Error(reply)
+    channel = RespChannel(address(fake_redis.url()))
+    with pytest.raises(kind) as raised:
+        await channel.execute("GET", "k")
+    if isinstance(raised.value, AskError):  # MOVED too: where the slot went
+        assert (raised.value.slot_id, raised.value.host, raised.value.port) == (
+            3999,
+            "127.0.0.1",
+            6381,
+        )
+    assert await channel.execute("ECHO", "still") == b"still"  # the connection stays
+    assert len(fake_redis.connections) == 1
+    await channel.close()
+
+
+async def test_asking_goes_just_before_its_command_on_one_connection(
+    fake_redis: FakeRedis,
+) -> None:
+    fake_redis.answers[b"ASKING"] = lambda command: OK
+    channel = RespChannel(address(fake_redis.url()))
+    replies = await asyncio.gather(
+        channel.execute("ECHO", "a"),
+        channel.execute_asking("ECHO", "b"),
+        channel.execute("ECHO", "c"),
+    )
+    assert replies == [b"a", b"b", b"c"]
+    assert fake_redis.connections == [
+        [[b"ECHO", b"a"], [b"ASKING"], [b"ECHO", b"b"], [b"ECHO", b"c"]]
+    ]
+    await channel.close()
+
+
+async def test_a_demoted_primary_is_left_and_the_next_command_goes_where_located() -> None:
+    """Sentinel: the channel asks where the primary is whenever it connects; a READONLY
+    reply (the server it talks to became a replica) fails what was in flight and drops the
+    connection, so the next command reaches the primary located anew."""
+    async with FakeRedis() as old, FakeRedis() as new:
+        old.answers[b"SET"] = lambda command: Error(
+            "READONLY You can't write against a read only replica."
+        )
+        primaries = [old.port, new.port]
+        located: list[int] = []
+
+        async def locate() -> tuple[str, int]:
+            located.append(primaries[min(len(located), 1)])
+            return "127.0.0.1", located[-1]
+
+        channel = RespChannel(address("redis://unused:1/0"), locate)
+        assert await channel.execute("ECHO", "before") == b"before"
+        with pytest.raises(RedisConnectionError, match="replica"):
+            await channel.execute("SET", "k", "v")
+        assert await channel.execute("ECHO", "after") == b"after"
+        assert located == [old.port, new.port]
+        assert new.commands == [[b"ECHO", b"after"]]
+        await old.until(lambda: old.open_connections == 0)  # left for good
         await channel.close()
