@@ -94,7 +94,12 @@ def bench_settings(
                                                      "models": [MODEL]}}}},  # never contacted
             "redis": {"key_prefix": prefix},
             "estimation": estimation,
-            "models": {HF_MODEL: {"tokenizer": str(hf_tokenizer)}} if hf_tokenizer else {},
+            # a long context: the longest prompts are timed here, not refused before they queue
+            "models": (
+                {HF_MODEL: {"tokenizer": str(hf_tokenizer), "context_length": 1_048_576}}
+                if hf_tokenizer
+                else {}
+            ),
         }
     )  # fmt: skip
 
