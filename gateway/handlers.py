@@ -186,6 +186,7 @@ async def _admit_and_connect(gateway: Gateway, flight: InFlight) -> Granted:
                 if attempt == 0
                 else replace(ticket, request_id=ticket.request_id + ".retry", quota=None),
                 partial(_charged, flight),
+                flight.trace.placed,
             )
         backend = gateway.router.backend(lease.backend)
         meter = None
