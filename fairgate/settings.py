@@ -629,6 +629,16 @@ class ServerConfig(StrictModel):
         description="Serve the admin API and status page on this port only (same host), "
         "apart from the proxy's; on the proxy's port if unset.",
     )
+    workers: PositiveInt | Literal["auto"] = Field(
+        1,
+        description="Gateway processes on this host sharing its ports (each a full replica on "
+        "the same Redis, one core each); 'auto': one per core this process may use. "
+        "`fairgate serve --workers` overrides it.",
+    )
+    worker_grace_s: PositiveFloat = Field(
+        60.0,
+        description="With workers: how long a stopping worker may drain before it is killed.",
+    )
 
     @model_validator(mode="after")
     def _ports_differ(self) -> ServerConfig:

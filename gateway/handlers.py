@@ -42,6 +42,7 @@ from gateway.relay import (
 from gateway.requests import Endpoint, InferenceRequest, parse_request, read_body
 from gateway.state import GATEWAY, Gateway
 from gateway.tracing import current_trace
+from gateway.worker_metrics import OWN_SCOPE, SIBLINGS
 
 #: Request headers passed on to the engine (the tenant's key never is).
 _FORWARDED = ("traceparent", "tracestate", "baggage", "Accept", "Accept-Language", "User-Agent")
@@ -360,10 +361,18 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus metrics of this gateway process, and the shared state read from Redis."""
+    """Prometheus metrics of this gateway process, and the shared state read from Redis; of
+    every worker on this host if it is one of several (``?scope=worker``: its own alone, what
+    its siblings read: :mod:`gateway.worker_metrics`)."""
     gateway = request.app[GATEWAY]
+    siblings = request.app.get(SIBLINGS)
+    if siblings is not None and request.query.get(OWN_SCOPE[0]) == OWN_SCOPE[1]:
+        return gateway.metrics.response()
     await gateway.shared_state.refresh()
-    return gateway.metrics.response()
+    if siblings is None:
+        return gateway.metrics.response()
+    body = await siblings.exposition(gateway.metrics.registry)
+    return web.Response(body=body, content_type="text/plain")
 
 
 async def healthz(request: web.Request) -> web.Response:
