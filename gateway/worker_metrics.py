@@ -8,8 +8,9 @@ supervisor: :mod:`fairgate.workers`) and answers all of them, each series labell
 ``worker="<index>"``: whichever worker answers, the scrape is the same set of series, and
 ``sum without (worker)`` gives the host's figure, as ``sum`` over replicas does.
 
-The shared state read from Redis (``fairgate_shared_*``) is the same in every worker: it is
-given once, from the worker scraped, without a ``worker`` label (never to be summed).
+The shared state read from Redis (``fairgate_shared_*``, ``fairgate_admission_events``) is the
+same in every worker: it is given once, from the worker scraped, without a ``worker`` label
+(never to be summed).
 ``fairgate_worker_up{worker}`` says whose series this scrape has (0: a sibling that did not
 answer within :data:`SIBLING_TIMEOUT_S`, e.g. one being restarted).
 """
@@ -27,8 +28,8 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
-#: Families read from Redis: the same in every worker, given once and unlabelled.
-SHARED_PREFIX = "fairgate_shared_"
+from gateway.shared_metrics import is_shared
+
 #: How long a scrape waits for a sibling's series.
 SIBLING_TIMEOUT_S = 2.0
 #: The query that asks a worker for its own series alone (what siblings ask each other).
@@ -96,7 +97,7 @@ class _Merged(Collector):
     def add(self, families: Iterable[Metric], worker: int, keep_shared: bool) -> None:
         label = str(worker)
         for family in families:
-            shared = family.name.startswith(SHARED_PREFIX)
+            shared = is_shared(family.name)
             if shared and not keep_shared:
                 continue
             merged = self._families.get(family.name)

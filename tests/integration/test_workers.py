@@ -21,6 +21,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
+from gateway.shared_metrics import is_shared
 from tests.conftest import (
     REPO,
     RunningSim,
@@ -150,8 +151,8 @@ async def test_workers_share_one_port_and_any_scrape_shows_them_all(
         "1": 1.0,
     }
     # the shared state (read from Redis) once, with no worker label: never summed twice
-    shared = [f for name, f in families.items() if name.startswith("fairgate_shared_")]
-    assert shared
+    shared = [f for name, f in families.items() if is_shared(name)]
+    assert "fairgate_shared_state_up" in {f.name for f in shared}
     assert all("worker" not in s.labels for f in shared for s in f.samples)
     assert await _idle(redis_url) == {}
 
