@@ -116,6 +116,7 @@ class Admission:
     async def start(self) -> None:
         try:
             await publish_config(self._redis, self.keys, self._settings, self._tenants())
+            await self.scripts.preload()
         except RedisError as exc:
             log.warning("could not publish admission config to Redis: %s", exc)
         self._tasks = [
@@ -294,7 +295,9 @@ class Admission:
     async def _charge(self, request_id: str, service: float) -> None:
         try:
             outcome = await self.scripts.charge(request_id, service)
-            if outcome.state == "gone":
+            # gone after this replica released it: a charge that reached Redis after the
+            # release (both in flight at once; the release settled the whole service anyway)
+            if outcome.state == "gone" and request_id in self._leases:
                 self._reclaimed(request_id)
             self._resolve(outcome.grants)
         except RedisError as exc:

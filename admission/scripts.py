@@ -9,6 +9,7 @@ so the scripts also run on Redis Cluster.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from admission.policy import AdmissionPolicy
@@ -101,6 +102,14 @@ class AdmissionScripts:
         self._tick = load("tick")
         self._engine = load("engine")
         self._reuse = load("reuse")
+
+    async def preload(self) -> None:
+        """Load every script into Redis before the first request needs it: a call answered
+        ``NOSCRIPT`` goes again a round trip later, and a request's charge would then reach
+        Redis after its release (which finds its lease gone)."""
+        scripts = [self._enqueue, self._release, self._charge, self._renew, self._cancel]
+        scripts += [self._tick, self._engine, self._reuse]
+        await asyncio.gather(*(script.load() for script in scripts))
 
     async def enqueue(self, ticket: Ticket, owner: str) -> Decision:
         """Ask for ``ticket`` to run; ``owner`` is the replica that waits for it. ``granted``
