@@ -603,6 +603,11 @@ class ServerConfig(StrictModel):
     body_timeout_s: PositiveFloat = Field(
         30.0, description="Longest wait for a request's whole body before a 408."
     )
+    client_stall_timeout_s: PositiveFloat = Field(
+        30.0,
+        description="Longest a streamed response's write may wait for a client that stopped "
+        "reading; then its connection is closed and its request ends as a disconnected one.",
+    )
     health_check_interval_s: PositiveFloat = Field(
         5.0, description="How often each backend's health endpoint is probed."
     )

@@ -259,6 +259,7 @@ async def _relay(gateway: Gateway, flight: InFlight) -> tuple[web.StreamResponse
                 flight.headers,
                 streamed,
                 flight.trace.tap,
+                gateway.stalls,
             )
         else:
             result = await _relay_plain(granted, flight.headers)
