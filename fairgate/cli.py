@@ -372,7 +372,9 @@ def _run_serve(args: argparse.Namespace) -> int:
     if workers > 1:
         return _supervise(args, settings, workers)
     ports = (server.port,) if server.admin_port is None else (server.port, server.admin_port)
-    _serve_until_signalled(create_app(settings), server.host, ports, _banner(settings))
+    _serve_until_signalled(
+        create_app(settings), server.host, ports, _banner(settings), server.idle_timeout_s
+    )
     return 0
 
 
@@ -414,7 +416,7 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     app = create_app(settings, worker=place)
 
     async def run() -> None:
-        runner = await serve_sockets(app, sockets)
+        runner = await serve_sockets(app, sockets, settings.server.idle_timeout_s)
         logging.getLogger("fairgate").info("worker %d serving", place.index)
         try:
             await until_signalled(unless=lambda: orphaned(supervisor))
@@ -445,13 +447,17 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _serve_until_signalled(
-    app: web.Application, host: str, ports: tuple[int, ...], banner: str
+    app: web.Application,
+    host: str,
+    ports: tuple[int, ...],
+    banner: str,
+    idle_timeout_s: float | None = None,
 ) -> None:
     """Serve ``app`` on uvloop until SIGINT or SIGTERM, then shut it down cleanly."""
-    from fairgate.serving import serve, until_signalled
+    from fairgate.serving import IDLE_TIMEOUT_S, serve, until_signalled
 
     async def run() -> None:
-        runner = await serve(app, host, *ports)
+        runner = await serve(app, host, *ports, idle_timeout_s=idle_timeout_s or IDLE_TIMEOUT_S)
         logging.getLogger("fairgate").info("%s", banner)
         try:
             await until_signalled()

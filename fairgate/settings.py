@@ -603,6 +603,11 @@ class ServerConfig(StrictModel):
     body_timeout_s: PositiveFloat = Field(
         30.0, description="Longest wait for a request's whole body before a 408."
     )
+    idle_timeout_s: PositiveFloat = Field(
+        30.0,
+        description="A connection that sends no whole request head this long after it opened "
+        "or after its last response is closed (idle keep-alive, headers sent a byte at a time).",
+    )
     client_stall_timeout_s: PositiveFloat = Field(
         30.0,
         description="Longest a streamed response's write may wait for a client that stopped "

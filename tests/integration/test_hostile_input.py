@@ -249,3 +249,29 @@ async def test_a_client_that_stops_reading_its_stream_is_cut_off_and_its_slot_fr
     async with gateway.http.get(gateway.url + "/metrics") as response:
         assert "fairgate_stalled_clients_closed_total 1.0" in await response.text()
     writer.close()
+
+
+async def test_headers_sent_a_byte_at_a_time_are_cut_off_after_the_idle_timeout(
+    start_gateway: StartGateway, start_sim: StartSim, redis_url: str
+) -> None:
+    """Slowloris: a connection that keeps sending, but never a whole request head, is closed
+    once ``idle_timeout_s`` has passed since it opened (each byte does not restart it)."""
+    sim = await start_sim(time_scale=100.0)
+    config = gateway_config(redis_url, {"interactive": [sim.url]}, server={"idle_timeout_s": 0.5})
+    gateway = await start_gateway(config)
+    host, port = gateway.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head = request_head(10)
+
+    async def trickle() -> None:
+        for byte in head:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+
+    trickling = asyncio.ensure_future(trickle())
+    closed = await asyncio.wait_for(reader.read(), timeout=20)  # EOF: the gateway closed it
+    assert closed == b""
+    assert not trickling.done()  # cut off while it was still sending its headers
+    trickling.cancel()
+    writer.close()
