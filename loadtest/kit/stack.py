@@ -76,6 +76,10 @@ def gateway_config(
             "queue_timeout_s": spec.queue_timeout_s / scale,
             "api_keys": [scenario.key(name)],
         }
+        if spec.priority:
+            tenant["priority"] = spec.priority
+        if spec.quotas:
+            tenant["quotas"] = wall_quotas(spec.quotas, scale)
         tenants[name] = tenant
     config: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 8080, "health_check_interval_s": 1.0},
@@ -91,6 +95,15 @@ def gateway_config(
     if mode.pools:
         config["routing"] = {"rules": routing_rules(scenario)}
     return config
+
+
+def wall_quotas(quotas: dict[str, Any], scale: float) -> dict[str, Any]:
+    """A scenario's quotas (per simulated minute or day) per wall minute or day, as fairgate
+    counts them: ``scale`` times as many, since ``scale`` simulated minutes pass in one."""
+    return {
+        key: wall_quotas(value, scale) if isinstance(value, dict) else round(value * scale)
+        for key, value in quotas.items()
+    }
 
 
 def routing_rules(scenario: Scenario) -> list[dict[str, Any]]:
