@@ -17,8 +17,14 @@ from admission.domain import band_of, band_weights
 from fairgate.settings import AdmissionConfig
 from loadtest.kit.scenario import Scenario
 
-#: fairgate's default, which the kit's gateways run with.
+#: fairgate's default, which the kit's gateways run with unless a scenario sets its own.
 PRIORITY_MIN_SHARE: float = AdmissionConfig.model_fields["priority_min_share"].default
+
+
+def priority_min_share(scenario: Scenario) -> float:
+    """The share a lower band keeps: the scenario's ``gateway.admission`` or fairgate's."""
+    admission = scenario.gateway.get("admission") or {}
+    return float(admission.get("priority_min_share", PRIORITY_MIN_SHARE))
 
 
 def capped(scenario: Scenario, tenant: str) -> bool:
@@ -32,7 +38,7 @@ def owed_weights(scenario: Scenario, tenants: Iterable[str]) -> dict[str, float]
     shared = [t for t in tenants if not capped(scenario, t)]
     specs = {t: scenario.tenants[t] for t in shared}
     every = [spec.priority for spec in scenario.tenants.values()]
-    by_band = band_weights(every, PRIORITY_MIN_SHARE)
+    by_band = band_weights(every, priority_min_share(scenario))
     present = {band_of(spec.priority) for spec in specs.values()}
     band_total = sum(by_band[b] for b in present)
     in_band: dict[str, float] = {}

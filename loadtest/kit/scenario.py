@@ -232,6 +232,11 @@ class Scenario(StrictModel):
     targets: list[
         Literal["shares", "isolation", "overload", "replicas", "throughput", "quotas", "waits"]
     ] = Field(default_factory=list, description="Which targets this scenario measures.")
+    gateway: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fairgate settings merged over the configuration the kit generates "
+        "(`admission: {priority_min_share: 0.2}`), validated by fairgate at start-up.",
+    )
     short: dict[str, Any] | None = Field(None, description="Overrides applied by --short.")
     base: str | None = Field(None, description="A scenario file this one extends.")
 

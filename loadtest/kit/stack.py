@@ -23,7 +23,7 @@ import yaml
 
 from fairgate.keys import AdmissionKeys
 from loadtest.kit.modes import Mode
-from loadtest.kit.scenario import Scenario
+from loadtest.kit.scenario import Scenario, deep_merge
 from loadtest.kit.workload import Endpoints
 from loadtest.services import free_port, redis_server, spawn, wait_http_ok, wait_listening
 
@@ -94,7 +94,7 @@ def gateway_config(
     }
     if mode.pools:
         config["routing"] = {"rules": routing_rules(scenario)}
-    return config
+    return deep_merge(config, scenario.gateway)
 
 
 def wall_quotas(quotas: dict[str, Any], scale: float) -> dict[str, Any]:

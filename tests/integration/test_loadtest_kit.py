@@ -424,6 +424,13 @@ def test_bands_share_first_then_weights_within_each_band() -> None:
     assert owed_weights(s, ["basic", "standard"]) == pytest.approx(
         {"basic": 0.25, "standard": 0.75}
     )
+    # a scenario's own priority_min_share reaches the gateway and what the bands are owed
+    wider = s.model_copy(update={"gateway": {"admission": {"priority_min_share": 0.2}}})
+    owed = owed_weights(wider, ["gold", "basic"])
+    assert owed == pytest.approx({"gold": 0.8, "basic": 0.2})
+    engines = {"interactive": {"i-0": "http://127.0.0.1:1"}}
+    config = gateway_config(wider, parse_mode("fcfs"), "redis://127.0.0.1:1/0", engines)
+    assert config["admission"] == {"policy": "fcfs", "priority_min_share": 0.2}
     # one band: the plain weights' proportions
     assert owed_weights(s, ["gold", "platinum", "capped"]) == pytest.approx(
         {"gold": 0.25, "platinum": 0.75}
