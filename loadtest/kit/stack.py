@@ -148,6 +148,8 @@ def running(scenario: Scenario, mode: Mode, workdir: Path) -> Iterator[Endpoints
         for index in range(mode.replicas):
             port = free_port()
             args = ["serve", "--config", str(config_path)]
+            if mode.workers > 1:
+                args += ["--workers", str(mode.workers)]
             env = {"FAIRGATE_SERVER__PORT": str(port)}
             log = workdir / f"{mode}-gateway-{index}.log"
             replicas.append((port, _spawn(stack, log, args, env)))

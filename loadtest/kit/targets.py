@@ -10,7 +10,8 @@
   tokens/s at least 95% of direct's.
 - ``overload``: at each load factor, no tenant starves (each completes some requests, and the
   lightest ones nearly all), 429s come early, throughput matches direct.
-- ``replicas``: N replicas give the same fairness figures as one.
+- ``replicas``: N replicas (``-x<N>``), or N worker processes (``-w<N>``), give the same
+  fairness figures as one process.
 - ``throughput``: every run through fairgate does at least 95% of direct's engine work
   (completed requests priced in engine seconds; tokens/s shown beside it).
 - ``quotas``: a tenant with a quota of its own gets that quota (requests and tokens per minute
@@ -228,7 +229,7 @@ def _replicas(runs: list[dict[str, Any]]) -> list[Check]:
     single = next((r for r in runs if r["mode"] == "vtc"), None)
     checks = []
     for run in runs:
-        if single is None or run is single or not run["mode"].startswith("vtc-x"):
+        if single is None or run is single or not run["mode"].startswith(("vtc-x", "vtc-w")):
             continue
         for name, w in run["windows"].items():
             one = single["windows"].get(name)

@@ -103,6 +103,7 @@ def test_the_shipped_scenarios_and_the_short_versions_are_shorter() -> None:
         "many-weights",
         "quota-capped",
         "priority-bands",
+        "workers",
     ]
     for path in shipped_scenarios():
         assert load_scenario(path, short=True).duration_s <= load_scenario(path).duration_s
@@ -149,7 +150,18 @@ def test_modes() -> None:
     twin = parse_mode("alone-vtc-pools")
     assert (twin.kind, twin.pools, twin.alone) == ("gateway", True, True)
     assert parse_mode("alone").alone and not parse_mode("vtc-pools").alone
-    for bad in ("lifo", "direct-x2", "vtc-x0", "alone-direct", "alone-alone"):
+    workers = parse_mode("vtc-x3-w2")
+    assert (workers.replicas, workers.workers) == (3, 2) and parse_mode("vtc").workers == 1
+    for bad in (
+        "lifo",
+        "direct-x2",
+        "vtc-x0",
+        "alone-direct",
+        "alone-alone",
+        "direct-w2",
+        "vtc-w0",
+        "vtc-w2-x3",
+    ):
         with pytest.raises(ValueError):
             parse_mode(bad)
 
