@@ -186,6 +186,8 @@ class TenantStats:
     e2e_p99: float | None
     reject_wait_p50: float | None  # how long a 429 took to come
     reject_wait_max: float | None
+    queue_p50: float | None  # waited in fairgate's queue, served requests (simulated s)
+    queue_max: float | None
     completed_rps: float  # completions per simulated second during the arrivals
     output_tps: float  # output tokens per simulated second during the arrivals
 
@@ -217,6 +219,8 @@ def tenant_stats(tenant: str, records: Sequence[Record], duration: float) -> Ten
         e2e_p99=percentile_or_none([r.e2e for r in ok if r.e2e is not None], 99),
         reject_wait_p50=percentile_or_none(waits, 50),
         reject_wait_max=max(waits) if waits else None,
+        queue_p50=percentile_or_none([r.queue_s for r in ok], 50),
+        queue_max=max((r.queue_s for r in ok), default=None),
         completed_rps=len(in_time) / duration,
         output_tps=sum(r.output_tokens for r in in_time) / duration,
     )

@@ -14,7 +14,8 @@ A mode name is one of
   tenants, the baseline that separates what the neighbours cost from what the gateway costs;
 
 optionally followed by ``-x<N>`` for N gateway replicas sharing one Redis, which the clients
-reach round robin (``vtc-x3``).
+reach round robin (``vtc-x3``), and by ``-w<N>`` for N worker processes per replica
+(``fairgate serve --workers N``: one port, the kernel spreading connections; ``vtc-w2``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from typing import Literal
 
 Policy = Literal["fcfs", "vtc"]
 
-_MODE = re.compile(r"^(alone|direct|(?:alone-)?(?:fcfs|vtc|vtc-pools))(?:-x([1-9][0-9]?))?$")
+_MODE = re.compile(
+    r"^(alone|direct|(?:alone-)?(?:fcfs|vtc|vtc-pools))(?:-x([1-9][0-9]?))?(?:-w([1-9][0-9]?))?$"
+)
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class Mode:
     pools: bool = False
     replicas: int = 1
     alone: bool = False  # only the shared pool's tenants (``alone`` and ``alone-<mode>``)
+    workers: int = 1  # worker processes of each replica (``fairgate serve --workers``)
 
     @property
     def through_gateway(self) -> bool:
@@ -53,15 +57,22 @@ def parse_mode(value: object) -> Mode:
     if match is None:
         raise ValueError(
             f"unknown mode {value!r}: one of alone, direct, fcfs, vtc, vtc-pools, "
-            "alone-<fcfs|vtc|vtc-pools>, optionally with -x<replicas> (vtc-x3)"
+            "alone-<fcfs|vtc|vtc-pools>, optionally with -x<replicas> (vtc-x3) and "
+            "-w<workers> (vtc-w2)"
         )
-    base, replicas = match.group(1), int(match.group(2) or 1)
+    base, replicas, workers = match.group(1), int(match.group(2) or 1), int(match.group(3) or 1)
     if base in ("alone", "direct"):
-        if replicas != 1:
-            raise ValueError(f"mode {value!r}: replicas apply to gateway modes only")
+        if replicas != 1 or workers != 1:
+            raise ValueError(f"mode {value!r}: replicas and workers apply to gateway modes only")
         return Mode(base, base, alone=base == "alone")  # type: ignore[arg-type]
     alone, base = base.startswith("alone-"), base.removeprefix("alone-")
     policy: Policy = "fcfs" if base == "fcfs" else "vtc"
     return Mode(
-        str(value), "gateway", policy, pools=base == "vtc-pools", replicas=replicas, alone=alone
+        str(value),
+        "gateway",
+        policy,
+        pools=base == "vtc-pools",
+        replicas=replicas,
+        alone=alone,
+        workers=workers,
     )

@@ -17,6 +17,7 @@ from typing import Any
 from loadtest.kit.arrivals import open_loop_rates
 from loadtest.kit.capacity import capacity_rps, engine_work
 from loadtest.kit.client import Record
+from loadtest.kit.entitlement import capped, owed_weights
 from loadtest.kit.metrics import (
     cumulative_service,
     fairness,
@@ -130,9 +131,8 @@ def summarize(scenario: Scenario, run: RunResult) -> dict[str, Any]:
     step = scenario.sample_interval_s
     windows = {}
     for name, window in scenario.measurement_windows().items():
-        active = active_tenants(run.records, tenants, window)
-        if len(active) >= 2:
-            weights = {t: scenario.tenants[t].weight for t in active}
+        weights = owed_weights(scenario, active_tenants(run.records, tenants, window))
+        if len(weights) >= 2:
             windows[name] = fairness(run.records, weights, window, scenario.service, step).__dict__
     end = scenario.duration_s + scenario.drain_s
     grid = [i * step for i in range(int(end / step) + 1)]
@@ -166,6 +166,33 @@ def summarize(scenario: Scenario, run: RunResult) -> dict[str, Any]:
             (request_service(r, scenario.service) for r in run.records), default=0.0
         ),
         "rejections": _rejections(scenario, run.records),
+        "queue_timeouts": {t: scenario.tenants[t].queue_timeout_s for t in tenants},
+        "quota_limits": {
+            t: {
+                kind: limit
+                for kind in ("requests", "tokens")
+                if (limit := scenario.tenants[t].quota_per_minute(kind)) is not None
+            }
+            for t in tenants
+            if capped(scenario, t)
+        },
+        "quota_use": {
+            name: {t: quota_use(run.records, t, window) for t in tenants if capped(scenario, t)}
+            for name, window in scenario.measurement_windows().items()
+        },
+    }
+
+
+def quota_use(records: list[Record], tenant: str, window: tuple[float, float]) -> dict[str, float]:
+    """Requests and tokens (prompt + completion, as quotas count them) per simulated minute of
+    ``tenant``'s requests that were sent in ``window`` and served: what its quotas let through.
+    """
+    start, end = window
+    mine = [r for r in records if r.tenant == tenant and r.ok and start <= r.sent < end]
+    minutes = (end - start) / 60.0
+    return {
+        "requests_per_minute": len(mine) / minutes,
+        "tokens_per_minute": sum(r.prompt_tokens + r.output_tokens for r in mine) / minutes,
     }
 
 

@@ -91,6 +91,14 @@ class Shape(StrictModel):
     output_tokens: Tokens
     stream: bool = True
     reasoning: bool = Field(False, description="Ask for reasoning (reasoning_effort: high).")
+    max_tokens: PositiveInt | Literal["none"] | None = Field(
+        None,
+        description="What the request declares as `max_tokens`. Default: the output length "
+        "drawn, sent with `ignore_eos` so the engine produces exactly that. A number, or `none` "
+        "(no `max_tokens`: the context is the limit), declares something else, as real clients "
+        "do; the engine then stops after the output length drawn (the simulator's "
+        "`sim_output_tokens`), or at the declared limit if that comes first.",
+    )
 
 
 class Poisson(StrictModel):
@@ -143,6 +151,17 @@ class TenantSpec(StrictModel):
     max_inflight_tokens: PositiveInt = 4_000_000
     max_queued: PositiveInt = 1024
     queue_timeout_s: PositiveFloat = Field(60.0, description="Simulated seconds.")
+    priority: int = Field(0, description="fairgate's priority band (higher bands go first).")
+    quotas: dict[str, Any] | None = Field(
+        None,
+        description="fairgate's `quotas:` (validated by fairgate at start-up), per simulated "
+        "minute or day: the kit scales them to the wall clock the gateway counts in.",
+    )
+
+    def quota_per_minute(self, kind: Literal["requests", "tokens"]) -> float | None:
+        """The tenant's own ``<kind>_per_minute`` quota (simulated minutes), if it has one."""
+        value = (self.quotas or {}).get(f"{kind}_per_minute")
+        return float(value) if value is not None else None
 
 
 class EngineSpec(StrictModel):
@@ -210,8 +229,13 @@ class Scenario(StrictModel):
     )
     load: LoadSweep | None = None
     service: ServiceWeights = ServiceWeights()
-    targets: list[Literal["shares", "isolation", "overload", "replicas", "throughput"]] = Field(
-        default_factory=list, description="Which targets of issue 6 this scenario measures."
+    targets: list[
+        Literal["shares", "isolation", "overload", "replicas", "throughput", "quotas", "waits"]
+    ] = Field(default_factory=list, description="Which targets this scenario measures.")
+    gateway: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fairgate settings merged over the configuration the kit generates "
+        "(`admission: {priority_min_share: 0.2}`), validated by fairgate at start-up.",
     )
     short: dict[str, Any] | None = Field(None, description="Overrides applied by --short.")
     base: str | None = Field(None, description="A scenario file this one extends.")

@@ -29,6 +29,10 @@ class RequestPlan:
     output_tokens: int
     stream: bool
     reasoning: bool
+    #: what the body declares (None: no ``max_tokens``); ``exact``: the output length itself,
+    #: sent with ``ignore_eos`` (the default shape)
+    max_tokens: int | None = None
+    exact: bool = True
 
 
 def draw_tokens(dist: TokenDist, rng: random.Random) -> int:
@@ -46,13 +50,17 @@ def draw_plan(tenant: str, shapes: list[Shape], rng: random.Random) -> RequestPl
     """Pick a shape by its share, then its prompt and output lengths."""
     index = rng.choices(range(len(shapes)), weights=[s.share for s in shapes])[0]
     shape = shapes[index]
+    output = draw_tokens(shape.output_tokens, rng)
+    declared = shape.max_tokens
     return RequestPlan(
         tenant,
         index,
         max(TEMPLATE_TOKENS + 1, draw_tokens(shape.prompt_tokens, rng)),
-        draw_tokens(shape.output_tokens, rng),
+        output,
         shape.stream,
         shape.reasoning,
+        max_tokens=output if declared is None else None if declared == "none" else declared,
+        exact=declared is None,
     )
 
 
@@ -79,14 +87,22 @@ def prompt_text(tokens: int) -> str:
 
 
 def request_body(plan: RequestPlan, model: str) -> dict[str, object]:
-    """The chat completion request of ``plan`` (OpenAI format, plus vLLM's ``ignore_eos``)."""
+    """The chat completion request of ``plan`` (OpenAI format, plus vLLM's ``ignore_eos``).
+
+    A plan that declares its own ``max_tokens`` (or none) tells the simulator where the model
+    would stop instead (``sim_output_tokens``): the gateway sees only what a client declares.
+    """
     body: dict[str, object] = {
         "model": model,
         "messages": [{"role": "user", "content": prompt_text(plan.prompt_tokens)}],
-        "max_tokens": plan.output_tokens,
-        "ignore_eos": True,
         "stream": plan.stream,
     }
+    if plan.max_tokens is not None:
+        body["max_tokens"] = plan.max_tokens
+    if plan.exact:
+        body["ignore_eos"] = True
+    else:
+        body["sim_output_tokens"] = plan.output_tokens
     if plan.stream:
         body["stream_options"] = {"include_usage": True}
     if plan.reasoning:

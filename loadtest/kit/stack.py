@@ -23,7 +23,7 @@ import yaml
 
 from fairgate.keys import AdmissionKeys
 from loadtest.kit.modes import Mode
-from loadtest.kit.scenario import Scenario
+from loadtest.kit.scenario import Scenario, deep_merge
 from loadtest.kit.workload import Endpoints
 from loadtest.services import free_port, redis_server, spawn, wait_http_ok, wait_listening
 
@@ -76,6 +76,10 @@ def gateway_config(
             "queue_timeout_s": spec.queue_timeout_s / scale,
             "api_keys": [scenario.key(name)],
         }
+        if spec.priority:
+            tenant["priority"] = spec.priority
+        if spec.quotas:
+            tenant["quotas"] = wall_quotas(spec.quotas, scale)
         tenants[name] = tenant
     config: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 8080, "health_check_interval_s": 1.0},
@@ -90,7 +94,16 @@ def gateway_config(
     }
     if mode.pools:
         config["routing"] = {"rules": routing_rules(scenario)}
-    return config
+    return deep_merge(config, scenario.gateway)
+
+
+def wall_quotas(quotas: dict[str, Any], scale: float) -> dict[str, Any]:
+    """A scenario's quotas (per simulated minute or day) per wall minute or day, as fairgate
+    counts them: ``scale`` times as many, since ``scale`` simulated minutes pass in one."""
+    return {
+        key: wall_quotas(value, scale) if isinstance(value, dict) else round(value * scale)
+        for key, value in quotas.items()
+    }
 
 
 def routing_rules(scenario: Scenario) -> list[dict[str, Any]]:
@@ -135,6 +148,8 @@ def running(scenario: Scenario, mode: Mode, workdir: Path) -> Iterator[Endpoints
         for index in range(mode.replicas):
             port = free_port()
             args = ["serve", "--config", str(config_path)]
+            if mode.workers > 1:
+                args += ["--workers", str(mode.workers)]
             env = {"FAIRGATE_SERVER__PORT": str(port)}
             log = workdir / f"{mode}-gateway-{index}.log"
             replicas.append((port, _spawn(stack, log, args, env)))

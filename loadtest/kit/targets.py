@@ -10,9 +10,16 @@
   tokens/s at least 95% of direct's.
 - ``overload``: at each load factor, no tenant starves (each completes some requests, and the
   lightest ones nearly all), 429s come early, throughput matches direct.
-- ``replicas``: N replicas give the same fairness figures as one.
+- ``replicas``: N replicas (``-x<N>``), or N worker processes (``-w<N>``), give the same
+  fairness figures as one process.
 - ``throughput``: every run through fairgate does at least 95% of direct's engine work
   (completed requests priced in engine seconds; tokens/s shown beside it).
+- ``quotas``: a tenant with a quota of its own gets that quota (requests and tokens per minute
+  served within 10% of it) while the others split the rest by weight (``shares`` leaves such a
+  tenant out: ``loadtest/kit/entitlement.py``).
+- ``waits``: nobody starves in the queue: under VTC every tenant is served, none gets a 429,
+  and no request waited half its tenant's queue timeout; each tenant's median and longest
+  wait are shown.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ ISOLATION_MAX = 1.25
 THROUGHPUT_MIN = 0.95  # fraction of direct's throughput
 EARLY_MIN = 0.9  # fraction of 429s that came before half the queue timeout
 LIGHTEST_SERVED_MIN = 0.9  # under overload, the lightest tenant's requests served
+QUOTA_TOLERANCE = 0.1  # a capped tenant's use within this of its quota
+WAIT_MAX = 0.5  # the longest wait, as a fraction of the tenant's queue timeout
 
 #: The labels of the targets with a threshold, written from the constants they check.
 SHARES_LABEL = f"shares within {SHARE_TOLERANCE:.0%} of weights"
@@ -38,6 +47,8 @@ THROUGHPUT_LABEL = f"throughput >= {THROUGHPUT_MIN:.0%} of direct"
 COMPLETIONS_LABEL = f"completed requests/s >= {THROUGHPUT_MIN:.0%} of direct's"
 STARVING_LABEL = f"no tenant starves (lightest served >= {LIGHTEST_SERVED_MIN:.0%})"
 EARLY_LABEL = f"429s are early (>= {EARLY_MIN:.0%} before half the queue timeout)"
+QUOTA_LABEL = f"a capped tenant gets its quota (within {QUOTA_TOLERANCE:.0%})"
+WAITS_LABEL = f"nobody starves (served, no 429, waits < {WAIT_MAX:.0%} of the queue timeout)"
 
 
 @dataclass(frozen=True)
@@ -218,7 +229,7 @@ def _replicas(runs: list[dict[str, Any]]) -> list[Check]:
     single = next((r for r in runs if r["mode"] == "vtc"), None)
     checks = []
     for run in runs:
-        if single is None or run is single or not run["mode"].startswith("vtc-x"):
+        if single is None or run is single or not run["mode"].startswith(("vtc-x", "vtc-w")):
             continue
         for name, w in run["windows"].items():
             one = single["windows"].get(name)
@@ -237,10 +248,60 @@ def _replicas(runs: list[dict[str, Any]]) -> list[Check]:
     return checks
 
 
+def _quotas(runs: list[dict[str, Any]]) -> list[Check]:
+    """Each capped tenant's use per simulated minute against its quotas, in every window.
+
+    Judged through fairgate only (direct enforces nothing); the quotas are read back from the
+    scenario the runs carry (``quota_limits``).
+    """
+    checks = []
+    for run in runs:
+        gateway = run["mode"] not in ("direct", "alone")
+        for name, uses in run.get("quota_use", {}).items():
+            for tenant, use in uses.items():
+                parts, met = [], True
+                for kind, limit in run["quota_limits"][tenant].items():
+                    used = use[f"{kind}_per_minute"]
+                    ratio = used / limit
+                    parts.append(f"{kind} {used:,.0f}/min = {ratio:.2f}x quota {limit:,.0f}")
+                    met = met and abs(ratio - 1) <= QUOTA_TOLERANCE
+                label = f"{run['label']}, window {name}"
+                checks.append(
+                    Check(QUOTA_LABEL, label, f"{tenant}: " + "; ".join(parts),
+                          met if gateway else None)
+                )  # fmt: skip
+    return checks
+
+
+def _waits(runs: list[dict[str, Any]]) -> list[Check]:
+    """Under VTC, every tenant served with no 429 and no wait near its queue timeout."""
+    checks = []
+    for run in runs:
+        tenants = run["tenants"].values()
+        worst = max(tenants, key=lambda t: t["queue_max"] or 0.0)
+        starved = [
+            t["tenant"]
+            for t in tenants
+            if not t["ok"]
+            or t["rejected"]
+            or (t["queue_max"] or 0.0) >= WAIT_MAX * run["queue_timeouts"][t["tenant"]]
+        ]
+        figure = (
+            f"longest wait {worst['queue_max'] or 0:,.1f} s ({worst['tenant']}, median "
+            f"{worst['queue_p50'] or 0:,.1f} s); "
+            + ("starved: " + ", ".join(starved) if starved else "every tenant served")
+        )
+        met = not starved if _policy(run) == "vtc" else None
+        checks.append(Check(WAITS_LABEL, run["label"], figure, met))
+    return checks
+
+
 _EVALUATORS = {
     "shares": _shares,
     "isolation": _isolation,
     "overload": _overload,
     "replicas": _replicas,
     "throughput": _throughput,
+    "quotas": _quotas,
+    "waits": _waits,
 }

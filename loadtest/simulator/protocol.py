@@ -62,8 +62,13 @@ class GenerationRequest(BaseModel):
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
     seed: int | None = None
+    #: The simulator's stand-in for the model deciding to stop: end after this many tokens
+    #: (``stop``), unless ``max_tokens`` or the context comes first. Lets a load test declare a
+    #: ``max_tokens`` far from what the request will produce, as real clients do; vLLM ignores
+    #: unknown fields (with a warning), so a body carrying it is still a valid vLLM request.
+    sim_output_tokens: int | None = None
 
-    @field_validator("max_tokens", "max_completion_tokens")
+    @field_validator("max_tokens", "max_completion_tokens", "sim_output_tokens")
     @classmethod
     def _at_least_one(cls, value: int | None, info: ValidationInfo) -> int | None:
         if value is not None and value < 1:

@@ -331,7 +331,10 @@ def _plan_output(
     max_output = min(cap or limit, limit - prompt_tokens)
     if body.ignore_eos:
         return max_output, "length"
-    drawn = output_length(sim.profile.output_lengths, sim.seed, length_key, max_output)
+    if body.sim_output_tokens is not None:
+        drawn = body.sim_output_tokens
+    else:
+        drawn = output_length(sim.profile.output_lengths, sim.seed, length_key, max_output)
     target = min(max_output, max(drawn, body.min_tokens))
     return target, "length" if target >= max_output else "stop"
 

@@ -15,11 +15,12 @@ import pytest
 
 from estimators.prompt_tokens import count_chat_prompt
 from estimators.tokenizer import default_tokenizer
-from fairgate.settings import load_settings
+from fairgate.settings import Settings, load_settings
 from loadtest.kit.arrivals import burst_times, poisson_times, rng_for, schedule, zipf_shares
 from loadtest.kit.capacity import capacity_rps, engine_work
 from loadtest.kit.cli import main as loadtest_main
 from loadtest.kit.client import Record
+from loadtest.kit.entitlement import owed_weights
 from loadtest.kit.metrics import (
     fairness,
     jain,
@@ -28,7 +29,7 @@ from loadtest.kit.metrics import (
     unplaced_service,
 )
 from loadtest.kit.modes import parse_mode
-from loadtest.kit.runner import active_tenants
+from loadtest.kit.runner import active_tenants, quota_use
 from loadtest.kit.scenario import (
     REPO,
     Bursts,
@@ -39,7 +40,7 @@ from loadtest.kit.scenario import (
     load_scenario,
     shipped_scenarios,
 )
-from loadtest.kit.shapes import draw_plan, prompt_text
+from loadtest.kit.shapes import draw_plan, prompt_text, request_body
 from loadtest.kit.stack import gateway_config
 from loadtest.kit.targets import evaluate
 from loadtest.stats import percentile, percentile_or_none
@@ -98,6 +99,11 @@ def test_the_shipped_scenarios_and_the_short_versions_are_shorter() -> None:
         "tokens-bind-replicas",
         "many-tenants",
         "open-loop-weights",
+        "wrong-estimates",
+        "many-weights",
+        "quota-capped",
+        "priority-bands",
+        "workers",
     ]
     for path in shipped_scenarios():
         assert load_scenario(path, short=True).duration_s <= load_scenario(path).duration_s
@@ -144,7 +150,18 @@ def test_modes() -> None:
     twin = parse_mode("alone-vtc-pools")
     assert (twin.kind, twin.pools, twin.alone) == ("gateway", True, True)
     assert parse_mode("alone").alone and not parse_mode("vtc-pools").alone
-    for bad in ("lifo", "direct-x2", "vtc-x0", "alone-direct", "alone-alone"):
+    workers = parse_mode("vtc-x3-w2")
+    assert (workers.replicas, workers.workers) == (3, 2) and parse_mode("vtc").workers == 1
+    for bad in (
+        "lifo",
+        "direct-x2",
+        "vtc-x0",
+        "alone-direct",
+        "alone-alone",
+        "direct-w2",
+        "vtc-w0",
+        "vtc-w2-x3",
+    ):
         with pytest.raises(ValueError):
             parse_mode(bad)
 
@@ -226,6 +243,33 @@ def test_shapes_are_seeded_and_within_bounds() -> None:
     assert plans == again
     assert all(50 <= p.prompt_tokens <= 80 and 1 <= p.output_tokens <= 40 for p in plans)
     assert len({p.prompt_tokens for p in plans}) > 10
+
+
+def test_a_shape_declares_max_tokens_apart_from_its_output() -> None:
+    """By default a request asks for exactly its output (``ignore_eos``); a shape's own
+    ``max_tokens`` (or ``none``) is what the gateway sees, and the simulator stops the output
+    where the draw says (``sim_output_tokens``)."""
+    shapes = [{"prompt_tokens": 100, "output_tokens": 120, "stream": False}]
+    exact = scenario(tenants={"a": {"arrival": {"kind": "closed", "concurrency": 1},
+                                    "shapes": shapes}})  # fmt: skip
+    declared = scenario(tenants={"a": {"arrival": {"kind": "closed", "concurrency": 1},
+                                       "shapes": [{**shapes[0], "max_tokens": 4096}]}})  # fmt: skip
+    unset = scenario(tenants={"a": {"arrival": {"kind": "closed", "concurrency": 1},
+                                    "shapes": [{**shapes[0], "max_tokens": "none"}]}})  # fmt: skip
+    bodies = []
+    for s in (exact, declared, unset):
+        plan = draw_plan("a", s.tenants["a"].shapes, rng_for(s, "a", 0))
+        assert plan.output_tokens == 120
+        body = request_body(plan, "m")
+        bodies.append({k: v for k, v in body.items() if k not in ("messages", "model")})
+    assert bodies == [
+        {"stream": False, "max_tokens": 120, "ignore_eos": True},
+        {"stream": False, "max_tokens": 4096, "sim_output_tokens": 120},
+        {"stream": False, "sim_output_tokens": 120},
+    ]
+    with pytest.raises(ValueError):
+        scenario(tenants={"a": {"arrival": {"kind": "closed", "concurrency": 1},
+                                "shapes": [{**shapes[0], "max_tokens": 0}]}})  # fmt: skip
 
 
 @pytest.mark.parametrize("tokens", [11, 12, 100, 1_000, 28_000])
@@ -360,6 +404,116 @@ def test_throughput_is_judged_on_engine_work_with_tokens_beside_it() -> None:
     checks = {c.run: c for c in evaluate(["throughput"], [direct, smaller_sample, idle])}
     assert checks["vtc"].met is True and "0.93x" in checks["vtc"].figure
     assert checks["fcfs"].met is False
+
+
+def tenants_of(**specs: dict) -> dict[str, dict]:
+    """Tenants for :func:`scenario`: a closed loop of one plain shape, with ``specs``' fields."""
+    shape = {"prompt_tokens": 100, "output_tokens": 10}
+    return {
+        name: {"arrival": {"kind": "closed", "concurrency": 1}, "shapes": [shape], **spec}
+        for name, spec in specs.items()
+    }
+
+
+def test_bands_share_first_then_weights_within_each_band() -> None:
+    """With both bands backlogged the top band is owed 90% (``priority_min_share`` 10% for the
+    other), split by weight within each band; tenants with quotas are owed their quota, not a
+    share (max-min), so they are left out of the shares."""
+    s = scenario(
+        tenants=tenants_of(
+            gold={"weight": 1, "priority": 1},
+            platinum={"weight": 3, "priority": 1},
+            basic={"weight": 1},
+            standard={"weight": 3},
+            capped={"weight": 8, "quotas": {"tokens_per_minute": 1000}},
+        )
+    )
+    owed = owed_weights(s, list(s.tenants))
+    assert owed == pytest.approx(
+        {"gold": 0.225, "platinum": 0.675, "basic": 0.025, "standard": 0.075}
+    )
+    # a band with nobody in it is owed nothing: the present bands share everything
+    assert owed_weights(s, ["basic", "standard"]) == pytest.approx(
+        {"basic": 0.25, "standard": 0.75}
+    )
+    # a scenario's own priority_min_share reaches the gateway and what the bands are owed
+    wider = s.model_copy(update={"gateway": {"admission": {"priority_min_share": 0.2}}})
+    owed = owed_weights(wider, ["gold", "basic"])
+    assert owed == pytest.approx({"gold": 0.8, "basic": 0.2})
+    engines = {"interactive": {"i-0": "http://127.0.0.1:1"}}
+    config = gateway_config(wider, parse_mode("fcfs"), "redis://127.0.0.1:1/0", engines)
+    assert config["admission"] == {"policy": "fcfs", "priority_min_share": 0.2}
+    # one band: the plain weights' proportions
+    assert owed_weights(s, ["gold", "platinum", "capped"]) == pytest.approx(
+        {"gold": 0.25, "platinum": 0.75}
+    )
+
+
+def test_quotas_and_priority_reach_the_gateway_on_its_clock() -> None:
+    s = scenario(
+        time_scale=4,
+        tenants=tenants_of(
+            a={"priority": 2, "quotas": {"tokens_per_minute": 1000, "tokens_per_day": 10,
+                                         "models": {"llama-3-8b": {"requests_per_minute": 3}}}},
+            b={},
+        ),
+    )  # fmt: skip
+    engines = {"interactive": {"i-0": "http://127.0.0.1:1"}}
+    config = gateway_config(s, parse_mode("vtc"), "redis://127.0.0.1:1/0", engines)
+    # four simulated minutes pass in one wall minute: four times the quota per wall minute
+    assert config["tenants"]["a"]["quotas"] == {
+        "tokens_per_minute": 4000,
+        "tokens_per_day": 40,
+        "models": {"llama-3-8b": {"requests_per_minute": 12}},
+    }
+    assert config["tenants"]["a"]["priority"] == 2
+    assert "quotas" not in config["tenants"]["b"] and "priority" not in config["tenants"]["b"]
+    Settings.model_validate(config)  # what fairgate will accept at start-up
+
+
+def test_a_capped_tenant_is_judged_on_its_quota() -> None:
+    s = scenario(
+        tenants=tenants_of(a={"quotas": {"tokens_per_minute": 6000, "requests_per_minute": 50}})
+    )
+    # requests sent inside [0, 60): 30 of them, 150 tokens each, all served
+    records = [done("a", t + 1.0, sent=t) for t in range(0, 80, 2)]
+    use = quota_use(records, "a", (0.0, 60.0))
+    assert use == {"requests_per_minute": 30.0, "tokens_per_minute": 4500.0}
+    run = {
+        "mode": "vtc",
+        "label": "vtc",
+        "quota_limits": {"a": {"requests": 50.0, "tokens": 6000.0}},
+        "quota_use": {"steady": {"a": use}},
+    }
+    (check,) = evaluate(["quotas"], [run])
+    assert check.met is False and "0.60x quota 50" in check.figure
+    run["quota_limits"] = {"a": {"requests": 30.0, "tokens": 4400.0}}
+    (check,) = evaluate(["quotas"], [run])
+    assert check.met is True  # 1.02x of the tokens quota: within 10%
+    assert s.tenants["a"].quota_per_minute("tokens") == 6000
+
+
+def test_a_tenant_starves_when_a_wait_nears_its_queue_timeout() -> None:
+    def stats(tenant: str, ok: int, rejected: int, wait: float) -> dict:
+        return {"tenant": tenant, "ok": ok, "rejected": rejected, "queue_p50": wait / 2,
+                "queue_max": wait}  # fmt: skip
+
+    run = {
+        "mode": "vtc",
+        "label": "vtc",
+        "queue_timeouts": {"a": 60.0, "b": 60.0},
+        "tenants": {"a": stats("a", 10, 0, 12.0), "b": stats("b", 10, 0, 3.0)},
+    }
+    (check,) = evaluate(["waits"], [run])
+    assert check.met is True and "longest wait 12.0 s (a" in check.figure
+    run["tenants"]["a"] = stats("a", 10, 0, 31.0)
+    assert evaluate(["waits"], [run])[0].met is False
+    run["tenants"]["a"] = stats("a", 10, 1, 1.0)  # a 429: starved
+    assert evaluate(["waits"], [run])[0].met is False
+    run["tenants"]["a"] = stats("a", 0, 0, 0.0)  # never served
+    assert evaluate(["waits"], [run])[0].met is False
+    run["mode"] = "fcfs"
+    assert evaluate(["waits"], [run])[0].met is None  # only VTC promises it
 
 
 # ----------------------------------------------------------------------- a real, tiny run

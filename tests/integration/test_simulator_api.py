@@ -119,6 +119,32 @@ async def test_output_length_is_deterministic_and_capped(client: openai.AsyncOpe
     assert await ask(natural - 1 or 1) == (max(natural - 1, 1), "length")
 
 
+async def test_a_declared_max_tokens_apart_from_where_the_output_stops(
+    client: openai.AsyncOpenAI,
+) -> None:
+    """``sim_output_tokens`` plays the model's end of sequence: a client may declare 4,096 and
+    get 100 (the load-test kit's over-declaring tenants), or declare nothing at all."""
+
+    async def ask(**body: object) -> tuple[int, str]:
+        reply = await client.chat.completions.create(
+            model="llama-3-8b", messages=MESSAGES, extra_body=body
+        )
+        return reply.usage.completion_tokens, reply.choices[0].finish_reason
+
+    assert await ask(max_tokens=4096, sim_output_tokens=100) == (100, "stop")
+    assert await ask(sim_output_tokens=1500) == (1500, "stop")  # no max_tokens: the context
+    assert await ask(max_tokens=50, sim_output_tokens=100) == (50, "length")
+    stream = await client.chat.completions.create(
+        model="llama-3-8b",
+        messages=MESSAGES,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"max_tokens": 4096, "sim_output_tokens": 7},
+    )
+    chunks = [c async for c in stream]
+    assert chunks[-1].usage.completion_tokens == 7
+
+
 async def test_models_health_and_tokenize(start_sim: StartSim) -> None:
     sim = await start_sim(models=["llama-3-8b", "llama-3-8b-instruct"])
     client = sim.client()
