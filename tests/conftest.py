@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import aiohttp
 import openai
@@ -15,10 +17,12 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from admission.controller import Admission
+from fairgate.keys import AdmissionKeys
 from fairgate.redis_client import GatewayRedis
 from fairgate.serving import serve
 from fairgate.settings import Settings
 from gateway.app import create_app as create_gateway
+from loadtest.services import free_port, stop, wait_listening
 from loadtest.simulator.profile import DEFAULT_PROFILE, EngineProfile, load_profile, profile_path
 from loadtest.simulator.server import SIMULATOR, Simulator, create_app
 
@@ -49,6 +53,11 @@ class RunningSim:
     async def state(self) -> dict:
         async with self.http.get(f"{self.url}/sim/state") as resp:
             return await resp.json()
+
+    async def holding(self) -> int:
+        """Requests the engine holds now, running or waiting (0 once all have ended)."""
+        state = await self.state()
+        return int(state["running"]) + int(state["waiting"])
 
     async def metric(self, name: str, **labels: str) -> float:
         """The value of one sample on /metrics (0 if absent)."""
@@ -120,7 +129,9 @@ INFLIGHT_KEYS = (
 )
 
 
-async def inflight_state(client: Redis, prefix: str = "fairgate:{adm}:") -> dict[str, object]:
+async def inflight_state(
+    client: Redis, prefix: str = AdmissionKeys.of("fairgate").prefix
+) -> dict[str, object]:
     """What admission still holds: in-flight counters, leases, queues (empty when idle)."""
     left: dict[str, object] = {}
     for name in INFLIGHT_KEYS:
@@ -138,6 +149,40 @@ async def inflight_state(client: Redis, prefix: str = "fairgate:{adm}:") -> dict
     return left
 
 
+class HoldsRequests(Protocol):
+    """An engine a test can ask how many requests it still holds (running or waiting)."""
+
+    async def holding(self) -> int: ...
+
+
+async def assert_settled(
+    redis_url: str,
+    engines: Sequence[HoldsRequests] = (),
+    within_s: float = 15.0,
+    key_prefix: str = "fairgate",
+) -> None:
+    """Admission holds nothing and no engine holds an orphaned request, within ``within_s``.
+
+    What every fault test ends with: every in-flight counter, lease, queue entry and pending
+    charge gone from Redis (leases of killed processes expire within their TTL), and every
+    engine idle (a request the gateway gave up on was aborted in the engine, not left to run).
+    Fails with what is left.
+    """
+    client = Redis.from_url(redis_url)
+    prefix = AdmissionKeys.of(key_prefix).prefix
+    try:
+        for _ in range(int(within_s / 0.05)):
+            left = await inflight_state(client, prefix)
+            held = [await engine.holding() for engine in engines]
+            if not left and not any(held):
+                return
+            await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+    assert not left, f"admission state left in Redis: {sorted(left)}"
+    assert not any(held), f"requests still held by the engines: {held}"
+
+
 @pytest.fixture
 async def redis_url(redis_proc) -> AsyncIterator[str]:  # noqa: ANN001 - pytest-redis executor
     """A private redis-server (started once per session by pytest-redis), emptied per test.
@@ -148,14 +193,48 @@ async def redis_url(redis_proc) -> AsyncIterator[str]:  # noqa: ANN001 - pytest-
     url = f"redis://{redis_proc.host}:{redis_proc.port}/0"
     client = Redis.from_url(url)
     await client.flushall()
-    yield url
-    for _ in range(300):
-        left = await inflight_state(client)
-        if not left:
-            break
-        await asyncio.sleep(0.05)
     await client.aclose()
-    assert not left, f"admission state left in Redis after the test: {sorted(left)}"
+    yield url
+    await assert_settled(url)
+
+
+class RedisProcess:
+    """A redis-server that the test can stop and start again on the same port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", ""],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_listening(self.port, self.process)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.resume()  # a stopped process cannot end on SIGTERM
+            stop(self.process)
+
+    def pause(self) -> None:
+        """Freeze it (SIGSTOP): connections stay open and nothing answers, as in a network
+        partition; its data stays, unlike after a restart."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+
+@pytest.fixture
+def redis_process() -> Iterator[RedisProcess]:
+    redis = RedisProcess()
+    redis.start()
+    yield redis
+    redis.stop()
 
 
 @pytest.fixture
