@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fairgate import admin_cli, kv_capacity
-from fairgate.settings import BackendConfig, ConfigError, load_settings
+from fairgate.settings import BackendConfig, ConfigError, ListenerTls, load_settings
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -352,13 +352,14 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     host, port, admin_port = settings.server.host, settings.server.port, settings.server.admin_port
+    scheme = "http" if settings.server.tls is None else "https"
     banner = (
-        f"fairgate listening on http://{host}:{port}/v1 "
+        f"fairgate listening on {scheme}://{host}:{port}/v1 "
         f"({len(settings.pools)} pools, {len(settings.tenants)} tenants in the file), "
-        f"admin API on http://{host}:{admin_port or port}/admin/v1"
+        f"admin API on {scheme}://{host}:{admin_port or port}/admin/v1"
     )
     ports = (port,) if admin_port is None else (port, admin_port)
-    _serve_until_signalled(create_app(settings), host, ports, banner)
+    _serve_until_signalled(create_app(settings), host, ports, banner, settings.server.tls)
     return 0
 
 
@@ -382,13 +383,17 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _serve_until_signalled(
-    app: web.Application, host: str, ports: tuple[int, ...], banner: str
+    app: web.Application,
+    host: str,
+    ports: tuple[int, ...],
+    banner: str,
+    tls: ListenerTls | None = None,
 ) -> None:
     """Serve ``app`` on uvloop until SIGINT or SIGTERM, then shut it down cleanly."""
     from fairgate.serving import serve, until_signalled
 
     async def run() -> None:
-        runner = await serve(app, host, *ports)
+        runner = await serve(app, host, *ports, tls=tls)
         logging.getLogger("fairgate").info("%s", banner)
         try:
             await until_signalled()

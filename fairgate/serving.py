@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 
 from aiohttp import web
 
+from fairgate.settings import ListenerTls
 
-async def serve(app: web.Application, host: str, *ports: int) -> web.AppRunner:
+
+async def serve(
+    app: web.Application, host: str, *ports: int, tls: ListenerTls | None = None
+) -> web.AppRunner:
     """Start listening on ``host`` at each of ``ports`` (0 picks a free port; see
-    ``runner.addresses``).
+    ``runner.addresses``), over TLS with ``tls``'s certificate and key if given.
 
     ``handler_cancellation=True``: when a client disconnects, its handler is cancelled at once.
     Both the gateway (which must close the engine connection so the engine stops generating)
@@ -19,9 +24,17 @@ async def serve(app: web.Application, host: str, *ports: int) -> web.AppRunner:
     """
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
+    context = None if tls is None else server_ssl_context(tls)
     for port in ports:
-        await web.TCPSite(runner, host, port, backlog=1024).start()
+        await web.TCPSite(runner, host, port, backlog=1024, ssl_context=context).start()
     return runner
+
+
+def server_ssl_context(tls: ListenerTls) -> ssl.SSLContext:
+    """A server context with Python's secure defaults (TLS 1.2 and later) for the listener."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    return context
 
 
 async def until_signalled() -> None:

@@ -360,10 +360,14 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
         settings = Settings(**config)
         admin_port = settings.server.admin_port
         ports = (0,) if admin_port is None else (0, admin_port)
-        runner = await serve(create_gateway(settings, **app_options), "127.0.0.1", *ports)
+        app = create_gateway(settings, **app_options)
+        runner = await serve(app, "127.0.0.1", *ports, tls=settings.server.tls)
         runners.append(runner)
         host, port = runner.addresses[0][:2]
-        gateways.append(RunningGateway(f"http://{host}:{port}", settings, aiohttp.ClientSession()))
+        scheme = "http" if settings.server.tls is None else "https"
+        gateways.append(
+            RunningGateway(f"{scheme}://{host}:{port}", settings, aiohttp.ClientSession())
+        )
         return gateways[-1]
 
     yield start

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import random
 
-import aiohttp
 import pytest
 
 from tests.conftest import RunningGateway, StartGateway, StartSim, assert_settled, gateway_config
