@@ -33,6 +33,7 @@ from pydantic import (
     Field,
     FilePath,
     HttpUrl,
+    IPvAnyNetwork,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
@@ -614,6 +615,12 @@ class ServerConfig(StrictModel):
     port: int = Field(8080, ge=1, le=65535)
     tls: ListenerTls | None = Field(
         None, description="Serve HTTPS with this certificate and key (plain HTTP if unset)."
+    )
+    trusted_proxies: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description="Reverse proxies (addresses or networks) whose X-Forwarded-For is "
+        "believed: the client is the rightmost address in it that is not one of them. Empty: "
+        "the header is ignored and the client is the connection's peer.",
     )
     max_body_bytes: PositiveInt = Field(8 * 1024 * 1024, description="Larger bodies get 413.")
     body_timeout_s: PositiveFloat = Field(

@@ -19,6 +19,7 @@ from estimators.estimator import CostEstimator
 from fairgate.redis_client import AnyRedis
 from fairgate.settings import Settings
 from gateway.access_log import AccessLog
+from gateway.client_address import ClientAddress
 from gateway.metering import PlainMeters
 from gateway.metrics import AccessLogDrops, GatewayMetrics
 from gateway.routing import PoolSelector
@@ -46,6 +47,7 @@ class Gateway:
     usage: Usage = field(init=False)  # tenants' requests, tokens and refusals per model and day
     live: LiveState = field(init=False)  # admission's shared state, for the admin API
     access_log: AccessLog = field(init=False)  # one JSON line per inference request
+    client_address: ClientAddress = field(init=False)  # X-Forwarded-For from trusted proxies
     shared_state: SharedStateMetrics = field(init=False)  # the live state as gauges
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -57,6 +59,7 @@ class Gateway:
         self.live = LiveState(self.redis, self.settings)
         telemetry = self.settings.telemetry
         self.access_log = AccessLog(telemetry.access_log)
+        self.client_address = ClientAddress(self.settings.server.trusted_proxies)
         self.shared_state = SharedStateMetrics(
             self.live,
             self.redis,

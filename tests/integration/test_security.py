@@ -8,8 +8,11 @@ certificate is the tests' self-signed one for ``localhost`` and ``127.0.0.1``
 
 from __future__ import annotations
 
+import asyncio
+import json
 import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import openai
 import pytest
@@ -155,3 +158,37 @@ async def test_an_https_engine_whose_certificate_is_not_trusted_is_not_used(
     with pytest.raises(openai.InternalServerError) as refused:
         await gateway.client().chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
     assert refused.value.code == "backend_unavailable"
+
+
+@pytest.mark.parametrize(
+    ("trusted", "client"), [([], "127.0.0.1"), (["127.0.0.0/8"], "203.0.113.9")]
+)
+async def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(
+    trusted: list[str],
+    client: str,
+    start_sim: StartSim,
+    start_gateway: StartGateway,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """The access log's ``client`` is the connection's peer, unless that peer is one of
+    ``server.trusted_proxies``: then the address its X-Forwarded-For names."""
+    sim = await start_sim(time_scale=100.0)
+    log = tmp_path / "access.log"
+    config = gateway_config(
+        redis_url, {"interactive": [sim.url]}, telemetry={"access_log": {"path": str(log)}}
+    )
+    config["server"]["trusted_proxies"] = trusted
+    gateway = await start_gateway(config)
+    await gateway.client().chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=1,
+        extra_headers={"X-Forwarded-For": "203.0.113.9"},
+    )
+    for _ in range(200):
+        if log.exists() and log.read_text():
+            break
+        await asyncio.sleep(0.02)
+    (line,) = log.read_text().splitlines()
+    assert json.loads(line)["client"] == client
