@@ -14,6 +14,7 @@ import aiohttp
 import openai
 import pytest
 from aiohttp import web
+from openai.types.chat import ChatCompletionMessageParam
 from redis.asyncio import Redis
 
 from admission.controller import Admission
@@ -28,6 +29,54 @@ from loadtest.simulator.server import SIMULATOR, Simulator, create_app
 
 REPO = Path(__file__).resolve().parent.parent
 H100_PROFILE = profile_path(DEFAULT_PROFILE)
+MODEL = "llama-3-8b"
+STORY: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell me a long story."}]
+
+
+async def completion_tokens(client: openai.AsyncOpenAI, max_tokens: int, stream: bool) -> int:
+    """A chat completion of exactly ``max_tokens`` tokens (any error raises); the tokens made."""
+    completions, exact = client.chat.completions, {"ignore_eos": True}
+    if not stream:
+        reply = await completions.create(
+            model=MODEL, messages=STORY, max_tokens=max_tokens, extra_body=exact
+        )
+        assert reply.usage is not None
+        return reply.usage.completion_tokens
+    chunks = await completions.create(
+        model=MODEL,
+        messages=STORY,
+        max_tokens=max_tokens,
+        extra_body=exact,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    usage = [chunk.usage async for chunk in chunks if chunk.usage]
+    assert len(usage) == 1
+    return usage[0].completion_tokens
+
+
+def completion_body(
+    content: str = "ok", prompt_tokens: int = 1, completion_tokens: int = 1
+) -> dict:
+    """A whole chat completion as an engine answers it (for engines written as aiohttp apps)."""
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 0,
+        "model": MODEL,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
 
 
 @dataclass

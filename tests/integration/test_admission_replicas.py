@@ -27,10 +27,17 @@ from redis.asyncio import Redis
 
 from loadtest.quota_bench.measurement import measure
 from loadtest.quota_bench.workload import KEYS, REPLICAS, TIME_SCALE, tenants_config
-from tests.conftest import REPO, StartSim, assert_settled, gateway_config, wait_answering
+from tests.conftest import (
+    MODEL,
+    REPO,
+    StartSim,
+    assert_settled,
+    completion_tokens,
+    gateway_config,
+    wait_answering,
+)
 
 PREFIX = "fairgate:{adm}:"
-MODEL = "llama-3-8b"
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell me a long story."}]
 
 pytestmark = pytest.mark.timeout(180)
@@ -145,28 +152,6 @@ def replica_config(
 def tenant(key: str, **limits: object) -> dict:
     """A tenant that waits patiently: the tests expect every request to be served."""
     return {"api_keys": [key], "max_queued": 1000, "queue_timeout_s": 60, **limits}
-
-
-async def completion_tokens(client: openai.AsyncOpenAI, max_tokens: int, stream: bool) -> int:
-    """A chat completion of exactly ``max_tokens`` tokens (any error raises); the tokens made."""
-    completions, exact = client.chat.completions, {"ignore_eos": True}
-    if not stream:
-        reply = await completions.create(
-            model=MODEL, messages=MESSAGES, max_tokens=max_tokens, extra_body=exact
-        )
-        assert reply.usage is not None
-        return reply.usage.completion_tokens
-    chunks = await completions.create(
-        model=MODEL,
-        messages=MESSAGES,
-        max_tokens=max_tokens,
-        extra_body=exact,
-        stream=True,
-        stream_options={"include_usage": True},
-    )
-    usage = [chunk.usage async for chunk in chunks if chunk.usage]
-    assert len(usage) == 1
-    return usage[0].completion_tokens
 
 
 async def admission_stat(redis: Redis, name: str) -> int:

@@ -14,9 +14,16 @@ import random
 
 import pytest
 
-from tests.conftest import RunningGateway, StartGateway, StartSim, assert_settled, gateway_config
+from tests.conftest import (
+    MODEL,
+    RunningGateway,
+    StartGateway,
+    StartSim,
+    assert_settled,
+    completion_tokens,
+    gateway_config,
+)
 
-MODEL = "llama-3-8b"
 MESSAGES = [{"role": "user", "content": "Tell me a story."}]
 
 pytestmark = pytest.mark.timeout(120)
@@ -46,22 +53,7 @@ async def hang_up(gateway: RunningGateway, key: str, stream: bool, after_events:
 
 async def served(gateway: RunningGateway, key: str, stream: bool) -> int:
     """A request that stays to the end: how many tokens it got."""
-    client = gateway.client(key)
-    if not stream:
-        reply = await client.chat.completions.create(
-            model=MODEL, messages=MESSAGES, max_tokens=30, extra_body={"ignore_eos": True}
-        )
-        assert reply.usage is not None
-        return reply.usage.completion_tokens
-    chunks = await client.chat.completions.create(
-        model=MODEL,
-        messages=MESSAGES,
-        max_tokens=30,
-        extra_body={"ignore_eos": True},
-        stream=True,
-        stream_options={"include_usage": True},
-    )
-    return sum(c.usage.completion_tokens for c in [c async for c in chunks] if c.usage)
+    return await completion_tokens(gateway.client(key), 30, stream)
 
 
 async def test_a_storm_of_disconnects_leaves_nothing_behind(

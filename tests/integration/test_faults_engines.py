@@ -23,14 +23,15 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import (
+    MODEL,
     RunningGateway,
     ServeApp,
     StartGateway,
     assert_settled,
+    completion_body,
     gateway_config,
 )
 
-MODEL = "llama-3-8b"
 MESSAGES = [{"role": "user", "content": "hi"}]
 READ_TIMEOUT_S = 0.5
 #: The client's own timeout: a gateway that hung instead of failing cleanly would hit it.
@@ -84,7 +85,7 @@ class FaultyEngine:
             request.transport.close()
             return web.Response()
         if not stream:
-            return web.json_response(completion())
+            return web.json_response(completion_body("ok ok", 5, 2))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         if fault == "bad_sse":
@@ -107,23 +108,6 @@ class FaultyEngine:
 
 async def _ok() -> web.Response:
     return web.Response()
-
-
-def completion() -> dict:
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "created": 0,
-        "model": MODEL,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": "ok ok"},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
-    }
 
 
 def chunk(i: int, usage: bool = False) -> dict:

@@ -20,16 +20,17 @@ import openai
 import pytest
 
 from tests.conftest import (
+    MODEL,
     RedisProcess,
     RunningGateway,
     RunningSim,
     StartGateway,
     StartSim,
     assert_settled,
+    completion_tokens,
     gateway_config,
 )
 
-MODEL = "llama-3-8b"
 MESSAGES = [{"role": "user", "content": "Tell me a story."}]
 #: How long Redis stays away: longer than the lease TTL below, so that leases expire meanwhile.
 OUTAGE_S = 3.0
@@ -59,27 +60,6 @@ def fault_config(redis_url: str, sim: RunningSim, fail_mode: str) -> dict:
     return config
 
 
-async def one_request(client: openai.AsyncOpenAI, stream: bool, max_tokens: int = 40) -> int:
-    """A completion of ``max_tokens`` tokens, streamed or not; the tokens it made."""
-    chat = client.chat.completions
-    exact = {"ignore_eos": True}
-    if not stream:
-        reply = await chat.create(
-            model=MODEL, messages=MESSAGES, max_tokens=max_tokens, extra_body=exact
-        )
-        assert reply.usage is not None
-        return reply.usage.completion_tokens
-    chunks = await chat.create(
-        model=MODEL,
-        messages=MESSAGES,
-        max_tokens=max_tokens,
-        extra_body=exact,
-        stream=True,
-        stream_options={"include_usage": True},
-    )
-    return sum(c.usage.completion_tokens for c in [c async for c in chunks] if c.usage)
-
-
 def outcome(task: asyncio.Task[int]) -> str:
     """How one request ended: ``ok``, or the error code of a clean OpenAI error; anything
     else (a connection dropped, a body that is not an OpenAI error) is named as such."""
@@ -104,7 +84,7 @@ async def traffic_during(
 
     async def worker(i: int) -> None:
         while not stopping.is_set():
-            task = asyncio.create_task(one_request(client, stream=i % 2 == 0))
+            task = asyncio.create_task(completion_tokens(client, 40, stream=i % 2 == 0))
             await asyncio.wait([task])
             done.append(task)
 
@@ -120,61 +100,43 @@ async def traffic_during(
 async def served_again(gateway: RunningGateway) -> None:
     """After the fault, every request is served (streamed or not), several at once."""
     client = gateway.client()
-    made = await asyncio.gather(*(one_request(client, i % 2 == 0) for i in range(6)))
+    made = await asyncio.gather(*(completion_tokens(client, 40, i % 2 == 0) for i in range(6)))
     assert made == [40] * 6
 
 
 @pytest.mark.parametrize("fail_mode", ["closed", "open"])
-async def test_redis_restarted_mid_traffic(
+@pytest.mark.parametrize("fault", ["restarted", "frozen"])
+async def test_redis_away_mid_traffic(
     start_sim: StartSim,
     start_gateway: StartGateway,
     redis_process: RedisProcess,
+    fault: str,
     fail_mode: str,
 ) -> None:
-    """Redis restarts (empty) while requests run and wait: each ends served or with a clean
-    503; nothing is left over in the new Redis, nothing in the engine."""
+    """Redis restarts (empty), or freezes (its data kept) longer than the lease TTL, while
+    requests run and wait: each ends served or with a clean refusal; once Redis answers again,
+    the leases that could not be released are, and admission's state comes back to exactly
+    empty (in a restarted Redis, nothing of before is resurrected), the engine idle."""
     sim = await start_sim(time_scale=20.0)
     gateway = await start_gateway(fault_config(redis_process.url, sim, fail_mode))
 
-    async def restart() -> None:
-        redis_process.stop()
+    async def away() -> None:
+        if fault == "restarted":
+            redis_process.stop()
+        else:
+            redis_process.pause()
         await asyncio.sleep(OUTAGE_S)
-        redis_process.start()
+        if fault == "restarted":
+            redis_process.start()
+        else:
+            redis_process.resume()
 
-    ended = await traffic_during(gateway, restart)
+    ended = await traffic_during(gateway, away)
 
     assert ended["ok"] > 0
     assert set(ended) <= {"ok"} | CLEAN_CODES, ended
     if fail_mode == "closed":
         assert ended["admission_unavailable"] > 0, ended  # refused while Redis was away
-    await served_again(gateway)
-    await assert_settled(redis_process.url, [sim])
-
-
-@pytest.mark.parametrize("fail_mode", ["closed", "open"])
-async def test_redis_unreachable_then_back(
-    start_sim: StartSim,
-    start_gateway: StartGateway,
-    redis_process: RedisProcess,
-    fail_mode: str,
-) -> None:
-    """Redis freezes (its data kept) longer than the lease TTL while requests run and wait:
-    each ends served or with a clean 503; once it answers again, the leases that could not be
-    released are, and admission's state comes back to exactly empty."""
-    sim = await start_sim(time_scale=20.0)
-    gateway = await start_gateway(fault_config(redis_process.url, sim, fail_mode))
-
-    async def freeze() -> None:
-        redis_process.pause()
-        await asyncio.sleep(OUTAGE_S)
-        redis_process.resume()
-
-    ended = await traffic_during(gateway, freeze)
-
-    assert ended["ok"] > 0
-    assert set(ended) <= {"ok"} | CLEAN_CODES, ended
-    if fail_mode == "closed":
-        assert ended["admission_unavailable"] > 0, ended
     await served_again(gateway)
     await assert_settled(redis_process.url, [sim])
 

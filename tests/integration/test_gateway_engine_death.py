@@ -15,7 +15,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from fairgate.serving import serve
-from tests.conftest import StartGateway, StartSim, gateway_config, wait_answering
+from tests.conftest import StartGateway, StartSim, assert_settled, gateway_config, wait_answering
 
 MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
 LONG = {"max_tokens": 5000, "extra_body": {"ignore_eos": True}}
@@ -119,5 +119,6 @@ async def test_an_engine_whose_requests_keep_failing_is_ejected(
         redis = Redis.from_url(redis_url)
         assert await redis.hexists("fairgate:{adm}:down", "interactive-0")  # for every replica
         await redis.aclose()
+        await assert_settled(redis_url, [sim])
     finally:
         await runner.cleanup()

@@ -22,10 +22,16 @@ from multidict import CIMultiDict
 from fairgate.serving import serve
 from fairgate.settings import ListenerTls
 from loadtest.simulator.server import create_app
-from tests.conftest import ServeApp, StartGateway, StartSim, gateway_config
+from tests.conftest import (
+    MODEL,
+    ServeApp,
+    StartGateway,
+    StartSim,
+    completion_body,
+    gateway_config,
+)
 from tests.unit.config import CERT, CERT_KEY
 
-MODEL = "llama-3-8b"
 MESSAGES = [{"role": "user", "content": "hi"}]
 TLS = {"cert_file": str(CERT), "key_file": str(CERT_KEY)}
 
@@ -53,22 +59,7 @@ async def recording_engine(serve_app: ServeApp) -> tuple[str, list[CIMultiDict[s
 
     async def chat(request: web.Request) -> web.Response:
         received.append(CIMultiDict(request.headers))
-        return web.json_response(
-            {
-                "id": "chatcmpl-1",
-                "object": "chat.completion",
-                "created": 0,
-                "model": MODEL,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": "hi"},
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
-            }
-        )
+        return web.json_response(completion_body("hi", 5, 1))
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
