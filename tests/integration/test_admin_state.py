@@ -28,7 +28,6 @@ from tests.conftest import (
     gateway_config,
 )
 
-
 ADMIN = {"Authorization": "Bearer admin-secret"}
 ADMIN_TOKENS = {"tokens": ["admin-secret"]}
 DRAIN = "/admin/v1/backends/interactive-0/drain"

@@ -102,11 +102,11 @@ class FaultyEngine:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.chat)
-        app.router.add_get("/health", lambda _: _ok())
+        app.router.add_get("/health", _ok)
         return app
 
 
-async def _ok() -> web.Response:
+async def _ok(request: web.Request) -> web.Response:
     return web.Response()
 
 

@@ -33,8 +33,8 @@ from tests.conftest import (
 
 MESSAGES = [{"role": "user", "content": "Tell me a story."}]
 #: How long Redis stays away: longer than the lease TTL below, so that leases expire meanwhile.
-OUTAGE_S = 3.0
-LEASE_TTL_S = 1.5
+OUTAGE_S = 2.0
+LEASE_TTL_S = 1.2
 #: Clean refusals while Redis is away: closed mode's 503 (also a waiter whose queue entry was
 #: lost), open mode's 429 at its per-replica limits.
 CLEAN_CODES = {"admission_unavailable", "rate_limit_exceeded"}
