@@ -410,7 +410,8 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
         admin_port = settings.server.admin_port
         ports = (0,) if admin_port is None else (0, admin_port)
         app = create_gateway(settings, **app_options)
-        runner = await serve(app, "127.0.0.1", *ports, tls=settings.server.tls)
+        idle, tls = settings.server.idle_timeout_s, settings.server.tls
+        runner = await serve(app, "127.0.0.1", *ports, idle_timeout_s=idle, tls=tls)
         runners.append(runner)
         host, port = runner.addresses[0][:2]
         scheme = "http" if settings.server.tls is None else "https"
