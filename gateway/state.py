@@ -24,6 +24,7 @@ from gateway.metering import PlainMeters
 from gateway.metrics import AccessLogDrops, GatewayMetrics
 from gateway.routing import PoolSelector
 from gateway.shared_metrics import SharedStateMetrics
+from gateway.stalled_clients import StallWatch
 from tenants.directory import Directory
 from tenants.usage import Usage
 
@@ -49,6 +50,7 @@ class Gateway:
     access_log: AccessLog = field(init=False)  # one JSON line per inference request
     client_address: ClientAddress = field(init=False)  # X-Forwarded-For from trusted proxies
     shared_state: SharedStateMetrics = field(init=False)  # the live state as gauges
+    stalls: StallWatch = field(init=False)  # streams whose client stopped reading
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -60,6 +62,7 @@ class Gateway:
         telemetry = self.settings.telemetry
         self.access_log = AccessLog(telemetry.access_log)
         self.client_address = ClientAddress(self.settings.server.trusted_proxies)
+        self.stalls = StallWatch(self.settings.server.client_stall_timeout_s)
         self.shared_state = SharedStateMetrics(
             self.live,
             self.redis,
@@ -69,6 +72,7 @@ class Gateway:
         )
         self.metrics.add(self.shared_state)
         self.metrics.add(AccessLogDrops(self.access_log))
+        self.metrics.add(self.stalls)
 
     def in_background(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run bookkeeping after a response without delaying it (tasks are kept referenced)."""

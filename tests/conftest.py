@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from ssl import SSLContext
 from typing import Protocol
 
 import aiohttp
@@ -315,9 +316,12 @@ async def admission_for(redis_url: str) -> AsyncIterator[MakeAdmission]:
         await client.aclose()
 
 
-async def wait_answering(url: str, process: subprocess.Popen[bytes] | None = None) -> None:
-    """Poll ``url`` until it answers 200; fail at once if ``process`` exits first."""
-    async with aiohttp.ClientSession() as http:
+async def wait_answering(
+    url: str, process: subprocess.Popen[bytes] | None = None, ssl: SSLContext | None = None
+) -> None:
+    """Poll ``url`` until it answers 200; fail at once if ``process`` exits first (``ssl``: the
+    client context of an ``https://`` URL)."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl or True)) as http:
         for _ in range(600):
             if process is not None and process.poll() is not None:
                 raise AssertionError(f"the process for {url} exited with {process.returncode}")
@@ -410,7 +414,8 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
         admin_port = settings.server.admin_port
         ports = (0,) if admin_port is None else (0, admin_port)
         app = create_gateway(settings, **app_options)
-        runner = await serve(app, "127.0.0.1", *ports, tls=settings.server.tls)
+        idle, tls = settings.server.idle_timeout_s, settings.server.tls
+        runner = await serve(app, "127.0.0.1", *ports, idle_timeout_s=idle, tls=tls)
         runners.append(runner)
         host, port = runner.addresses[0][:2]
         scheme = "http" if settings.server.tls is None else "https"
