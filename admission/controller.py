@@ -15,7 +15,7 @@ taken before it runs.
 
 Every grant ends in exactly one release: the gateway releases in a ``finally``; a waiter whose
 client leaves withdraws, and if its grant raced the withdrawal, releases it at once. A release
-Redis did not confirm (unreachable, or its answer lost) is sent again by the upkeep until Redis
+Redis did not confirm (unreachable, or its answer lost) is sent again every half second until Redis
 answers, its lease renewed meanwhile, so that its quota correction is not lost: the retried
 correction applies only if the first release had not run (``QuotaPart.retried``). While
 nothing waits, a lease that ended well may first pass to the next request of its flow on this
@@ -71,6 +71,8 @@ EARLY_GRANT_KEPT_S = 5.0
 MAX_UNRELEASED = 10_000
 #: Releases sent again at once when Redis answers again (the channel pipelines them).
 RELEASE_AGAIN_BATCH = 64
+#: How often failed releases are sent again (or at the upkeep's interval, if shorter).
+RELEASE_AGAIN_EVERY_S = 0.5
 
 #: Hears of a request's quota charge as soon as admission took it (before it may wait).
 Charged = Callable[[Charge], None]
@@ -110,6 +112,7 @@ class Admission:
         self._leases: set[str] = set()
         #: releases Redis did not confirm: request id -> (service used, quota correction)
         self._unreleased: dict[str, tuple[float | None, QuotaPart | None]] = {}
+        self._releasing_again: asyncio.Task[None] | None = None
         self._held: dict[str, asyncio.TimerHandle] = {}  # leases Redis holds for a next request
         self._local = LocalLimits(settings, self._tenants)
         self._tasks: list[asyncio.Task[None]] = []
@@ -144,7 +147,7 @@ class Admission:
             self._end_hold(request_id)
         if self._background:
             await asyncio.wait(set(self._background), timeout=self._settings.redis.timeout_s)
-        await cancel_all(self._tasks)
+        await cancel_all([*self._tasks, self._releasing_again])
         with contextlib.suppress(RedisError, OSError):
             await self._release_again()
 
@@ -412,6 +415,19 @@ class Admission:
             del self._unreleased[oldest]
             log.warning("release of %s given up (too many waiting for Redis)", oldest)
         self._unreleased[request_id] = (service, correction)
+        if self._releasing_again is None or self._releasing_again.done():
+            self._releasing_again = asyncio.ensure_future(self._release_until_done())
+
+    async def _release_until_done(self) -> None:
+        """Send the failed releases again on a short interval until Redis took them all (the
+        upkeep's interval may be long: their capacity should not wait for it)."""
+        every_s = min(self._config.upkeep_interval_s, RELEASE_AGAIN_EVERY_S)
+        while self._unreleased:
+            await asyncio.sleep(every_s)
+            try:
+                await self._release_again()
+            except (RedisError, OSError) as exc:
+                log.debug("releases not sent again yet: %s", exc)
 
     async def _release_again(self) -> None:
         """Send again the releases Redis did not confirm, with their corrections as retries
@@ -555,7 +571,6 @@ class Admission:
             await asyncio.sleep(self._config.upkeep_interval_s)
             self._forget_early()
             try:
-                await self._release_again()
                 self._resolve(await self.scripts.tick())
                 await self._poll_grants()
                 if time.monotonic() - renewed >= renew_every:
