@@ -115,7 +115,9 @@ async def test_gateway_holds_requests_while_the_engine_queues_them(
     once its metrics say so, the 4th waits in fairgate instead, until the engine drains."""
     sim = await start_sim(time_scale=1.0, **{"scheduler.max_num_seqs": 1})
     config = gateway_config(redis_url, {"interactive": [sim.url]})
-    config["server"]["engine_load_interval_s"] = 0.05
+    config["server"]["engine_load_interval_s"] = (
+        0.25  # busy held 2 scrapes (0.5 s): a loaded machine delays some
+    )
     gateway = await start_gateway(config)
     client = gateway.client()
     redis = Redis.from_url(redis_url)
