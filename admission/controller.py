@@ -14,7 +14,10 @@ held lease waits for that call (a request without quotas does not), since its ch
 taken before it runs.
 
 Every grant ends in exactly one release: the gateway releases in a ``finally``; a waiter whose
-client leaves withdraws, and if its grant raced the withdrawal, releases it at once. While
+client leaves withdraws, and if its grant raced the withdrawal, releases it at once. A release
+Redis did not confirm (unreachable, or its answer lost) is sent again every half second until Redis
+answers, its lease renewed meanwhile, so that its quota correction is not lost: the retried
+correction applies only if the first release had not run (``QuotaPart.retried``). While
 nothing waits, a lease that ended well may first pass to the next request of its flow on this
 replica (see :mod:`admission.reuse`); the last request to hold it releases it.
 
@@ -25,6 +28,7 @@ per-replica limits (see :mod:`admission.local`), loudly; both recover on their o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -62,6 +66,13 @@ MAX_REUSES_IN_FLIGHT = 64
 LISTEN_WAKE_S = 1.0
 #: How long a grant heard before its waiter registered is kept for it.
 EARLY_GRANT_KEPT_S = 5.0
+#: Releases Redis did not confirm, kept to be sent again; past this many (a long outage under
+#: load) the oldest are dropped: their leases expire with the TTL, their corrections are lost.
+MAX_UNRELEASED = 10_000
+#: Releases sent again at once when Redis answers again (the channel pipelines them).
+RELEASE_AGAIN_BATCH = 64
+#: How often failed releases are sent again (or at the upkeep's interval, if shorter).
+RELEASE_AGAIN_EVERY_S = 0.5
 
 #: Hears of a request's quota charge as soon as admission took it (before it may wait).
 Charged = Callable[[Charge], None]
@@ -99,6 +110,9 @@ class Admission:
         #: grants heard on pub/sub for requests not waiting yet: backend, when heard
         self._early: dict[str, tuple[str, float]] = {}
         self._leases: set[str] = set()
+        #: releases Redis did not confirm: request id -> (service used, quota correction)
+        self._unreleased: dict[str, tuple[float | None, QuotaPart | None]] = {}
+        self._releasing_again: asyncio.Task[None] | None = None
         self._held: dict[str, asyncio.TimerHandle] = {}  # leases Redis holds for a next request
         self._local = LocalLimits(settings, self._tenants)
         self._tasks: list[asyncio.Task[None]] = []
@@ -133,7 +147,9 @@ class Admission:
             self._end_hold(request_id)
         if self._background:
             await asyncio.wait(set(self._background), timeout=self._settings.redis.timeout_s)
-        await cancel_all(self._tasks)
+        await cancel_all([*self._tasks, self._releasing_again])
+        with contextlib.suppress(RedisError, OSError):
+            await self._release_again()
 
     # ------------------------------------------------------------------------- acquiring
 
@@ -381,13 +397,52 @@ class Admission:
         try:
             outcome = await self.scripts.release(request_id, service, hold_ms, correction)
         except RedisError as exc:
-            log.warning("release of %s failed (%s); it expires with its lease TTL", request_id, exc)
+            log.warning("release of %s failed (%s); sent again once Redis answers", request_id, exc)
+            self._keep_unreleased(request_id, service, correction)
             return
         if outcome.state == "held":
             self._held[request_id] = asyncio.get_running_loop().call_later(
                 hold_ms / 1000, self._end_hold, request_id
             )
         self._heard(outcome)
+
+    def _keep_unreleased(
+        self, request_id: str, service: float | None, correction: QuotaPart | None
+    ) -> None:
+        """Keep a release Redis did not confirm, to send again (``_release_again``)."""
+        if len(self._unreleased) >= MAX_UNRELEASED:
+            oldest = next(iter(self._unreleased))
+            del self._unreleased[oldest]
+            log.warning("release of %s given up (too many waiting for Redis)", oldest)
+        self._unreleased[request_id] = (service, correction)
+        if self._releasing_again is None or self._releasing_again.done():
+            self._releasing_again = asyncio.ensure_future(self._release_until_done())
+
+    async def _release_until_done(self) -> None:
+        """Send the failed releases again on a short interval until Redis took them all (the
+        upkeep's interval may be long: their capacity should not wait for it)."""
+        every_s = min(self._config.upkeep_interval_s, RELEASE_AGAIN_EVERY_S)
+        while self._unreleased:
+            await asyncio.sleep(every_s)
+            try:
+                await self._release_again()
+            except (RedisError, OSError) as exc:
+                log.debug("releases not sent again yet: %s", exc)
+
+    async def _release_again(self) -> None:
+        """Send again the releases Redis did not confirm, with their corrections as retries
+        (applied only if the first release had not run); raises if Redis still fails."""
+        while self._unreleased:
+            batch = list(self._unreleased.items())[:RELEASE_AGAIN_BATCH]
+            outcomes = await asyncio.gather(
+                *(
+                    self.scripts.release(i, service, 0, None if fix is None else fix.retried())
+                    for i, (service, fix) in batch
+                )
+            )
+            for (request_id, _), outcome in zip(batch, outcomes, strict=True):
+                self._unreleased.pop(request_id, None)
+                self._heard(outcome)
 
     def _end_hold(self, request_id: str) -> None:
         """A held lease's time is up: release it (a no-op if its tenant's next request did)."""
@@ -533,7 +588,8 @@ class Admission:
     async def _renew(self) -> None:
         """Renew what this replica holds; a waiter whose entry is gone was dropped by Redis as
         late (past its deadline: 429, like any queue timeout) or reclaimed (lost: 503)."""
-        for request_id in await self.scripts.renew([*self._waiters, *self._leases]):
+        held = [*self._waiters, *self._leases, *self._unreleased]
+        for request_id in await self.scripts.renew(held):
             future = self._waiters.get(request_id)
             if future is not None and not future.done():
                 late = asyncio.get_running_loop().time() >= self._due.get(request_id, math.inf)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from redis.exceptions import RedisError
@@ -143,11 +143,18 @@ class QuotaPart:
     """One step on a tenant's quotas inside an admission script call (a *quota part*, as
     ``lua/lib/quota.lua`` reads it): a ``charge`` takes every amount or none, a ``correct``
     moves each limit by its amount (negative: gives tokens back), a ``peek`` changes nothing
-    and reports where each limit stands."""
+    and reports where each limit stands; a ``retry`` is a correction sent again after the
+    release it rode on failed, applied only if that release had not run (see :meth:`retried`)."""
 
-    mode: Literal["charge", "correct", "peek"]
+    mode: Literal["charge", "correct", "retry", "peek"]
     tenant: str
     amounts: tuple[tuple[Limit, int], ...]
+
+    def retried(self) -> QuotaPart:
+        """This correction sent again with a release that Redis may have run already (its
+        answer was lost): ``release.lua`` applies it only while the lease is still there, since
+        the release that ran took the lease and applied it once."""
+        return replace(self, mode="retry")
 
     def args(self) -> list[str | int]:
         args: list[str | int] = [self.mode, self.tenant, len(self.amounts)]

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import inspect
 import json
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import aiohttp
@@ -132,6 +134,11 @@ async def fetch(transport: Transport, request: EngineRequest) -> Answer:
     return Answer(response.status, body)
 
 
+def engine_ssl_context(ca_file: Path) -> ssl.SSLContext:
+    """A client context that trusts ``ca_file``'s certificates (and checks the host name)."""
+    return ssl.create_default_context(cafile=str(ca_file))
+
+
 class AiohttpTransport:
     """A backend's own ``aiohttp.ClientSession`` (its own connection pool), so that a slow or
     dead engine cannot starve connections to the others. Made on first use, in the loop."""
@@ -146,8 +153,10 @@ class AiohttpTransport:
         headers = {}
         if self._config.api_key is not None:
             headers["Authorization"] = f"Bearer {self._config.api_key.get_secret_value()}"
+        # An engine with a private CA: its certificate verified against that CA alone
+        verify = True if self._config.ca_file is None else engine_ssl_context(self._config.ca_file)
         return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_S),
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_S, ssl=verify),
             timeout=aiohttp.ClientTimeout(
                 total=None,
                 connect=self._config.connect_timeout_s,

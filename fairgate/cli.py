@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fairgate import admin_cli, kv_capacity
-from fairgate.settings import BackendConfig, ConfigError, Settings, load_settings
+from fairgate.settings import BackendConfig, ConfigError, ListenerTls, Settings, load_settings
 from fairgate.workers import worker_count
 
 if TYPE_CHECKING:
@@ -373,7 +373,12 @@ def _run_serve(args: argparse.Namespace) -> int:
         return _supervise(args, settings, workers)
     ports = (server.port,) if server.admin_port is None else (server.port, server.admin_port)
     _serve_until_signalled(
-        create_app(settings), server.host, ports, _banner(settings), server.idle_timeout_s
+        create_app(settings),
+        server.host,
+        ports,
+        _banner(settings),
+        server.idle_timeout_s,
+        server.tls,
     )
     return 0
 
@@ -381,10 +386,11 @@ def _run_serve(args: argparse.Namespace) -> int:
 def _banner(settings: Settings, workers: int = 1) -> str:
     host, port, admin_port = settings.server.host, settings.server.port, settings.server.admin_port
     processes = f", {workers} worker processes" if workers > 1 else ""
+    scheme = "http" if settings.server.tls is None else "https"
     return (
-        f"fairgate listening on http://{host}:{port}/v1 "
+        f"fairgate listening on {scheme}://{host}:{port}/v1 "
         f"({len(settings.pools)} pools, {len(settings.tenants)} tenants in the file{processes}), "
-        f"admin API on http://{host}:{admin_port or port}/admin/v1"
+        f"admin API on {scheme}://{host}:{admin_port or port}/admin/v1"
     )
 
 
@@ -412,11 +418,15 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     supervisor = os.getppid()
     place = WorkerPlace(args.worker_index, tuple(map(int, args.sibling_ports.split(","))))
-    sockets = [socket.socket(fileno=fd) for fd in [*args.listen_fd, args.private_fd]]
+    sockets = [socket.socket(fileno=fd) for fd in args.listen_fd]
+    private = socket.socket(fileno=args.private_fd)  # its siblings read it over plain HTTP
     app = create_app(settings, worker=place)
+    server = settings.server
 
     async def run() -> None:
-        runner = await serve_sockets(app, sockets, settings.server.idle_timeout_s)
+        runner = await serve_sockets(
+            app, sockets, server.idle_timeout_s, server.tls, plain=[private]
+        )
         logging.getLogger("fairgate").info("worker %d serving", place.index)
         try:
             await until_signalled(unless=lambda: orphaned(supervisor))
@@ -452,12 +462,15 @@ def _serve_until_signalled(
     ports: tuple[int, ...],
     banner: str,
     idle_timeout_s: float | None = None,
+    tls: ListenerTls | None = None,
 ) -> None:
     """Serve ``app`` on uvloop until SIGINT or SIGTERM, then shut it down cleanly."""
     from fairgate.serving import IDLE_TIMEOUT_S, serve, until_signalled
 
     async def run() -> None:
-        runner = await serve(app, host, *ports, idle_timeout_s=idle_timeout_s or IDLE_TIMEOUT_S)
+        runner = await serve(
+            app, host, *ports, idle_timeout_s=idle_timeout_s or IDLE_TIMEOUT_S, tls=tls
+        )
         logging.getLogger("fairgate").info("%s", banner)
         try:
             await until_signalled()

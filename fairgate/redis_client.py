@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Iterator
+from contextvars import ContextVar
 from typing import Any, Protocol, cast
 
 from redis.asyncio import BlockingConnectionPool, Connection, Redis, RedisCluster, SSLConnection
@@ -111,7 +112,13 @@ class GatewayCluster(RedisCluster):
         return _GatewayClusterPipeline(self, transaction)  # type: ignore[abstract]
 
     async def aclose(self) -> None:
-        await self.scripts.close()
+        """The client's end: the script channel closes with it. redis-py also calls this
+        itself, in the middle of a command, to reset its slot map (every few ``MOVED``, a
+        cluster error, a pipeline's retry): that must not cut the admission scripts in flight
+        on the channel (they failed with "channel closed", a 503 or a lost release), which
+        follows the slot map on its own."""
+        if not _IN_COMMAND.get():
+            await self.scripts.close()
         await super().aclose()
 
 
@@ -131,17 +138,26 @@ class _GatewayClusterPipeline(ClusterPipeline):
             return await super().watch(*names)
 
 
+#: Set while redis-py runs a command of a :class:`GatewayCluster`: an ``aclose`` then is
+#: redis-py's own reset of its slot map, not the client's end.
+_IN_COMMAND: ContextVar[bool] = ContextVar("fairgate_in_cluster_command", default=False)
+
+
 @contextlib.contextmanager
 def cluster_errors_as_redis_errors() -> Iterator[None]:
     """redis-py's Cluster client raises ``RedisClusterException`` (not a ``RedisError``) when
     no node answers or a slot is not covered: an outage, which callers know as redis'
-    ``ConnectionError``. Programming errors (keys of several slots in one transaction) stay."""
+    ``ConnectionError``. Programming errors (keys of several slots in one transaction) stay.
+    Marks the command as running (``_IN_COMMAND``) meanwhile."""
+    running = _IN_COMMAND.set(True)
     try:
         yield
     except (CrossSlotTransactionError, InvalidPipelineStack):
         raise
     except RedisClusterException as exc:
         raise RedisConnectionError(f"Redis Cluster: {exc}") from exc
+    finally:
+        _IN_COMMAND.reset(running)
 
 
 #: The client of a gateway process, whichever Redis deployment it uses.

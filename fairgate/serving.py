@@ -5,19 +5,26 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import ssl
 from collections.abc import Callable, Iterable
 
 from aiohttp import web
+
+from fairgate.settings import ListenerTls
 
 #: aiohttp's own default: how long a connection may go without a whole request head.
 IDLE_TIMEOUT_S = 75.0
 
 
 async def serve(
-    app: web.Application, host: str, *ports: int, idle_timeout_s: float = IDLE_TIMEOUT_S
+    app: web.Application,
+    host: str,
+    *ports: int,
+    idle_timeout_s: float = IDLE_TIMEOUT_S,
+    tls: ListenerTls | None = None,
 ) -> web.AppRunner:
     """Start listening on ``host`` at each of ``ports`` (0 picks a free port; see
-    ``runner.addresses``).
+    ``runner.addresses``), over TLS with ``tls``'s certificate and key if given.
 
     ``idle_timeout_s``: a connection that has not sent a whole request head this long after it
     opened, or after its last response, is closed: idle keep-alive connections, and clients
@@ -29,8 +36,9 @@ async def serve(
     The caller keeps the runner and calls ``cleanup()`` to stop.
     """
     runner = await _runner(app, idle_timeout_s)
+    context = None if tls is None else server_ssl_context(tls)
     for port in ports:
-        await web.TCPSite(runner, host, port, backlog=1024).start()
+        await web.TCPSite(runner, host, port, backlog=1024, ssl_context=context).start()
     return runner
 
 
@@ -38,13 +46,26 @@ async def serve_sockets(
     app: web.Application,
     sockets: Iterable[socket.socket],
     idle_timeout_s: float = IDLE_TIMEOUT_S,
+    tls: ListenerTls | None = None,
+    plain: Iterable[socket.socket] = (),
 ) -> web.AppRunner:
     """As :func:`serve`, on sockets already listening (a worker's, from its supervisor:
-    :mod:`fairgate.workers`)."""
+    :mod:`fairgate.workers`), over TLS with ``tls`` if given; ``plain`` ones never (a
+    worker's private loopback port, which its siblings read)."""
     runner = await _runner(app, idle_timeout_s)
+    context = None if tls is None else server_ssl_context(tls)
     for sock in sockets:
+        await web.SockSite(runner, sock, ssl_context=context).start()
+    for sock in plain:
         await web.SockSite(runner, sock).start()
     return runner
+
+
+def server_ssl_context(tls: ListenerTls) -> ssl.SSLContext:
+    """A server context with Python's secure defaults (TLS 1.2 and later) for the listener."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    return context
 
 
 async def _runner(app: web.Application, idle_timeout_s: float) -> web.AppRunner:

@@ -31,7 +31,9 @@ from pydantic import (
     AfterValidator,
     BeforeValidator,
     Field,
+    FilePath,
     HttpUrl,
+    IPvAnyNetwork,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
@@ -121,6 +123,11 @@ class BackendConfig(StrictModel):
         description="Send each request's priority in the engine's own priority field (vLLM "
         "with --scheduling-policy priority, SGLang with --enable-priority-scheduling), so the "
         "engine orders what it holds as fairgate does.",
+    )
+    ca_file: FilePath | None = Field(
+        None,
+        description="An https:// engine's certificate is verified against this CA bundle (PEM) "
+        "instead of the system's trust store (an engine with a private CA).",
     )
     connect_timeout_s: PositiveFloat = Field(5.0, description="TCP connect timeout.")
     read_timeout_s: PositiveFloat = Field(
@@ -594,11 +601,27 @@ class RedisConfig(StrictModel):
         return value
 
 
+class ListenerTls(StrictModel):
+    """TLS on the gateway's own listener (both ports): its certificate and private key."""
+
+    cert_file: FilePath = Field(description="The certificate chain (PEM), the server's first.")
+    key_file: FilePath = Field(description="Its private key (PEM, not encrypted).")
+
+
 class ServerConfig(StrictModel):
     """The gateway's own HTTP listener."""
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
+    tls: ListenerTls | None = Field(
+        None, description="Serve HTTPS with this certificate and key (plain HTTP if unset)."
+    )
+    trusted_proxies: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description="Reverse proxies (addresses or networks) whose X-Forwarded-For is "
+        "believed: the client is the rightmost address in it that is not one of them. Empty: "
+        "the header is ignored and the client is the connection's peer.",
+    )
     max_body_bytes: PositiveInt = Field(8 * 1024 * 1024, description="Larger bodies get 413.")
     body_timeout_s: PositiveFloat = Field(
         30.0, description="Longest wait for a request's whole body before a 408."

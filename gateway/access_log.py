@@ -2,7 +2,8 @@
 
 A line says when the request arrived, its id, tenant, pool, backend and model, its status and
 how it ended (``served``, ``rejected`` with the reason, ``cancelled``), how long it queued, its
-time to first token and in all, and the tokens in and out. It never holds a key, a header, a
+time to first token and in all, the tokens in and out, and the client's address (see
+:mod:`gateway.client_address`). It never holds a key, a header, a
 prompt or a completion: only what :class:`Entry` carries, all of it decided by the gateway
 (the tenant's id, never its key; a model only once routing found a pool that serves it).
 
@@ -49,6 +50,7 @@ class Entry(NamedTuple):
     path: str
     stream: bool
     ending: Ending
+    client: str | None = None  # its address (X-Forwarded-For only from a trusted proxy)
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -91,6 +93,7 @@ def line_of(entry: Entry) -> str:
             "total_ms": _ms(ending.total_s),
             "prompt_tokens": ending.prompt_tokens,
             "completion_tokens": ending.completion_tokens,
+            "client": entry.client,
         }
     )
 

@@ -151,6 +151,7 @@ def _ended(request: web.Request, account: Account, ending: Ending) -> None:
                 request.path,
                 flight is not None and flight.parsed.stream,
                 ending,
+                gateway.client_address.of(request.remote, request.headers.get("X-Forwarded-For")),
             )
         )
 

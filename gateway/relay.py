@@ -4,7 +4,9 @@ Streaming: each complete SSE event is written to the client as soon as it arrive
 buffered beyond an unfinished event. The engine was asked for the final usage chunk; the relay
 records the usage from it and drops the chunk when the client did not ask for it, so the client
 sees exactly what the engine would have sent it. If the engine dies mid-stream the client gets
-an SSE error event and ``[DONE]``, and the response ends cleanly.
+an SSE error event and ``[DONE]``, and the response ends cleanly; so does one whose stream is
+garbage (its first event is not JSON, or it ends in bytes that are no event). A plain answer
+of 200 that is not a JSON object is the engine's failure (502), never relayed as a success.
 
 A client that goes away makes the write raise; the caller closes the engine connection, which
 makes the engine abort the request and free its KV cache.
@@ -22,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from backends.errors import EngineFailed
 from backends.transport import READ_ERRORS, EngineResponse
 from fairgate.errors import error_body
 from gateway.sse import DONE, data_of, error_event, event_around, json_data, last_event_end
@@ -148,6 +151,8 @@ async def relay_stream(
     response.headers["X-Accel-Buffering"] = "no"
     await response.prepare(request)
     reader = upstream.content.iter_any().__aiter__()
+    checked = False  # whether the first event was seen to be an event of JSON
+    broke_off = False  # the engine stopped mid-stream (the client was told)
     while True:
         try:
             data = await reader.__anext__()
@@ -157,27 +162,52 @@ async def relay_stream(
             outcome.error = f"{exc.__class__.__name__}: {exc}"
             message = f"The engine stopped in the middle of the response ({outcome.error})."
             await response.write(error_event(message) + b"data: [DONE]\n\n")
+            broke_off = True
             break
         if out := stream.feed(data):
+            if not checked:
+                checked = True
+                if not _first_event_ok(out):
+                    outcome.error = "its stream is not server-sent events of JSON"
+                    break
             await response.write(out)
             if meter is not None:
                 meter(outcome.chunks)
             if tap is not None:
                 tap(out, outcome.chunks)
-    if stream.tail and outcome.error is None:
+    if stream.tail and outcome.error is None and not outcome.completed:
+        outcome.error = "its stream ended in bytes that are no event"
+    if outcome.error is not None and not broke_off:
+        message = f"The engine answered garbage ({outcome.error})."
+        await response.write(error_event(message) + b"data: [DONE]\n\n")
+    elif stream.tail and outcome.error is None:
         await response.write(stream.tail)
     await response.write_eof()
     return response, outcome
 
 
+def _first_event_ok(events: bytes) -> bool:
+    """Whether the first event of a stream is one an OpenAI client can read: JSON, ``[DONE]``
+    or no data at all (a comment). Checked once per stream, so that an engine (or a proxy in
+    front of it) that streams garbage ends in a clean error rather than in the client's parser."""
+    start, end = event_around(events, 0)
+    payload = data_of(events[start:end])
+    return payload is None or payload == DONE or json_data(events[start:end]) is not None
+
+
 async def relay_body(
     upstream: EngineResponse, headers: Mapping[str, str]
 ) -> tuple[web.Response, Relayed]:
-    """Relay a complete (non-streamed) response with its status."""
+    """Relay a complete (non-streamed) response with its status; a success that is not a JSON
+    object raises :class:`~backends.errors.EngineFailed` (502, and a failure of the engine)."""
     body = await upstream.read()
     outcome = Relayed(upstream.status, completed=True)
-    if upstream.status == 200 and upstream.content_type == "application/json":
+    if upstream.status == 200:
+        if upstream.content_type != "application/json":
+            raise EngineFailed(f"The engine answered {upstream.content_type!r}, not JSON.")
         outcome.usage = _usage_of(body)
+        if outcome.usage is None and not _is_json_object(body):
+            raise EngineFailed("The engine answered a body that is not a JSON object.")
     relayed = response_headers(upstream, headers)
     if upstream.status >= 400:
         body = engine_error_body(upstream.status, body)
@@ -235,6 +265,13 @@ def _usage_of(body: bytes) -> dict[str, Any] | None:
         return None
     usage = value.get("usage") if isinstance(value, dict) else None
     return usage if isinstance(usage, dict) else None
+
+
+def _is_json_object(body: bytes) -> bool:
+    try:
+        return isinstance(json.loads(body), dict)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return False
 
 
 _DECODER = json.JSONDecoder()

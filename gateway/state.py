@@ -19,6 +19,7 @@ from estimators.estimator import CostEstimator
 from fairgate.redis_client import AnyRedis
 from fairgate.settings import Settings
 from gateway.access_log import AccessLog
+from gateway.client_address import ClientAddress
 from gateway.metering import PlainMeters
 from gateway.metrics import AccessLogDrops, GatewayMetrics
 from gateway.routing import PoolSelector
@@ -47,6 +48,7 @@ class Gateway:
     usage: Usage = field(init=False)  # tenants' requests, tokens and refusals per model and day
     live: LiveState = field(init=False)  # admission's shared state, for the admin API
     access_log: AccessLog = field(init=False)  # one JSON line per inference request
+    client_address: ClientAddress = field(init=False)  # X-Forwarded-For from trusted proxies
     shared_state: SharedStateMetrics = field(init=False)  # the live state as gauges
     stalls: StallWatch = field(init=False)  # streams whose client stopped reading
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -59,6 +61,7 @@ class Gateway:
         self.live = LiveState(self.redis, self.settings)
         telemetry = self.settings.telemetry
         self.access_log = AccessLog(telemetry.access_log)
+        self.client_address = ClientAddress(self.settings.server.trusted_proxies)
         self.stalls = StallWatch(self.settings.server.client_stall_timeout_s)
         self.shared_state = SharedStateMetrics(
             self.live,

@@ -3,27 +3,81 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from ssl import SSLContext
+from typing import Protocol
 
 import aiohttp
 import openai
 import pytest
 from aiohttp import web
+from openai.types.chat import ChatCompletionMessageParam
 from redis.asyncio import Redis
 
 from admission.controller import Admission
+from fairgate.keys import AdmissionKeys
 from fairgate.redis_client import GatewayRedis
 from fairgate.serving import serve
 from fairgate.settings import Settings
 from gateway.app import create_app as create_gateway
+from loadtest.services import free_port, stop, wait_listening
 from loadtest.simulator.profile import DEFAULT_PROFILE, EngineProfile, load_profile, profile_path
 from loadtest.simulator.server import SIMULATOR, Simulator, create_app
 
 REPO = Path(__file__).resolve().parent.parent
 H100_PROFILE = profile_path(DEFAULT_PROFILE)
+MODEL = "llama-3-8b"
+STORY: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell me a long story."}]
+
+
+async def completion_tokens(client: openai.AsyncOpenAI, max_tokens: int, stream: bool) -> int:
+    """A chat completion of exactly ``max_tokens`` tokens (any error raises); the tokens made."""
+    completions, exact = client.chat.completions, {"ignore_eos": True}
+    if not stream:
+        reply = await completions.create(
+            model=MODEL, messages=STORY, max_tokens=max_tokens, extra_body=exact
+        )
+        assert reply.usage is not None
+        return reply.usage.completion_tokens
+    chunks = await completions.create(
+        model=MODEL,
+        messages=STORY,
+        max_tokens=max_tokens,
+        extra_body=exact,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    usage = [chunk.usage async for chunk in chunks if chunk.usage]
+    assert len(usage) == 1
+    return usage[0].completion_tokens
+
+
+def completion_body(
+    content: str = "ok", prompt_tokens: int = 1, completion_tokens: int = 1
+) -> dict:
+    """A whole chat completion as an engine answers it (for engines written as aiohttp apps)."""
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 0,
+        "model": MODEL,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
 
 
 @dataclass
@@ -49,6 +103,11 @@ class RunningSim:
     async def state(self) -> dict:
         async with self.http.get(f"{self.url}/sim/state") as resp:
             return await resp.json()
+
+    async def holding(self) -> int:
+        """Requests the engine holds now, running or waiting (0 once all have ended)."""
+        state = await self.state()
+        return int(state["running"]) + int(state["waiting"])
 
     async def metric(self, name: str, **labels: str) -> float:
         """The value of one sample on /metrics (0 if absent)."""
@@ -120,7 +179,9 @@ INFLIGHT_KEYS = (
 )
 
 
-async def inflight_state(client: Redis, prefix: str = "fairgate:{adm}:") -> dict[str, object]:
+async def inflight_state(
+    client: Redis, prefix: str = AdmissionKeys.of("fairgate").prefix
+) -> dict[str, object]:
     """What admission still holds: in-flight counters, leases, queues (empty when idle)."""
     left: dict[str, object] = {}
     for name in INFLIGHT_KEYS:
@@ -138,6 +199,40 @@ async def inflight_state(client: Redis, prefix: str = "fairgate:{adm}:") -> dict
     return left
 
 
+class HoldsRequests(Protocol):
+    """An engine a test can ask how many requests it still holds (running or waiting)."""
+
+    async def holding(self) -> int: ...
+
+
+async def assert_settled(
+    redis_url: str,
+    engines: Sequence[HoldsRequests] = (),
+    within_s: float = 15.0,
+    key_prefix: str = "fairgate",
+) -> None:
+    """Admission holds nothing and no engine holds an orphaned request, within ``within_s``.
+
+    What every fault test ends with: every in-flight counter, lease, queue entry and pending
+    charge gone from Redis (leases of killed processes expire within their TTL), and every
+    engine idle (a request the gateway gave up on was aborted in the engine, not left to run).
+    Fails with what is left.
+    """
+    client = Redis.from_url(redis_url)
+    prefix = AdmissionKeys.of(key_prefix).prefix
+    try:
+        for _ in range(int(within_s / 0.05)):
+            left = await inflight_state(client, prefix)
+            held = [await engine.holding() for engine in engines]
+            if not left and not any(held):
+                return
+            await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+    assert not left, f"admission state left in Redis: {sorted(left)}"
+    assert not any(held), f"requests still held by the engines: {held}"
+
+
 @pytest.fixture
 async def redis_url(redis_proc) -> AsyncIterator[str]:  # noqa: ANN001 - pytest-redis executor
     """A private redis-server (started once per session by pytest-redis), emptied per test.
@@ -148,14 +243,48 @@ async def redis_url(redis_proc) -> AsyncIterator[str]:  # noqa: ANN001 - pytest-
     url = f"redis://{redis_proc.host}:{redis_proc.port}/0"
     client = Redis.from_url(url)
     await client.flushall()
-    yield url
-    for _ in range(300):
-        left = await inflight_state(client)
-        if not left:
-            break
-        await asyncio.sleep(0.05)
     await client.aclose()
-    assert not left, f"admission state left in Redis after the test: {sorted(left)}"
+    yield url
+    await assert_settled(url)
+
+
+class RedisProcess:
+    """A redis-server that the test can stop and start again on the same port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", ""],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_listening(self.port, self.process)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.resume()  # a stopped process cannot end on SIGTERM
+            stop(self.process)
+
+    def pause(self) -> None:
+        """Freeze it (SIGSTOP): connections stay open and nothing answers, as in a network
+        partition; its data stays, unlike after a restart."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+
+@pytest.fixture
+def redis_process() -> Iterator[RedisProcess]:
+    redis = RedisProcess()
+    redis.start()
+    yield redis
+    redis.stop()
 
 
 @pytest.fixture
@@ -187,9 +316,12 @@ async def admission_for(redis_url: str) -> AsyncIterator[MakeAdmission]:
         await client.aclose()
 
 
-async def wait_answering(url: str, process: subprocess.Popen[bytes] | None = None) -> None:
-    """Poll ``url`` until it answers 200; fail at once if ``process`` exits first."""
-    async with aiohttp.ClientSession() as http:
+async def wait_answering(
+    url: str, process: subprocess.Popen[bytes] | None = None, ssl: SSLContext | None = None
+) -> None:
+    """Poll ``url`` until it answers 200; fail at once if ``process`` exits first (``ssl``: the
+    client context of an ``https://`` URL)."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl or True)) as http:
         for _ in range(600):
             if process is not None and process.poll() is not None:
                 raise AssertionError(f"the process for {url} exited with {process.returncode}")
@@ -282,11 +414,14 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
         admin_port = settings.server.admin_port
         ports = (0,) if admin_port is None else (0, admin_port)
         app = create_gateway(settings, **app_options)
-        idle = settings.server.idle_timeout_s
-        runner = await serve(app, "127.0.0.1", *ports, idle_timeout_s=idle)
+        idle, tls = settings.server.idle_timeout_s, settings.server.tls
+        runner = await serve(app, "127.0.0.1", *ports, idle_timeout_s=idle, tls=tls)
         runners.append(runner)
         host, port = runner.addresses[0][:2]
-        gateways.append(RunningGateway(f"http://{host}:{port}", settings, aiohttp.ClientSession()))
+        scheme = "http" if settings.server.tls is None else "https"
+        gateways.append(
+            RunningGateway(f"{scheme}://{host}:{port}", settings, aiohttp.ClientSession())
+        )
         return gateways[-1]
 
     yield start

@@ -19,8 +19,14 @@ from typing import Any
 import pytest
 
 from fairgate import cli
-from tests.conftest import RunningGateway, RunningSim, StartGateway, StartSim, gateway_config
-from tests.integration.test_admission_redis_outage import RedisProcess, redis_process  # noqa: F401
+from tests.conftest import (
+    RedisProcess,
+    RunningGateway,
+    RunningSim,
+    StartGateway,
+    StartSim,
+    gateway_config,
+)
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 ADMIN_TOKENS = {"tokens": ["admin-secret"]}
@@ -274,7 +280,7 @@ async def test_unknown_backends_are_404_and_every_call_needs_an_admin_token(
 async def test_without_redis_the_state_and_drains_are_503_and_come_back_with_it(
     start_gateway: StartGateway,
     start_sim: StartSim,
-    redis_process: RedisProcess,  # noqa: F811 - the fixture, imported with its class
+    redis_process: RedisProcess,
 ) -> None:
     sim = await start_sim(time_scale=100.0)
     gateway = await start_gateway(

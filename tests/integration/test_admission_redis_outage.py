@@ -2,44 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Iterator
-
 import openai
 import pytest
 
-from loadtest.services import free_port, stop, wait_listening
-from tests.conftest import RunningSim, StartGateway, StartSim, gateway_config
+from tests.conftest import RedisProcess, RunningSim, StartGateway, StartSim, gateway_config
 
 MESSAGES = [{"role": "user", "content": "hi"}]
-
-
-class RedisProcess:
-    """A redis-server that the test can stop and start again on the same port."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", ""],
-            stdout=subprocess.DEVNULL,
-        )
-        wait_listening(self.port, self.process)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop(self.process)
-
-
-@pytest.fixture
-def redis_process() -> Iterator[RedisProcess]:
-    redis = RedisProcess()
-    redis.start()
-    yield redis
-    redis.stop()
 
 
 async def ask(client: openai.AsyncOpenAI) -> int:

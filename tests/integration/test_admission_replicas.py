@@ -27,10 +27,17 @@ from redis.asyncio import Redis
 
 from loadtest.quota_bench.measurement import measure
 from loadtest.quota_bench.workload import KEYS, REPLICAS, TIME_SCALE, tenants_config
-from tests.conftest import REPO, StartSim, gateway_config, inflight_state, wait_answering
+from tests.conftest import (
+    MODEL,
+    REPO,
+    StartSim,
+    assert_settled,
+    completion_tokens,
+    gateway_config,
+    wait_answering,
+)
 
 PREFIX = "fairgate:{adm}:"
-MODEL = "llama-3-8b"
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Tell me a long story."}]
 
 pytestmark = pytest.mark.timeout(180)
@@ -147,26 +154,16 @@ def tenant(key: str, **limits: object) -> dict:
     return {"api_keys": [key], "max_queued": 1000, "queue_timeout_s": 60, **limits}
 
 
-async def completion_tokens(client: openai.AsyncOpenAI, max_tokens: int, stream: bool) -> int:
-    """A chat completion of exactly ``max_tokens`` tokens (any error raises); the tokens made."""
-    completions, exact = client.chat.completions, {"ignore_eos": True}
-    if not stream:
-        reply = await completions.create(
-            model=MODEL, messages=MESSAGES, max_tokens=max_tokens, extra_body=exact
-        )
-        assert reply.usage is not None
-        return reply.usage.completion_tokens
-    chunks = await completions.create(
-        model=MODEL,
-        messages=MESSAGES,
-        max_tokens=max_tokens,
-        extra_body=exact,
-        stream=True,
-        stream_options={"include_usage": True},
-    )
-    usage = [chunk.usage async for chunk in chunks if chunk.usage]
-    assert len(usage) == 1
-    return usage[0].completion_tokens
+async def latest_expiry(redis: Redis, ids: list[bytes]) -> float:
+    """The latest expiry any of ``ids`` (leases or queue entries) had, watched until every one
+    of them is gone."""
+    latest = 0.0
+    while True:
+        scores = [await redis.zscore(PREFIX + "exp", i) for i in ids]
+        if all(score is None for score in scores):
+            return latest
+        latest = max([latest, *(s for s in scores if s is not None)])
+        await asyncio.sleep(0.005)
 
 
 async def admission_stat(redis: Redis, name: str) -> int:
@@ -206,7 +203,9 @@ async def test_three_replicas_never_exceed_shared_limits(
 async def test_a_killed_replicas_capacity_returns_to_the_others(
     start_sim: StartSim, start_replicas: StartReplicas, redis_url: str, redis: Redis
 ) -> None:
-    """Replica A holds the whole engine and dies; B's queued requests run once A's leases expire."""
+    """Replica A holds the whole engine with two streams, has two requests queued, and dies
+    (SIGKILL): B's queued requests run once A's leases expire, and A's leases and queue entries
+    are all reclaimed, none left behind (issue 16's fault suite)."""
     sim = await start_sim(time_scale=20.0)
     config = replica_config(redis_url, {"p": [sim.url]}, 2, {"a": tenant("key-a")}, lease_ttl_s=2.0)
     a, b = await start_replicas(config, 2)
@@ -230,35 +229,49 @@ async def test_a_killed_replicas_capacity_returns_to_the_others(
             await resp.content.readuntil(b"\n\n")  # tokens are flowing
             held.append(resp)
 
+        queued_on_a = [
+            asyncio.create_task(
+                http.post(
+                    f"{a.url}/v1/chat/completions",
+                    json={"model": MODEL, "messages": MESSAGES, "max_tokens": 20},
+                    headers={"Authorization": "Bearer key-a"},
+                )
+            )
+            for _ in range(2)
+        ]
+        while await redis.hlen(PREFIX + "req") < len(queued_on_a):  # A's own wait first
+            await asyncio.sleep(0.01)
+        a.kill()  # maybe before it renewed its entries with its leases (then they expire later)
+        of_a = [*await redis.hkeys(PREFIX + "req"), *await redis.hkeys(PREFIX + "lease")]
+        last_renewed = max([await redis.zscore(PREFIX + "exp", i) or 0 for i in of_a])
+        expiries = asyncio.create_task(latest_expiry(redis, of_a))
         waiting = [
             asyncio.create_task(completion_tokens(b.client("key-a"), 20, stream))
             for stream in (True, False, True)
         ]
-        while await redis.hlen(PREFIX + "req") < len(waiting):  # B's requests wait their turn
+        while await redis.hlen(PREFIX + "req") < len(queued_on_a) + len(waiting):  # and B's
             for task in waiting:
                 assert not task.done(), task.result()  # raises what went wrong, if it failed
             await asyncio.sleep(0.01)
-        state = await sim.state()
-        assert (state["running"], state["waiting"]) == (2, 0)
-
-        a.kill()
         assert await asyncio.gather(*waiting) == [20] * len(waiting)
         for resp in held:  # A's clients lost their streams with A
             with pytest.raises(aiohttp.ClientError):
                 await resp.read()
             resp.close()
+        for task in queued_on_a:  # and its queued clients their connections
+            with pytest.raises(aiohttp.ClientError):
+                await task
 
     for request_id in held_ids:  # the engine aborted them when A's connections dropped
         assert (await sim.timeline(request_id))["status"] == "aborted"
-    assert await admission_stat(redis, "reclaimed") == len(held_ids)
+    await assert_settled(redis_url, [sim])  # B's releases run just after its answers
+    # each of A's requests reclaimed once (its leases, its queue entries, or the lease of a
+    # queued one granted as A's leases went), and none lived past A's last renewal: a grant
+    # to a dead replica's queued request renews nothing
+    assert await admission_stat(redis, "reclaimed") == len(held_ids) + len(queued_on_a)
+    assert await expiries <= last_renewed
     state = await sim.state()
     assert state["peak_requests"] == 2, state  # B's requests ran only after A's were gone
-    for _ in range(200):  # B's releases run just after its clients got their answers
-        left = await inflight_state(redis)
-        if not left:
-            break
-        await asyncio.sleep(0.05)
-    assert not left, f"admission state left in Redis: {sorted(left)}"
 
 
 async def test_quotas_hold_across_three_replicas_under_overload(

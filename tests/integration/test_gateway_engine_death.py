@@ -15,7 +15,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from fairgate.serving import serve
-from tests.conftest import StartGateway, StartSim, gateway_config, wait_answering
+from tests.conftest import StartGateway, StartSim, assert_settled, gateway_config, wait_answering
 
 MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
 LONG = {"max_tokens": 5000, "extra_body": {"ignore_eos": True}}
@@ -125,5 +125,6 @@ async def test_an_engine_whose_requests_keep_failing_is_ejected(
             )
             served.append(raw.headers["X-Fairgate-Backend"])
         assert served == ["interactive-1"] * 3
+        await assert_settled(redis_url, [sim])
     finally:
         await runner.cleanup()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +31,7 @@ from tests.conftest import (
     inflight_state,
     wait_answering,
 )
+from tests.unit.config import CERT, CERT_KEY
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,10 +40,18 @@ BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max
 
 
 class Workers:
-    """A running ``fairgate serve --workers N`` and its URL."""
+    """A running ``fairgate serve --workers N``, its URL and (over TLS) the client context that
+    trusts its certificate."""
 
-    def __init__(self, process: subprocess.Popen[bytes], url: str) -> None:
-        self.process, self.url = process, url
+    def __init__(
+        self, process: subprocess.Popen[bytes], url: str, tls: ssl.SSLContext | None = None
+    ) -> None:
+        self.process, self.url, self.tls = process, url, tls
+
+    def session(self) -> aiohttp.ClientSession:
+        """A client of the workers, each request on a connection of its own."""
+        connector = aiohttp.TCPConnector(force_close=True, ssl=self.tls or True)
+        return aiohttp.ClientSession(connector=connector)
 
     def pids(self) -> list[int]:
         """The supervisor's children now (its workers)."""
@@ -50,7 +60,7 @@ class Workers:
 
     async def served(self) -> dict[str, float]:
         """Requests served per worker, as one scrape of ``/metrics`` says."""
-        async with aiohttp.ClientSession() as http, http.get(f"{self.url}/metrics") as resp:
+        async with self.session() as http, http.get(f"{self.url}/metrics") as resp:
             text = await resp.text()
         served: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
@@ -68,11 +78,15 @@ async def start_workers(
 ) -> AsyncIterator[Callable[..., object]]:
     started: list[subprocess.Popen[bytes]] = []
 
-    async def start(sim: RunningSim, workers: int) -> Workers:
+    async def start(sim: RunningSim, workers: int, tls: bool = False) -> Workers:
         port = unused_tcp_port_factory()
         config = gateway_config(redis_url, {"interactive": [sim.url]})
         config["server"]["port"] = port
         config["server"]["worker_grace_s"] = 30
+        context = None
+        if tls:
+            config["server"]["tls"] = {"cert_file": str(CERT), "key_file": str(CERT_KEY)}
+            context = ssl.create_default_context(cafile=str(CERT))
         path = tmp_path / "fairgate.yaml"
         path.write_text(yaml.safe_dump(config))
         env = {k: v for k, v in os.environ.items() if not k.startswith("FAIRGATE_")}
@@ -84,8 +98,9 @@ async def start_workers(
             cwd=REPO,
         )
         started.append(process)
-        running = Workers(process, f"http://127.0.0.1:{port}")
-        await wait_answering(f"{running.url}/readyz", process)
+        scheme = "https" if tls else "http"
+        running = Workers(process, f"{scheme}://127.0.0.1:{port}", context)
+        await wait_answering(f"{running.url}/readyz", process, context)
         for _ in range(200):  # every worker up (each answers readyz once its app started)
             if len(running.pids()) == workers and len(await running.served()) == workers:
                 break
@@ -99,12 +114,12 @@ async def start_workers(
         process.wait(timeout=60)
 
 
-async def _complete(url: str, count: int, key: str = "key-a") -> list[int]:
+async def _complete(workers: Workers, count: int, key: str = "key-a") -> list[int]:
     """``count`` requests at once, each on a connection of its own; their statuses."""
+    url = workers.url
 
     async def one() -> int:
-        connector = aiohttp.TCPConnector(force_close=True)
-        async with aiohttp.ClientSession(connector=connector) as http:
+        async with workers.session() as http:
             headers = {"Authorization": f"Bearer {key}"}
             async with http.post(f"{url}/v1/chat/completions", json=BODY, headers=headers) as r:
                 await r.read()
@@ -126,14 +141,17 @@ async def _idle(redis_url: str) -> dict[str, object]:
         await client.aclose()
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
 async def test_workers_share_one_port_and_any_scrape_shows_them_all(
-    start_sim: StartSim, start_workers: Callable[..., object], redis_url: str
+    start_sim: StartSim, start_workers: Callable[..., object], redis_url: str, tls: bool
 ) -> None:
+    """Over TLS (``server.tls``) too: every worker serves HTTPS on the shared port, and still
+    reads its siblings' series from their private loopback ports, which stay plain."""
     sim = await start_sim(time_scale=200)
-    workers: Workers = await start_workers(sim, 2)  # type: ignore[misc]
+    workers: Workers = await start_workers(sim, 2, tls)  # type: ignore[misc]
     assert len(workers.pids()) == 2
 
-    statuses = await _complete(workers.url, 40)
+    statuses = await _complete(workers, 40)
 
     assert statuses == [200] * 40
     # the kernel spread the 40 connections over both workers' sockets; every scrape, whichever
@@ -143,7 +161,7 @@ async def test_workers_share_one_port_and_any_scrape_shows_them_all(
         assert set(served) == {"0", "1"}
         assert all(count > 0 for count in served.values())
         assert sum(served.values()) == 40
-    async with aiohttp.ClientSession() as http, http.get(f"{workers.url}/metrics") as resp:
+    async with workers.session() as http, http.get(f"{workers.url}/metrics") as resp:
         text = await resp.text()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert {s.labels["worker"]: s.value for s in families["fairgate_worker_up"].samples} == {
@@ -167,7 +185,7 @@ async def test_a_killed_worker_is_replaced_and_its_connections_wait_for_it(
     os.kill(before[0], signal.SIGKILL)
     # sent at once, while the killed worker's successor is still starting: the connections the
     # kernel hashed to its socket wait in that socket's backlog (the supervisor holds it)
-    statuses = await _complete(workers.url, 30)
+    statuses = await _complete(workers, 30)
 
     assert statuses == [200] * 30
     for _ in range(200):

@@ -91,7 +91,8 @@ local function sweep(now)
 end
 
 -- Hold the budgets, charge the input service, and record the lease of a granted request.
-local function lease(id, r, tc, b, bc, now, ttl, lender, uncontended)
+-- ``expires``: when the lease expires unless renewed (now + ttl if not given).
+local function lease(id, r, tc, b, bc, now, ttl, lender, uncontended, expires)
   add_load(P .. 'tload', r.t .. ':r', 1)
   add_load(P .. 'tload', r.t .. ':t', r.tok)
   add_load(P .. 'bload', b .. ':r', 1)
@@ -111,14 +112,18 @@ local function lease(id, r, tc, b, bc, now, ttl, lender, uncontended)
     add_load(P .. 'lent', l.lent, 1)
   end
   redis.call('HSET', P .. 'lease', id, cjson.encode(l))
-  redis.call('ZADD', P .. 'exp', now + ttl, id)
+  redis.call('ZADD', P .. 'exp', expires or now + ttl, id)
   redis.call('HSET', P .. 'granted', id, b)
   redis.call('HINCRBY', P .. 'stats', 'grants', 1)
 end
 
+-- A queued request's lease expires when its queue entry would have: only its owner's renewal
+-- extends it. So a replica that died with requests queued does not see them granted a lease
+-- TTL more of life each (holding capacity the living wait for) once its leases are reclaimed.
 local function grant(id, r, tc, b, bc, now, ttl, lender)
+  local expires = tonumber(redis.call('ZSCORE', P .. 'exp', id))
   unqueue(id)
-  lease(id, r, tc, b, bc, now, ttl, lender)
+  lease(id, r, tc, b, bc, now, ttl, lender, false, expires)
   notify(r.o, id .. ' ' .. b)
 end
 

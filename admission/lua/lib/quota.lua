@@ -10,14 +10,16 @@
 --
 -- A quota part of ARGV, from index i: mode ('charge': take every amount, or none if any limit
 -- would be exceeded; 'correct': move each limit's TAT by its amount, negative giving tokens
--- back, never below now; 'peek': change nothing, report where each limit stands), tenant,
+-- back, never below now; 'retry': a correction sent again after the release it rode on failed,
+-- which release.lua applies only while the lease is still there, since Redis may have run the
+-- first; 'peek': change nothing, report where each limit stands), tenant,
 -- number of limits, then per limit: field, limit, period ms, amount.
 
 -- The quota part at ARGV[i] (nil if there is none), and the index after it.
 local function quota_part(i)
   local mode = ARGV[i]
   if mode == nil or mode == '' then return nil, i end
-  local q = {charge = mode == 'charge', peek = mode == 'peek',
+  local q = {charge = mode == 'charge', peek = mode == 'peek', retry = mode == 'retry',
     key = P .. 'quota:' .. ARGV[i + 1], limits = {}}
   local j = i + 3
   for _ = 1, tonumber(ARGV[i + 2]) do

@@ -21,7 +21,7 @@ SERVED = Ending("served", 200, None, 17, 8, queue_s=0.0012, ttft_s=0.25, itl_s=0
 def entry(request_id: str = "req-1", ending: Ending = SERVED) -> Entry:
     return Entry(
         1767225600.25, request_id, "acme", "chat", "gpu-0", "llama", "/v1/chat/completions",
-        True, ending,
+        True, ending, "10.0.0.7",
     )  # fmt: skip
 
 
@@ -43,6 +43,7 @@ def test_a_line_has_every_field_in_milliseconds() -> None:
         "total_ms": 1500.0,
         "prompt_tokens": 17,
         "completion_tokens": 8,
+        "client": "10.0.0.7",
     }
 
 
