@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from admission.batching import ScriptBatch
 from admission.policy import AdmissionPolicy
 from admission.quota import QuotaPart
 from admission.ticket import Ticket
@@ -45,6 +46,9 @@ _RELEASED = ("gone", "released", "held")
 _REUSED = ("gone", "reused", "quota")
 #: enqueue.lua's states that answer a quota charge
 _CHARGED = frozenset(("granted", "queued", "full", "quota"))
+#: The entry scripts whose calls of one event-loop turn go as one call (admission/batching.py):
+#: those made off the request path.
+BATCHED = ("release", "reuse", "charge")
 
 
 def _quota_args(*parts: QuotaPart | None) -> list[str | int]:
@@ -85,6 +89,9 @@ class AdmissionScripts:
         self._tick = load("tick")
         self._engine = load("engine")
         self._reuse = load("reuse")
+        batch = Script(redis, self.policy.compose_batch(BATCHED, publish), keys_declared=False)
+        alone = {"release": self._release, "reuse": self._reuse, "charge": self._charge}
+        self._batch = ScriptBatch(batch, self._keys, alone)
 
     async def enqueue(self, ticket: Ticket, owner: str) -> Decision:
         """Ask for ``ticket`` to run; ``owner`` is the replica that waits for it. ``granted``
@@ -117,7 +124,7 @@ class AdmissionScripts:
         applied in the same step (whatever became of the lease)."""
         used = "" if service is None else service
         args = [request_id, used, self._ttl, self._max, hold_ms, *_quota_args(correction)]
-        result = await self._release(self._keys, args)
+        result = await self._batch.call("release", args)
         state = _RELEASED[int(result[0])]
         return Decision(state, "", _pairs(result[2:]), may_reuse=not int(result[1]))
 
@@ -127,6 +134,7 @@ class AdmissionScripts:
         used: float | None,
         next_: Ticket,
         correction: QuotaPart | None = None,
+        waited_for: bool = False,
     ) -> Decision:
         """Pass a finished request's lease (``used``: its service) to ``next_``, the next
         request of its flow (its tokens held, its input service charged); in the same step,
@@ -134,13 +142,18 @@ class AdmissionScripts:
 
         ``reused``, ``gone``, or ``quota`` (the charge was refused; the lease was not passed
         on); ``may_reuse`` if nothing waits anywhere and the lease's backend is open.
+        ``waited_for``: a request waits for the answer, so the call is not batched (which
+        would hold it back a turn).
         """
         used_arg = "" if used is None else used
         args: list[str | int | float] = [lease_id, used_arg, next_.tokens, next_.service]
         args += [self._ttl, self._max]
         ask = next_.quota
         args += _quota_args(correction, ask.part if ask is not None else None)
-        result = await self._reuse(self._keys, args)
+        if waited_for:
+            result = await self._reuse(self._keys, args)
+        else:
+            result = await self._batch.call("reuse", args)
         state = _REUSED[int(result[0])]
         answered = ask.answer_length if ask is not None and state != "gone" else 0
         quota, grants = [int(v) for v in result[2 : 2 + answered]], _pairs(result[2 + answered :])
@@ -149,7 +162,7 @@ class AdmissionScripts:
     async def charge(self, request_id: str, service: float) -> Decision:
         """Charge streamed output (``charged``, or ``gone``); ends the request's prefill hold,
         so the grants that freed are returned."""
-        result = await self._charge(self._keys, [request_id, service, self._ttl, self._max])
+        result = await self._batch.call("charge", [request_id, service, self._ttl, self._max])
         return Decision("charged" if int(result[0]) else "gone", "", _pairs(result[1:]))
 
     async def renew(self, request_ids: list[str]) -> list[str]:
