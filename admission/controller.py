@@ -43,7 +43,7 @@ from admission.local import LocalLimits
 from admission.policy import AdmissionPolicy
 from admission.quota import Charge, QuotaPart
 from admission.reuse import Flow, HeldLease, LeaseShelf
-from admission.scripts import AdmissionScripts, Decision
+from admission.scripts import AT_ONCE, AdmissionScripts, Decision, QueuePlace
 from admission.ticket import Ticket
 from fairgate.keys import AdmissionKeys
 from fairgate.pubsub import Subscription
@@ -65,6 +65,8 @@ EARLY_GRANT_KEPT_S = 5.0
 
 #: Hears of a request's quota charge as soon as admission took it (before it may wait).
 Charged = Callable[[Charge], None]
+#: Hears where a request stood on arrival (:class:`~admission.scripts.QueuePlace`).
+Placed = Callable[[QueuePlace], None]
 
 
 class Admission:
@@ -114,6 +116,7 @@ class Admission:
     async def start(self) -> None:
         try:
             await publish_config(self._redis, self.keys, self._settings, self._tenants())
+            await self.scripts.preload()
         except RedisError as exc:
             log.warning("could not publish admission config to Redis: %s", exc)
         self._tasks = [
@@ -134,21 +137,26 @@ class Admission:
 
     # ------------------------------------------------------------------------- acquiring
 
-    async def acquire(self, ticket: Ticket, charged: Charged | None = None) -> Lease:
+    async def acquire(
+        self, ticket: Ticket, charged: Charged | None = None, placed: Placed | None = None
+    ) -> Lease:
         """Wait until the request may run, in fair order (429: queue full, or waited too long).
 
         A ticket's quota charge is taken first (429 :class:`~admission.quota.QuotaExceeded` if
         over a quota); ``charged`` hears of it as soon as it is taken, so that a request refused
-        or abandoned later can give its tokens back.
+        or abandoned later can give its tokens back. ``placed`` hears where the request stood
+        on arrival (before it waits, so a request that times out has one too).
         """
         if self._may_reuse and not self._waiters and self._reusing < MAX_REUSES_IN_FLIGHT:
             held = self._shelf.take(_flow(ticket), ticket.tokens, ticket.prefer)
             if held is not None:
                 if ticket.quota is None:
                     self._spawn(self._reuse(held, ticket))
+                    _tell(placed, AT_ONCE)  # a lease passes on only while nothing waits
                     return self._lease(held.lease_id, held.backend, ticket)
                 lease = await self._reuse_charged(held, ticket, charged)
                 if lease is not None:
+                    _tell(placed, AT_ONCE)
                     return lease
         # The queue deadline counts from before the enqueue, so that it never falls after the
         # one Redis keeps (counted from the enqueue): the replica times its waiter out first.
@@ -165,6 +173,8 @@ class Admission:
         if outcome.quota:
             _took(ticket, outcome, charged)  # raises QuotaExceeded if refused (nothing changed)
         self._heard(outcome)
+        if outcome.state in ("granted", "queued", "full"):
+            _tell(placed, outcome.place)
         if outcome.state == "granted":
             return self._lease(ticket.request_id, outcome.backend, ticket)
         if outcome.state == "full":
@@ -285,7 +295,9 @@ class Admission:
     async def _charge(self, request_id: str, service: float) -> None:
         try:
             outcome = await self.scripts.charge(request_id, service)
-            if outcome.state == "gone":
+            # gone after this replica released it: a charge that reached Redis after the
+            # release (both in flight at once; the release settled the whole service anyway)
+            if outcome.state == "gone" and request_id in self._leases:
                 self._reclaimed(request_id)
             self._resolve(outcome.grants)
         except RedisError as exc:
@@ -539,6 +551,11 @@ def _took(ticket: Ticket, outcome: Decision, charged: Charged | None) -> None:
         charge = ticket.quota.answer(outcome.quota)
         if charged is not None:
             charged(charge)
+
+
+def _tell(placed: Placed | None, place: QueuePlace) -> None:
+    if placed is not None:
+        placed(place)
 
 
 def _flow(ticket: Ticket) -> Flow:

@@ -9,6 +9,7 @@ so the scripts also run on Redis Cluster.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from admission.batching import ScriptBatch
@@ -26,6 +27,20 @@ def _pairs(values: list[bytes | str]) -> list[tuple[str, str]]:
 
 
 @dataclass(frozen=True)
+class QueuePlace:
+    """Where a request stood when it arrived: its tenant's requests already queued ahead of it
+    (in its band; its own order is arrival order) and every request queued in its pool. Both
+    are 0 when nothing waited anywhere (it ran at once). A trace's ``fairgate.queue.*``."""
+
+    ahead: int = 0
+    depth: int = 0
+
+
+#: The place of a request that found nothing waiting.
+AT_ONCE = QueuePlace()
+
+
+@dataclass(frozen=True)
 class Decision:
     """What a script decided: the state of the request asked about, and every grant made."""
 
@@ -38,13 +53,15 @@ class Decision:
     #: The quota script part's answer to the request's charge (see ``lua/lib/quota.lua``), when
     #: it had one and the script got as far as taking it.
     quota: list[int] = field(default_factory=list)
+    #: enqueue's answer: where the request stood on arrival.
+    place: QueuePlace = AT_ONCE
 
 
 #: release.lua's first answer
 _RELEASED = ("gone", "released", "held")
 #: reuse.lua's first answer
 _REUSED = ("gone", "reused", "quota")
-#: enqueue.lua's states that answer a quota charge
+#: enqueue.lua's states that answer a place on arrival and a quota charge
 _CHARGED = frozenset(("granted", "queued", "full", "quota"))
 #: The entry scripts whose calls of one event-loop turn go as one call (admission/batching.py):
 #: those made off the request path.
@@ -93,6 +110,14 @@ class AdmissionScripts:
         alone = {"release": self._release, "reuse": self._reuse, "charge": self._charge}
         self._batch = ScriptBatch(batch, self._keys, alone)
 
+    async def preload(self) -> None:
+        """Load every script into Redis before the first request needs it: a call answered
+        ``NOSCRIPT`` goes again a round trip later, and a request's charge would then reach
+        Redis after its release (which finds its lease gone)."""
+        scripts = [self._enqueue, self._release, self._charge, self._renew, self._cancel]
+        scripts += [self._tick, self._engine, self._reuse]
+        await asyncio.gather(*(script.load() for script in scripts))
+
     async def enqueue(self, ticket: Ticket, owner: str) -> Decision:
         """Ask for ``ticket`` to run; ``owner`` is the replica that waits for it. ``granted``
         (on ``backend``), ``queued`` or ``full``; ``quota`` (the ticket's quota charge was
@@ -106,10 +131,14 @@ class AdmissionScripts:
             args += ask.part.args()
         result = await self._enqueue(self._keys, args)
         state = text(result[0])
-        answered = ask.answer_length if ask is not None and state in _CHARGED else 0
-        quota, grants = [int(v) for v in result[2 : 2 + answered]], _pairs(result[2 + answered :])
+        if state not in _CHARGED:  # refused before its place or its quota was looked at
+            return Decision(state, text(result[1]), [])
+        place = QueuePlace(int(result[2]), int(result[3]))
+        answered = ask.answer_length if ask is not None else 0
+        quota, grants = [int(v) for v in result[4 : 4 + answered]], _pairs(result[4 + answered :])
         # granted with no grant listed: the fast path, taken only while nothing waits
-        return Decision(state, text(result[1]), grants, state == "granted" and not grants, quota)
+        fast = state == "granted" and not grants
+        return Decision(state, text(result[1]), grants, fast, quota, place)
 
     async def release(
         self,

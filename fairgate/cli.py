@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fairgate import admin_cli, kv_capacity
-from fairgate.settings import BackendConfig, ConfigError, load_settings
+from fairgate.settings import BackendConfig, ConfigError, Settings, load_settings
+from fairgate.workers import worker_count
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -65,6 +66,16 @@ def _parser() -> argparse.ArgumentParser:
         "of the config, and the backends it declares (which must already be running).",
     )
     _config_option(serve)
+    serve.add_argument(
+        "--workers",
+        help="gateway processes sharing this host's ports, each a full replica on the same "
+        "Redis: a count, or 'auto' for one per core (default: the config's server.workers, 1)",
+    )
+    # A worker's own arguments, given by its supervisor (fairgate/workers.py), not by people.
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--listen-fd", type=int, action="append", help=argparse.SUPPRESS)
+    serve.add_argument("--private-fd", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--sibling-ports", help=argparse.SUPPRESS)
     serve.set_defaults(handler=_run_serve)
 
     sim = commands.add_parser("sim", help="run a simulated engine (vLLM-like, no GPU needed)")
@@ -351,14 +362,68 @@ def _run_serve(args: argparse.Namespace) -> int:
     from gateway.app import create_app
 
     settings = load_settings(args.config)
+    server = settings.server
+    if args.worker_index is not None:
+        return _run_worker(args, settings)
+    try:
+        workers = worker_count(args.workers or server.workers)
+    except ValueError as exc:
+        raise ConfigError(f"--workers: {exc}") from exc
+    if workers > 1:
+        return _supervise(args, settings, workers)
+    ports = (server.port,) if server.admin_port is None else (server.port, server.admin_port)
+    _serve_until_signalled(
+        create_app(settings), server.host, ports, _banner(settings), server.idle_timeout_s
+    )
+    return 0
+
+
+def _banner(settings: Settings, workers: int = 1) -> str:
     host, port, admin_port = settings.server.host, settings.server.port, settings.server.admin_port
-    banner = (
+    processes = f", {workers} worker processes" if workers > 1 else ""
+    return (
         f"fairgate listening on http://{host}:{port}/v1 "
-        f"({len(settings.pools)} pools, {len(settings.tenants)} tenants in the file), "
+        f"({len(settings.pools)} pools, {len(settings.tenants)} tenants in the file{processes}), "
         f"admin API on http://{host}:{admin_port or port}/admin/v1"
     )
-    ports = (port,) if admin_port is None else (port, admin_port)
-    _serve_until_signalled(create_app(settings), host, ports, banner)
+
+
+def _supervise(args: argparse.Namespace, settings: Settings, workers: int) -> int:
+    """Bind the ports once per worker (SO_REUSEPORT) and keep ``workers`` workers serving."""
+    from fairgate.workers import Supervisor, reuse_port_sockets
+
+    server = settings.server
+    ports = [server.port] if server.admin_port is None else [server.port, server.admin_port]
+    listeners = [reuse_port_sockets(server.host, port, workers) for port in ports]
+    command = [sys.executable, "-m", "fairgate.cli", "--log-level", args.log_level, "serve"]
+    command += ["--config", str(args.config)]
+    logging.getLogger("fairgate").info("%s", _banner(settings, workers))
+    return Supervisor(command, listeners, grace_s=server.worker_grace_s).run()
+
+
+def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """One worker of ``fairgate serve --workers N``: serve the sockets its supervisor gave."""
+    import socket
+
+    from fairgate.serving import serve_sockets, until_signalled
+    from fairgate.workers import orphaned
+    from gateway.app import create_app
+    from gateway.worker_metrics import WorkerPlace
+
+    supervisor = os.getppid()
+    place = WorkerPlace(args.worker_index, tuple(map(int, args.sibling_ports.split(","))))
+    sockets = [socket.socket(fileno=fd) for fd in [*args.listen_fd, args.private_fd]]
+    app = create_app(settings, worker=place)
+
+    async def run() -> None:
+        runner = await serve_sockets(app, sockets, settings.server.idle_timeout_s)
+        logging.getLogger("fairgate").info("worker %d serving", place.index)
+        try:
+            await until_signalled(unless=lambda: orphaned(supervisor))
+        finally:
+            await runner.cleanup()
+
+    _run_async(run())
     return 0
 
 
@@ -382,13 +447,17 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _serve_until_signalled(
-    app: web.Application, host: str, ports: tuple[int, ...], banner: str
+    app: web.Application,
+    host: str,
+    ports: tuple[int, ...],
+    banner: str,
+    idle_timeout_s: float | None = None,
 ) -> None:
     """Serve ``app`` on uvloop until SIGINT or SIGTERM, then shut it down cleanly."""
-    from fairgate.serving import serve, until_signalled
+    from fairgate.serving import IDLE_TIMEOUT_S, serve, until_signalled
 
     async def run() -> None:
-        runner = await serve(app, host, *ports)
+        runner = await serve(app, host, *ports, idle_timeout_s=idle_timeout_s or IDLE_TIMEOUT_S)
         logging.getLogger("fairgate").info("%s", banner)
         try:
             await until_signalled()

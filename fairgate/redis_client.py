@@ -256,10 +256,17 @@ class Script:
     """
 
     def __init__(self, redis: RedisClient, source: str, keys_declared: bool = True) -> None:
+        self._redis = redis
         self._channel = redis.scripts
         self._source = source
         self._follow_ask = keys_declared
         self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def load(self) -> None:
+        """Make Redis know the script before its first call (``SCRIPT LOAD``; on a Cluster, on
+        every primary). A first ``EVALSHA`` that Redis answers ``NOSCRIPT`` is sent again whole,
+        a round trip later: calls issued after it (another script's) would overtake it."""
+        await self._redis.script_load(self._source)
 
     async def __call__(self, keys: list[str], args: list[Any]) -> Any:
         route = keys[0] if keys else ""

@@ -603,6 +603,16 @@ class ServerConfig(StrictModel):
     body_timeout_s: PositiveFloat = Field(
         30.0, description="Longest wait for a request's whole body before a 408."
     )
+    idle_timeout_s: PositiveFloat = Field(
+        30.0,
+        description="A connection that sends no whole request head this long after it opened "
+        "or after its last response is closed (idle keep-alive, headers sent a byte at a time).",
+    )
+    client_stall_timeout_s: PositiveFloat = Field(
+        30.0,
+        description="Longest a streamed response's write may wait for a client that stopped "
+        "reading; then its connection is closed and its request ends as a disconnected one.",
+    )
     health_check_interval_s: PositiveFloat = Field(
         5.0, description="How often each backend's health endpoint is probed."
     )
@@ -628,6 +638,16 @@ class ServerConfig(StrictModel):
         le=65535,
         description="Serve the admin API and status page on this port only (same host), "
         "apart from the proxy's; on the proxy's port if unset.",
+    )
+    workers: PositiveInt | Literal["auto"] = Field(
+        1,
+        description="Gateway processes on this host sharing its ports (each a full replica on "
+        "the same Redis, one core each); 'auto': one per core this process may use. "
+        "`fairgate serve --workers` overrides it.",
+    )
+    worker_grace_s: PositiveFloat = Field(
+        60.0,
+        description="With workers: how long a stopping worker may drain before it is killed.",
     )
 
     @model_validator(mode="after")

@@ -32,18 +32,22 @@ from gateway.middleware import admin_port_only, openai_errors, request_id
 from gateway.requests import Endpoint
 from gateway.state import GATEWAY, Gateway
 from gateway.tracing import Tracing
+from gateway.worker_metrics import SIBLINGS, Siblings, WorkerPlace
 from tenants.directory import Directory
 
 log = logging.getLogger(__name__)
 
 
 def create_app(
-    settings: Settings, tracer_provider: TracerProvider | None = None
+    settings: Settings,
+    tracer_provider: TracerProvider | None = None,
+    worker: WorkerPlace | None = None,
 ) -> web.Application:
     """The gateway application for ``settings`` (resources open when it starts).
 
     Requests are traced as ``telemetry.traces`` and the ``OTEL_*`` variables say, or into
-    ``tracer_provider`` if given (a test's, with an in-memory exporter).
+    ``tracer_provider`` if given (a test's, with an in-memory exporter). ``worker``: this
+    process is one of ``fairgate serve --workers N`` (its ``/metrics`` shows every worker's).
     """
     quiet_routine_client_errors()
     middlewares: list[Middleware] = [request_id, openai_errors, account_requests]
@@ -79,6 +83,7 @@ def create_app(
         yield
         await gateway.live.stop()
         await gateway.meters.stop()
+        await gateway.stalls.close()
         await gateway.drain()
         gateway.access_log.stop()
         await gateway.usage.close()  # after drain: the last requests' settlements counted
@@ -89,6 +94,13 @@ def create_app(
         await redis.aclose()
 
     app.cleanup_ctx.append(lifecycle)
+    if worker is not None:
+        siblings = app[SIBLINGS] = Siblings(worker)
+
+        async def close_siblings(_app: web.Application) -> None:
+            await siblings.close()
+
+        app.on_cleanup.append(close_siblings)
     tracing = Tracing.configure(settings, tracer_provider)
     app.on_cleanup.append(tracing.close)
     for endpoint in Endpoint:

@@ -42,6 +42,7 @@ from gateway.relay import (
 from gateway.requests import Endpoint, InferenceRequest, parse_request, read_body
 from gateway.state import GATEWAY, Gateway
 from gateway.tracing import current_trace
+from gateway.worker_metrics import OWN_SCOPE, SIBLINGS
 
 #: Request headers passed on to the engine (the tenant's key never is).
 _FORWARDED = ("traceparent", "tracestate", "baggage", "Accept", "Accept-Language", "User-Agent")
@@ -186,6 +187,7 @@ async def _admit_and_connect(gateway: Gateway, flight: InFlight) -> Granted:
                 if attempt == 0
                 else replace(ticket, request_id=ticket.request_id + ".retry", quota=None),
                 partial(_charged, flight),
+                flight.trace.placed,
             )
         backend = gateway.router.backend(lease.backend)
         meter = None
@@ -257,6 +259,7 @@ async def _relay(gateway: Gateway, flight: InFlight) -> tuple[web.StreamResponse
                 flight.headers,
                 streamed,
                 flight.trace.tap,
+                gateway.stalls,
             )
         else:
             result = await _relay_plain(granted, flight.headers)
@@ -359,10 +362,18 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus metrics of this gateway process, and the shared state read from Redis."""
+    """Prometheus metrics of this gateway process, and the shared state read from Redis; of
+    every worker on this host if it is one of several (``?scope=worker``: its own alone, what
+    its siblings read: :mod:`gateway.worker_metrics`)."""
     gateway = request.app[GATEWAY]
+    siblings = request.app.get(SIBLINGS)
+    if siblings is not None and request.query.get(OWN_SCOPE[0]) == OWN_SCOPE[1]:
+        return gateway.metrics.response()
     await gateway.shared_state.refresh()
-    return gateway.metrics.response()
+    if siblings is None:
+        return gateway.metrics.response()
+    body = await siblings.exposition(gateway.metrics.registry)
+    return web.Response(body=body, content_type="text/plain")
 
 
 async def healthz(request: web.Request) -> web.Response:

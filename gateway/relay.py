@@ -25,6 +25,7 @@ from aiohttp import web
 from backends.transport import READ_ERRORS, EngineResponse
 from fairgate.errors import error_body
 from gateway.sse import DONE, data_of, error_event, event_around, json_data, last_event_end
+from gateway.stalled_clients import StallWatch
 
 _HOP_HEADERS = {
     "content-length",
@@ -130,13 +131,18 @@ async def relay_stream(
     headers: Mapping[str, str],
     meter: Callable[[int], None] | None = None,
     tap: Callable[[bytes, int], None] | None = None,
+    stalls: StallWatch | None = None,
 ) -> tuple[web.StreamResponse, Relayed]:
     """Relay an SSE response event by event; ``meter`` hears the running count of chunks,
-    ``tap`` (the request's trace) also what was written."""
+    ``tap`` (the request's trace) also what was written; ``stalls`` closes the connection of a
+    client that stops reading."""
     outcome = Relayed(upstream.status)
     stream = _StreamFilter(client_wants_usage, outcome)
-    response = web.StreamResponse(
-        status=upstream.status, headers=response_headers(upstream, headers)
+    status, relayed = upstream.status, response_headers(upstream, headers)
+    response = (
+        stalls.stream(status=status, headers=relayed)
+        if stalls is not None
+        else web.StreamResponse(status=status, headers=relayed)
     )
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"

@@ -30,6 +30,15 @@ from admission.live import BackendLive, LiveSnapshot, LiveState, TenantLive
 from fairgate.redis_client import AnyRedis, text
 from gateway.request_metrics import OTHER, TenantLabels
 
+#: The one shared family outside the ``fairgate_shared_`` prefix (its name predates it).
+_ADMISSION_EVENTS = "fairgate_admission_events"
+
+
+def is_shared(family: str) -> bool:
+    """Whether a metric family is this module's: the state of every replica, read from Redis,
+    the same whichever replica (or worker) exports it."""
+    return family.startswith("fairgate_shared_") or family == _ADMISSION_EVENTS
+
 
 @dataclass(frozen=True)
 class Fairness:
@@ -121,7 +130,7 @@ class SharedStateMetrics(Collector):
         )
         if self._stats:
             events = GaugeMetricFamily(
-                "fairgate_admission_events",
+                _ADMISSION_EVENTS,
                 "Admission events of all replicas since Redis started: grants, reclaimed "
                 "leases, queue timeouts, and under policy shadow whether VTC agreed with the "
                 "FCFS choice.",

@@ -23,6 +23,7 @@ from gateway.metering import PlainMeters
 from gateway.metrics import AccessLogDrops, GatewayMetrics
 from gateway.routing import PoolSelector
 from gateway.shared_metrics import SharedStateMetrics
+from gateway.stalled_clients import StallWatch
 from tenants.directory import Directory
 from tenants.usage import Usage
 
@@ -47,6 +48,7 @@ class Gateway:
     live: LiveState = field(init=False)  # admission's shared state, for the admin API
     access_log: AccessLog = field(init=False)  # one JSON line per inference request
     shared_state: SharedStateMetrics = field(init=False)  # the live state as gauges
+    stalls: StallWatch = field(init=False)  # streams whose client stopped reading
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -57,6 +59,7 @@ class Gateway:
         self.live = LiveState(self.redis, self.settings)
         telemetry = self.settings.telemetry
         self.access_log = AccessLog(telemetry.access_log)
+        self.stalls = StallWatch(self.settings.server.client_stall_timeout_s)
         self.shared_state = SharedStateMetrics(
             self.live,
             self.redis,
@@ -66,6 +69,7 @@ class Gateway:
         )
         self.metrics.add(self.shared_state)
         self.metrics.add(AccessLogDrops(self.access_log))
+        self.metrics.add(self.stalls)
 
     def in_background(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run bookkeeping after a response without delaying it (tasks are kept referenced)."""

@@ -40,6 +40,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 import fairgate
 from admission.errors import AdmissionUnavailable, AtLimit, QueueFull, QueueTimeout
 from admission.quota import QuotaExceeded
+from admission.scripts import QueuePlace
 from backends.errors import BackendUnreachable, EngineError
 from fairgate.errors import GatewayError
 from fairgate.settings import Settings, TracesConfig
@@ -158,6 +159,9 @@ class RequestTrace:
     def step(self, name: str) -> AbstractContextManager[None]:
         """A child span around one step of the request (``estimate``, ``queue``)."""
         return _NOTHING
+
+    def placed(self, place: QueuePlace) -> None:
+        """Where the request stood in the fair queue on arrival (admission tells it)."""
 
     def calling(self, backend: Backend, headers: dict[str, str]) -> dict[str, str]:
         """The engine call starts: its span's context goes into the engine request's
@@ -402,6 +406,7 @@ class _Sampled(_Unsampled):
         self._first_token = False
         self._finish_reasons: list[str] = []
         self._model: str | None = None
+        self._placed = False
         self.tap = self._tap
 
     def attach(self, flight: InFlight) -> None:
@@ -425,6 +430,14 @@ class _Sampled(_Unsampled):
         finally:
             self._steps[name] = self._steps.get(name, 0.0) + time.monotonic() - started
             span.end()
+
+    def placed(self, place: QueuePlace) -> None:
+        if self._placed:  # on arrival: a retry's second ask does not count
+            return
+        self._placed = True
+        self.span.set_attributes(
+            {"fairgate.queue.position": place.ahead, "fairgate.queue.depth": place.depth}
+        )
 
     def calling(self, backend: Backend, headers: dict[str, str]) -> dict[str, str]:
         self._end_call(None, None)  # (never open here: a failed call ended in call_failed)

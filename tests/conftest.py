@@ -281,7 +281,9 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
         settings = Settings(**config)
         admin_port = settings.server.admin_port
         ports = (0,) if admin_port is None else (0, admin_port)
-        runner = await serve(create_gateway(settings, **app_options), "127.0.0.1", *ports)
+        app = create_gateway(settings, **app_options)
+        idle = settings.server.idle_timeout_s
+        runner = await serve(app, "127.0.0.1", *ports, idle_timeout_s=idle)
         runners.append(runner)
         host, port = runner.addresses[0][:2]
         gateways.append(RunningGateway(f"http://{host}:{port}", settings, aiohttp.ClientSession()))

@@ -3,9 +3,11 @@
 --       tenant's), owner, queue timeout ms, ttl ms, max grants, and optionally: prompt
 --       tokens, preferred backend (session affinity, '' for none), its slack in tokens, and
 --       the request's charge to its tenant's quotas (a quota part, lib/quota.lua)
--- Returns {state, backend or '', the quota answer (with a quota part), grants...}; state:
---         granted | queued | full | quota (refused by a quota: nothing changed, no grants)
---         | unknown_tenant | unknown_pool | duplicate (these three before the quota answer).
+-- Returns {state, backend or '', ahead, depth, the quota answer (with a quota part), grants...};
+--         state: granted | queued | full | quota (refused by a quota: nothing changed, no
+--         grants) | unknown_tenant | unknown_pool | duplicate (these three end after backend).
+--         ahead, depth: the request's place on arrival, the tenant's requests already queued in
+--         its band and every request queued in its pool (0, 0 when nothing waited anywhere).
 --         grants: id, backend pairs of every grant made.
 local id, t, pool, owner = ARGV[1], ARGV[2], ARGV[5], ARGV[7]
 local ttl, max_grants = tonumber(ARGV[9]), tonumber(ARGV[10])
@@ -25,10 +27,11 @@ local asked = quota_part(14)
 if asked then
   local fits
   fits, quota = quota_apply(asked, now)
-  if not fits then return {'quota', '', unpack(quota)} end
+  if not fits then return {'quota', '', 0, 0, unpack(quota)} end
 end
+local ahead, depth = 0, 0
 local function answer(state, backend, grants)
-  local out = {state, backend}
+  local out = {state, backend, ahead, depth}
   for _, v in ipairs(quota) do out[#out + 1] = v end
   for _, v in ipairs(grants or {}) do out[#out + 1] = v end
   return out
@@ -57,6 +60,7 @@ if not contended then
   redis.call(PUBLISH, P .. 'contended', id)
 end
 mark_backlogged(t, band, now)
+ahead, depth = redis.call('ZCARD', queue_key(t, band)), load(P .. 'queued', 'pool:' .. pool)
 r.seq = seq
 redis.call('HSET', P .. 'req', id, cjson.encode(r))
 redis.call('ZADD', queue_key(t, band), seq, id)

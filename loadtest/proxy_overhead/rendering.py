@@ -29,7 +29,15 @@ from loadtest.proxy_overhead.measurement import (
 )
 from loadtest.proxy_overhead.stack import MODULE
 from loadtest.proxy_overhead.tracing import tracing_section
-from loadtest.proxy_overhead.workload import COMPLETION_CYCLE, MODES, QUOTAS, STREAM_CHUNKS
+from loadtest.proxy_overhead.workers import workers_section
+from loadtest.proxy_overhead.workload import (
+    COMPLETION_CYCLE,
+    MODES,
+    QUOTAS,
+    STREAM_CHUNKS,
+    WORKER_COUNT,
+    WORKERS,
+)
 from loadtest.report import machine, markdown_table
 
 #: The section of BENCHMARKS.md this benchmark owns (see :mod:`loadtest.report`).
@@ -37,7 +45,7 @@ SECTION = "proxy-overhead"
 #: The percentiles the cell tables show.
 SHOWN_PERCENTILES = (50, 99)
 #: How the tables name each path.
-PATH_NAMES = {"quotas": "fairgate, quotas"}
+PATH_NAMES = {"quotas": "fairgate, quotas", WORKERS: f"fairgate, {WORKER_COUNT} workers"}
 
 
 def path_name(mode: str) -> str:
@@ -331,6 +339,12 @@ exported over OTLP/HTTP to a collector stand-in on the upstream that keeps nothi
 fairgate with tracing off, in the same run:
 
 {tracing_section(results, concurrencies)}
+
+What more processes give: **fairgate, {WORKER_COUNT} workers** is the same gateway served by
+`fairgate serve --workers {WORKER_COUNT}` (one port, {WORKER_COUNT} processes, each a full replica
+on the same Redis), next to the single process, in the same run:
+
+{workers_section(results, concurrencies, run.cpus)}
 
 Non-streaming requests:
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ from loadtest.proxy_overhead.workload import (
     QUOTAS,
     TENANT,
     TRACED,
+    WORKER_COUNT,
+    WORKERS,
 )
 from loadtest.services import (
     free_ports,
@@ -85,8 +88,16 @@ def traced_config(port: int, redis_port: int, upstream: str) -> dict[str, Any]:
     return config
 
 
+def workers_config(port: int, redis_port: int, upstream: str) -> dict[str, Any]:
+    """The same gateway as ``fairgate serve --workers 2``; its own admission domain."""
+    config = fairgate_config(port, redis_port, upstream)
+    config["redis"]["key_prefix"] = "fairgate-bench-workers"
+    config["server"]["workers"] = WORKER_COUNT
+    return config
+
+
 #: The processes whose log is shown after the run if they wrote anything (Redis always does).
-_QUIET_SERVERS = ("upstream", "forwarder", "fairgate", TRACED)
+_QUIET_SERVERS = ("upstream", "forwarder", "fairgate", TRACED, WORKERS)
 
 
 def server_logs(workdir: Path) -> dict[str, list[str]]:
@@ -125,7 +136,9 @@ def _start(
 def start_stack(stack: contextlib.ExitStack, workdir: Path) -> list[Target]:
     """Redis, the upstream, the forwarder, fairgate and fairgate tracing, each in its own
     process, all ready."""
-    redis_port, upstream_port, forwarder_port, gateway_port, traced_port = free_ports(5)
+    redis_port, upstream_port, forwarder_port, gateway_port, traced_port, workers_port = free_ports(
+        6
+    )
     upstream = f"http://{LOOPBACK}:{upstream_port}"
     forwarder = f"http://{LOOPBACK}:{forwarder_port}"
     gateway = f"http://{LOOPBACK}:{gateway_port}"
@@ -161,6 +174,10 @@ def start_stack(stack: contextlib.ExitStack, workdir: Path) -> list[Target]:
     traced = _start_fairgate(
         stack, TRACED, traced_config(traced_port, redis_port, upstream), workdir
     )
+    supervisor = _start_fairgate(
+        stack, WORKERS, workers_config(workers_port, redis_port, upstream), workdir
+    )
+    workers = {f"worker-{i}": pid for i, pid in enumerate(worker_pids(supervisor))}
     gateway_processes = {"fairgate": fairgate.pid, "redis": redis.pid}
     return [
         Target("direct", upstream + CHAT_PATH),
@@ -183,7 +200,25 @@ def start_stack(stack: contextlib.ExitStack, workdir: Path) -> list[Target]:
             {"Authorization": f"Bearer {API_KEY}"},
             processes={TRACED: traced.pid, "redis": redis.pid},
         ),
+        Target(
+            WORKERS,
+            f"http://{LOOPBACK}:{workers_port}{CHAT_PATH}",
+            {"Authorization": f"Bearer {API_KEY}"},
+            processes={WORKERS: supervisor.pid, **workers, "redis": redis.pid},
+        ),
     ]
+
+
+def worker_pids(supervisor: subprocess.Popen[bytes], timeout_s: float = 60.0) -> list[int]:
+    """The pids of a ``fairgate serve --workers N`` supervisor's workers, once all N run."""
+    children = Path(f"/proc/{supervisor.pid}/task/{supervisor.pid}/children")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pids = [int(pid) for pid in children.read_text().split()]
+        if len(pids) == WORKER_COUNT:
+            return pids
+        time.sleep(0.05)
+    raise RuntimeError(f"{WORKERS}: {WORKER_COUNT} workers never ran")
 
 
 def _start_fairgate(

@@ -37,10 +37,13 @@ QUOTAS = {
 
 #: The ways of reaching the upstream, in the order they take turns and are shown: directly,
 #: through the forwarder, through fairgate as a tenant without quotas and as one with quotas,
-#: and through fairgate tracing every request.
-MODES = ("direct", "forwarder", "fairgate", "quotas", "fairgate+traces")
+#: through fairgate tracing every request, and through fairgate's two worker processes.
+MODES = ("direct", "forwarder", "fairgate", "quotas", "fairgate+traces", "fairgate×2")
 #: The path of fairgate with tracing on, every request sampled, spans sent to the upstream.
 TRACED = "fairgate+traces"
+#: The path of ``fairgate serve --workers 2``: the same gateway, two processes on one port.
+WORKERS = "fairgate×2"
+WORKER_COUNT = 2
 #: Where the traced gateway sends its spans (the upstream answers as a collector would).
 TRACES_PATH = "/v1/traces"
 

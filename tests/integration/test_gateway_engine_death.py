@@ -109,6 +109,15 @@ async def test_an_engine_whose_requests_keep_failing_is_ejected(
         for _ in range(3):  # the least loaded engine (both idle: the first) fails
             with pytest.raises(openai.InternalServerError):
                 await client.chat.completions.create(model="llama-3-8b", messages=MESSAGES)
+        # the ejection is written for every replica once the third failure is counted (off
+        # the failed request's path): the next requests go elsewhere from then on
+        redis = Redis.from_url(redis_url)
+        for _ in range(200):
+            if await redis.hexists("fairgate:{adm}:down", "interactive-0"):
+                break
+            await asyncio.sleep(0.02)
+        assert await redis.hexists("fairgate:{adm}:down", "interactive-0")  # for every replica
+        await redis.aclose()
         served = []
         for _ in range(3):
             raw = await client.chat.completions.with_raw_response.create(
@@ -116,8 +125,5 @@ async def test_an_engine_whose_requests_keep_failing_is_ejected(
             )
             served.append(raw.headers["X-Fairgate-Backend"])
         assert served == ["interactive-1"] * 3
-        redis = Redis.from_url(redis_url)
-        assert await redis.hexists("fairgate:{adm}:down", "interactive-0")  # for every replica
-        await redis.aclose()
     finally:
         await runner.cleanup()

@@ -8,11 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import zlib
 
 import pytest
+from aiohttp import web
+from redis.asyncio import Redis
 
-from tests.conftest import RunningGateway, StartGateway, StartSim, gateway_config
+from tests.conftest import (
+    RunningGateway,
+    ServeApp,
+    StartGateway,
+    StartSim,
+    gateway_config,
+    inflight_state,
+)
 
 CHAT = "/v1/chat/completions"
 HEADERS = {"Authorization": "Bearer key-a", "Content-Type": "application/json"}
@@ -173,3 +183,95 @@ async def test_a_content_length_over_the_limit_is_413_before_the_body(
     gateway = await start_gateway(config)
     answer = await asyncio.wait_for(raw_exchange(gateway, request_head(10**9)), timeout=30)
     assert answer.startswith(b"HTTP/1.1 413") and b"request_too_large" in answer
+
+
+def endless_engine(ended: asyncio.Event) -> web.Application:
+    """An engine that streams 16 KiB chunks until its client (the gateway) goes away."""
+    chunk = (
+        b"data: "
+        + json.dumps(
+            {
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {"content": "x" * 16_384}}],
+            }
+        ).encode()
+        + b"\n\n"
+    )
+
+    async def chat_completions(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            while True:
+                await response.write(chunk)
+        finally:
+            ended.set()  # the gateway closed the engine request
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/health", health)
+    return app
+
+
+async def test_a_client_that_stops_reading_its_stream_is_cut_off_and_its_slot_freed(
+    start_gateway: StartGateway, serve_app: ServeApp, redis_url: str
+) -> None:
+    """A client that reads the headers of its stream and then nothing: the gateway's writes
+    fill the socket and wait; past ``client_stall_timeout_s`` the connection is closed, the
+    engine request ended and the tenant's lease released (without the limit: never)."""
+    ended = asyncio.Event()
+    engine = await serve_app(endless_engine(ended))
+    config = gateway_config(
+        redis_url, {"interactive": [engine]}, server={"client_stall_timeout_s": 0.5}
+    )
+    gateway = await start_gateway(config)
+    host, port = gateway.url.removeprefix("http://").split(":")
+    body = chat(HELLO, stream=True)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills sooner
+    writer.write(request_head(len(body)) + body)
+    await writer.drain()
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    # ... and the client reads nothing more
+
+    await asyncio.wait_for(ended.wait(), timeout=60)
+    redis = Redis.from_url(redis_url)
+    for _ in range(200):
+        if not await inflight_state(redis):
+            break
+        await asyncio.sleep(0.05)
+    assert await inflight_state(redis) == {}
+    await redis.aclose()
+    async with gateway.http.get(gateway.url + "/metrics") as response:
+        assert "fairgate_stalled_clients_closed_total 1.0" in await response.text()
+    writer.close()
+
+
+async def test_headers_sent_a_byte_at_a_time_are_cut_off_after_the_idle_timeout(
+    start_gateway: StartGateway, start_sim: StartSim, redis_url: str
+) -> None:
+    """Slowloris: a connection that keeps sending, but never a whole request head, is closed
+    once ``idle_timeout_s`` has passed since it opened (each byte does not restart it)."""
+    sim = await start_sim(time_scale=100.0)
+    config = gateway_config(redis_url, {"interactive": [sim.url]}, server={"idle_timeout_s": 0.5})
+    gateway = await start_gateway(config)
+    host, port = gateway.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head = request_head(10)
+
+    async def trickle() -> None:
+        for byte in head:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+
+    trickling = asyncio.ensure_future(trickle())
+    closed = await asyncio.wait_for(reader.read(), timeout=20)  # EOF: the gateway closed it
+    assert closed == b""
+    assert not trickling.done()  # cut off while it was still sending its headers
+    trickling.cancel()
+    writer.close()

@@ -188,3 +188,40 @@ async def test_sequential_requests_through_the_gateway_reuse_one_lease(
         assert reply.usage is not None and reply.usage.completion_tokens == 4
     assert await stat(redis, "reused", 4) == 4  # one lease served all five
     assert await stat(redis, "grants", 5) == 5
+
+
+async def test_admission_loads_its_scripts_before_the_first_request(
+    admission_for: MakeAdmission, redis_url: str
+) -> None:
+    redis = Redis.from_url(redis_url)
+    await redis.script_flush()
+    admission = await admission_for(settings_for(redis_url))
+    scripts = admission.scripts
+    shas = [
+        s.sha
+        for s in (scripts._enqueue, scripts._release, scripts._charge, scripts._reuse)
+        + (scripts._renew, scripts._cancel, scripts._tick, scripts._engine)
+    ]
+    assert await redis.script_exists(*shas) == [True] * len(shas)
+    await redis.aclose()
+
+
+async def test_a_charge_that_reaches_redis_after_its_release_is_no_reclaim(
+    admission_for: MakeAdmission, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The release of a request may overtake its last charge (both in flight at once, the
+    charge resent whole after a NOSCRIPT): its lease is gone then, but nobody reclaimed it."""
+    admission = await admission_for(settings_for(redis_url, hold_s=0))
+    redis = Redis.from_url(redis_url)
+    await redis.script_flush()  # as on a Redis restarted since: the charge's first try fails
+    lease = await admission.acquire(ticket())  # (enqueue and release are sent whole again)
+    await lease.release(None)
+    lease = await admission.acquire(ticket())
+    charging = asyncio.ensure_future(lease.charge(5.0))
+    await asyncio.sleep(0)  # the charge leaves first ...
+    await lease.release(None)  # ... and the release, known to Redis now, overtakes its resend
+    await charging
+
+    assert "reclaimed" not in caplog.text
+    assert await inflight_state(redis) == {}
+    await redis.aclose()

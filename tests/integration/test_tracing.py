@@ -347,15 +347,16 @@ async def test_a_whole_response_is_traced_per_operation(
         assert attributes["gen_ai.request.max_tokens"] == 8
 
 
-async def _queued(redis_url: str) -> None:
-    """Wait until some request waits in a fair queue."""
+async def _queued(redis_url: str, count: int = 1) -> None:
+    """Wait until ``count`` requests wait in the fair queues."""
     client = Redis.from_url(redis_url)
     try:
         for _ in range(400):
-            if [key async for key in client.scan_iter(match="fairgate:{adm}:q:*")]:
+            keys = [key async for key in client.scan_iter(match="fairgate:{adm}:q:*")]
+            if sum([await client.zcard(key) for key in keys]) >= count:
                 return
             await asyncio.sleep(0.01)
-        raise AssertionError("no request ever queued")
+        raise AssertionError(f"{count} requests never queued")
     finally:
         await client.aclose()
 
@@ -394,10 +395,12 @@ async def test_a_queued_request_shows_its_wait_until_granted(
     await _engine_received(engine, 1)
     second = ask("second")
     await _queued(redis_url)  # the second waits: the tenant may run one at a time
+    third = ask("third")
+    await _queued(redis_url, 2)  # and the third behind it
     engine.hold.set()
-    await asyncio.gather(first, second)
+    await asyncio.gather(first, second, third)
 
-    spans = await finished(exporter, 2)
+    spans = await finished(exporter, 3)
     assert_nothing_secret(spans)
     by_id = {str((s.attributes or {})["fairgate.request_id"]): s for s in server_spans(spans)}
     first_steps, second_steps = children(spans, by_id["first"]), children(spans, by_id["second"])
@@ -409,6 +412,12 @@ async def test_a_queued_request_shows_its_wait_until_granted(
     assert second_wait > first_wait
     assert second_steps["queue"].status.status_code is StatusCode.UNSET
     assert {(s.attributes or {})["fairgate.outcome"] for s in by_id.values()} == {"ok"}
+    # where each stood on arrival: nothing queued for the first two, the second ahead of the third
+    places = {
+        request_id: (attrs["fairgate.queue.position"], attrs["fairgate.queue.depth"])
+        for request_id, attrs in ((i, dict(s.attributes or {})) for i, s in by_id.items())
+    }
+    assert places == {"first": (0, 0), "second": (0, 0), "third": (1, 1)}
 
 
 async def test_a_refusal_over_quota_says_so(

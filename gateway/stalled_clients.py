@@ -1,0 +1,111 @@
+"""Clients that stop reading a stream: their connection is closed after a limit.
+
+A streamed response is written as the engine produces it. A client that stops reading (a hung
+process, a debugger, a hostile one) fills its socket's buffers, and the next write waits for
+room that never comes: the relay then reads no more from the engine (backpressure), the
+engine's request stays in its batch holding KV cache, and the tenant's admission slot and
+tokens stay taken, for as long as the client likes. aiohttp has no write timeout, so
+:class:`StallWatch` keeps one: each streamed write records when it began, a sweeper (one task
+per process, waking a few times per limit, only while some write is pending) aborts the
+connection of any write pending longer than ``server.client_stall_timeout_s``. The write then
+fails as a disconnect does, and the request ends as a disconnected one: the engine request is
+closed, the lease released with the service used so far.
+
+The cost per chunk is two dictionary operations; a client reading at any pace, however slow,
+never waits that long for one write, since each write is one engine chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from aiohttp import web
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+
+class StallWatch(Collector):
+    """The streamed writes pending now, and the sweeper that ends those pending too long;
+    exports ``fairgate_stalled_clients_closed_total``."""
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self._pending: dict[GuardedStream, float] = {}  # stream -> when its write began
+        self._sweeper: asyncio.Task[None] | None = None
+        self.aborted = 0  # connections closed for a stalled read (a metric)
+
+    def stream(self, **kwargs: Any) -> GuardedStream:
+        """A streamed response whose writes this watch guards (``web.StreamResponse``'s args)."""
+        return GuardedStream(self, **kwargs)
+
+    def began(self, stream: GuardedStream) -> None:
+        self._pending[stream] = asyncio.get_running_loop().time()
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep(), name="stalled-clients")
+
+    def ended(self, stream: GuardedStream) -> None:
+        self._pending.pop(stream, None)
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                await asyncio.sleep(max(self.limit_s / 4, 0.05))
+                now = loop.time()
+                stalled = [s for s, since in self._pending.items() if now - since > self.limit_s]
+                for stream in stalled:
+                    self._pending.pop(stream, None)
+                    self.aborted += 1
+                    log.info(
+                        "closed a connection whose client read nothing for %.0f s", self.limit_s
+                    )
+                    stream.abort()
+        finally:
+            self._sweeper = None
+
+    def describe(self) -> Iterable[CounterMetricFamily]:
+        return []
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "fairgate_stalled_clients_closed",
+            "Connections closed because the client read nothing of its stream for "
+            "server.client_stall_timeout_s (its request ends as a disconnected one).",
+            value=self.aborted,
+        )
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+
+
+class GuardedStream(web.StreamResponse):
+    """A ``web.StreamResponse`` whose every write is watched for a client that stopped reading."""
+
+    def __init__(self, watch: StallWatch, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._watch = watch
+        self._client: asyncio.BaseTransport | None = None
+
+    async def prepare(self, request: web.BaseRequest) -> Any:
+        self._client = request.transport
+        return await super().prepare(request)
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        watch = self._watch
+        watch.began(self)
+        try:
+            await super().write(data)
+        finally:
+            watch.ended(self)
+
+    def abort(self) -> None:
+        """Close the client's connection at once: the pending write raises, as on a disconnect."""
+        if self._client is not None:
+            self._client.abort()  # type: ignore[attr-defined]
