@@ -106,16 +106,18 @@ class AdmissionScripts:
         self._tick = load("tick")
         self._engine = load("engine")
         self._reuse = load("reuse")
-        batch = Script(redis, self.policy.compose_batch(BATCHED, publish), keys_declared=False)
+        self._batched = Script(
+            redis, self.policy.compose_batch(BATCHED, publish), keys_declared=False
+        )
         alone = {"release": self._release, "reuse": self._reuse, "charge": self._charge}
-        self._batch = ScriptBatch(batch, self._keys, alone)
+        self._batch = ScriptBatch(self._batched, self._keys, alone)
 
     async def preload(self) -> None:
         """Load every script into Redis before the first request needs it: a call answered
         ``NOSCRIPT`` goes again a round trip later, and a request's charge would then reach
         Redis after its release (which finds its lease gone)."""
         scripts = [self._enqueue, self._release, self._charge, self._renew, self._cancel]
-        scripts += [self._tick, self._engine, self._reuse]
+        scripts += [self._tick, self._engine, self._reuse, self._batched]
         await asyncio.gather(*(script.load() for script in scripts))
 
     async def enqueue(self, ticket: Ticket, owner: str) -> Decision:
