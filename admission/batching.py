@@ -9,8 +9,10 @@ exactly as its own call would (same order, same atomic effects), and answers eac
 its own reply or error. The channel already sends every call of a turn in one write; this
 also makes them one script call. A call alone in its turn goes as its own script.
 
-The calls batched are those off the request path: the first call of a turn waits one turn for
-the others to join before it is sent, which a request waiting for its answer would feel.
+The first call of a turn waits one turn for the others to join before it is sent. Only one
+call a request waits for is batched, the reuse that takes a quota charge: it waits that turn
+more (microseconds on an idle loop, the length of a busy turn under load) for its share of
+one call; the enqueue, on every other request's path, is not batched.
 """
 
 from __future__ import annotations

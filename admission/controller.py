@@ -256,7 +256,7 @@ class Admission:
         """Pass a held lease to a request with quotas: the reuse's script call takes its charge
         first, so unlike a request without quotas it waits for the call. None if the lease was
         gone (the request then asks as any other)."""
-        passing = asyncio.ensure_future(self._reuse_call(held, ticket, waited_for=True))
+        passing = asyncio.ensure_future(self._reuse_call(held, ticket))
         try:
             outcome = await asyncio.shield(passing)
         except asyncio.CancelledError:
@@ -340,14 +340,10 @@ class Admission:
             self._reclaimed(held.lease_id)
         self._heard(outcome)
 
-    async def _reuse_call(
-        self, held: HeldLease, ticket: Ticket, waited_for: bool = False
-    ) -> Decision:
+    async def _reuse_call(self, held: HeldLease, ticket: Ticket) -> Decision:
         self._reusing += 1
         try:
-            return await self.scripts.reuse(
-                held.lease_id, held.used, ticket, held.correction, waited_for
-            )
+            return await self.scripts.reuse(held.lease_id, held.used, ticket, held.correction)
         finally:
             self._reusing -= 1
 

@@ -64,7 +64,8 @@ _REUSED = ("gone", "reused", "quota")
 #: enqueue.lua's states that answer a place on arrival and a quota charge
 _CHARGED = frozenset(("granted", "queued", "full", "quota"))
 #: The entry scripts whose calls of one event-loop turn go as one call (admission/batching.py):
-#: those made off the request path.
+#: those made after a request (releases, charges, reuses), and the reuse a request with quotas
+#: waits for (held back one event-loop turn for its share of the call).
 BATCHED = ("release", "reuse", "charge")
 
 
@@ -165,7 +166,6 @@ class AdmissionScripts:
         used: float | None,
         next_: Ticket,
         correction: QuotaPart | None = None,
-        waited_for: bool = False,
     ) -> Decision:
         """Pass a finished request's lease (``used``: its service) to ``next_``, the next
         request of its flow (its tokens held, its input service charged); in the same step,
@@ -173,18 +173,13 @@ class AdmissionScripts:
 
         ``reused``, ``gone``, or ``quota`` (the charge was refused; the lease was not passed
         on); ``may_reuse`` if nothing waits anywhere and the lease's backend is open.
-        ``waited_for``: a request waits for the answer, so the call is not batched (which
-        would hold it back a turn).
         """
         used_arg = "" if used is None else used
         args: list[str | int | float] = [lease_id, used_arg, next_.tokens, next_.service]
         args += [self._ttl, self._max]
         ask = next_.quota
         args += _quota_args(correction, ask.part if ask is not None else None)
-        if waited_for:
-            result = await self._reuse(self._keys, args)
-        else:
-            result = await self._batch.call("reuse", args)
+        result = await self._batch.call("reuse", args)
         state = _REUSED[int(result[0])]
         answered = ask.answer_length if ask is not None and state != "gone" else 0
         quota, grants = [int(v) for v in result[2 : 2 + answered]], _pairs(result[2 + answered :])
