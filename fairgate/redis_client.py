@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Iterator
+from contextvars import ContextVar
 from typing import Any, Protocol, cast
 
 from redis.asyncio import BlockingConnectionPool, Connection, Redis, RedisCluster, SSLConnection
@@ -102,7 +103,7 @@ class GatewayCluster(RedisCluster):
         self.scripts: ScriptChannel = ClusterChannel(self, RedisAddress.of_pool(connection, tls))
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        with cluster_errors_as_redis_errors():
+        with cluster_errors_as_redis_errors(), _redis_py_at_work():
             return await super().execute_command(*args, **kwargs)
 
     def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> Any:
@@ -111,8 +112,26 @@ class GatewayCluster(RedisCluster):
         return _GatewayClusterPipeline(self, transaction)  # type: ignore[abstract]
 
     async def aclose(self) -> None:
-        await self.scripts.close()
+        """Close the client and its script channel. redis-py calls this itself too, in the
+        middle of a command or pipeline that met ``CLUSTERDOWN`` or one ``MOVED`` too many, to
+        read the slot map anew and go on: the script channel is left open then, or the
+        admission calls in flight on it would fail (503) for another key's migration."""
+        if not _IN_REDIS_PY.get():
+            await self.scripts.close()
         await super().aclose()
+
+
+#: Set while redis-py runs one of this task's commands or pipelines on a Cluster.
+_IN_REDIS_PY: ContextVar[bool] = ContextVar("in_redis_py", default=False)
+
+
+@contextlib.contextmanager
+def _redis_py_at_work() -> Iterator[None]:
+    token = _IN_REDIS_PY.set(True)
+    try:
+        yield
+    finally:
+        _IN_REDIS_PY.reset(token)
 
 
 class _GatewayClusterPipeline(ClusterPipeline):
@@ -123,7 +142,7 @@ class _GatewayClusterPipeline(ClusterPipeline):
             return await super().initialize()
 
     async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
-        with cluster_errors_as_redis_errors():
+        with cluster_errors_as_redis_errors(), _redis_py_at_work():
             return await super().execute(raise_on_error, allow_redirections)
 
     async def watch(self, *names: Any) -> Any:  # type: ignore[override]
