@@ -68,13 +68,28 @@ class AdmissionPolicy:
     def compose(self, entry: str, publish: str = "PUBLISH") -> str:
         """The source of the entry script ``entry`` (e.g. ``enqueue``) under this policy;
         its messages sent with ``publish`` (``SPUBLISH`` on a Cluster: :mod:`fairgate.pubsub`)."""
+        return "\n".join([*self._shared(publish), _read(entry)])
+
+    def compose_batch(self, entries: tuple[str, ...], publish: str = "PUBLISH") -> str:
+        """The source of ``batch.lua``: the entry scripts ``entries`` as functions of one chunk
+        under this policy, which runs several of them in one call. ``ARGV`` is shadowed by a
+        local before anything reads it, so that each operation reads its own arguments."""
+        ops = [f"OPS['{entry}'] = function()\n{_read(entry)}\nend" for entry in entries]
+        return "\n".join(
+            ["local BATCH = ARGV", "local ARGV = ARGV", *self._shared(publish), "local OPS = {}"]
+            + ops
+            + [_read("batch")]
+        )
+
+    def _shared(self, publish: str) -> list[str]:
+        """What every entry script is composed with: the shared functions and the policy's
+        parts, named (its messages sent with ``publish``)."""
         sources = [f"local PUBLISH = '{publish}'"]
         sources += [_read(name) for name in _BEFORE_PARTS]
         sources += [_read(part) for part in self.parts()]
         sources.append(self.bindings())
         sources += [_read(name) for name in _AFTER_PARTS]
-        sources.append(_read(entry))
-        return "\n".join(sources)
+        return sources
 
 
 def standalone(entry: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from admission.batching import ScriptBatch
 from admission.policy import AdmissionPolicy
 from admission.quota import QuotaPart
 from admission.ticket import Ticket
@@ -62,6 +63,10 @@ _RELEASED = ("gone", "released", "held")
 _REUSED = ("gone", "reused", "quota")
 #: enqueue.lua's states that answer a place on arrival and a quota charge
 _CHARGED = frozenset(("granted", "queued", "full", "quota"))
+#: The entry scripts whose calls of one event-loop turn go as one call (admission/batching.py):
+#: those made after a request (releases, charges, reuses), and the reuse a request with quotas
+#: waits for (held back one event-loop turn for its share of the call).
+BATCHED = ("release", "reuse", "charge")
 
 
 def _quota_args(*parts: QuotaPart | None) -> list[str | int]:
@@ -102,13 +107,18 @@ class AdmissionScripts:
         self._tick = load("tick")
         self._engine = load("engine")
         self._reuse = load("reuse")
+        self._batched = Script(
+            redis, self.policy.compose_batch(BATCHED, publish), keys_declared=False
+        )
+        alone = {"release": self._release, "reuse": self._reuse, "charge": self._charge}
+        self._batch = ScriptBatch(self._batched, self._keys, alone)
 
     async def preload(self) -> None:
         """Load every script into Redis before the first request needs it: a call answered
         ``NOSCRIPT`` goes again a round trip later, and a request's charge would then reach
         Redis after its release (which finds its lease gone)."""
         scripts = [self._enqueue, self._release, self._charge, self._renew, self._cancel]
-        scripts += [self._tick, self._engine, self._reuse]
+        scripts += [self._tick, self._engine, self._reuse, self._batched]
         await asyncio.gather(*(script.load() for script in scripts))
 
     async def enqueue(self, ticket: Ticket, owner: str) -> Decision:
@@ -146,7 +156,7 @@ class AdmissionScripts:
         applied in the same step (whatever became of the lease)."""
         used = "" if service is None else service
         args = [request_id, used, self._ttl, self._max, hold_ms, *_quota_args(correction)]
-        result = await self._release(self._keys, args)
+        result = await self._batch.call("release", args)
         state = _RELEASED[int(result[0])]
         return Decision(state, "", _pairs(result[2:]), may_reuse=not int(result[1]))
 
@@ -169,7 +179,7 @@ class AdmissionScripts:
         args += [self._ttl, self._max]
         ask = next_.quota
         args += _quota_args(correction, ask.part if ask is not None else None)
-        result = await self._reuse(self._keys, args)
+        result = await self._batch.call("reuse", args)
         state = _REUSED[int(result[0])]
         answered = ask.answer_length if ask is not None and state != "gone" else 0
         quota, grants = [int(v) for v in result[2 : 2 + answered]], _pairs(result[2 + answered :])
@@ -178,7 +188,7 @@ class AdmissionScripts:
     async def charge(self, request_id: str, service: float) -> Decision:
         """Charge streamed output (``charged``, or ``gone``); ends the request's prefill hold,
         so the grants that freed are returned."""
-        result = await self._charge(self._keys, [request_id, service, self._ttl, self._max])
+        result = await self._batch.call("charge", [request_id, service, self._ttl, self._max])
         return Decision("charged" if int(result[0]) else "gone", "", _pairs(result[1:]))
 
     async def renew(self, request_ids: list[str]) -> list[str]:

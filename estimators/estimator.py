@@ -108,7 +108,9 @@ class CostEstimator:
         cap = output_cap(body, prompt, model) if generates else 0
         guess = await self._output(tenant, model_id, reasoning) if generates else None
         n = choices(body) if generates else 1  # each choice generates its own output
-        return Cost(
+        # Built without validation: every field is computed above, of its type and range (a
+        # validated model costs about as much as the rest of this method on every request).
+        return Cost.model_construct(
             prompt_tokens=prompt,
             counted_prompt_tokens=counted,
             prompt_source=source,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
@@ -42,6 +43,36 @@ class Tokenizer(Protocol):
         ...
 
 
+class CountMemo:
+    """Token counts of short texts already counted, by text.
+
+    The same texts come again and again: a system prompt on every request of an application,
+    and a conversation's earlier turns, which a chat client sends again with every new one.
+    Counting one is a call into the tokenizer's native code (tens of microseconds even for a
+    short text); looking it up is a dictionary read. Only texts of at most
+    :data:`MAX_CHARS` characters are kept, at most :data:`MAX_ENTRIES` of them (all forgotten
+    at once when full), so the memo stays within a few megabytes. Safe from worker threads:
+    each operation on the dictionary is atomic.
+    """
+
+    MAX_CHARS = 4_000
+    MAX_ENTRIES = 2_048
+
+    def __init__(self, count: Callable[[str], int]) -> None:
+        self._count = count
+        self._counts: dict[str, int] = {}
+
+    def __call__(self, text: str) -> int:
+        counted = self._counts.get(text)
+        if counted is None:
+            counted = self._count(text)
+            if len(text) <= self.MAX_CHARS:
+                if len(self._counts) >= self.MAX_ENTRIES:
+                    self._counts.clear()
+                self._counts[text] = counted
+        return counted
+
+
 class TiktokenTokenizer:
     """A tiktoken encoding. Its ``encode`` releases the GIL, so callers may run it in a thread."""
 
@@ -50,12 +81,13 @@ class TiktokenTokenizer:
 
         self._encoding = tiktoken.get_encoding(encoding_name)
         self.name = encoding_name
+        self._memo = CountMemo(lambda text: len(self.encode(text)))
 
     def encode(self, text: str) -> list[int]:
         return self._encoding.encode(text, disallowed_special=())
 
     def count(self, text: str) -> int:
-        return len(self.encode(text))
+        return self._memo(text)
 
     def decode(self, tokens: list[int]) -> str:
         return self._encoding.decode(tokens)
@@ -85,6 +117,7 @@ class HuggingFaceTokenizer:
 
         self._tokenizer = HFTokenizer.from_file(str(path))
         self.name = f"hf:{path.name}"
+        self._memo = CountMemo(self._count)
 
     def encode(self, text: str) -> list[int]:
         if len(text) > self._RELEASE_GIL_CHARS:
@@ -92,6 +125,9 @@ class HuggingFaceTokenizer:
         return self._tokenizer.encode(text, add_special_tokens=False).ids
 
     def count(self, text: str) -> int:
+        return self._memo(text)
+
+    def _count(self, text: str) -> int:
         # len() of the Encoding: building its Python list of ids would hold the GIL.
         if len(text) > self._RELEASE_GIL_CHARS:
             return len(self._tokenizer.encode_batch([text], add_special_tokens=False)[0])

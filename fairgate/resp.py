@@ -119,8 +119,9 @@ _ERRORS: dict[str, type[RedisError]] = {
 }
 
 
-def _error(reply: hiredis.ReplyError) -> RedisError:
-    """redis-py's exception for an error reply (the callers' vocabulary)."""
+def reply_error(reply: hiredis.ReplyError) -> RedisError:
+    """redis-py's exception for an error reply (the callers' vocabulary); also for one inside
+    an array reply (a batch's, :mod:`admission.batching`)."""
     message = str(reply)
     code, _, rest = message.partition(" ")
     kind = _ERRORS.get(code)
@@ -205,7 +206,7 @@ class _Connection(asyncio.Protocol):
         if future.done():  # its caller gave up (a deadline); the reply is not needed
             return
         if isinstance(reply, hiredis.ReplyError):
-            future.set_exception(_error(reply))
+            future.set_exception(reply_error(reply))
         else:
             future.set_result(reply)
 

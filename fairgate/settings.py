@@ -325,7 +325,7 @@ class AdmissionConfig(StrictModel):
     )
     max_grants_per_call: PositiveInt = Field(32, description="Grants one script call may make.")
     lease_reuse_s: Annotated[float, Field(ge=0, le=1)] = Field(
-        0.005,
+        0.02,
         description="While nothing waits, a finished request's lease is held this long for the "
         "next request of its tenant and pool on the same replica, which then starts without a "
         "Redis round trip (0: never; see admission/reuse.py).",

@@ -110,6 +110,8 @@ async def read_body(request: web.Request, timeout_s: float) -> bytes:
     if length is not None and length > request.client_max_size:
         raise _closing(body_too_large(request.client_max_size))
     try:
+        if request.content.is_eof():  # the whole body is here already: no deadline to arm
+            return await request.read()
         async with asyncio.timeout(timeout_s):
             return await request.read()
     except RequestPayloadError as exc:

@@ -68,7 +68,7 @@ class Directory:
     def key(self, secret: str) -> KeyEntry | None:
         """The live key ``secret`` is (None if unknown, revoked or expired); its use is noted."""
         entry = self._snapshot.by_digest.get(hash_api_key(secret))
-        if entry is None or entry.expired(utc_now()):
+        if entry is None or (entry.record.expires_at is not None and entry.expired(utc_now())):
             return None
         self._used[entry.record.id] = time.time()
         return entry

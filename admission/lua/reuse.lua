@@ -39,8 +39,10 @@ end
 if ARGV[2] ~= '' then
   settle(l.t, l.band, l.w, tonumber(ARGV[2]), l.ch)
 end
-add_load(P .. 'tload', l.t .. ':t', tok - l.tok)
-add_load(P .. 'bload', l.b .. ':t', tok - l.tok)
+if tok ~= l.tok then  -- the next request of a flow often holds what the last one held
+  add_load(P .. 'tload', l.t .. ':t', tok - l.tok)
+  add_load(P .. 'bload', l.b .. ':t', tok - l.tok)
+end
 -- the finished request was delivered, the new one's input is pending (one step for both)
 serve(l.t, l.band, l.w, svc, l.pd)
 add_pending(l.t, l.w, -(l.pd or 0))

@@ -44,7 +44,7 @@ async def sample_queues(
     timeout = aiohttp.ClientTimeout(total=2.0)
     try:
         async with aiohttp.ClientSession(timeout=timeout) as http:
-            while True:
+            while not _cancel_requested():
                 sample: dict[str, object] = {"t": clock.now(), "engines": {}, "gateway": {}}
                 for name, url in engines.items():
                     with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
@@ -59,3 +59,13 @@ async def sample_queues(
     finally:
         if redis is not None:
             await redis.aclose()
+    raise asyncio.CancelledError  # the cancellation a timeout turned into TimeoutError
+
+
+def _cancel_requested() -> bool:
+    """Whether this task was asked to stop. A cancellation that reaches a request as its own
+    timeout fires ends as aiohttp's TimeoutError, which the loop suppresses; the request is
+    still pending on the task, and without this check the loop would sample on, and the run
+    that waits for it never end."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -294,6 +294,43 @@ async def test_concurrent_observations_go_as_one_batch_and_none_is_lost(
     assert report.observations == 5
 
 
+async def test_a_batch_of_observations_leaves_what_one_call_each_would(redis: Redis) -> None:
+    """observe.lua reads the calibration hash once and writes it once per batch: the factors,
+    means, counts, error buckets and histories are those of one call per observation."""
+    rng = random.Random(7)
+    observations: list[list[Any]] = []
+    for i in range(40):
+        prompt_actual = rng.randint(1, 400) if i % 5 else ""  # some without a prompt count
+        output_actual = rng.randint(1, 300) if i % 7 else ""  # some without an output
+        raw = rng.randint(0, 400)
+        observations.append(
+            [2 + i % 2, 4, raw, raw + 3, prompt_actual, f"p{i % 3}",
+             rng.randint(0, 300), output_actual, f"o{i % 4}"]
+        )  # fmt: skip
+    settings = ["0.05", "16", "60000"]
+
+    async def run(name: str, batches: list[list[list[Any]]]) -> tuple[dict[str, str], list[Any]]:
+        keys = [f"t:{{est:{name}}}:calib", f"t:{{est:{name}}}:a", f"t:{{est:{name}}}:b",
+                f"t:{{est:{name}}}:all"]  # fmt: skip
+        factors = []
+        for batch in batches:
+            args = [value for observation in batch for value in observation]
+            factors.append(await redis.eval(OBSERVE_LUA, len(keys), *keys, *settings, *args))
+        stored = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys[0])).items()}
+        lists = [await redis.lrange(key, 0, -1) for key in keys[1:]]
+        return stored, [factors[-1], *lists]
+
+    one_each, lists_one_each = await run("one", [[o] for o in observations])
+    batched, lists_batched = await run("batch", [observations[:25], observations[25:]])
+    sums = [name for name in one_each if name.endswith("abs_pct_error_sum")]
+    assert sums and one_each.keys() == batched.keys()
+    for name in sums:  # summed in another order: equal but for the last bits
+        assert float(batched.pop(name)) == pytest.approx(float(one_each.pop(name)), rel=1e-12)
+    assert batched == one_each
+    assert lists_batched == lists_one_each
+    assert len(lists_batched[3]) == 16  # trimmed to the history size
+
+
 def _script_calls(stats: dict[str, Any]) -> int:
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
