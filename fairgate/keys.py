@@ -147,3 +147,9 @@ def usage(key_prefix: str, tenant: str, day: str) -> str:
     so a range is read from one node, while tenants spread over the cluster.
     """
     return f"{key_prefix}:{{usage:{tenant}}}:{day}"
+
+
+def usage_batches(key_prefix: str, tenant: str, day: str) -> str:
+    """The hash beside :func:`usage`'s: the number of the last batch each replica added to
+    that day (so that a batch sent again after a lost answer is added once)."""
+    return f"{usage(key_prefix, tenant, day)}:batches"

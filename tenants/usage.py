@@ -4,9 +4,12 @@ What a tenant used is an operator's billing and capacity question, asked over da
 counted per tenant, model and UTC day in Redis (:func:`fairgate.keys.usage`), which every
 replica adds to. Counting must cost the request path nothing it would notice: a request or
 refusal is a dict increment in memory, and each replica writes what it counted in one
-pipelined batch of ``HINCRBY`` every ``admin.usage_flush_s`` (or as soon as many events are
-pending), off the response path, as the estimators batch their feedback. A batch Redis did
-not take is kept and sent with the next one; what is pending at shutdown is written then.
+batch every ``admin.usage_flush_s`` (or as soon as many events are pending), off the response
+path, as the estimators batch their feedback: one ``usage.lua`` call per tenant and day, which
+adds that part's counts exactly once. A part whose answer did not come (Redis down, a timeout,
+a Cluster slot moving under it) may have run or not; it is sent again, as it was, with the same
+number, and Redis skips it if it had run; meanwhile that tenant's newer counts wait, so each
+replica's parts of a day arrive in order. What is pending at shutdown is written then.
 
 Each day's hash expires ``admin.usage_retention_days`` after the day began, so Redis holds a
 bounded window, and reads may not ask for days before it. Only models some pool serves are
@@ -19,19 +22,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from importlib import resources
 from typing import Literal, get_args
 
 from redis.exceptions import RedisError
 
 from fairgate.keys import usage as usage_key
+from fairgate.keys import usage_batches
 from fairgate.redis_client import AnyRedis
 from fairgate.settings import Settings
 
 log = logging.getLogger(__name__)
+
+USAGE_LUA = resources.files("tenants").joinpath("usage.lua").read_text()
 
 #: Why a request of a known tenant was refused, or failed (see :data:`REASON_MEANINGS`).
 Reason = Literal[
@@ -139,6 +147,21 @@ def total(rows: Iterable[DayUsage]) -> Counts:
     return summed
 
 
+#: One tenant's UTC day.
+Day = tuple[str, date]
+
+
+@dataclass
+class _Part:
+    """One tenant-day's counts as sent to Redis, numbered (``usage.lua`` adds it once)."""
+
+    tenant: str
+    day: date
+    counters: Counter[str]
+    number: int
+    sending: bool = False
+
+
 class Usage:
     """The usage counters of one gateway process: counts in memory, writes in batches, reads.
 
@@ -154,7 +177,11 @@ class Usage:
         self._flush_s = settings.admin.usage_flush_s
         self._models = frozenset(m for pool in settings.pools.values() for m in pool.models)
         self._clock = clock
-        self._pending: dict[tuple[str, date], Counter[str]] = {}
+        self._pending: dict[Day, Counter[str]] = {}
+        self._unanswered: dict[Day, _Part] = {}  # sent, no answer yet or a failure
+        self._batch = 0  # the number of this replica's last part
+        self._replica = uuid.uuid4().hex[:16]
+        self._script = redis.register_script(USAGE_LUA)
         self._events = 0
         self._timer: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[None]] = set()
@@ -205,37 +232,69 @@ class Usage:
             self._timer.cancel()
             self._timer = None
         batch, self._pending, self._events = self._pending, {}, 0
-        if batch:
-            task = asyncio.ensure_future(self._send(batch))
+        parts = self._parts(batch)
+        if parts:
+            task = asyncio.ensure_future(self._send(parts))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
 
-    async def _send(self, batch: dict[tuple[str, date], Counter[str]]) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        for (tenant, day), counters in batch.items():
-            key = usage_key(self._prefix, tenant, day.isoformat())
-            for name, n in counters.items():
-                pipe.hincrby(key, name, n)
-            pipe.expireat(key, expires_at(day, self.retention_days))
-        try:
-            await pipe.execute()
-        except (RedisError, OSError) as exc:
-            log.warning("usage not written yet (kept for the next batch): %s", exc)
-            self._keep(batch)
+    def _parts(self, pending: dict[Day, Counter[str]]) -> list[_Part]:
+        """What to send now: parts whose answer never came, as they were, and a new numbered
+        part for each other tenant and day (a day with a part unanswered keeps its new counts
+        pending until that part is through, so that parts are applied in order)."""
+        parts = [part for part in self._unanswered.values() if not part.sending]
+        for key, counters in pending.items():
+            if key in self._unanswered:
+                self._pending.setdefault(key, Counter()).update(counters)
+            else:
+                self._batch += 1
+                part = self._unanswered[key] = _Part(key[0], key[1], counters, self._batch)
+                parts.append(part)
+        return parts
 
-    def _keep(self, batch: dict[tuple[str, date], Counter[str]]) -> None:
-        """Put a batch Redis did not take back among the pending counts."""
-        for key, counters in batch.items():
-            self._pending.setdefault(key, Counter()).update(counters)
-        if self._timer is None:
+    async def _send(self, parts: list[_Part]) -> None:
+        for part in parts:
+            part.sending = True
+        answers = await asyncio.gather(*(self._apply(p) for p in parts), return_exceptions=True)
+        failed = 0
+        for part, answer in zip(parts, answers, strict=True):
+            part.sending = False
+            if isinstance(answer, BaseException):
+                if not isinstance(answer, (RedisError, OSError)):
+                    raise answer
+                failed += 1
+                error = answer
+            else:
+                self._unanswered.pop((part.tenant, part.day), None)
+        if failed:
+            log.warning("usage not written yet (%d tenant-days, sent again): %s", failed, error)
+        if (failed or self._pending) and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._flush_s, self._send_pending)
+
+    async def _apply(self, part: _Part) -> None:
+        day = part.day.isoformat()
+        keys = [
+            usage_key(self._prefix, part.tenant, day),
+            usage_batches(self._prefix, part.tenant, day),
+        ]
+        args: list[str | int] = [
+            self._replica,
+            part.number,
+            expires_at(part.day, self.retention_days),
+        ]
+        for name, n in part.counters.items():
+            args += [name, n]
+        await self._script(keys=keys, args=args)
 
     async def flush(self) -> None:
         """Write what this replica counted so far and wait for writes already under way: a
         read after it sees every event this replica counted before it (read your writes)."""
-        self._send_pending()
-        if self._sending:
-            await asyncio.gather(*self._sending)
+        for _ in range(3):  # counts held back behind a part in flight go once it is through
+            self._send_pending()
+            if self._sending:
+                await asyncio.gather(*self._sending)
+            if not self._pending:
+                return
 
     async def close(self) -> None:
         """At shutdown: write what is pending (what Redis does not take then is lost)."""
@@ -243,13 +302,15 @@ class Usage:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._pending:
+        unwritten = [*self._pending.values(), *(p.counters for p in self._unanswered.values())]
+        if unwritten:
             lost = Counter[str]()
-            for counters in self._pending.values():
+            for counters in unwritten:
                 for name, n in counters.items():
                     lost[name.rpartition(SEP)[2].partition(":")[0]] += n
             log.warning("usage not written at shutdown (Redis unreachable), lost: %s", dict(lost))
             self._pending.clear()
+            self._unanswered.clear()
 
     # ------------------------------------------------------------------ reading
 

@@ -406,6 +406,7 @@ class Traffic:
     key: str = "key-a"
     outcomes: list[tuple[float, str]] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _stopping: bool = False
 
     def start(self, loops: int = 6) -> None:
         self._tasks = [
@@ -414,13 +415,17 @@ class Traffic:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        """Let every loop finish the request it is in (a request cancelled by its client may
+        still have been served and counted by the gateway, unknown to the outcomes), then end."""
+        self._stopping = True
+        _, late = await asyncio.wait(self._tasks, timeout=30)
+        for task in late:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _loop(self, gateway: RunningGateway) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._stopping:
             try:
                 await chat(gateway, self.key)
                 outcome = "200"

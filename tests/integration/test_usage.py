@@ -18,8 +18,10 @@ import openai
 import pytest
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fairgate.keys import usage as usage_key
+from fairgate.keys import usage_batches
 from fairgate.settings import Settings
 from gateway.admin.usage import UsageReport
 from tenants.usage import FLUSH_EVENTS, REASONS, SEP, Counts, Usage, day_of
@@ -179,7 +181,8 @@ async def test_refusals_count_by_reason_under_the_model_asked_for(
     client_redis = Redis.from_url(redis_url)
     keys = [k.decode() async for k in client_redis.scan_iter(match="fairgate:{usage:*")]
     await client_redis.aclose()
-    assert keys == [usage_key("fairgate", "a", day)]  # nothing for anyone else
+    # nothing for anyone else (beside the day's usage, the batches it holds)
+    assert sorted(keys) == [usage_key("fairgate", "a", day), usage_batches("fairgate", "a", day)]
 
 
 def _tokens(report: dict[str, Any], model: str) -> tuple[int, int]:
@@ -488,3 +491,33 @@ async def test_counts_redis_does_not_take_are_kept_not_raised(
     lost = "{'requests': 1, 'prompt_tokens': 10, 'completion_tokens': 2, 'rejected': 1}"
     assert f"usage not written at shutdown (Redis unreachable), lost: {lost}" in caplog.text
     await client.aclose()
+
+
+async def test_a_batch_whose_answer_was_lost_is_sent_again_and_counted_once(
+    redis_url: str,
+) -> None:
+    """A timeout, a cut connection or a Cluster slot moving can lose the answer of a batch
+    Redis ran: it is sent again, as it was, and Redis skips it; the tenant's newer counts wait
+    behind it and follow."""
+    client = Redis.from_url(redis_url)
+    usage = recorder(redis_url, client)
+    apply = usage._script
+    answers_lost = [1]
+
+    async def answer_lost_once(keys: list[str], args: list[Any]) -> Any:
+        result = await apply(keys=keys, args=args)  # it ran in Redis ...
+        if answers_lost[0]:
+            answers_lost[0] -= 1
+            raise RedisTimeoutError("Timeout reading from socket")  # ... the answer is lost
+        return result
+
+    usage._script = answer_lost_once  # type: ignore[assignment]
+    usage.completed("a", MODEL, 10, 2)
+    await usage.flush()  # ran, but not known to have: sent again
+    usage.completed("a", MODEL, 5, 1)  # waits behind it
+    await usage.flush()
+    today = usage.today()
+    read = await usage.read("a", today, today)
+    await usage.close()
+    await client.aclose()
+    assert [(r.model, r.counts) for r in read] == [(MODEL, Counts(2, 15, 3))]
