@@ -629,6 +629,17 @@ class ServerConfig(StrictModel):
         description="Serve the admin API and status page on this port only (same host), "
         "apart from the proxy's; on the proxy's port if unset.",
     )
+    gc_freeze: bool = Field(
+        True,
+        description="Once started, move every object built so far out of the cyclic garbage "
+        "collector's view (gc.freeze), so that its full collections walk only what requests "
+        "made since: shorter pauses for every open stream.",
+    )
+    gc_young_threshold: PositiveInt | None = Field(
+        None,
+        description="The cyclic collector's generation-0 threshold (allocations between "
+        "young collections); Python's own (700) if unset.",
+    )
 
     @model_validator(mode="after")
     def _ports_differ(self) -> ServerConfig:
