@@ -636,9 +636,11 @@ class ServerConfig(StrictModel):
         "made since: shorter pauses for every open stream.",
     )
     gc_young_threshold: PositiveInt | None = Field(
-        None,
-        description="The cyclic collector's generation-0 threshold (allocations between "
-        "young collections); Python's own (700) if unset.",
+        20_000,
+        description="The cyclic collector's generation-0 threshold: net allocations of "
+        "container objects between two young collections. Python's own is 700; with thousands "
+        "of streams open, most of a request's objects then survive a collection or two and "
+        "are walked again by the full collections their promotion triggers. Null: Python's.",
     )
 
     @model_validator(mode="after")

@@ -69,12 +69,14 @@ class Runtime:
         self._pauses = [self.gc_pause.labels(g) for g in GENERATIONS]
         self._collected = [self.gc_collected.labels(g) for g in GENERATIONS]
         self._started_at = 0.0
+        self._threshold = gc.get_threshold()
         self._monitor: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Once the application is built: settle the collector, freeze, watch the loop."""
+        self._threshold = gc.get_threshold()
         if self._config.gc_young_threshold is not None:
-            _, older, oldest = gc.get_threshold()
+            _, older, oldest = self._threshold
             gc.set_threshold(self._config.gc_young_threshold, older, oldest)
         if self._config.gc_freeze:
             gc.collect()  # what start-up left unreachable is freed, not frozen for good
@@ -83,8 +85,11 @@ class Runtime:
         self._monitor = asyncio.create_task(self._watch_loop(), name="event-loop-lag")
 
     async def stop(self) -> None:
+        """Stop watching; the collector's thresholds back as they were (what was frozen stays
+        so: it is the process's for as long as it runs)."""
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
+        gc.set_threshold(*self._threshold)
         await cancel_all([self._monitor])
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:

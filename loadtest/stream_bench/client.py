@@ -21,6 +21,8 @@ from loadtest.stream_bench.workload import Shape, request_bytes
 _BODY_END = b"\r\n0\r\n\r\n"
 #: How an SSE event ends (no ``\n\n`` occurs in the status line, headers or chunk framing).
 _EVENT_END = b"\n\n"
+#: How long a slot waits after a failed stream before its next (a client backing off).
+ERROR_PAUSE_S = 1.0
 #: How long a connection may take to open or a stream to start answering.
 CONNECT_TIMEOUT_S = 30.0
 
@@ -77,6 +79,11 @@ class _Connection(asyncio.Protocol):
                 stream.status = int(data.split(b" ", 2)[1])
             except (IndexError, ValueError):
                 stream.status = -1
+            if stream.status != 200:  # an error answer: noted, and the connection dropped
+                stream.error = data[-300:].decode(errors="replace")
+                self._done.set_result(stream)
+                self.close()
+                return
         seen = self._tail + data
         # the tail was counted already: only terminators that end in the new bytes count
         events = seen.count(_EVENT_END) - self._tail.count(_EVENT_END)
@@ -130,12 +137,13 @@ class Load:
                 seed = next(self.seeds)
                 payload = request_bytes(self.shape, seed, self.host, self.port, self.key)
                 stream = await connection.send(payload, seed)
+                self.on_stream(stream)
                 if not stream.complete:
                     self.errors += 1
                     stream.error = stream.error or f"status {stream.status}, incomplete"
                     connection.close()
                     connection = None
-                self.on_stream(stream)
+                    await asyncio.sleep(ERROR_PAUSE_S)  # as a client would: no storm of retries
         finally:
             if connection is not None:
                 connection.close()

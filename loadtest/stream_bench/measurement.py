@@ -18,6 +18,7 @@ also says how much time its garbage collector took (its own ``/metrics``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gc
 import itertools
@@ -135,6 +136,8 @@ class TurnResult:
     rss_added: list[float] = field(default_factory=list)  # one per round
     machine_ticks: tuple[int, int] = (0, 0)  # busy and all CPU ticks of the machine
     gc: GcFigures | None = None
+    #: What went wrong, by the start of its message (a status line, a lost connection).
+    error_kinds: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def add(self, other: TurnResult) -> None:
         """Pool another round of the same turn into this one."""
@@ -142,6 +145,7 @@ class TurnResult:
         self.chunks += other.chunks
         self.streams_ended += other.streams_ended
         self.errors += other.errors
+        self.error_kinds += other.error_kinds
         self.ttfb += other.ttfb
         self.gaps += other.gaps
         self.pauses += other.pauses
@@ -314,10 +318,15 @@ async def run_turn(
         result.gc = gc_figures(gc_before, await gc_samples(http, target.port))
     finally:
         load.stopping = True  # the open streams run to their end: nothing is cut off
-        async with asyncio.timeout(turn.shape.chunks * turn.shape.max_interval_s + 60):
-            await asyncio.gather(*slots)
+        _, stuck = await asyncio.wait(slots, timeout=turn.shape.mean_duration_s * 2 + 30)
+        for slot in stuck:  # a stream that never ended: an error, its connection closed
+            slot.cancel()
+        await asyncio.gather(*slots, return_exceptions=True)
     analyse(streams, turn.shape, start, end, result)
-    result.errors = max(result.errors, load.errors)
+    result.errors = max(result.errors, load.errors) + len(stuck)
+    result.error_kinds = collections.Counter(
+        (s.error or "")[:60].splitlines()[0] if s.error else "" for s in streams if s.error
+    )
     return result
 
 
