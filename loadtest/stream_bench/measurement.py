@@ -316,12 +316,16 @@ async def run_turn(
         result.machine_ticks = (busy_after - busy_before, total_after - total_before)
         result.rss_added = [percentile(rss, 50) - rss_idle]
         result.gc = gc_figures(gc_before, await gc_samples(http, target.port))
-    finally:
-        load.stopping = True  # the open streams run to their end: nothing is cut off
-        _, stuck = await asyncio.wait(slots, timeout=turn.shape.mean_duration_s * 2 + 30)
-        for slot in stuck:  # a stream that never ended: an error, its connection closed
+    except BaseException:  # an error, Ctrl-C: every stream dropped at once
+        for slot in slots:
             slot.cancel()
         await asyncio.gather(*slots, return_exceptions=True)
+        raise
+    load.stopping = True  # the open streams run to their end: nothing is cut off
+    _, stuck = await asyncio.wait(slots, timeout=turn.shape.mean_duration_s * 2 + 30)
+    for slot in stuck:  # a stream that never ended: an error, its connection closed
+        slot.cancel()
+    await asyncio.gather(*slots, return_exceptions=True)
     analyse(streams, turn.shape, start, end, result)
     result.errors = max(result.errors, load.errors) + len(stuck)
     result.error_kinds = collections.Counter(
