@@ -72,6 +72,9 @@ TARGET_RSS_RATIO = 1.25
 #: The paths fairgate is compared with, and the gateway it is (with their order of turns).
 FORWARDER, FAIRGATE, BASELINE = "forwarder", "fairgate", "baseline"
 
+#: How long a scrape of fairgate's metrics may take (an overwhelmed gateway may not answer).
+SCRAPE_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
+
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -247,11 +250,13 @@ async def gc_samples(http: aiohttp.ClientSession, port: int) -> dict[tuple[str, 
     """fairgate's ``fairgate_gc_pause_seconds`` samples (name, ``le``), all generations summed;
     empty if it has none (a revision from before they existed)."""
     try:
-        async with http.get(f"http://{LOOPBACK}:{port}/metrics") as response:
+        async with http.get(
+            f"http://{LOOPBACK}:{port}/metrics", timeout=SCRAPE_TIMEOUT
+        ) as response:
             if response.status != 200:  # the forwarder has no metrics
                 return {}
             text = await response.text()
-    except aiohttp.ClientError:
+    except (aiohttp.ClientError, TimeoutError):  # an overwhelmed gateway: no GC figures
         return {}
     found: dict[tuple[str, str], float] = {}
     for family in text_string_to_metric_families(text):
