@@ -135,7 +135,7 @@ class TurnResult:
     pauses: list[Pause] = field(default_factory=list)
     cpu: dict[str, float] = field(default_factory=dict)  # CPU s of each of the path's processes
     client_cpu: float = 0.0  # CPU s of this process (the load generator) in the window
-    #: The gateway's resident bytes in the window (median) above those before the turn.
+    #: The gateway's resident bytes in the window (median) above those before its first turn.
     rss_added: list[float] = field(default_factory=list)  # one per round
     machine_ticks: tuple[int, int] = (0, 0)  # busy and all CPU ticks of the machine
     gc: GcFigures | None = None
@@ -292,13 +292,22 @@ def gc_figures(
 
 
 async def run_turn(
-    target: Target, turn: Turn, ramp_s: float, window_s: float, http: aiohttp.ClientSession
+    target: Target,
+    turn: Turn,
+    ramp_s: float,
+    window_s: float,
+    http: aiohttp.ClientSession,
+    rss_idle: float,
 ) -> TurnResult:
-    """Hold ``turn.streams`` streams open through ``target``; measure the window."""
+    """Hold ``turn.streams`` streams open through ``target``; measure the window.
+
+    ``rss_idle`` is the gateway's resident memory before its first turn: what it keeps of a
+    turn (the allocator's arenas) it does not give back, so the memory of the streams is
+    counted from there, not from just before this turn.
+    """
     loop = asyncio.get_running_loop()
     gateway = target.processes["gateway"]
     result = TurnResult(turn, ramp_s, window_s)
-    rss_idle = rss_bytes(gateway)
     streams: list[Stream] = []
     load = Load(LOOPBACK, target.port, turn.shape, API_KEY, itertools.count(), streams.append)
     slots = await keep_open(load, turn.streams, ramp_s)
@@ -363,6 +372,7 @@ async def measure_all(
     pauses would delay every stream it reads and be charged to the path measured.
     """
     by_name = {target.name: target for target in targets}
+    idle = {target.name: rss_bytes(target.processes["gateway"]) for target in targets}
     results: dict[Turn, TurnResult] = {}
     async with aiohttp.ClientSession() as http:
         for turn in planned:
@@ -370,7 +380,9 @@ async def measure_all(
             gc.disable()
             ramp_s, window_s = ramps[turn.shape]
             try:
-                result = await run_turn(by_name[turn.path], turn, ramp_s, window_s, http)
+                result = await run_turn(
+                    by_name[turn.path], turn, ramp_s, window_s, http, idle[turn.path]
+                )
             finally:
                 gc.enable()
             if turn in results:

@@ -199,10 +199,14 @@ def reading(run: Run) -> str:
         )
     clients = [r.client_cpu / r.window_s for r in run.results]
     text.append(
-        f"The load generator used at most {max(clients):.0%} of its core: it kept up."
-        if max(clients) < 0.9
-        else f"The load generator used up to {max(clients):.0%} of its core: at the largest "
-        "turns it may itself have delayed chunks."
+        f"The load generator used at most {max(clients):.0%} of a core"
+        + (
+            ", but where the machine's CPUs were all busy it, the upstream and Redis waited "
+            "for them too: every path's latencies then measure the machine's queue as much as "
+            "the path."
+            if max(busy, default=0.0) > 0.9
+            else "."
+        )
     )
     for name, lines in run.logs.items():
         text.append(f"{name} logged {len(lines)} lines during the run.")
@@ -250,7 +254,7 @@ measured from {SETTLE_S:g} s after that, then the open streams run to their end.
 
 Per turn: content chunks relayed per second; the gateway's CPU time (user + system) per chunk
 (fairgate: plus its Redis's); the share of its core it used; its resident memory above what it
-held idle before the turn, per 1,000 open streams; time to first chunk; the gap each chunk's
+held idle before its first turn, per 1,000 open streams; time to first chunk; the gap each chunk's
 arrival added to the upstream's (seen minus kept); **pauses**, moments when {PAUSE_STREAMS} or
 more streams each had a chunk delayed by {ms(PAUSE_DELAY_S)} or more (the worst delay and how
 many streams it held); fairgate's own garbage collections in the window (from its
