@@ -7,12 +7,12 @@ child process of this same module.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 
 from loadtest.proxy_overhead.workload import run_app
-from loadtest.report import write_section
+from loadtest.report import run_and_publish
+from loadtest.services import stop_on_sigterm
 from loadtest.stream_bench.measurement import (
     ROUNDS,
     SHORT_ROUNDS,
@@ -69,32 +69,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM behaves as Ctrl-C: the event loop's runner cancels the load, cleanup follows."""
-    signal.raise_signal(signal.SIGINT)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     if args.serve:
         return run_app(upstream_app(), args.port)
 
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()  # a terminated run stops its children too
     streams = args.streams or list(SHORT_STREAMS if args.short else STREAMS)
+    rounds = args.rounds or (SHORT_ROUNDS if args.short else ROUNDS)
     scale = not (args.short or args.no_scale)
-    try:
-        rounds = args.rounds or (SHORT_ROUNDS if args.short else ROUNDS)
-        run = run_benchmark(streams, rounds, args.short, scale, args.baseline, not args.no_pin)
-    except KeyboardInterrupt:
-        print("\ninterrupted; every process started was stopped", file=sys.stderr)
-        return 130
-    except RuntimeError as exc:
-        print(f"stream_bench: {exc}", file=sys.stderr)
-        return 1
-    section = render_section(run, argv)
-    print(section)
-    if args.write:
-        write_section(args.write, SECTION, section)
-        print(f"\nwrote the {SECTION} section of {args.write}", file=sys.stderr)
-    return 0
+    return run_and_publish(
+        "stream_bench",
+        lambda: run_benchmark(streams, rounds, args.short, scale, args.baseline, not args.no_pin),
+        lambda run: render_section(run, argv),
+        SECTION,
+        args.write,
+    )
