@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(PY) -m loadtest.admission_bench --write BENCHMARKS.md
 	$(PY) -m loadtest.proxy_overhead --write BENCHMARKS.md
 	$(PY) -m loadtest.quota_bench --write BENCHMARKS.md
+	$(PY) -m loadtest.stream_bench --short --write BENCHMARKS.md
 	$(PY) -m loadtest.kit --all --short --no-progress --out docs/loadtest --write BENCHMARKS.md
 
 # fairgate in front of two real vLLM servers (CPU build, tiny model; ../shared/tools/real-vllm).

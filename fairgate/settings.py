@@ -672,6 +672,19 @@ class ServerConfig(StrictModel):
         60.0,
         description="With workers: how long a stopping worker may drain before it is killed.",
     )
+    gc_freeze: bool = Field(
+        True,
+        description="Once started, move every object built so far out of the cyclic garbage "
+        "collector's view (gc.freeze), so that its full collections walk only what requests "
+        "made since: shorter pauses for every open stream.",
+    )
+    gc_young_threshold: PositiveInt | None = Field(
+        20_000,
+        description="The cyclic collector's generation-0 threshold: net allocations of "
+        "container objects between two young collections. Python's own is 700; with thousands "
+        "of streams open, most of a request's objects then survive a collection or two and "
+        "are walked again by the full collections their promotion triggers. Null: Python's.",
+    )
 
     @model_validator(mode="after")
     def _ports_differ(self) -> ServerConfig:

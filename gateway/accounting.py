@@ -88,7 +88,13 @@ async def account_requests(request: web.Request, handler: Handler) -> web.Stream
     except asyncio.CancelledError:  # the client went away (fairgate.serving cancels)
         _ended(request, account, Ending("cancelled", CLIENT_CLOSED))
         raise
-    _ended(request, account, answered(account.flight, response.status))
+    else:
+        _ended(request, account, answered(account.flight, response.status))
+    finally:
+        # The request holds its account, the account its flight, the flight the request: a
+        # reference cycle per request, which only the cyclic collector could free (its pauses
+        # grow with the streams open, issue 17). Counted, the account lets go of the flight.
+        account.flight = None
     return response
 
 

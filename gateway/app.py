@@ -30,6 +30,7 @@ from gateway.logs import quiet_routine_client_errors
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import admin_port_only, openai_errors, request_id
 from gateway.requests import Endpoint
+from gateway.runtime import Runtime
 from gateway.state import GATEWAY, Gateway
 from gateway.tracing import Tracing
 from gateway.worker_metrics import SIBLINGS, Siblings, WorkerPlace
@@ -80,7 +81,10 @@ def create_app(
         app[GATEWAY] = gateway
         await gateway.live.start()
         gateway.access_log.start()
+        runtime = Runtime(settings.server, gateway.metrics.registry)
+        runtime.start()  # last: what start-up built is frozen out of the collector's view
         yield
+        await runtime.stop()
         await gateway.live.stop()
         await gateway.meters.stop()
         await gateway.stalls.close()

@@ -73,19 +73,26 @@ class _StreamFilter:
     tail: bytes = b""  # an event whose end has not arrived (sent as is if the stream ends)
 
     def feed(self, data: bytes) -> bytes:
+        """What of ``data`` (and the tail before it) to write now. On every read of every
+        stream, so kept to a few byte searches in C and no copy in the usual case (a read
+        that ends with an event)."""
         buffer = self.tail + data if self.tail else data
         end = last_event_end(buffer)
         if end < 0:
             self.tail = buffer
             return b""
-        events, self.tail = buffer[:end], buffer[end:]
+        if end == len(buffer):
+            events, self.tail = buffer, b""
+        else:
+            events, self.tail = buffer[:end], buffer[end:]
         if b'"usage"' in events:
             events = self._take_usage(events)
         if chunks := events.count(_CHOICES_KEY):
-            self.outcome.chunks += chunks
-            self.outcome.last_at = time.monotonic()
-            if self.outcome.first_at is None:
-                self.outcome.first_at = self.outcome.last_at
+            outcome = self.outcome
+            outcome.chunks += chunks
+            outcome.last_at = time.monotonic()
+            if outcome.first_at is None:
+                outcome.first_at = outcome.last_at
         if (at := events.rfind(DONE)) >= 0:
             start, end = event_around(events, at)
             self.outcome.completed = self.outcome.completed or data_of(events[start:end]) == DONE
@@ -153,6 +160,7 @@ async def relay_stream(
     reader = upstream.content.iter_any().__aiter__()
     checked = False  # whether the first event was seen to be an event of JSON
     broke_off = False  # the engine stopped mid-stream (the client was told)
+    feed, write = stream.feed, response.write  # looked up once: this loop runs per read
     while True:
         try:
             data = await reader.__anext__()
@@ -161,16 +169,16 @@ async def relay_stream(
         except READ_ERRORS as exc:
             outcome.error = f"{exc.__class__.__name__}: {exc}"
             message = f"The engine stopped in the middle of the response ({outcome.error})."
-            await response.write(error_event(message) + b"data: [DONE]\n\n")
+            await write(error_event(message) + b"data: [DONE]\n\n")
             broke_off = True
             break
-        if out := stream.feed(data):
+        if out := feed(data):
             if not checked:
                 checked = True
                 if not _first_event_ok(out):
                     outcome.error = "its stream is not server-sent events of JSON"
                     break
-            await response.write(out)
+            await write(out)
             if meter is not None:
                 meter(outcome.chunks)
             if tap is not None:

@@ -17,9 +17,14 @@ DONE = b"[DONE]"
 
 
 def last_event_end(buffer: bytes) -> int:
-    """Index just past the last event terminator in ``buffer``, or -1 if it holds none."""
-    ends = [i + len(t) for t in _TERMINATORS if (i := buffer.rfind(t)) >= 0]
-    return max(ends, default=-1)
+    """Index just past the last event terminator in ``buffer``, or -1 if it holds none.
+
+    On every read of every stream: two searches, no list (the usual read ends with an event).
+    """
+    if buffer.endswith(b"\n\n"):
+        return len(buffer)
+    lf, crlf = buffer.rfind(b"\n\n"), buffer.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf >= 0 else -1, crlf + 4 if crlf >= 0 else -1)
 
 
 def event_around(events: bytes, at: int) -> tuple[int, int]:

@@ -10,7 +10,12 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+Run = TypeVar("Run")
 
 BENCHMARKS_INTRO = (
     "Measured figures for fairgate and its load-test kit. Each section says how to reproduce it."
@@ -72,3 +77,29 @@ def write_section(path: Path, name: str, section: str) -> None:
         else:
             text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text, encoding="utf-8")
+
+
+def run_and_publish(
+    prog: str,
+    measure: Callable[[], Run],
+    render: Callable[[Run], str],
+    name: str,
+    path: Path | None,
+) -> int:
+    """A benchmark command's end: measure, print the section ``name`` (and write it into
+    ``path``); the exit status. Ctrl-C (or SIGTERM, see
+    :func:`loadtest.services.stop_on_sigterm`) and a failure to start say so in one line."""
+    try:
+        run = measure()
+    except KeyboardInterrupt:
+        print("\ninterrupted; every process started was stopped", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
+    section = render(run)
+    print(section)
+    if path is not None:
+        write_section(path, name, section)
+        print(f"\nwrote the {name} section of {path}", file=sys.stderr)
+    return 0

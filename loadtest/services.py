@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -19,6 +20,16 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM behaves as Ctrl-C from now on: the event loop's runner cancels the load, and
+    the run's cleanup stops every process it started."""
+    signal.signal(signal.SIGTERM, _as_ctrl_c)
+
+
+def _as_ctrl_c(signum: int, frame: object) -> None:
+    signal.raise_signal(signal.SIGINT)
 
 
 def free_port() -> int:

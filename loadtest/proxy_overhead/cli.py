@@ -7,7 +7,6 @@ starts as child processes of this same module.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 
@@ -21,7 +20,8 @@ from loadtest.proxy_overhead.measurement import (
 from loadtest.proxy_overhead.rendering import SECTION, render_section
 from loadtest.proxy_overhead.stack import MODULE
 from loadtest.proxy_overhead.workload import MODES, SERVER_APPS, run_server
-from loadtest.report import write_section
+from loadtest.report import run_and_publish
+from loadtest.services import stop_on_sigterm
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,29 +63,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM behaves as Ctrl-C: the event loop's runner cancels the load, cleanup follows."""
-    signal.raise_signal(signal.SIGINT)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     if args.serve:
         return run_server(args.serve, args.port, args.upstream)
 
-    signal.signal(signal.SIGTERM, _interrupt)  # a terminated run stops its children too
-    try:
-        run = run_benchmark(args.concurrency, args.duration, args.warmup)
-    except KeyboardInterrupt:
-        print("\ninterrupted; every process started was stopped", file=sys.stderr)
-        return 130
-    except RuntimeError as exc:
-        print(f"proxy_overhead: {exc}", file=sys.stderr)
-        return 1
-    section = render_section(run, argv)
-    print(section)
-    if args.write:
-        write_section(args.write, SECTION, section)
-        print(f"\nwrote the {SECTION} section of {args.write}", file=sys.stderr)
-    return 0
+    stop_on_sigterm()  # a terminated run stops its children too
+    return run_and_publish(
+        "proxy_overhead",
+        lambda: run_benchmark(args.concurrency, args.duration, args.warmup),
+        lambda run: render_section(run, argv),
+        SECTION,
+        args.write,
+    )

@@ -116,8 +116,13 @@ def server_logs(workdir: Path) -> dict[str, list[str]]:
 Ready = Callable[[subprocess.Popen[bytes]], None]
 
 
-def _start(
-    stack: contextlib.ExitStack, name: str, argv: list[str], ready: Ready, workdir: Path
+def start_process(
+    stack: contextlib.ExitStack,
+    name: str,
+    argv: list[str],
+    ready: Ready,
+    workdir: Path,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` logging to ``workdir/NAME.log`` and wait until ``ready`` returns.
 
@@ -125,7 +130,7 @@ def _start(
     process dies or does not become ready.
     """
     log = workdir / f"{name}.log"
-    process = spawn(stack, argv, log)
+    process = spawn(stack, argv, log, env)
     try:
         ready(process)
     except RuntimeError as exc:
@@ -147,34 +152,34 @@ def start_stack(stack: contextlib.ExitStack, workdir: Path) -> list[Target]:
     def http_ok(url: str) -> Ready:
         return lambda process: wait_http_ok(url, process)
 
-    redis = _start(
+    redis = start_process(
         stack,
         "redis",
         redis_command(redis_port, workdir),
         lambda process: wait_listening(redis_port, process),
         workdir,
     )
-    _start(
+    start_process(
         stack,
         "upstream",
         [*this, "--serve", "upstream", "--port", str(upstream_port)],
         http_ok(upstream + "/health"),
         workdir,
     )
-    forwarding = _start(
+    forwarding = start_process(
         stack,
         "forwarder",
         [*this, "--serve", "forwarder", "--port", str(forwarder_port), "--upstream", upstream],
         http_ok(forwarder + "/health"),
         workdir,
     )
-    fairgate = _start_fairgate(
+    fairgate = start_fairgate(
         stack, "fairgate", fairgate_config(gateway_port, redis_port, upstream), workdir
     )
-    traced = _start_fairgate(
+    traced = start_fairgate(
         stack, TRACED, traced_config(traced_port, redis_port, upstream), workdir
     )
-    supervisor = _start_fairgate(
+    supervisor = start_fairgate(
         stack, WORKERS, workers_config(workers_port, redis_port, upstream), workdir
     )
     workers = {f"worker-{i}": pid for i, pid in enumerate(worker_pids(supervisor))}
@@ -221,14 +226,21 @@ def worker_pids(supervisor: subprocess.Popen[bytes], timeout_s: float = 60.0) ->
     raise RuntimeError(f"{WORKERS}: {WORKER_COUNT} workers never ran")
 
 
-def _start_fairgate(
-    stack: contextlib.ExitStack, name: str, config: dict[str, Any], workdir: Path
+def start_fairgate(
+    stack: contextlib.ExitStack,
+    name: str,
+    config: dict[str, Any],
+    workdir: Path,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """``fairgate serve`` with ``config``, ready once Redis answers and the upstream passed
-    its health probe."""
+    its health probe; ``env`` adds to its environment (a ``PYTHONPATH`` to run another
+    checkout's code)."""
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     url = f"http://{LOOPBACK}:{config['server']['port']}/readyz"
     argv = [sys.executable, "-m", "fairgate.cli", "--log-level", "warning", "serve",
             "--config", str(path)]  # fmt: skip
-    return _start(stack, name, argv, lambda process: wait_http_ok(url, process), workdir)
+    return start_process(
+        stack, name, argv, lambda process: wait_http_ok(url, process), workdir, env
+    )

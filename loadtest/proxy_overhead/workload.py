@@ -65,7 +65,7 @@ def _usage(completion: int) -> dict[str, int]:
     }
 
 
-def _event(payload: dict[str, Any]) -> bytes:
+def sse_event(payload: dict[str, Any]) -> bytes:
     """One SSE event carrying ``payload``, as engines write them."""
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
@@ -103,7 +103,7 @@ COMPLETIONS = tuple(
     for completion in COMPLETION_CYCLE
 )
 CONTENT_EVENTS = tuple(
-    _event(
+    sse_event(
         _chunk(
             [
                 {
@@ -116,7 +116,7 @@ CONTENT_EVENTS = tuple(
     )
     for i in range(STREAM_CHUNKS)
 )
-USAGE_EVENTS = tuple(_event(_chunk([], usage=_usage(c))) for c in COMPLETION_CYCLE)
+USAGE_EVENTS = tuple(sse_event(_chunk([], usage=_usage(c))) for c in COMPLETION_CYCLE)
 DONE_EVENT = b"data: [DONE]\n\n"
 
 #: The client asks for usage, so every path sends it the same events (fairgate always asks
@@ -141,7 +141,7 @@ def complete_answer(payload: bytes, stream: bool) -> bool:
 # ------------------------------------------------------------------------ the two servers
 
 
-async def _health(request: web.Request) -> web.Response:
+async def health(request: web.Request) -> web.Response:
     """Liveness: fairgate's health checker probes its backend here, the benchmark both servers."""
     return web.Response(text="ok")
 
@@ -176,7 +176,7 @@ def upstream_app() -> web.Application:
     app = web.Application()
     app.router.add_post(CHAT_PATH, chat)
     app.router.add_post(TRACES_PATH, traces)
-    app.router.add_get("/health", _health)
+    app.router.add_get("/health", health)
     return app
 
 
@@ -211,11 +211,8 @@ def forwarder_app(upstream: str) -> web.Application:
     app = web.Application()
     app.cleanup_ctx.append(session)
     app.router.add_post(CHAT_PATH, forward)
-    app.router.add_get("/health", _health)
+    app.router.add_get("/health", health)
     return app
-
-
-#: The servers this module runs in a child process of its own: ``--serve KIND``.
 
 
 #: The servers this package runs in a child process of its own (``--serve KIND``), from the
@@ -227,14 +224,19 @@ SERVER_APPS: dict[str, Callable[[str], web.Application]] = {
 
 
 def run_server(kind: str, port: int, upstream: str = "") -> int:
-    """Serve one app until SIGINT/SIGTERM, on the same loop and listener as ``fairgate serve``.
+    """Serve one of :data:`SERVER_APPS` until SIGINT/SIGTERM (see :func:`run_app`)."""
+    return run_app(SERVER_APPS[kind](upstream), port)
+
+
+def run_app(app: web.Application, port: int) -> int:
+    """Serve ``app`` until SIGINT/SIGTERM, on the same loop and listener as ``fairgate serve``.
 
     Same event loop, same ``serve`` (no access log, handler cancellation), same signal handling:
-    the three paths then differ only in what their handlers do.
+    the paths compared then differ only in what their handlers do.
     """
 
     async def main() -> None:
-        runner = await serve(SERVER_APPS[kind](upstream), LOOPBACK, port)
+        runner = await serve(app, LOOPBACK, port)
         try:
             await until_signalled()
         finally:

@@ -1,0 +1,155 @@
+"""The processes of the slow-stream benchmark: Redis, the pacing upstream, the forwarder,
+fairgate, and optionally fairgate as another revision had it, with the CPUs each may use.
+
+The gateways (the paths measured) run on CPU 0, everything else (Redis, the upstream, the load
+generator) on CPU 1, where the machine has two: a gateway's pauses and CPU time are then its
+own, not the side effect of the client's. Started through
+:func:`loadtest.proxy_overhead.stack.start_process` (logs in the run's work directory, stopped
+with the :class:`contextlib.ExitStack` that started them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import resource
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loadtest.proxy_overhead.stack import fairgate_config, start_fairgate, start_process
+from loadtest.proxy_overhead.workload import LOOPBACK, QUOTA_TENANT, TENANT
+from loadtest.services import free_ports, redis_command, wait_http_ok, wait_listening
+
+#: What ``python -m`` runs for this benchmark's upstream (``--serve upstream``).
+MODULE = "loadtest.stream_bench"
+#: The forwarder is the proxy-overhead benchmark's, unchanged: the same floor for both.
+FORWARDER_MODULE = "loadtest.proxy_overhead"
+#: Where the gateways run, and where everything else does (with two CPUs or more).
+GATEWAY_CPU, REST_CPU = 0, 1
+#: The scheduling priority (nice value) of every process of the run, where allowed (root).
+PRIORITY = -10
+#: Streams the gateways and the client may hold open at once, each a socket or two.
+MOST_STREAMS = 20_000
+#: File descriptors this process and its children may open: every stream is a socket in the
+#: client, two in a gateway and one in the upstream.
+OPEN_FILES = 65_536
+
+
+@dataclass(frozen=True)
+class Target:
+    """One path measured: its name, its URL's port, and the processes whose CPU time and
+    memory are its own cost (``gateway``, and ``redis`` for fairgate)."""
+
+    name: str
+    port: int
+    processes: dict[str, int]
+
+
+def baseline_checkout(revision: str, into: Path) -> Path:
+    """The tree of ``revision`` (a commit, a branch) unpacked under ``into``, to run its code."""
+    root = Path(__file__).resolve().parent.parent.parent
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", revision],
+        cwd=root,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    target = into / "baseline"
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(target, filter="data")
+    return target
+
+
+def gateway_config(port: int, redis_port: int, upstream: str, prefix: str) -> dict[str, Any]:
+    """The proxy-overhead benchmark's gateway, with room for :data:`MOST_STREAMS` streams and
+    an admission domain of its own (``prefix``) in the shared Redis."""
+    config = fairgate_config(port, redis_port, upstream)
+    config["redis"]["key_prefix"] = prefix
+    room = {"max_concurrency": MOST_STREAMS, "max_queued": MOST_STREAMS}
+    for tenant in (TENANT, QUOTA_TENANT):
+        config["tenants"][tenant] |= room | {"max_inflight_tokens": 1_000_000_000}
+    for backend in config["pools"]["bench"]["backends"].values():
+        backend["max_concurrency"] = MOST_STREAMS
+    return config
+
+
+def raise_open_files() -> None:
+    """As many open files as :data:`OPEN_FILES` (children inherit it), or as the hard limit
+    allows when this process may not raise it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES, max(hard, OPEN_FILES)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def pin(pid: int, cpu: int) -> bool:
+    """Run ``pid`` on ``cpu`` only, if this machine has it, ahead of other work on it where
+    this process may say so (:data:`PRIORITY`); whether it was pinned.
+
+    On a machine other work shares, a gateway that waits for its CPU falls behind its streams
+    for reasons of no interest here; the priority keeps that wait short (it does not change
+    what the paths measured cost).
+    """
+    if not hasattr(os, "sched_setaffinity") or cpu >= (os.cpu_count() or 1):
+        return False
+    os.sched_setaffinity(pid, {cpu})
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, pid, PRIORITY)
+    return True
+
+
+def start_stack(
+    stack: contextlib.ExitStack, workdir: Path, baseline: Path | None, pinned: bool
+) -> tuple[list[Target], int]:
+    """Redis, the upstream, the forwarder, fairgate (and fairgate at ``baseline``'s code), all
+    ready and pinned if asked; the paths, and Redis's pid."""
+    raise_open_files()
+    ports = free_ports(5)
+    redis_port, upstream_port, forwarder_port, gateway_port, baseline_port = ports
+    upstream = f"http://{LOOPBACK}:{upstream_port}"
+    redis = start_process(
+        stack,
+        "redis",
+        redis_command(redis_port, workdir),
+        lambda process: wait_listening(redis_port, process),
+        workdir,
+    )
+    serving = start_process(
+        stack,
+        "upstream",
+        [sys.executable, "-m", MODULE, "--serve", "upstream", "--port", str(upstream_port)],
+        lambda process: wait_http_ok(upstream + "/health", process),
+        workdir,
+    )
+    forwarder_argv = [sys.executable, "-m", FORWARDER_MODULE, "--serve", "forwarder",
+                      "--port", str(forwarder_port), "--upstream", upstream]  # fmt: skip
+    forwarder = start_process(
+        stack,
+        "forwarder",
+        forwarder_argv,
+        lambda process: wait_http_ok(f"http://{LOOPBACK}:{forwarder_port}/health", process),
+        workdir,
+    )
+    config = gateway_config(gateway_port, redis_port, upstream, "fairgate-streams")
+    fairgate = start_fairgate(stack, "fairgate", config, workdir)
+    paths = [
+        Target("forwarder", forwarder_port, {"gateway": forwarder.pid}),
+        Target("fairgate", gateway_port, {"gateway": fairgate.pid, "redis": redis.pid}),
+    ]
+    if baseline is not None:
+        config = gateway_config(baseline_port, redis_port, upstream, "fairgate-streams-base")
+        before = start_fairgate(stack, "baseline", config, workdir, {"PYTHONPATH": str(baseline)})
+        paths.append(Target("baseline", baseline_port, {"gateway": before.pid, "redis": redis.pid}))
+    if pinned:
+        for path in paths:
+            pin(path.processes["gateway"], GATEWAY_CPU)
+        for pid in (redis.pid, serving.pid, os.getpid()):
+            pin(pid, REST_CPU)
+    return paths, redis.pid
