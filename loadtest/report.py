@@ -85,10 +85,12 @@ def run_and_publish(
     render: Callable[[Run], str],
     name: str,
     path: Path | None,
+    passed: Callable[[Run], bool] | None = None,
 ) -> int:
     """A benchmark command's end: measure, print the section ``name`` (and write it into
-    ``path``); the exit status. Ctrl-C (or SIGTERM, see
-    :func:`loadtest.services.stop_on_sigterm`) and a failure to start say so in one line."""
+    ``path``); the exit status (1 if ``passed`` says the run failed its check). Ctrl-C (or
+    SIGTERM, see :func:`loadtest.services.stop_on_sigterm`) and a failure to start say so in
+    one line."""
     try:
         run = measure()
     except KeyboardInterrupt:
@@ -102,4 +104,4 @@ def run_and_publish(
     if path is not None:
         write_section(path, name, section)
         print(f"\nwrote the {name} section of {path}", file=sys.stderr)
-    return 0
+    return 0 if passed is None or passed(run) else 1

@@ -138,6 +138,17 @@ def start_process(
     return process
 
 
+def start_redis(stack: contextlib.ExitStack, port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    """A private ``redis-server`` on ``port``, ready."""
+    return start_process(
+        stack,
+        "redis",
+        redis_command(port, workdir),
+        lambda process: wait_listening(port, process),
+        workdir,
+    )
+
+
 def start_stack(stack: contextlib.ExitStack, workdir: Path) -> list[Target]:
     """Redis, the upstream, the forwarder, fairgate and fairgate tracing, each in its own
     process, all ready."""
@@ -152,13 +163,7 @@ def start_stack(stack: contextlib.ExitStack, workdir: Path) -> list[Target]:
     def http_ok(url: str) -> Ready:
         return lambda process: wait_http_ok(url, process)
 
-    redis = start_process(
-        stack,
-        "redis",
-        redis_command(redis_port, workdir),
-        lambda process: wait_listening(redis_port, process),
-        workdir,
-    )
+    redis = start_redis(stack, redis_port, workdir)
     start_process(
         stack,
         "upstream",

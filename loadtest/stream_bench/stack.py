@@ -21,9 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loadtest.proxy_overhead.stack import fairgate_config, start_fairgate, start_process
+from loadtest.proxy_overhead.stack import (
+    fairgate_config,
+    start_fairgate,
+    start_process,
+    start_redis,
+)
 from loadtest.proxy_overhead.workload import LOOPBACK, QUOTA_TENANT, TENANT
-from loadtest.services import free_ports, redis_command, wait_http_ok, wait_listening
+from loadtest.services import free_ports, wait_http_ok
 
 #: What ``python -m`` runs for this benchmark's upstream (``--serve upstream``).
 MODULE = "loadtest.stream_bench"
@@ -114,13 +119,7 @@ def start_stack(
     ports = free_ports(5)
     redis_port, upstream_port, forwarder_port, gateway_port, baseline_port = ports
     upstream = f"http://{LOOPBACK}:{upstream_port}"
-    redis = start_process(
-        stack,
-        "redis",
-        redis_command(redis_port, workdir),
-        lambda process: wait_listening(redis_port, process),
-        workdir,
-    )
+    redis = start_redis(stack, redis_port, workdir)
     serving = start_process(
         stack,
         "upstream",
