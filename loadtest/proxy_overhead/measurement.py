@@ -17,7 +17,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -258,6 +258,16 @@ async def measure_all(
 
 
 # ---------------------------------------------------------------- the targets' comparisons
+
+
+def side_by_side(
+    concurrencies: Iterable[int], first: str, second: str
+) -> Iterator[tuple[bool, int, Cell, Cell]]:
+    """The cells of two paths at each workload (plain, then streamed) and concurrency: what
+    every comparison of one fairgate next to another (traced, with workers) reads."""
+    for stream in (False, True):
+        for c in concurrencies:
+            yield stream, c, Cell(first, stream, c), Cell(second, stream, c)
 
 
 def added(results: dict[Cell, Result], cell: Cell, metric: Metric, q: float) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from loadtest.proxy_overhead.measurement import Cell, Result, added
+from loadtest.proxy_overhead.measurement import Cell, Result, added, side_by_side
 from loadtest.proxy_overhead.workload import TRACED
 from loadtest.report import markdown_table
 
@@ -47,21 +47,19 @@ class TracingCost:
 def tracing_costs(results: dict[Cell, Result], concurrencies: list[int]) -> list[TracingCost]:
     """One comparison per workload and concurrency."""
     costs = []
-    for stream in (False, True):
-        for c in concurrencies:
-            off, on = Cell("fairgate", stream, c), Cell(TRACED, stream, c)
-            costs.append(
-                TracingCost(
-                    stream,
-                    c,
-                    results[off].rps,
-                    results[on].rps,
-                    added(results, off, "total", 50),
-                    added(results, on, "total", 50),
-                    results[off].cpu_per_request("fairgate"),
-                    results[on].cpu_per_request(TRACED),
-                )
+    for stream, c, off, on in side_by_side(concurrencies, "fairgate", TRACED):
+        costs.append(
+            TracingCost(
+                stream,
+                c,
+                results[off].rps,
+                results[on].rps,
+                added(results, off, "total", 50),
+                added(results, on, "total", 50),
+                results[off].cpu_per_request("fairgate"),
+                results[on].cpu_per_request(TRACED),
             )
+        )
     return costs
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from loadtest.proxy_overhead.measurement import Cell, Result, added
+from loadtest.proxy_overhead.measurement import Cell, Result, added, side_by_side
 from loadtest.proxy_overhead.workload import WORKER_COUNT, WORKERS
 from loadtest.report import markdown_table
 
@@ -38,21 +38,19 @@ class WorkerGain:
 def worker_gains(results: dict[Cell, Result], concurrencies: list[int]) -> list[WorkerGain]:
     """One comparison per workload and concurrency."""
     gains = []
-    for stream in (False, True):
-        for c in concurrencies:
-            one, many = Cell("fairgate", stream, c), Cell(WORKERS, stream, c)
-            gains.append(
-                WorkerGain(
-                    stream,
-                    c,
-                    results[one].rps,
-                    results[many].rps,
-                    added(results, one, "total", 50),
-                    added(results, many, "total", 50),
-                    results[one].cpu_per_request(),
-                    results[many].cpu_per_request(),
-                )
+    for stream, c, one, many in side_by_side(concurrencies, "fairgate", WORKERS):
+        gains.append(
+            WorkerGain(
+                stream,
+                c,
+                results[one].rps,
+                results[many].rps,
+                added(results, one, "total", 50),
+                added(results, many, "total", 50),
+                results[one].cpu_per_request(),
+                results[many].cpu_per_request(),
             )
+        )
     return gains
 
 
