@@ -45,7 +45,7 @@ from admission.errors import AdmissionUnavailable, QueueFull, QueueTimeout
 from admission.lease import Lease
 from admission.local import LocalLimits
 from admission.policy import AdmissionPolicy
-from admission.quota import Charge, QuotaPart
+from admission.quota import Charge, QuotaAsk, QuotaExceeded, QuotaPart, merged
 from admission.reuse import Flow, HeldLease, LeaseShelf
 from admission.scripts import AT_ONCE, AdmissionScripts, Decision, QueuePlace
 from admission.ticket import Ticket
@@ -166,13 +166,9 @@ class Admission:
         if self._may_reuse and not self._waiters and self._reusing < MAX_REUSES_IN_FLIGHT:
             held = self._shelf.take(_flow(ticket), ticket.tokens, ticket.prefer)
             if held is not None:
-                if ticket.quota is None:
-                    self._spawn(self._reuse(held, ticket))
-                    _tell(placed, AT_ONCE)  # a lease passes on only while nothing waits
-                    return self._lease(held.lease_id, held.backend, ticket)
-                lease = await self._reuse_charged(held, ticket, charged)
+                lease = await self._take_over(held, ticket, charged)
                 if lease is not None:
-                    _tell(placed, AT_ONCE)
+                    _tell(placed, AT_ONCE)  # a lease passes on only while nothing waits
                     return lease
         # The queue deadline counts from before the enqueue, so that it never falls after the
         # one Redis keeps (counted from the enqueue): the replica times its waiter out first.
@@ -264,13 +260,55 @@ class Admission:
 
     def _lease(self, lease_id: str, backend: str, ticket: Ticket) -> Lease:
         self._leases.add(lease_id)
-        return Lease(lease_id, backend, self._charge, self._end, _flow(ticket), ticket.tokens)
+        flow = _flow(ticket)
+        return Lease(lease_id, backend, self._charge, self._end, flow, ticket.tokens, ticket.quota)
+
+    async def _take_over(
+        self, held: HeldLease, ticket: Ticket, charged: Charged | None
+    ) -> Lease | None:
+        """Pass a held lease to ``ticket``'s request, which runs at once, its reuse recorded in
+        the background, unless it has quotas its lease's credit does not cover: then it waits
+        for the reuse call that takes its charge. None if the lease was gone."""
+        ask = ticket.quota
+        if ask is None:
+            self._spawn(self._reuse(held, ticket))
+            return self._lease(held.lease_id, held.backend, ticket)
+        try:
+            credit = await _credit_of(held)
+        except asyncio.CancelledError:  # the client left: the lease goes back, credit and all
+            self._let_go(held)
+            raise
+        if credit is None or not credit.fits(ask):  # its reuse call gives the credit back
+            return await self._reuse_charged(held, ticket, charged)
+        charge, spare = credit.spent_on(ask)
+        spent = replace(held, correction=merged(held.correction, spare))
+        self._spawn(self._reuse(spent, replace(ticket, quota=None), spends_credit=True))
+        if charged is not None:
+            charged(charge)
+        return self._lease(held.lease_id, held.backend, ticket)
+
+    async def _take_credit(self, lease_id: str, ask: QuotaAsk, tokens: int) -> Charge | None:
+        """Take a credit on a held lease: ``ask``'s limits, one request and ``tokens`` (the
+        lease's), kept on the lease in Redis. None if the quotas had no room for it (see
+        :meth:`QuotaAsk.credit`), the lease is gone, or Redis did not answer (a credit taken
+        all the same is kept on the lease, which gives it back as it passes on or ends)."""
+        try:
+            answer = await self.scripts.credit(lease_id, ask.credit(tokens))
+        except RedisError as exc:
+            log.debug("quota credit on lease %s not taken: %s", lease_id, exc)
+            return None
+        if not answer:
+            return None
+        try:
+            return QuotaAsk(ask.tenant, ask.limits, tokens).answer(answer)
+        except QuotaExceeded:
+            return None
 
     async def _reuse_charged(
         self, held: HeldLease, ticket: Ticket, charged: Charged | None
     ) -> Lease | None:
-        """Pass a held lease to a request with quotas: the reuse's script call takes its charge
-        first, so unlike a request without quotas it waits for the call. None if the lease was
+        """Pass a held lease to a request with quotas its credit does not cover: the reuse's
+        script call takes its charge first, so it waits for the call. None if the lease was
         gone (the request then asks as any other)."""
         passing = asyncio.ensure_future(self._reuse_call(held, ticket))
         try:
@@ -337,6 +375,9 @@ class Admission:
             held = HeldLease(
                 lease.request_id, lease.backend, lease.tokens, service, lease.correction
             )
+            if lease.quota is not None:
+                taking = self._take_credit(lease.request_id, lease.quota, lease.tokens)
+                held.credit = asyncio.ensure_future(taking)
             self._shelf.put(lease.flow, held)
             return
         hold_s = 0.0
@@ -345,10 +386,11 @@ class Admission:
             hold_s = min(self._config.hold_for_next_s, self._config.hold_for_next_share * ran_s)
         await self.release(lease.request_id, service, hold_s, lease.correction)
 
-    async def _reuse(self, held: HeldLease, ticket: Ticket) -> None:
-        """Tell Redis that the lease passed on: settle the last request, serve the next."""
+    async def _reuse(self, held: HeldLease, ticket: Ticket, spends_credit: bool = False) -> None:
+        """Tell Redis that the lease passed on: settle the last request, serve the next (which
+        ``spends_credit`` the lease kept, if it ran on it)."""
         try:
-            outcome = await self._reuse_call(held, ticket)
+            outcome = await self._reuse_call(held, ticket, spends_credit)
         except RedisError as exc:
             log.debug("reuse of lease %s not recorded: %s", held.lease_id, exc)
             return
@@ -356,16 +398,25 @@ class Admission:
             self._reclaimed(held.lease_id)
         self._heard(outcome)
 
-    async def _reuse_call(self, held: HeldLease, ticket: Ticket) -> Decision:
+    async def _reuse_call(
+        self, held: HeldLease, ticket: Ticket, spends_credit: bool = False
+    ) -> Decision:
         self._reusing += 1
         try:
-            return await self.scripts.reuse(held.lease_id, held.used, ticket, held.correction)
+            used, correction = held.used, held.correction
+            return await self.scripts.reuse(held.lease_id, used, ticket, correction, spends_credit)
         finally:
             self._reusing -= 1
 
     def _let_go(self, held: HeldLease) -> None:
         """Release a held lease nobody took (or that may not be reused any more)."""
-        self._spawn(self.release(held.lease_id, held.used, correction=held.correction))
+        self._spawn(self._release_held(held))
+
+    async def _release_held(self, held: HeldLease) -> None:
+        """Release a held lease with its request's quota correction, once the call taking its
+        credit has answered (the release then gives the credit back)."""
+        await _credit_of(held)
+        await self.release(held.lease_id, held.used, correction=held.correction)
 
     def _let_go_all(self) -> None:
         for held in self._shelf.take_all():
@@ -603,6 +654,13 @@ def _took(ticket: Ticket, outcome: Decision, charged: Charged | None) -> None:
         charge = ticket.quota.answer(outcome.quota)
         if charged is not None:
             charged(charge)
+
+
+async def _credit_of(held: HeldLease) -> Charge | None:
+    """The credit a held lease took (waiting for the call that takes it); None if none."""
+    if held.credit is None:
+        return None
+    return await asyncio.shield(held.credit)
 
 
 def _tell(placed: Placed | None, place: QueuePlace) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from admission.quota import QuotaPart
+    from admission.quota import QuotaAsk, QuotaPart
 
 Charger = Callable[[str, float], Awaitable[None]]
 #: Ends a lease: (the lease, the service used or None, whether it may pass to the next request)
@@ -29,11 +29,15 @@ class Lease:
         release: Releaser,
         flow: tuple[str, str, str] | None = None,
         tokens: int = 0,
+        quota: QuotaAsk | None = None,
     ) -> None:
         self.request_id = request_id
         self.backend = backend
         self.flow = flow
         self.tokens = tokens
+        #: What its request asked of its tenant's quotas (None: none apply): a lease held for
+        #: reuse takes the like ahead for the next request, as a credit (admission/reuse.py)
+        self.quota = quota
         self._charge = charge
         self._release = release
         self.released = False

@@ -141,12 +141,14 @@ def _amount(limit: Limit, tokens: int) -> int:
 @dataclass(frozen=True)
 class QuotaPart:
     """One step on a tenant's quotas inside an admission script call (a *quota part*, as
-    ``lua/lib/quota.lua`` reads it): a ``charge`` takes every amount or none, a ``correct``
+    ``lua/lib/quota.lua`` reads it): a ``charge`` takes every amount or none, a ``credit`` too
+    but only while every limit has room for twice as much (taken ahead, see
+    :meth:`QuotaAsk.credit`), a ``correct``
     moves each limit by its amount (negative: gives tokens back), a ``peek`` changes nothing
     and reports where each limit stands; a ``retry`` is a correction sent again after the
     release it rode on failed, applied only if that release had not run (see :meth:`retried`)."""
 
-    mode: Literal["charge", "correct", "retry", "peek"]
+    mode: Literal["charge", "credit", "correct", "retry", "peek"]
     tenant: str
     amounts: tuple[tuple[Limit, int], ...]
 
@@ -178,6 +180,14 @@ class QuotaAsk:
             "charge", self.tenant, tuple((lim, _amount(lim, self.tokens)) for lim in self.limits)
         )
 
+    def credit(self, tokens: int) -> QuotaPart:
+        """The charge of a request yet to come, taken ahead by a lease held for reuse: one
+        request and ``tokens`` (the lease's) of these limits, taken only while the quotas have
+        room for as much again (``credit`` in lua/lib/quota.lua), so that a credit taken early
+        never refuses a request of the tenant that comes another way and would have fitted."""
+        amounts = tuple((lim, _amount(lim, tokens)) for lim in self.limits)
+        return QuotaPart("credit", self.tenant, amounts)
+
     @property
     def answer_length(self) -> int:
         """How many values the script's answer to the charge has: fits, wait, then two a limit."""
@@ -207,6 +217,43 @@ class Charge:
         delta = tokens_used - self.tokens
         tokens = tuple((lim, delta) for lim in self.limits if lim.kind == "tokens")
         return QuotaPart("correct", self.tenant, tokens) if delta and tokens else None
+
+    def fits(self, ask: QuotaAsk) -> bool:
+        """Whether this charge, taken ahead as a credit, covers ``ask``: the same tenant and
+        limits (a request for a model with limits of its own is not), no more tokens."""
+        return ask.tenant == self.tenant and ask.limits == self.limits and ask.tokens <= self.tokens
+
+    def spent_on(self, ask: QuotaAsk) -> tuple[Charge, QuotaPart | None]:
+        """This credit spent on ``ask`` (which it :meth:`fits`): the charge as that request
+        took it (what is left of each token limit counting only its own tokens), and the
+        correction that gives back the tokens the credit held beyond them."""
+        spare = self.tokens - ask.tokens
+        state = QuotaState(
+            tuple(
+                replace(s, remaining=min(s.limit.limit, s.remaining + spare))
+                if s.limit.kind == "tokens"
+                else s
+                for s in self.state.limits
+            )
+        )
+        return Charge(self.tenant, self.limits, ask.tokens, state), self.correction(ask.tokens)
+
+
+def merged(*parts: QuotaPart | None) -> QuotaPart | None:
+    """Corrections of one tenant's quotas as one (amounts of the same limit added up, those
+    that cancel out dropped); None if nothing is left to correct. Script calls carry one
+    correction: a lease passing on may owe both its request's and what its spent credit held
+    beyond the next request's tokens."""
+    present = [part for part in parts if part is not None]
+    if len(present) <= 1:
+        return present[0] if present else None
+    totals: dict[str, tuple[Limit, int]] = {}
+    for part in present:
+        for limit, amount in part.amounts:
+            before = totals.get(limit.field, (limit, 0))[1]
+            totals[limit.field] = (limit, before + amount)
+    amounts = tuple((lim, amount) for lim, amount in totals.values() if amount)
+    return QuotaPart("correct", present[0].tenant, amounts) if amounts else None
 
 
 class Quotas:

@@ -17,6 +17,16 @@ reuse can take ahead of fair order. Reuse also stops when the lease's backend cl
 busy or drained). A lease no request takes within the moment is released; so is every held lease
 at shutdown. A replica that dies holding leases loses them with the lease TTL, like any lease.
 Backends with a prefill cap never reuse (their hold lasts until a request's first output).
+
+A request with quotas must have its charge taken before it runs. So that it need not wait for a
+script call either, a lease of a tenant with quotas takes a *credit* as it goes on the shelf:
+one script call, off any request's path, charges its quotas one request and the lease's tokens
+(the most any request taking the lease may hold). The next request of the flow, if its limits
+are the credit's, runs on it at once, and its reuse call gives back the tokens the credit held
+beyond its own. A credit nobody spends goes back with the lease's release; one the quotas
+refused leaves the next request to take its charge in its reuse call, and to be refused there.
+Quotas are never exceeded: a credit is charged before it is spent. What it costs is a request's
+worth of each quota taken up to ``lease_reuse_s`` early, and one more script call per request.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from admission.quota import QuotaPart
+    from admission.quota import Charge, QuotaPart
 
 #: A flow: tenant, pool, band ('' for the tenant's own).
 Flow = tuple[str, str, str]
@@ -42,6 +52,9 @@ class HeldLease:
     tokens: int  # what the lease holds in Redis: the most a request taking it may need
     used: float | None  # service the finished request used, settled when the lease moves on
     correction: QuotaPart | None = None  # the finished request's quota correction, likewise
+    #: With quotas: the credit taken ahead for the next request (its charge, None if refused or
+    #: unknown), charged while the lease waits on the shelf
+    credit: asyncio.Future[Charge | None] | None = None
     timer: asyncio.TimerHandle | None = None
 
 

@@ -64,9 +64,9 @@ _REUSED = ("gone", "reused", "quota")
 #: enqueue.lua's states that answer a place on arrival and a quota charge
 _CHARGED = frozenset(("granted", "queued", "full", "quota"))
 #: The entry scripts whose calls of one event-loop turn go as one call (admission/batching.py):
-#: those made after a request (releases, charges, reuses), and the reuse a request with quotas
-#: waits for (held back one event-loop turn for its share of the call).
-BATCHED = ("release", "reuse", "charge")
+#: those made after a request (releases, charges, reuses, the quota credits of held leases), and
+#: the reuse a request with quotas waits for (held back one event-loop turn for its share).
+BATCHED = ("release", "reuse", "charge", "credit")
 
 
 def _quota_args(*parts: QuotaPart | None) -> list[str | int]:
@@ -107,10 +107,12 @@ class AdmissionScripts:
         self._tick = load("tick")
         self._engine = load("engine")
         self._reuse = load("reuse")
+        self._credit = load("credit")
         self._batched = Script(
             redis, self.policy.compose_batch(BATCHED, publish), keys_declared=False
         )
         alone = {"release": self._release, "reuse": self._reuse, "charge": self._charge}
+        alone["credit"] = self._credit
         self._batch = ScriptBatch(self._batched, self._keys, alone)
 
     async def preload(self) -> None:
@@ -118,7 +120,7 @@ class AdmissionScripts:
         ``NOSCRIPT`` goes again a round trip later, and a request's charge would then reach
         Redis after its release (which finds its lease gone)."""
         scripts = [self._enqueue, self._release, self._charge, self._renew, self._cancel]
-        scripts += [self._tick, self._engine, self._reuse, self._batched]
+        scripts += [self._tick, self._engine, self._reuse, self._credit, self._batched]
         await asyncio.gather(*(script.load() for script in scripts))
 
     async def enqueue(self, ticket: Ticket, owner: str) -> Decision:
@@ -166,17 +168,20 @@ class AdmissionScripts:
         used: float | None,
         next_: Ticket,
         correction: QuotaPart | None = None,
+        spends_credit: bool = False,
     ) -> Decision:
         """Pass a finished request's lease (``used``: its service) to ``next_``, the next
         request of its flow (its tokens held, its input service charged); in the same step,
-        apply the finished request's quota ``correction`` and take ``next_``'s quota charge.
+        apply the finished request's quota ``correction``, spend the lease's credit
+        (``spends_credit``: ``next_`` ran on it) or give it back, and take ``next_``'s quota
+        charge.
 
         ``reused``, ``gone``, or ``quota`` (the charge was refused; the lease was not passed
         on); ``may_reuse`` if nothing waits anywhere and the lease's backend is open.
         """
         used_arg = "" if used is None else used
         args: list[str | int | float] = [lease_id, used_arg, next_.tokens, next_.service]
-        args += [self._ttl, self._max]
+        args += [self._ttl, self._max, "1" if spends_credit else ""]
         ask = next_.quota
         args += _quota_args(correction, ask.part if ask is not None else None)
         result = await self._batch.call("reuse", args)
@@ -184,6 +189,12 @@ class AdmissionScripts:
         answered = ask.answer_length if ask is not None and state != "gone" else 0
         quota, grants = [int(v) for v in result[2 : 2 + answered]], _pairs(result[2 + answered :])
         return Decision(state, "", grants, may_reuse=bool(int(result[1])), quota=quota)
+
+    async def credit(self, lease_id: str, part: QuotaPart) -> list[int]:
+        """Take a credit (``part``) on a lease held for reuse, kept on the lease until the
+        lease passes on or ends (``lua/credit.lua``): the part's answer, empty if the lease is
+        gone or keeps one already."""
+        return [int(v) for v in await self._batch.call("credit", [lease_id, *part.args()])]
 
     async def charge(self, request_id: str, service: float) -> Decision:
         """Charge streamed output (``charged``, or ``gone``); ends the request's prefill hold,

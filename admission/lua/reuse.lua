@@ -4,11 +4,14 @@
 -- input charged as at a grant) and holds the new one's tokens, which are never more than those
 -- the lease held. If requests wait meanwhile, what the smaller hold freed is dispatched.
 -- With quotas, in the same step: the finished request's correction is applied (whatever became
--- of the lease), and the next request's charge taken before anything else; if a quota refuses
--- it, nothing else changes (the lease stays the finished request's, to be released).
+-- of the lease); the credit the lease keeps (credit.lua) is spent by the next request if the
+-- replica says it ran on it, else given back; and the next request's charge, if it has one, is
+-- taken before anything else; if a quota refuses it, nothing else changes (the lease stays the
+-- finished request's, to be released).
 -- ARGV: id, service the finished request used ('' if unknown), new tokens, new input service,
---       ttl ms, max grants, then optionally quota parts (lib/quota.lua): the finished request's
---       correction, the next request's charge, in that order
+--       ttl ms, max grants, '1' if the next request spends the lease's credit (else ''), then
+--       optionally quota parts (lib/quota.lua): the finished request's correction (with what
+--       the spent credit held beyond the next request's tokens), the next request's charge
 -- Returns {1 if the lease was passed on, 0 if it was not there (reclaimed or released), 2 if a
 --         quota refused the next request; 1 if it may be reused again (nothing waits, its
 --         backend is open); the quota answer (with a charge, unless the lease was not there);
@@ -17,7 +20,7 @@ local id, ttl, max_grants = ARGV[1], tonumber(ARGV[5]), tonumber(ARGV[6])
 local tok, svc = tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
 local asked, quota = nil, {}
-local part, i = quota_part(7)
+local part, i = quota_part(8)
 while part do
   if part.charge then asked = part else quota_apply(part, now) end
   part, i = quota_part(i)
@@ -25,10 +28,18 @@ end
 local contended = #backlogged_bands() > 0
 local l = decode(redis.call('HGET', P .. 'lease', id))
 if not l then return {0, 0} end
+local credit = l.cq
+if credit then
+  if ARGV[7] ~= '1' then quota_refund(credit, now) end  -- before the charge: its room is back
+  l.cq = nil
+end
 if asked then
   local fits
   fits, quota = quota_apply(asked, now)
-  if not fits then return {2, 0, unpack(quota)} end
+  if not fits then
+    if credit then redis.call('HSET', P .. 'lease', id, cjson.encode(l)) end  -- it went back
+    return {2, 0, unpack(quota)}
+  end
 end
 local function answer(may_reuse, grants)
   local out = {1, may_reuse}

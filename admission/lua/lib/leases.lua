@@ -43,10 +43,13 @@ end
 local function held_key(t, band) return P .. 'ant:' .. t .. ':' .. band end
 
 -- Free what a lease holds; returns its record or nil if there is no such lease (idempotent).
--- ``known``: its record, if the caller has read it already.
+-- ``known``: its record, if the caller has read it already. A quota credit it kept for a next
+-- request nobody sent goes back to the tenant's quotas (however the lease ends: a release,
+-- its expiry after its replica died).
 local function unlease(id, known)
   local l = known or decode(redis.call('HGET', P .. 'lease', id))
   if not l then return nil end
+  if l.cq then quota_refund(l.cq, now_ms()) end
   redis.call('HDEL', P .. 'lease', id)
   redis.call('HDEL', P .. 'granted', id)
   redis.call('ZREM', P .. 'exp', id)

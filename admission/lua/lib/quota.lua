@@ -9,7 +9,9 @@
 -- takes n * (period / limit) ms of it; a request fits while TAT - now stays within the period.
 --
 -- A quota part of ARGV, from index i: mode ('charge': take every amount, or none if any limit
--- would be exceeded; 'correct': move each limit's TAT by its amount, negative giving tokens
+-- would be exceeded; 'credit': a charge taken ahead for a request yet to come, which takes
+-- every amount only while each limit has room for twice as much, so that taken early it never
+-- refuses a request that came another way and would have fitted without it; 'correct': move each limit's TAT by its amount, negative giving tokens
 -- back, never below now; 'retry': a correction sent again after the release it rode on failed,
 -- which release.lua applies only while the lease is still there, since Redis may have run the
 -- first; 'peek': change nothing, report where each limit stands), tenant,
@@ -19,7 +21,9 @@
 local function quota_part(i)
   local mode = ARGV[i]
   if mode == nil or mode == '' then return nil, i end
-  local q = {charge = mode == 'charge', peek = mode == 'peek', retry = mode == 'retry',
+  local credit = mode == 'credit'
+  local q = {charge = mode == 'charge' or credit, credit = credit, peek = mode == 'peek',
+    retry = mode == 'retry',
     key = P .. 'quota:' .. ARGV[i + 1], limits = {}}
   local j = i + 3
   for _ = 1, tonumber(ARGV[i + 2]) do
@@ -41,7 +45,10 @@ local function quota_apply(q, now)
     l.interval = l.period / l.limit
     l.tat = math.max(tonumber(tats[k]) or now, now)
     l.new = math.max(l.tat + l.amount * l.interval, now)
-    if q.charge then wait = math.max(wait, l.new - now - l.period) end
+    if q.charge then
+      local room = q.credit and l.amount * l.interval or 0  -- a credit leaves as much again
+      wait = math.max(wait, l.new + room - now - l.period)
+    end
   end
   local fits = wait <= 0
   local writes = fits and not q.peek
@@ -64,4 +71,20 @@ local function quota_apply(q, now)
     if redis.call('PTTL', q.key) < ttl then redis.call('PEXPIRE', q.key, ttl) end
   end
   return fits, answer
+end
+
+-- A credit kept on a lease (credit.lua): the limits it charged and their amounts, nothing else.
+local function quota_credit(q)
+  local kept = {key = q.key, limits = {}}
+  for k, l in ipairs(q.limits) do
+    kept.limits[k] = {field = l.field, limit = l.limit, period = l.period, amount = l.amount}
+  end
+  return kept
+end
+
+-- Give a credit kept on a lease back: every amount it took, returned.
+local function quota_refund(credit, now)
+  local back = quota_credit(credit)
+  for _, l in ipairs(back.limits) do l.amount = -l.amount end
+  quota_apply(back, now)
 end
