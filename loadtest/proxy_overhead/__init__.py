@@ -1,6 +1,7 @@
 """Proxy overhead: the latency and throughput fairgate's proxy path adds, next to a bare forwarder.
 
-``python -m loadtest.proxy_overhead [--duration S] [--write BENCHMARKS.md]`` (``make bench``)
+``python -m loadtest.proxy_overhead [--duration S] [--baseline REV] [--write BENCHMARKS.md]``
+(``make bench``, without ``--baseline``)
 
 One upstream that answers instantly is reached three ways, side by side in one run: directly,
 through a minimal aiohttp forwarder, and through fairgate (``fairgate serve``, with its own
@@ -18,7 +19,10 @@ load generator runs in this process: a closed loop of N workers, each sending it
 as soon as the previous one is done, for a fixed time per cell after a warm-up, the paths
 taking turns in short slices. All processes share this machine's CPUs, so absolute figures
 depend on it; the ratios between paths measured in the same run are the result, and the CPU
-time each path's processes spend per request explains them.
+time each path's processes spend per request explains them. With ``--baseline REV``, one more
+path is fairgate served from that git revision's code (:mod:`loadtest.revisions`), taking turns
+with the others: before and after in the same run
+(:mod:`~loadtest.proxy_overhead.before_after`).
 
 Every process this benchmark starts is stopped when it ends, also on an error or Ctrl-C.
 

@@ -1,4 +1,5 @@
-"""``python -m loadtest.proxy_overhead [--duration S] [--write BENCHMARKS.md]`` (``make bench``).
+"""``python -m loadtest.proxy_overhead [--duration S] [--baseline REV] [--write BENCHMARKS.md]``
+(``make bench`` runs it without ``--baseline``).
 
 Also the entry point of the benchmark's own servers (``--serve upstream|forwarder``), which it
 starts as child processes of this same module.
@@ -54,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"numbers of concurrent clients (default {' '.join(map(str, CONCURRENCIES))})",
     )
     parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run fairgate as the git revision REV had it, next to fairgate now without "
+        "and with quotas (before/after in one run)",
+    )
+    parser.add_argument(
         "--write", type=Path, metavar="FILE", help=f"replace (or append) FILE's {SECTION} section"
     )
     # The child processes this benchmark starts for its own servers.
@@ -72,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     stop_on_sigterm()  # a terminated run stops its children too
     return run_and_publish(
         "proxy_overhead",
-        lambda: run_benchmark(args.concurrency, args.duration, args.warmup),
+        lambda: run_benchmark(args.concurrency, args.duration, args.warmup, args.baseline),
         lambda run: render_section(run, argv),
         SECTION,
         args.write,

@@ -26,8 +26,15 @@ import aiohttp
 import uvloop
 
 from loadtest.proxy_overhead.stack import Target, server_logs, start_stack
-from loadtest.proxy_overhead.workload import CHAT_REQUEST, STREAM_REQUEST, complete_answer
+from loadtest.proxy_overhead.workload import (
+    BASELINE,
+    CHAT_REQUEST,
+    MODES,
+    STREAM_REQUEST,
+    complete_answer,
+)
 from loadtest.report import revision
+from loadtest.revisions import baseline_checkout
 from loadtest.stats import percentile
 
 CONCURRENCIES = (1, 16, 64)
@@ -261,13 +268,14 @@ async def measure_all(
 
 
 def side_by_side(
-    concurrencies: Iterable[int], first: str, second: str
-) -> Iterator[tuple[bool, int, Cell, Cell]]:
-    """The cells of two paths at each workload (plain, then streamed) and concurrency: what
-    every comparison of one fairgate next to another (traced, with workers) reads."""
+    concurrencies: Iterable[int], *modes: str
+) -> Iterator[tuple[bool, int, tuple[Cell, ...]]]:
+    """The cells of some paths at each workload (plain, then streamed) and concurrency: what
+    every comparison of one fairgate next to others (traced, with workers, at another
+    revision) reads."""
     for stream in (False, True):
         for c in concurrencies:
-            yield stream, c, Cell(first, stream, c), Cell(second, stream, c)
+            yield stream, c, tuple(Cell(mode, stream, c) for mode in modes)
 
 
 def added(results: dict[Cell, Result], cell: Cell, metric: Metric, q: float) -> float:
@@ -435,21 +443,31 @@ class Run:
     code_revision: str
     cpus: int
     elapsed: float  # wall seconds, start to end
+    baseline: str | None = None  # the revision fairgate was also run at (``--baseline``)
 
     @property
     def headlines(self) -> list[Headline]:
         return headlines(self.results, self.concurrencies)
 
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The paths measured, in the order they took turns."""
+        return MODES + ((BASELINE,) if self.baseline else ())
 
-def run_benchmark(concurrencies: list[int], duration: float, warmup: float) -> Run:
-    """Start every process, measure every cell, stop every process, also on errors and Ctrl-C.
+
+def run_benchmark(
+    concurrencies: list[int], duration: float, warmup: float, baseline: str | None = None
+) -> Run:
+    """Start every process (fairgate at the git revision ``baseline`` too, if given), measure
+    every cell, stop every process, also on errors and Ctrl-C.
 
     What the servers logged is shown on stderr in every case: it may explain a failure.
     """
     started, load_before, code_revision = time.perf_counter(), os.getloadavg()[0], revision()
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fg-overhead-")))
-        targets = start_stack(stack, workdir)
+        checkout = baseline_checkout(baseline, workdir) if baseline else None
+        targets = start_stack(stack, workdir, checkout)
         try:
             results, loop_name = uvloop.run(measure_all(targets, concurrencies, duration, warmup))
         finally:
@@ -468,4 +486,5 @@ def run_benchmark(concurrencies: list[int], duration: float, warmup: float) -> R
         code_revision,
         os.cpu_count() or 1,
         time.perf_counter() - started,
+        baseline,
     )

@@ -7,9 +7,10 @@ from the constant the verdict checks (:mod:`loadtest.proxy_overhead.measurement`
 from __future__ import annotations
 
 import datetime
-import math
 import shlex
 
+from loadtest.proxy_overhead.before_after import before_after_section
+from loadtest.proxy_overhead.figures import ms, us, workload
 from loadtest.proxy_overhead.measurement import (
     METRICS,
     SLICE_S,
@@ -31,8 +32,8 @@ from loadtest.proxy_overhead.stack import MODULE
 from loadtest.proxy_overhead.tracing import tracing_section
 from loadtest.proxy_overhead.workers import workers_section
 from loadtest.proxy_overhead.workload import (
+    BASELINE,
     COMPLETION_CYCLE,
-    MODES,
     QUOTAS,
     STREAM_CHUNKS,
     WORKER_COUNT,
@@ -48,25 +49,14 @@ SHOWN_PERCENTILES = (50, 99)
 PATH_NAMES = {"quotas": "fairgate, quotas", WORKERS: f"fairgate, {WORKER_COUNT} workers"}
 
 
-def path_name(mode: str) -> str:
-    return PATH_NAMES.get(mode, mode)
-
-
-def workload(stream: bool) -> str:
-    return "streaming" if stream else "non-streaming"
+def path_name(mode: str, baseline: str | None = None) -> str:
+    """A path's name in the report; fairgate at another revision is named by it."""
+    return f"fairgate at `{baseline}`" if mode == BASELINE else PATH_NAMES.get(mode, mode)
 
 
 def metric_label(stream: bool, metric: Metric) -> str:
     """How a latency is named in a column: a whole response needs no name, a stream does."""
     return {"ttfb": "TTFB ", "total": "total "}[metric] if stream else ""
-
-
-def ms(seconds: float, signed: bool = False) -> str:
-    return f"{seconds * 1e3:{'+' if signed else ''}.2f} ms"
-
-
-def us(seconds: float) -> str:
-    return "n/a" if math.isnan(seconds) else f"{seconds * 1e6:,.0f} µs"
 
 
 def cpu_cell(result: Result) -> str:
@@ -77,20 +67,21 @@ def cpu_cell(result: Result) -> str:
     return shown
 
 
-def cells_table(results: dict[Cell, Result], stream: bool, concurrencies: list[int]) -> str:
+def cells_table(run: Run, stream: bool) -> str:
     """Every path of one workload: throughput, CPU, latencies and latency added over direct."""
+    results = run.results
     headers = ["Conc.", "Path", "req/s", "CPU/req"]
     for metric in METRICS[stream]:
         label = metric_label(stream, metric)
         headers += [f"{label}p{q}" for q in SHOWN_PERCENTILES]
         headers += [f"added {label}p{q}" for q in SHOWN_PERCENTILES]
     rows = []
-    for concurrency in concurrencies:
-        for mode in MODES:
+    for concurrency in run.concurrencies:
+        for mode in run.modes:
             cell = Cell(mode, stream, concurrency)
             result = results[cell]
             cpu = "—" if mode == "direct" else cpu_cell(result)
-            row = [str(concurrency), path_name(mode), f"{result.rps:,.0f}", cpu]
+            row = [str(concurrency), path_name(mode, run.baseline), f"{result.rps:,.0f}", cpu]
             for metric in METRICS[stream]:
                 row += [ms(result.percentile(metric, q)) for q in SHOWN_PERCENTILES]
                 row += (
@@ -150,10 +141,11 @@ def headline_table(rows: list[Headline]) -> str:
     )
 
 
-def full_path_table(results: dict[Cell, Result], concurrencies: list[int]) -> str:
+def full_path_table(run: Run) -> str:
     """fairgate's absolute targets: requests/s from one process, added p50 when alone; for a
-    tenant without quotas and for one with them."""
-    figures = [full_path_figures(results, concurrencies, mode) for mode in ("fairgate", "quotas")]
+    tenant without quotas and for one with them (and for fairgate at the baseline revision)."""
+    modes = ((BASELINE,) if run.baseline else ()) + ("fairgate", "quotas")
+    figures = [full_path_figures(run.results, run.concurrencies, mode) for mode in modes]
     rows = [
         [f"requests/s, one gateway process (≥ {figures[0][0].threshold:,.0f})"]
         + [f"{f.value:,.0f} ({f.what}), {_verdict(f.met)}" for f, _ in figures]
@@ -163,7 +155,8 @@ def full_path_table(results: dict[Cell, Result], concurrencies: list[int]) -> st
             [f"added p50 at concurrency 1, {first.what} (< {ms(first.threshold)})"]
             + [f"{ms(alone[index].value)}, {_verdict(alone[index].met)}" for _, alone in figures]
         )
-    return markdown_table(["Target", "fairgate", "fairgate, quotas"], "lll", rows)
+    names = [path_name(mode, run.baseline) for mode in modes]
+    return markdown_table(["Target", *names], "l" * (len(modes) + 1), rows)
 
 
 def quota_table(rows: list[QuotaCost]) -> str:
@@ -228,7 +221,7 @@ def reading(run: Run, rows: list[Headline]) -> str:
     throughput_met = sum(h.throughput_met for h in throughput_rows)
     ratios = [h.throughput_ratio for h in throughput_rows]
     errors = {mode: sum(r.samples.errors for r in results.values() if r.cell.mode == mode)
-              for mode in MODES}  # fmt: skip
+              for mode in run.modes}  # fmt: skip
     alone_ratio = alone.latency_ratio
     nothing_queues = " (nothing queues)" if alone.concurrency == 1 else ""
     text = [
@@ -259,7 +252,9 @@ def reading(run: Run, rows: list[Headline]) -> str:
         "× the requests/s of a tenant without quotas."
     )
     if failed := {mode: n for mode, n in errors.items() if n}:
-        counts = ", ".join(f"{n} through {path_name(mode)}" for mode, n in failed.items())
+        counts = ", ".join(
+            f"{n} through {path_name(mode, run.baseline)}" for mode, n in failed.items()
+        )
         text.append(f"Requests that failed or came back incomplete: {counts}.")
     for name, lines in run.logs.items():
         text.append(
@@ -274,6 +269,22 @@ def reading(run: Run, rows: list[Headline]) -> str:
         "magnitude."
     )
     return " ".join(text)
+
+
+def before_after_part(run: Run) -> str:
+    """With ``--baseline``: fairgate at that revision next to fairgate now, without and with
+    quotas; nothing otherwise (the section then reads as it always has)."""
+    if not run.baseline:
+        return ""
+    return f"""
+Before and after (issue 14: the request path keeps its figures with quotas configured):
+**{path_name(BASELINE, run.baseline)}** is fairgate served from that revision's code
+(`git archive`, its own Redis key prefix) with the configuration of the tenant without quotas,
+less any setting the revision did not know yet, taking turns with the other paths in the same
+run. Before is it, after is fairgate now with quotas, and fairgate now without quotas between:
+
+{before_after_section(run.results, run.concurrencies, run.baseline)}
+"""
 
 
 def reproduce_command(argv: list[str]) -> str:
@@ -327,8 +338,8 @@ The full path's own targets (auth, estimate, admission, relay and release, again
 upstream; ≥ {TARGET_FULL_PATH_RPS:,.0f} requests/s, < {ms(TARGET_ALONE_ADDED_S)} added alone), for a
 tenant without quotas and for one with them:
 
-{full_path_table(results, concurrencies)}
-
+{full_path_table(run)}
+{before_after_part(run)}
 What quotas add (the same gateway process, the tenant without quotas / the one with them):
 
 {quota_table(quota_costs(results, concurrencies))}
@@ -348,11 +359,11 @@ on the same Redis), next to the single process, in the same run:
 
 Non-streaming requests:
 
-{cells_table(results, False, concurrencies)}
+{cells_table(run, False)}
 
 Streaming requests ({STREAM_CHUNKS} content chunks):
 
-{cells_table(results, True, concurrencies)}
+{cells_table(run, True)}
 
 {reading(run, rows)}
 

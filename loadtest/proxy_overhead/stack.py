@@ -1,4 +1,5 @@
-"""The processes of the proxy-overhead benchmark: Redis, the upstream, the forwarder, fairgate.
+"""The processes of the proxy-overhead benchmark: Redis, the upstream, the forwarder, fairgate
+(and fairgate as another revision had it, when asked for).
 
 Each is its own process on loopback (free ports, a private ``redis-server``), logging to a file
 in the run's work directory, started through :mod:`loadtest.services` and stopped with the
@@ -21,6 +22,7 @@ import yaml
 from gateway.access_log import LINE_START as ACCESS_LOG_LINE
 from loadtest.proxy_overhead.workload import (
     API_KEY,
+    BASELINE,
     CHAT_PATH,
     LOOPBACK,
     MODEL,
@@ -32,6 +34,7 @@ from loadtest.proxy_overhead.workload import (
     WORKER_COUNT,
     WORKERS,
 )
+from loadtest.revisions import accepted_config, revision_env
 from loadtest.services import (
     free_ports,
     log_tail,
@@ -96,8 +99,18 @@ def workers_config(port: int, redis_port: int, upstream: str) -> dict[str, Any]:
     return config
 
 
+def baseline_config(port: int, redis_port: int, upstream: str, checkout: Path) -> dict[str, Any]:
+    """The gateway as ``checkout``'s revision can run it: the tenant without quotas only (the
+    path measured), an admission domain of its own, less what that revision did not know yet
+    (:func:`loadtest.revisions.accepted_config`: a ``telemetry`` section, say)."""
+    config = fairgate_config(port, redis_port, upstream)
+    config["redis"]["key_prefix"] = "fairgate-bench-baseline"
+    config["tenants"] = {TENANT: config["tenants"][TENANT]}
+    return accepted_config(checkout, config)
+
+
 #: The processes whose log is shown after the run if they wrote anything (Redis always does).
-_QUIET_SERVERS = ("upstream", "forwarder", "fairgate", TRACED, WORKERS)
+_QUIET_SERVERS = ("upstream", "forwarder", "fairgate", TRACED, WORKERS, BASELINE)
 
 
 def server_logs(workdir: Path) -> dict[str, list[str]]:
@@ -149,15 +162,22 @@ def start_redis(stack: contextlib.ExitStack, port: int, workdir: Path) -> subpro
     )
 
 
-def start_stack(stack: contextlib.ExitStack, workdir: Path) -> list[Target]:
-    """Redis, the upstream, the forwarder, fairgate and fairgate tracing, each in its own
-    process, all ready."""
-    redis_port, upstream_port, forwarder_port, gateway_port, traced_port, workers_port = free_ports(
-        6
-    )
+def start_stack(
+    stack: contextlib.ExitStack, workdir: Path, baseline: Path | None = None
+) -> list[Target]:
+    """Redis, the upstream, the forwarder, fairgate, fairgate tracing, fairgate with two
+    workers (and fairgate at ``baseline``'s code), each in its own process, all ready."""
+    (
+        redis_port,
+        upstream_port,
+        forwarder_port,
+        gateway_port,
+        traced_port,
+        workers_port,
+        baseline_port,
+    ) = free_ports(7)
     upstream = f"http://{LOOPBACK}:{upstream_port}"
     forwarder = f"http://{LOOPBACK}:{forwarder_port}"
-    gateway = f"http://{LOOPBACK}:{gateway_port}"
     this = [sys.executable, "-m", MODULE]
 
     def http_ok(url: str) -> Ready:
@@ -189,34 +209,30 @@ def start_stack(stack: contextlib.ExitStack, workdir: Path) -> list[Target]:
     )
     workers = {f"worker-{i}": pid for i, pid in enumerate(worker_pids(supervisor))}
     gateway_processes = {"fairgate": fairgate.pid, "redis": redis.pid}
-    return [
+    targets = [
         Target("direct", upstream + CHAT_PATH),
         Target("forwarder", forwarder + CHAT_PATH, processes={"forwarder": forwarding.pid}),
-        Target(
-            "fairgate",
-            gateway + CHAT_PATH,
-            {"Authorization": f"Bearer {API_KEY}"},
-            processes=gateway_processes,
-        ),
-        Target(
-            "quotas",
-            gateway + CHAT_PATH,
-            {"Authorization": f"Bearer {QUOTA_API_KEY}"},
-            processes=gateway_processes,
-        ),
-        Target(
-            TRACED,
-            f"http://{LOOPBACK}:{traced_port}{CHAT_PATH}",
-            {"Authorization": f"Bearer {API_KEY}"},
-            processes={TRACED: traced.pid, "redis": redis.pid},
-        ),
-        Target(
-            WORKERS,
-            f"http://{LOOPBACK}:{workers_port}{CHAT_PATH}",
-            {"Authorization": f"Bearer {API_KEY}"},
-            processes={WORKERS: supervisor.pid, **workers, "redis": redis.pid},
+        gateway_target("fairgate", gateway_port, gateway_processes),
+        gateway_target("quotas", gateway_port, gateway_processes, QUOTA_API_KEY),
+        gateway_target(TRACED, traced_port, {TRACED: traced.pid, "redis": redis.pid}),
+        gateway_target(
+            WORKERS, workers_port, {WORKERS: supervisor.pid, **workers, "redis": redis.pid}
         ),
     ]
+    if baseline is not None:
+        config = baseline_config(baseline_port, redis_port, upstream, baseline)
+        before = start_fairgate(stack, BASELINE, config, workdir, revision_env(baseline))
+        targets.append(
+            gateway_target(BASELINE, baseline_port, {BASELINE: before.pid, "redis": redis.pid})
+        )
+    return targets
+
+
+def gateway_target(mode: str, port: int, processes: dict[str, int], key: str = API_KEY) -> Target:
+    """The path through the gateway on ``port`` as the tenant of ``key``; ``processes`` are
+    the gateway's and its Redis's."""
+    headers = {"Authorization": f"Bearer {key}"}
+    return Target(mode, f"http://{LOOPBACK}:{port}{CHAT_PATH}", headers, processes)
 
 
 def worker_pids(supervisor: subprocess.Popen[bytes], timeout_s: float = 60.0) -> list[int]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from loadtest.proxy_overhead.figures import ms, us, workload
 from loadtest.proxy_overhead.measurement import Cell, Result, added, side_by_side
 from loadtest.proxy_overhead.workload import TRACED
 from loadtest.report import markdown_table
@@ -47,7 +48,7 @@ class TracingCost:
 def tracing_costs(results: dict[Cell, Result], concurrencies: list[int]) -> list[TracingCost]:
     """One comparison per workload and concurrency."""
     costs = []
-    for stream, c, off, on in side_by_side(concurrencies, "fairgate", TRACED):
+    for stream, c, (off, on) in side_by_side(concurrencies, "fairgate", TRACED):
         costs.append(
             TracingCost(
                 stream,
@@ -63,25 +64,17 @@ def tracing_costs(results: dict[Cell, Result], concurrencies: list[int]) -> list
     return costs
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:+.2f} ms"
-
-
-def _us(seconds: float) -> str:
-    return f"{seconds * 1e6:,.0f} µs"
-
-
 def tracing_table(costs: list[TracingCost]) -> str:
     rows = [
         [
-            "streaming" if cost.stream else "non-streaming",
+            workload(cost.stream),
             str(cost.concurrency),
             f"{cost.off_rps:,.0f}",
             f"{cost.on_rps:,.0f}",
             f"{cost.throughput_ratio:.2f}",
-            _ms(cost.off_added_p50),
-            _ms(cost.on_added_p50),
-            f"{_us(cost.off_cpu)} / {_us(cost.on_cpu)}",
+            ms(cost.off_added_p50, signed=True),
+            ms(cost.on_added_p50, signed=True),
+            f"{us(cost.off_cpu)} / {us(cost.on_cpu)}",
         ]
         for cost in costs
     ]
@@ -107,12 +100,13 @@ def tracing_reading(costs: list[TracingCost]) -> str:
     cpu = [cost.added_cpu for cost in costs]
     text = (
         f"Tracing every request keeps {min(ratios):.0%} to {max(ratios):.0%} of the requests/s "
-        f"of the same gateway untraced and costs the gateway process {_us(min(cpu))} to "
-        f"{_us(max(cpu))} more CPU time per request."
+        f"of the same gateway untraced and costs the gateway process {us(min(cpu))} to "
+        f"{us(max(cpu))} more CPU time per request."
     )
     alone = [cost for cost in costs if cost.concurrency == 1 and not cost.stream]
     if alone:
-        text += f" Alone (concurrency 1, non-streaming) it adds {_ms(alone[0].added_p50)} at p50."
+        added_alone = ms(alone[0].added_p50, signed=True)
+        text += f" Alone (concurrency 1, non-streaming) it adds {added_alone} at p50."
     return text + " Off (the default), the handlers run unwrapped: no span is made."
 
 

@@ -38,7 +38,7 @@ class WorkerGain:
 def worker_gains(results: dict[Cell, Result], concurrencies: list[int]) -> list[WorkerGain]:
     """One comparison per workload and concurrency."""
     gains = []
-    for stream, c, one, many in side_by_side(concurrencies, "fairgate", WORKERS):
+    for stream, c, (one, many) in side_by_side(concurrencies, "fairgate", WORKERS):
         gains.append(
             WorkerGain(
                 stream,

@@ -44,6 +44,9 @@ TRACED = "fairgate+traces"
 #: The path of ``fairgate serve --workers 2``: the same gateway, two processes on one port.
 WORKERS = "fairgate×2"
 WORKER_COUNT = 2
+#: The path of fairgate as another git revision had it (``--baseline REV``), measured after the
+#: others when asked for: the same gateway and tenant without quotas, that revision's code.
+BASELINE = "baseline"
 #: Where the traced gateway sends its spans (the upstream answers as a collector would).
 TRACES_PATH = "/v1/traces"
 

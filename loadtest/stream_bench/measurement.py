@@ -39,9 +39,10 @@ from loadtest.proxy_overhead.measurement import cpu_seconds, machine_ticks
 from loadtest.proxy_overhead.stack import server_logs
 from loadtest.proxy_overhead.workload import API_KEY, LOOPBACK
 from loadtest.report import revision
+from loadtest.revisions import baseline_checkout
 from loadtest.stats import percentile
 from loadtest.stream_bench.client import Load, Stream, keep_open
-from loadtest.stream_bench.stack import Target, baseline_checkout, start_stack
+from loadtest.stream_bench.stack import Target, start_stack
 from loadtest.stream_bench.workload import LLM, SLOW, Shape
 
 #: Open streams per turn: the full run, and the short one ``make bench`` runs.

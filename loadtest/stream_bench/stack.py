@@ -11,12 +11,9 @@ with the :class:`contextlib.ExitStack` that started them).
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import resource
-import subprocess
 import sys
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +25,7 @@ from loadtest.proxy_overhead.stack import (
     start_redis,
 )
 from loadtest.proxy_overhead.workload import LOOPBACK, QUOTA_TENANT, TENANT
+from loadtest.revisions import accepted_config, revision_env
 from loadtest.services import free_ports, wait_http_ok
 
 #: What ``python -m`` runs for this benchmark's upstream (``--serve upstream``).
@@ -53,22 +51,6 @@ class Target:
     name: str
     port: int
     processes: dict[str, int]
-
-
-def baseline_checkout(revision: str, into: Path) -> Path:
-    """The tree of ``revision`` (a commit, a branch) unpacked under ``into``, to run its code."""
-    root = Path(__file__).resolve().parent.parent.parent
-    archive = subprocess.run(
-        ["git", "archive", "--format=tar", revision],
-        cwd=root,
-        capture_output=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    target = into / "baseline"
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(target, filter="data")
-    return target
 
 
 def gateway_config(port: int, redis_port: int, upstream: str, prefix: str) -> dict[str, Any]:
@@ -144,7 +126,8 @@ def start_stack(
     ]
     if baseline is not None:
         config = gateway_config(baseline_port, redis_port, upstream, "fairgate-streams-base")
-        before = start_fairgate(stack, "baseline", config, workdir, {"PYTHONPATH": str(baseline)})
+        config = accepted_config(baseline, config)  # less what that revision did not know
+        before = start_fairgate(stack, "baseline", config, workdir, revision_env(baseline))
         paths.append(Target("baseline", baseline_port, {"gateway": before.pid, "redis": redis.pid}))
     if pinned:
         for path in paths:
