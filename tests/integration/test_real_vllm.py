@@ -10,6 +10,7 @@ engine takes minutes. Engines are expected with an 80 MB KV cache (40,960 tokens
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import os
@@ -203,3 +204,71 @@ async def _long_stream(url: str, index: int) -> None:
         async with http.post(f"{url}/v1/chat/completions", json=body) as response:
             async for _ in response.content.iter_any():
                 pass
+
+
+async def test_weighted_shares_hold_in_front_of_a_real_engine(
+    start_gateway: StartGateway, redis_url: str
+) -> None:
+    """Two backlogged tenants, weights 3 : 1, on one real engine that fairgate lets run 4
+    requests at once. The heavy tenant asks short answers (24 tokens), the light one long ones
+    (96), so serving requests in turn would give the light one most of the engine (about 0.77
+    of the service); weighted fair order splits the service 3 : 1, counted from the engine's
+    own usage as fairgate counts service (prompt tokens + 2 x output tokens)."""
+    config = gateway_config(redis_url, {"interactive": URLS[:1]})
+    backend = config["pools"]["interactive"]["backends"]["interactive-0"]
+    backend |= {"models": ["tiny"], "max_concurrency": 4}
+    config["tenants"] = {
+        "a": {"api_keys": ["key-a"], "weight": 3},
+        "b": {"api_keys": ["key-b"], "weight": 1},
+    }
+    config["admission"] = {"engine_max_waiting": None}  # the engine is loaded on purpose
+    gateway = await start_gateway(config)
+    loop = asyncio.get_running_loop()
+    # service as it streams: (when, service) per chunk, the prompt's with the first
+    served: dict[str, list[tuple[float, float]]] = {"a": [], "b": []}
+    finished = asyncio.Event()
+    completed = {"a": 0, "b": 0}
+    marks: list[float] = []  # when the light tenant completed its 10th and its 70th request
+
+    async def client(tenant: str, max_tokens: int, index: int) -> None:
+        api = gateway.client(f"key-{tenant}")
+        for n in itertools.count():
+            reply = await api.chat.completions.create(
+                model="tiny",
+                messages=[{"role": "user", "content": f"{tenant} {index} {n}"}],  # no cache hit
+                max_tokens=max_tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body={"ignore_eos": True},
+            )
+            chunks, usage = [], None
+            async for chunk in reply:
+                if chunk.usage:
+                    usage = chunk.usage
+                elif chunk.choices:
+                    chunks.append(loop.time())
+            assert usage is not None and chunks
+            each = 2 * usage.completion_tokens / len(chunks)  # a token a chunk, near enough
+            served[tenant] += [(chunks[0], usage.prompt_tokens)] + [(at, each) for at in chunks]
+            completed[tenant] += 1
+            if tenant == "b" and completed["b"] in (10, 70):
+                marks.append(loop.time())
+            if len(marks) == 2:
+                finished.set()
+                return
+
+    clients = [
+        asyncio.ensure_future(client(tenant, max_tokens, i))
+        for tenant, max_tokens in (("a", 24), ("b", 96))
+        for i in range(8)
+    ]
+    try:
+        await asyncio.wait_for(finished.wait(), 600)
+    finally:
+        for task in clients:
+            task.cancel()
+        await asyncio.gather(*clients, return_exceptions=True)
+    start, end = marks  # both backlogged throughout
+    service = {t: sum(s for at, s in chunks if start < at <= end) for t, chunks in served.items()}
+    share = service["a"] / (service["a"] + service["b"])
+    assert 0.70 <= share <= 0.80, (share, service)
