@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from dataclasses import dataclass, field
 from pathlib import Path
 from ssl import SSLContext
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import aiohttp
 import openai
@@ -293,6 +293,21 @@ async def redis(redis_url: str) -> AsyncIterator[GatewayRedis]:
     client = GatewayRedis.from_url(redis_url)
     yield client
     await client.aclose()
+
+
+T = TypeVar("T")
+
+
+async def read_until(read: Callable[[], Awaitable[T]], done: Callable[[T], bool]) -> T:
+    """What ``read`` gives once ``done`` holds of it (work that runs in the background, such as
+    admission's script calls after a request, settles within a few seconds), or what it gave
+    last: the caller's assertion then shows what was there instead."""
+    for _ in range(200):
+        value = await read()
+        if done(value):
+            return value
+        await asyncio.sleep(0.02)
+    return value
 
 
 MakeAdmission = Callable[[Settings], Awaitable[Admission]]

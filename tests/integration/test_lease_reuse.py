@@ -23,6 +23,7 @@ from tests.conftest import (
     StartSim,
     gateway_config,
     inflight_state,
+    read_until,
 )
 
 PREFIX = "fairgate:{adm}:"
@@ -57,12 +58,11 @@ def ticket(tokens: int = 100) -> Ticket:
 async def stat(redis: Redis, name: str, expected: int) -> int:
     """The admission stat ``name`` once it reaches ``expected`` (script calls run in the
     background), or its value after a few seconds."""
-    for _ in range(100):
-        value = int(await redis.hget(PREFIX + "stats", name) or 0)
-        if value >= expected:
-            return value
-        await asyncio.sleep(0.02)
-    return value
+
+    async def read() -> int:
+        return int(await redis.hget(PREFIX + "stats", name) or 0)
+
+    return await read_until(read, lambda value: value >= expected)
 
 
 async def test_the_next_request_of_a_flow_takes_the_finished_lease(

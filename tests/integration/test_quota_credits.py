@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -22,7 +21,7 @@ from admission.quota import Charge, Quotas, QuotaState
 from admission.ticket import Ticket
 from fairgate.redis_client import GatewayRedis
 from fairgate.settings import Settings
-from tests.conftest import MakeAdmission
+from tests.conftest import MakeAdmission, read_until
 
 DAY_TOKENS = 10_000
 
@@ -77,16 +76,7 @@ class Tenant:
     async def left_once(self, expected: dict[str, int]) -> dict[str, int]:
         """What is left once it is ``expected`` (script calls run in the background), or what
         is left after a few seconds."""
-        return await eventually(self.left, expected)
-
-
-async def eventually(read: Callable[[], Awaitable[Any]], expected: Any) -> Any:
-    for _ in range(200):
-        value = await read()
-        if value == expected:
-            return value
-        await asyncio.sleep(0.02)
-    return value
+        return await read_until(self.left, lambda left: left == expected)
 
 
 async def test_a_request_with_quotas_runs_on_the_credit_with_no_redis_write_on_its_path(
