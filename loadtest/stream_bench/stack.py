@@ -71,6 +71,14 @@ def baseline_checkout(revision: str, into: Path) -> Path:
     return target
 
 
+def baseline_env(checkout: Path) -> dict[str, str]:
+    """What a process needs in its environment to run ``checkout``'s code: the checkout first
+    on its path, and the working directory not on it (``PYTHONSAFEPATH``). ``python -m`` puts
+    the working directory ahead of ``PYTHONPATH``: a benchmark run from this checkout's root
+    would otherwise run this checkout's code as the baseline's, and compare it with itself."""
+    return {"PYTHONPATH": str(checkout), "PYTHONSAFEPATH": "1"}
+
+
 def gateway_config(port: int, redis_port: int, upstream: str, prefix: str) -> dict[str, Any]:
     """The proxy-overhead benchmark's gateway, with room for :data:`MOST_STREAMS` streams and
     an admission domain of its own (``prefix``) in the shared Redis."""
@@ -144,7 +152,7 @@ def start_stack(
     ]
     if baseline is not None:
         config = gateway_config(baseline_port, redis_port, upstream, "fairgate-streams-base")
-        before = start_fairgate(stack, "baseline", config, workdir, {"PYTHONPATH": str(baseline)})
+        before = start_fairgate(stack, "baseline", config, workdir, baseline_env(baseline))
         paths.append(Target("baseline", baseline_port, {"gateway": before.pid, "redis": redis.pid}))
     if pinned:
         for path in paths:
