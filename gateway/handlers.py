@@ -181,7 +181,8 @@ async def _admit_and_connect(gateway: Gateway, flight: InFlight) -> Granted:
     A backend that cannot be reached received nothing: it is marked down for every replica,
     its lease released, and admission asked once more (it grants another backend if any).
     A plain response's meter starts with the connection: an engine sends its headers only
-    with the whole answer.
+    with the whole answer. Once connected, the flight keeps its request without the body
+    (:meth:`~gateway.requests.InferenceRequest.sent`).
     """
     ticket, parsed = flight.ticket, flight.parsed
     failures = []
@@ -223,6 +224,7 @@ async def _admit_and_connect(gateway: Gateway, flight: InFlight) -> Granted:
                 _engine_failed(gateway, backend, str(exc))
             raise
         gateway.backend_states.connected(backend)
+        flight.parsed = parsed.sent()
         return Granted(lease, backend, upstream, meter)
     raise backend_unavailable(
         f"No engine of pool '{ticket.pool}' could be reached ({'; '.join(failures)})."

@@ -43,10 +43,11 @@ class Granted:
 class InFlight:
     """One request from its arrival to its settlement.
 
-    Known on arrival: the client's request, the tenant, the parsed body, the estimated cost,
-    the pool routed to and the ticket admission sees, and the response headers so far. Then,
-    once admitted and connected, :attr:`granted`; once relayed, the :attr:`outcome` (it stays
-    None if the engine failed or the client left first).
+    Known on arrival: the client's request, the tenant, the parsed request (its body only
+    until an engine has it), the estimated cost, the pool routed to and the ticket admission
+    sees, and the response headers so far. Then, once admitted and connected, :attr:`granted`;
+    once relayed, the :attr:`outcome` (it stays None if the engine failed or the client left
+    first).
     """
 
     request: web.Request
