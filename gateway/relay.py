@@ -42,7 +42,7 @@ _HOP_HEADERS = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class Relayed:
     """What the gateway learned from relaying one response."""
 
@@ -60,7 +60,7 @@ _REAL_USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _CHOICES_KEY = b'"choices":'
 
 
-@dataclass
+@dataclass(slots=True)
 class _StreamFilter:
     """Decides what of the engine's stream reaches the client, a read at a time.
 

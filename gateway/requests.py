@@ -70,7 +70,7 @@ _SHAPES: dict[Endpoint, type[_Lenient]] = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class InferenceRequest:
     """A validated inference request and the body to forward."""
 
