@@ -19,7 +19,20 @@ class Lease:
 
     ``flow`` and ``tokens`` say which later requests could reuse it (see
     :mod:`admission.reuse`): those of the same flow that need no more tokens than it holds.
+    Slotted: every open stream holds one.
     """
+
+    __slots__ = (
+        "request_id",
+        "backend",
+        "flow",
+        "tokens",
+        "_charge",
+        "_release",
+        "released",
+        "correction",
+        "granted_at",
+    )
 
     def __init__(
         self,

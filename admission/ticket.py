@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from admission.quota import QuotaAsk
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Ticket:
     """One request asking to run: who, where, how much."""
 

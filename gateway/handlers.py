@@ -12,6 +12,7 @@ from functools import partial
 from typing import Any
 
 from aiohttp import web
+from multidict import istr
 from redis.exceptions import RedisError
 
 from admission.domain import band_of
@@ -27,6 +28,7 @@ from estimators.cost import Cost
 from fairgate.errors import GatewayError, backend_unavailable, invalid_request
 from fairgate.ids import new_id
 from fairgate.settings import TenantSettings
+from gateway import header_names
 from gateway.accounting import open_account
 from gateway.auth import authenticate
 from gateway.inflight import Granted, InFlight
@@ -44,8 +46,11 @@ from gateway.state import GATEWAY, Gateway
 from gateway.tracing import current_trace
 from gateway.worker_metrics import OWN_SCOPE, SIBLINGS
 
-#: Request headers passed on to the engine (the tenant's key never is).
-_FORWARDED = ("traceparent", "tracestate", "baggage", "Accept", "Accept-Language", "User-Agent")
+#: Request headers passed on to the engine (the tenant's key never is), their names made as
+#: :mod:`gateway.header_names` says why.
+_FORWARDED = tuple(
+    map(istr, ("traceparent", "tracestate", "baggage", "Accept", "Accept-Language", "User-Agent"))
+)
 
 
 def inference(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -69,9 +74,9 @@ def inference(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Strea
             raise error from exc
         flight.granted = granted
         queued_s = flight.queued_s = max(granted.lease.granted_at - asked, 0.0)
-        flight.headers["X-Fairgate-Queue-Time"] = f"{queued_s:.3f}"
+        flight.headers[header_names.QUEUE_TIME] = f"{queued_s:.3f}"
         try:
-            flight.headers["X-Fairgate-Backend"] = granted.backend.name
+            flight.headers[header_names.BACKEND] = granted.backend.name
             response, flight.outcome = await _relay(gateway, flight)
         except EngineError as exc:
             _engine_failed(gateway, granted.backend, str(exc))  # it failed mid-response
@@ -103,12 +108,12 @@ async def _arrive(request: web.Request, gateway: Gateway, endpoint: Endpoint) ->
     with current_trace().step("estimate"):
         cost = await _estimate(gateway, tenant_id, parsed, choice.estimating)
     pool, chosen = gateway.pools.route(choice, cost)
-    headers = {
-        "X-Request-Id": request_id_of(request),
-        "X-Fairgate-Pool": pool.name,
-        "X-Fairgate-Route": chosen.rule,
-        "x-fairgate-estimate-prompt-tokens": str(cost.prompt_tokens),
-        "x-fairgate-estimate-output-tokens": str(cost.expected_output),
+    headers: dict[str, str] = {
+        header_names.REQUEST_ID: request_id_of(request),
+        header_names.POOL: pool.name,
+        header_names.ROUTE: chosen.rule,
+        header_names.ESTIMATE_PROMPT_TOKENS: str(cost.prompt_tokens),
+        header_names.ESTIMATE_OUTPUT_TOKENS: str(cost.expected_output),
     }
     band, priority = _priority(request, gateway, tenant)
     timeout_s = _queue_timeout(request, tenant)
@@ -176,7 +181,8 @@ async def _admit_and_connect(gateway: Gateway, flight: InFlight) -> Granted:
     A backend that cannot be reached received nothing: it is marked down for every replica,
     its lease released, and admission asked once more (it grants another backend if any).
     A plain response's meter starts with the connection: an engine sends its headers only
-    with the whole answer.
+    with the whole answer. Once connected, the flight keeps its request without the body
+    (:meth:`~gateway.requests.InferenceRequest.sent`).
     """
     ticket, parsed = flight.ticket, flight.parsed
     failures = []
@@ -218,6 +224,7 @@ async def _admit_and_connect(gateway: Gateway, flight: InFlight) -> Granted:
                 _engine_failed(gateway, backend, str(exc))
             raise
         gateway.backend_states.connected(backend)
+        flight.parsed = parsed.sent()
         return Granted(lease, backend, upstream, meter)
     raise backend_unavailable(
         f"No engine of pool '{ticket.pool}' could be reached ({'; '.join(failures)})."
@@ -339,10 +346,10 @@ def _upstream_headers(flight: InFlight) -> dict[str, str]:
     counts requests per tenant by it.
     """
     request = flight.request
-    headers = {
-        "Content-Type": "application/json",
-        "X-Request-Id": flight.ticket.request_id,
-        "X-Fairgate-Tenant": flight.tenant_id,
+    headers: dict[str, str] = {
+        header_names.CONTENT_TYPE: "application/json",
+        header_names.REQUEST_ID: flight.ticket.request_id,
+        header_names.TENANT: flight.tenant_id,
     }
     for name in _FORWARDED:
         if value := request.headers.get(name):

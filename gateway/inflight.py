@@ -27,7 +27,7 @@ from gateway.requests import InferenceRequest
 from gateway.tracing import NO_TRACE, RequestTrace, current_trace
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Granted:
     """What admission granted a request, and its connection there: the lease to release, the
     backend it runs on, the engine's response (its headers arrived), and, for a plain response,
@@ -39,14 +39,16 @@ class Granted:
     meter: PlainMeter | None
 
 
-@dataclass
+@dataclass(slots=True)
 class InFlight:
     """One request from its arrival to its settlement.
 
-    Known on arrival: the client's request, the tenant, the parsed body, the estimated cost,
-    the pool routed to and the ticket admission sees, and the response headers so far. Then,
-    once admitted and connected, :attr:`granted`; once relayed, the :attr:`outcome` (it stays
-    None if the engine failed or the client left first).
+    Known on arrival: the client's request, the tenant, the parsed request (its body only
+    until an engine has it), the estimated cost, the pool routed to and the ticket admission
+    sees, and the response headers so far. Then, once admitted and connected, :attr:`granted`;
+    once relayed, the :attr:`outcome` (it stays None if the engine failed or the client left
+    first). Slotted, as every object a request keeps while it streams: thousands are open at
+    once (issue 17).
     """
 
     request: web.Request

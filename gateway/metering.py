@@ -48,8 +48,20 @@ class StreamMeter:
     since the last one: fair order needs charges while a long stream runs, not one per token
     of a fast one (whatever is left is settled at release). On a backend with a prefill cap,
     the first output also goes at once: it ends the request's hold on the cap, so the next
-    long prompt may start its prefill. The request's ``cost`` prices the output.
+    long prompt may start its prefill. The request's ``cost`` prices the output. Slotted:
+    every open stream holds one.
     """
+
+    __slots__ = (
+        "_gateway",
+        "_lease",
+        "_cost",
+        "_prefill_held",
+        "_every",
+        "_interval",
+        "_charged",
+        "_last",
+    )
 
     def __init__(self, gateway: Host, lease: Lease, cost: Cost, prefill_held: bool = False) -> None:
         self._gateway = gateway

@@ -34,6 +34,7 @@ from fairgate.errors import (
     shared_state_unavailable,
 )
 from fairgate.ids import new_id
+from gateway import header_names
 from gateway.ratelimits import rate_limit_headers
 from tenants.errors import (
     DirectoryError,
@@ -64,10 +65,10 @@ async def request_id(request: web.Request, handler: Handler) -> web.StreamRespon
     try:
         response = await handler(request)
     except web.HTTPException as exc:
-        exc.headers["X-Request-Id"] = request[REQUEST_ID]
+        exc.headers[header_names.REQUEST_ID] = request[REQUEST_ID]
         raise
     if not response.prepared:
-        response.headers["X-Request-Id"] = request[REQUEST_ID]
+        response.headers[header_names.REQUEST_ID] = request[REQUEST_ID]
     return response
 
 

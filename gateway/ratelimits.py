@@ -9,6 +9,8 @@ the one with the least remaining. The reset is when that limit is whole again, i
 
 from __future__ import annotations
 
+from multidict import istr
+
 from admission.quota import Kind, QuotaState
 
 
@@ -28,13 +30,21 @@ def duration(ms: int) -> str:
     return seconds
 
 
+_KINDS: tuple[Kind, ...] = ("requests", "tokens")
+#: Each kind's limit, remaining and reset headers, named once (gateway/header_names.py says why).
+_NAMES = {
+    kind: tuple(istr(f"x-ratelimit-{part}-{kind}") for part in ("limit", "remaining", "reset"))
+    for kind in _KINDS
+}
+
+
 def rate_limit_headers(state: QuotaState) -> dict[str, str]:
     """The headers of every response of a tenant with quotas (a refusal's included)."""
     headers: dict[str, str] = {}
-    kinds: tuple[Kind, ...] = ("requests", "tokens")
-    for kind in kinds:
+    for kind in _KINDS:
         if (limit := state.binding(kind)) is not None:
-            headers[f"x-ratelimit-limit-{kind}"] = str(limit.limit.limit)
-            headers[f"x-ratelimit-remaining-{kind}"] = str(limit.remaining)
-            headers[f"x-ratelimit-reset-{kind}"] = duration(limit.reset_ms)
+            limit_name, remaining_name, reset_name = _NAMES[kind]
+            headers[limit_name] = str(limit.limit.limit)
+            headers[remaining_name] = str(limit.remaining)
+            headers[reset_name] = duration(limit.reset_ms)
     return headers

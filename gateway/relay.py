@@ -27,6 +27,7 @@ from aiohttp import web
 from backends.errors import EngineFailed
 from backends.transport import READ_ERRORS, EngineResponse
 from fairgate.errors import error_body
+from gateway import header_names
 from gateway.sse import DONE, data_of, error_event, event_around, json_data, last_event_end
 from gateway.stalled_clients import StallWatch
 
@@ -41,7 +42,7 @@ _HOP_HEADERS = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class Relayed:
     """What the gateway learned from relaying one response."""
 
@@ -59,7 +60,7 @@ _REAL_USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _CHOICES_KEY = b'"choices":'
 
 
-@dataclass
+@dataclass(slots=True)
 class _StreamFilter:
     """Decides what of the engine's stream reaches the client, a read at a time.
 
@@ -148,14 +149,7 @@ async def relay_stream(
     client that stops reading."""
     outcome = Relayed(upstream.status)
     stream = _StreamFilter(client_wants_usage, outcome)
-    status, relayed = upstream.status, response_headers(upstream, headers)
-    response = (
-        stalls.stream(status=status, headers=relayed)
-        if stalls is not None
-        else web.StreamResponse(status=status, headers=relayed)
-    )
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["X-Accel-Buffering"] = "no"
+    response = _stream_response(upstream, headers, stalls)
     await response.prepare(request)
     reader = upstream.content.iter_any().__aiter__()
     checked = False  # whether the first event was seen to be an event of JSON
@@ -192,6 +186,23 @@ async def relay_stream(
         await response.write(stream.tail)
     await response.write_eof()
     return response, outcome
+
+
+def _stream_response(
+    upstream: EngineResponse, headers: Mapping[str, str], stalls: StallWatch | None
+) -> web.StreamResponse:
+    """The client's response to a stream, with the engine's headers and the gateway's
+    (``headers``), made here so that the dict of them is gone once the response has its own
+    copy: the relay holds its locals for as long as the stream lasts."""
+    status, relayed = upstream.status, response_headers(upstream, headers)
+    response = (
+        stalls.stream(status=status, headers=relayed)
+        if stalls is not None
+        else web.StreamResponse(status=status, headers=relayed)
+    )
+    response.headers[header_names.CACHE_CONTROL] = "no-cache"
+    response.headers[header_names.ACCEL_BUFFERING] = "no"
+    return response
 
 
 def _first_event_ok(events: bytes) -> bool:

@@ -22,9 +22,10 @@ from backends.pools import Pool, Router
 from estimators.cost import Cost
 from fairgate.errors import invalid_request, model_not_found, permission_denied
 from fairgate.settings import TenantSettings
+from gateway import header_names
 from gateway.metrics import GatewayMetrics
 
-POOL_HEADER = "X-Fairgate-Pool"
+POOL_HEADER = header_names.POOL
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from admission.scripts import QueuePlace
 from backends.errors import BackendUnreachable, EngineError
 from fairgate.errors import GatewayError
 from fairgate.settings import Settings, TracesConfig
+from gateway import header_names
 from gateway.middleware import as_gateway_error, request_id_of
 from gateway.requests import Endpoint
 
@@ -552,7 +553,7 @@ def _arrival_attributes(flight: InFlight) -> dict[str, Any]:
         "fairgate.estimate.prompt_tokens": cost.prompt_tokens,
         "fairgate.estimate.output_tokens": cost.expected_output,
     }
-    if rule := flight.headers.get("X-Fairgate-Route"):
+    if rule := flight.headers.get(header_names.ROUTE):
         attributes["fairgate.routing.rule"] = rule
     body = parsed.body
     limit = body.get("max_completion_tokens", body.get("max_tokens"))

@@ -129,3 +129,17 @@ def test_an_invalid_value_names_where_it_is(
     error = refusal(Endpoint.CHAT, raw({**CHAT, **change}))
     assert error.message.startswith(f"Invalid value for '{path}': ")
     assert error.param == param
+
+
+def test_a_sent_request_keeps_what_the_relay_reads_and_lets_go_of_its_body() -> None:
+    body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    parsed = parse_request(Endpoint.CHAT, raw(body))
+    sent = parsed.sent()
+    assert (sent.endpoint, sent.model, sent.stream, sent.client_wants_usage) == (
+        Endpoint.CHAT,
+        "m",
+        True,
+        True,
+    )
+    assert (sent.body, sent.raw) == ({}, None)
+    assert parsed.upstream_body() == raw(body)  # the request it came from is unchanged
