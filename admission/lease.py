@@ -27,6 +27,7 @@ class Lease:
         "backend",
         "flow",
         "tokens",
+        "quota",
         "_charge",
         "_release",
         "released",
