@@ -25,9 +25,10 @@ async def test_the_gateway_recovers_by_itself_when_redis_returns(
     fail_mode: str,
 ) -> None:
     sim: RunningSim = await start_sim(time_scale=100.0)
-    config = gateway_config(
-        redis_process.url, {"interactive": [sim.url]}, admission={"fail_mode": fail_mode}
-    )
+    # No lease held for reuse: one held when Redis stops (20 ms by default) would serve the
+    # next request on its grant, with no Redis call to fail, and the refusal would race it.
+    admission = {"fail_mode": fail_mode, "lease_reuse_s": 0}
+    config = gateway_config(redis_process.url, {"interactive": [sim.url]}, admission=admission)
     gateway = await start_gateway(config)
     client = gateway.client()
     assert await ask(client) == 2
@@ -56,9 +57,10 @@ async def test_quotas_follow_the_fail_mode(
     """Quotas are checked by admission's own scripts: without Redis, closed refuses (503) and
     open lets the request on unchecked (no quota headers); both recover with Redis."""
     sim: RunningSim = await start_sim(time_scale=100.0)
-    config = gateway_config(
-        redis_process.url, {"interactive": [sim.url]}, admission={"fail_mode": fail_mode}
-    )
+    # No lease held for reuse: one held when Redis stops (20 ms by default) would serve the
+    # next request on its grant, with no Redis call to fail, and the refusal would race it.
+    admission = {"fail_mode": fail_mode, "lease_reuse_s": 0}
+    config = gateway_config(redis_process.url, {"interactive": [sim.url]}, admission=admission)
     config["tenants"]["a"]["quotas"] = {"requests_per_minute": 100, "tokens_per_minute": 100_000}
     gateway = await start_gateway(config)
     chat = gateway.client().chat.completions.with_raw_response
