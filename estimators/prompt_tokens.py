@@ -25,15 +25,22 @@ LLAMA3 = CHAT_TEMPLATES["llama3"]
 
 
 def count_chat_prompt(
-    messages: Iterable[dict[str, Any]],
+    messages: Iterable[Any],
     tokenizer: Tokenizer,
     template: ChatTemplate = LLAMA3,
     tools: list[Any] | None = None,
 ) -> int:
-    """Prompt tokens an engine will report for these messages (and tool definitions)."""
+    """Prompt tokens an engine will report for these messages (and tool definitions).
+
+    A chat request's messages are objects (the gateway checks them); a stray ``messages``
+    field on another endpoint may hold anything, and an entry that is not an object is
+    charged as its JSON text, as a tool call of another shape is."""
     total = template.tokens_per_request
     for message in messages:
         total += template.tokens_per_message
+        if not isinstance(message, dict):
+            total += tokenizer.count(json.dumps(message, separators=(",", ":")))
+            continue
         if message.get("name"):
             total += template.tokens_per_name
         for piece in _message_pieces(message, template):

@@ -122,6 +122,24 @@ async def test_tool_calls_of_any_shape_are_estimated_and_forwarded(
     assert status == 200, answer
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "body"),
+    [
+        ("/v1/completions", {"model": "llama-3-8b", "prompt": "hi", "max_tokens": 3}),
+        ("/v1/embeddings", {"model": "llama-3-8b", "input": "hi"}),
+    ],
+)
+async def test_a_stray_messages_field_of_anything_is_estimated_never_a_500(
+    gateway: RunningGateway, endpoint: str, body: dict[str, object]
+) -> None:
+    """Found by the endpoint fuzzer: a completion or an embedding that also carries
+    ``messages`` whose entries are not objects. The engine judges the field; estimating the
+    request must not fail on it."""
+    stray = {**body, "messages": [{"": False}, None, 7]}
+    async with gateway.http.post(gateway.url + endpoint, json=stray, headers=HEADERS) as response:
+        assert response.status < 500, await response.text()
+
+
 @pytest.mark.parametrize("encoding", ["deflate", "gzip"])
 async def test_a_body_not_encoded_as_it_says_is_400_and_an_encoded_one_is_served(
     gateway: RunningGateway, encoding: str
