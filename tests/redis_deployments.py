@@ -404,7 +404,9 @@ class Traffic:
 
     gateways: list[RunningGateway]
     key: str = "key-a"
-    outcomes: list[tuple[float, str]] = field(default_factory=list)
+    outcomes: list[tuple[float, str]] = field(default_factory=list)  # when each ended, how
+    #: when each of ``outcomes`` was sent, in the same order
+    sent: list[float] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stopping: bool = False
 
@@ -426,6 +428,7 @@ class Traffic:
     async def _loop(self, gateway: RunningGateway) -> None:
         loop = asyncio.get_running_loop()
         while not self._stopping:
+            sent = loop.time()
             try:
                 await chat(gateway, self.key)
                 outcome = "200"
@@ -434,10 +437,17 @@ class Traffic:
             except openai.APIConnectionError:
                 outcome = "no response"  # the gateway dropped the connection: never expected
             self.outcomes.append((loop.time(), outcome))
+            self.sent.append(sent)
             await asyncio.sleep(0.01)
 
     def since(self, at: float) -> list[str]:
+        """How the requests that ended at ``at`` or later ended."""
         return [outcome for when, outcome in self.outcomes if when >= at]
+
+    def sent_since(self, at: float) -> list[str]:
+        """How the requests sent at ``at`` or later ended (after a recovery: one sent before
+        it, waiting out a Redis timeout, may end after it with the failure it met)."""
+        return [o for sent, (_, o) in zip(self.sent, self.outcomes, strict=True) if sent >= at]
 
     async def serving(self, within_s: float = 10.0) -> float:
         """Wait until 10 requests in a row succeed; when the first of them ended."""
