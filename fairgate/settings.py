@@ -685,6 +685,23 @@ class ServerConfig(StrictModel):
         "of streams open, most of a request's objects then survive a collection or two and "
         "are walked again by the full collections their promotion triggers. Null: Python's.",
     )
+    gc_young_interval_s: NonNegativeFloat = Field(
+        0.1,
+        description="Collect the young generations this often, whatever the allocation "
+        "counter says: with thousands of streams open, allocations and frees balance, the "
+        "counter stays low and the young generation grows to every live stream's objects, "
+        "walked at once when a collection finally runs (a pause of 50-200 ms). Collected "
+        "every 0.1 s, a collection walks only what was made since the last one (a few ms). "
+        "0: Python's own triggers alone.",
+    )
+    gc_full_growth: PositiveFloat = Field(
+        1.0,
+        description="With young collections paced, a full collection runs once the "
+        "interpreter's allocated memory blocks have grown by this fraction since the last one "
+        "(cyclic garbage that outlived a young collection shows as growth). Python's own "
+        "trigger is then off: it counts objects promoted, which at thousands of open streams "
+        "grows without the heap growing, and calls for a full collection every few seconds.",
+    )
 
     @model_validator(mode="after")
     def _ports_differ(self) -> ServerConfig:

@@ -79,6 +79,7 @@ def create_app(
             Quotas(redis, settings),
         )
         app[GATEWAY] = gateway
+        await gateway.usage.preload()
         await gateway.live.start()
         gateway.access_log.start()
         runtime = Runtime(settings.server, gateway.metrics.registry)

@@ -189,6 +189,15 @@ class Usage:
     def today(self) -> date:
         return day_of(self._clock())
 
+    async def preload(self) -> None:
+        """Make Redis know the usage script before the first flush. Left to its first call,
+        redis-py meets ``NOSCRIPT``, loads it and calls again, and the exception it caught is
+        left in a reference cycle with its traceback's frames, for the cyclic collector."""
+        try:
+            await self._redis.script_load(USAGE_LUA)
+        except (RedisError, OSError) as exc:
+            log.warning("could not load the usage script into Redis: %s", exc)
+
     # ------------------------------------------------------------------ counting (hot path)
 
     def completed(

@@ -14,11 +14,14 @@ import asyncio
 import collections
 import gc
 import json
-from collections.abc import Iterator
+import sys
+import weakref
+from collections.abc import Callable, Iterator
 
 import pytest
 from aiohttp import web
 
+from gateway import runtime
 from tests.conftest import RunningGateway, ServeApp, StartGateway, gateway_config
 from tests.integration.scrape import scrape, total, value
 
@@ -254,5 +257,107 @@ async def test_startup_freezes_and_sets_the_young_threshold(
         )
         assert gc.get_threshold()[0] == 5000
         assert gc.get_freeze_count() > 0
+    finally:
+        gc.set_threshold(*threshold)
+
+
+class _Knot:
+    """Refers to itself: freed only by the cyclic collector; weakly referable, to see it go."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def _paced(interval_s: float, growth: float) -> dict[str, object]:
+    """Server settings where only the pacer collects: CPython's own young trigger never fires."""
+    return {
+        "gc_young_threshold": 2**30,
+        "gc_young_interval_s": interval_s,
+        "gc_full_growth": growth,
+    }
+
+
+async def _collections(gateway: RunningGateway, generation: str) -> float:
+    return value(await scrape(gateway), "fairgate_gc_pause_seconds_count", generation=generation)
+
+
+async def _until(condition: Callable[[], bool], ticks: int = 400) -> bool:
+    """Whether ``condition`` came true within ``ticks`` checks 0.05 s apart (at most 20 s)."""
+    for _ in range(ticks):
+        if condition():
+            return True
+        await asyncio.sleep(0.05)
+    return condition()
+
+
+async def test_the_pacer_collects_young_garbage_the_allocation_counter_never_would(
+    start_gateway: StartGateway, serve_app: ServeApp, redis_url: str
+) -> None:
+    """Thousands of streams allocate and free alike, so CPython's counter of net allocations
+    stays below its threshold (here: never reached) while the young generation fills; the
+    pacer collects it on its clock, and a cycle made now is freed by it."""
+    threshold = gc.get_threshold()
+    engine = await serve_app(engine_app(pace_s=0.0))
+    try:
+        gateway = await start_gateway(
+            gateway_config(redis_url, {"p": [engine]}, server=_paced(0.05, 1.0))
+        )
+        assert gc.get_threshold()[2] == runtime.NEVER  # CPython's full collections: off
+        knot = _Knot()
+        gone = weakref.ref(knot)
+        del knot
+        assert await _until(lambda: gone() is None)
+        assert await _collections(gateway, "1") >= 1
+    finally:
+        gc.set_threshold(*threshold)
+
+
+async def test_a_full_collection_follows_the_heap_growing_not_the_clock(
+    start_gateway: StartGateway, serve_app: ServeApp, redis_url: str
+) -> None:
+    """Garbage that outlived a young collection sits in the oldest generation: young
+    collections pass it by, however many run, until the heap has grown by the configured
+    fraction; then a full collection frees it."""
+    threshold = gc.get_threshold()
+    engine = await serve_app(engine_app(pace_s=0.0))
+    try:
+        gateway = await start_gateway(
+            gateway_config(redis_url, {"p": [engine]}, server=_paced(0.05, 0.5))
+        )
+        knot = _Knot()
+        gone = weakref.ref(knot)
+        gc.collect(1)  # alive: moved to the oldest generation, as a young tick would
+        del knot
+        young, full = await _collections(gateway, "1"), await _collections(gateway, "2")
+        await _until(lambda: False, ticks=20)  # a second of young collections
+        assert await _collections(gateway, "1") >= young + 5
+        assert gone() is not None, "a young collection freed garbage of the oldest generation"
+        assert await _collections(gateway, "2") == full
+
+        grown = [object() for _ in range(sys.getallocatedblocks())]  # the heap, doubled
+        assert await _until(lambda: gone() is None)
+        assert await _collections(gateway, "2") >= full + 1
+        del grown
+    finally:
+        gc.set_threshold(*threshold)
+
+
+async def test_the_pacer_stays_off_while_the_collector_is_disabled(
+    start_gateway: StartGateway, serve_app: ServeApp, redis_url: str, collector_off: None
+) -> None:
+    """gc.disable() means no automatic collection: the pacer's included."""
+    threshold = gc.get_threshold()
+    engine = await serve_app(engine_app(pace_s=0.0))
+    try:
+        gateway = await start_gateway(
+            gateway_config(redis_url, {"p": [engine]}, server=_paced(0.05, 1.0))
+        )
+        young = await _collections(gateway, "1")
+        knot = _Knot()
+        gone = weakref.ref(knot)
+        del knot
+        await _until(lambda: False, ticks=10)
+        assert gone() is not None
+        assert await _collections(gateway, "1") == young
     finally:
         gc.set_threshold(*threshold)
