@@ -10,7 +10,9 @@ function from request to canned response, and needs no engine at all.
 How talking to an engine can fail is decided here, in one place: a transport raises the
 backends' own exceptions (:mod:`backends.errors`), never aiohttp's; reading a whole answer
 (:func:`fetch`) maps read failures the same way. Only the relay of a forwarded response reads
-its body itself, and catches :data:`READ_ERRORS` to end a stream with an error event.
+its body itself, and catches :data:`READ_ERRORS` to end a stream with an error event. A
+relayed stream's silence is watched by the gateway itself, not by aiohttp's per-read timer
+(:func:`stop_read_timer`, :func:`end_silent`).
 """
 
 from __future__ import annotations
@@ -132,6 +134,33 @@ async def fetch(transport: Transport, request: EngineRequest) -> Answer:
         raise EngineFailed(f"The engine failed answering {request.path}: {exc!r}") from exc
     response.release()
     return Answer(response.status, body)
+
+
+def stop_read_timer(response: EngineResponse) -> None:
+    """Switch off aiohttp's ``sock_read`` timer for the rest of a response whose headers have
+    arrived; its reader then watches for the engine's silence itself
+    (:mod:`gateway.silent_engines`, :func:`end_silent`).
+
+    With ``sock_read`` set, aiohttp cancels a timer and makes a new one on every read of the
+    connection: per chunk of every relayed stream, an object made and one cancelled. The timer
+    armed when the headers arrived stays until the next read cancels it, so an engine silent
+    right after its headers still times out as before. The connection's next request sets its
+    own read timeout again (``set_response_params``).
+    """
+    if isinstance(response, aiohttp.ClientResponse):
+        connection = response.connection
+        if connection is not None and connection.protocol is not None:
+            connection.protocol.read_timeout = None
+
+
+def end_silent(response: EngineResponse, silent_s: float) -> None:
+    """End a response whose engine has sent nothing for ``silent_s``: its reader raises
+    ``TimeoutError``, as it does when aiohttp's read timer fires, and its connection is
+    closed, which makes the engine abort the request."""
+    if isinstance(response, aiohttp.ClientResponse):
+        # before close(), whose own "Connection closed" is no read error
+        response.content.set_exception(TimeoutError(f"The engine sent nothing for {silent_s:g} s."))
+    response.close()
 
 
 def engine_ssl_context(ca_file: Path) -> ssl.SSLContext:

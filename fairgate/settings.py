@@ -131,7 +131,9 @@ class BackendConfig(StrictModel):
     )
     connect_timeout_s: PositiveFloat = Field(5.0, description="TCP connect timeout.")
     read_timeout_s: PositiveFloat = Field(
-        600.0, description="Longest silence between two reads of a response (also a stream)."
+        600.0,
+        description="Longest silence between two reads of a response (also a stream: there "
+        "checked by one watchdog per process, and only while the relay waits on the engine).",
     )
     simulator: SimulatorSpec | None = None
     capacity: CapacityConfig | None = Field(

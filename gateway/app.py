@@ -89,6 +89,7 @@ def create_app(
         await gateway.live.stop()
         await gateway.meters.stop()
         await gateway.stalls.close()
+        await gateway.silent_engines.close()
         await gateway.drain()
         gateway.access_log.stop()
         await gateway.usage.close()  # after drain: the last requests' settlements counted

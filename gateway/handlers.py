@@ -264,6 +264,7 @@ async def _relay(gateway: Gateway, flight: InFlight) -> tuple[web.StreamResponse
                 upstream,
                 flight.parsed.client_wants_usage,
                 flight.headers,
+                gateway.silent_engines.watch(upstream, granted.backend.config.read_timeout_s),
                 streamed,
                 flight.trace.tap,
                 gateway.stalls,

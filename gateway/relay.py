@@ -3,10 +3,12 @@
 Streaming: each complete SSE event is written to the client as soon as it arrives; nothing is
 buffered beyond an unfinished event. The engine was asked for the final usage chunk; the relay
 records the usage from it and drops the chunk when the client did not ask for it, so the client
-sees exactly what the engine would have sent it. If the engine dies mid-stream the client gets
-an SSE error event and ``[DONE]``, and the response ends cleanly; so does one whose stream is
-garbage (its first event is not JSON, or it ends in bytes that are no event). A plain answer
-of 200 that is not a JSON object is the engine's failure (502), never relayed as a success.
+sees exactly what the engine would have sent it. If the engine dies mid-stream, or sends
+nothing for its backend's ``read_timeout_s`` (:mod:`gateway.silent_engines` watches each wait
+for it), the client gets an SSE error event and ``[DONE]``, and the response ends cleanly; so
+does one whose stream is garbage (its first event is not JSON, or it ends in bytes that are no
+event). A plain answer of 200 that is not a JSON object is the engine's failure (502), never
+relayed as a success.
 
 A client that goes away makes the write raise; the caller closes the engine connection, which
 makes the engine abort the request and free its KV cache.
@@ -28,6 +30,7 @@ from backends.errors import EngineFailed
 from backends.transport import READ_ERRORS, EngineResponse
 from fairgate.errors import error_body
 from gateway import header_names
+from gateway.silent_engines import EngineStream
 from gateway.sse import DONE, data_of, error_event, event_around, json_data, last_event_end
 from gateway.stalled_clients import StallWatch
 
@@ -73,10 +76,10 @@ class _StreamFilter:
     outcome: Relayed
     tail: bytes = b""  # an event whose end has not arrived (sent as is if the stream ends)
 
-    def feed(self, data: bytes) -> bytes:
-        """What of ``data`` (and the tail before it) to write now. On every read of every
-        stream, so kept to a few byte searches in C and no copy in the usual case (a read
-        that ends with an event)."""
+    def feed(self, data: bytes, now: float) -> bytes:
+        """What of ``data`` (and the tail before it, read at ``now``, a ``time.monotonic()``)
+        to write now. On every read of every stream, so kept to a few byte searches in C and
+        no copy in the usual case (a read that ends with an event)."""
         buffer = self.tail + data if self.tail else data
         end = last_event_end(buffer)
         if end < 0:
@@ -91,7 +94,7 @@ class _StreamFilter:
         if chunks := events.count(_CHOICES_KEY):
             outcome = self.outcome
             outcome.chunks += chunks
-            outcome.last_at = time.monotonic()
+            outcome.last_at = now
             if outcome.first_at is None:
                 outcome.first_at = outcome.last_at
         if (at := events.rfind(DONE)) >= 0:
@@ -140,13 +143,15 @@ async def relay_stream(
     upstream: EngineResponse,
     client_wants_usage: bool,
     headers: Mapping[str, str],
+    silence: EngineStream,
     meter: Callable[[int], None] | None = None,
     tap: Callable[[bytes, int], None] | None = None,
     stalls: StallWatch | None = None,
 ) -> tuple[web.StreamResponse, Relayed]:
-    """Relay an SSE response event by event; ``meter`` hears the running count of chunks,
-    ``tap`` (the request's trace) also what was written; ``stalls`` closes the connection of a
-    client that stops reading."""
+    """Relay an SSE response event by event; ``silence`` ends it if the engine stops sending
+    (each wait for a read is pending there, since the last read), ``meter`` hears the running
+    count of chunks, ``tap`` (the request's trace) also what was written; ``stalls`` closes the
+    connection of a client that stops reading."""
     outcome = Relayed(upstream.status)
     stream = _StreamFilter(client_wants_usage, outcome)
     response = _stream_response(upstream, headers, stalls)
@@ -154,19 +159,27 @@ async def relay_stream(
     reader = upstream.content.iter_any().__aiter__()
     checked = False  # whether the first event was seen to be an event of JSON
     broke_off = False  # the engine stopped mid-stream (the client was told)
-    feed, write = stream.feed, response.write  # looked up once: this loop runs per read
+    # looked up once: this loop runs per read
+    feed, write, clock = stream.feed, response.write, time.monotonic
+    waiting, arrived = silence.waits.began, silence.waits.ended
+    now = clock()
     while True:
         try:
-            data = await reader.__anext__()
+            waiting(silence, now)  # the engine has sent nothing since now
+            try:
+                data = await reader.__anext__()
+            finally:
+                arrived(silence)
         except StopAsyncIteration:
             break
         except READ_ERRORS as exc:
-            outcome.error = f"{exc.__class__.__name__}: {exc}"
+            outcome.error = _broke_off(exc, silence.limit_s)
             message = f"The engine stopped in the middle of the response ({outcome.error})."
             await write(error_event(message) + b"data: [DONE]\n\n")
             broke_off = True
             break
-        if out := feed(data):
+        now = clock()
+        if out := feed(data, now):
             if not checked:
                 checked = True
                 if not _first_event_ok(out):
@@ -186,6 +199,15 @@ async def relay_stream(
         await response.write(stream.tail)
     await response.write_eof()
     return response, outcome
+
+
+def _broke_off(exc: BaseException, limit_s: float) -> str:
+    """Why the engine's stream broke off: a timeout is the engine's silence for ``limit_s``
+    (its backend's ``read_timeout_s``), whichever timer saw it (aiohttp's, armed for the
+    headers, or :mod:`gateway.silent_engines`'s)."""
+    if isinstance(exc, TimeoutError):
+        return f"it sent nothing for {limit_s:g} s"
+    return f"{exc.__class__.__name__}: {exc}"
 
 
 def _stream_response(

@@ -5,11 +5,12 @@ process, a debugger, a hostile one) fills its socket's buffers, and the next wri
 room that never comes: the relay then reads no more from the engine (backpressure), the
 engine's request stays in its batch holding KV cache, and the tenant's admission slot and
 tokens stay taken, for as long as the client likes. aiohttp has no write timeout, so
-:class:`StallWatch` keeps one: each streamed write records when it began, a sweeper (one task
-per process, waking a few times per limit, only while some write is pending) aborts the
-connection of any write pending longer than ``server.client_stall_timeout_s``. The write then
-fails as a disconnect does, and the request ends as a disconnected one: the engine request is
-closed, the lease released with the service used so far.
+:class:`StallWatch` keeps one: each streamed write records when it began in a
+:class:`~gateway.watchdog.Watchdog`, whose sweeper (one task per process, waking a few times
+per limit, only while some write is pending) aborts the connection of any write pending longer
+than ``server.client_stall_timeout_s``. The write then fails as a disconnect does, and the
+request ends as a disconnected one: the engine request is closed, the lease released with the
+service used so far.
 
 The cost per chunk is two dictionary operations; a client reading at any pace, however slow,
 never waits that long for one write, since each write is one engine chunk.
@@ -19,12 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
+
+from gateway.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +39,7 @@ class StallWatch(Collector):
 
     def __init__(self, limit_s: float) -> None:
         self.limit_s = limit_s
-        self._pending: dict[GuardedStream, float] = {}  # stream -> when its write began
-        self._sweeper: asyncio.Task[None] | None = None
+        self._writes = Watchdog("stalled-clients", limit_s)  # the writes pending now
         self.aborted = 0  # connections closed for a stalled read (a metric)
 
     def stream(self, **kwargs: Any) -> GuardedStream:
@@ -44,29 +47,16 @@ class StallWatch(Collector):
         return GuardedStream(self, **kwargs)
 
     def began(self, stream: GuardedStream) -> None:
-        self._pending[stream] = asyncio.get_running_loop().time()
-        if self._sweeper is None:
-            self._sweeper = asyncio.create_task(self._sweep(), name="stalled-clients")
+        self._writes.began(stream, time.monotonic())
 
     def ended(self, stream: GuardedStream) -> None:
-        self._pending.pop(stream, None)
+        self._writes.ended(stream)
 
-    async def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self._pending:
-                await asyncio.sleep(max(self.limit_s / 4, 0.05))
-                now = loop.time()
-                stalled = [s for s, since in self._pending.items() if now - since > self.limit_s]
-                for stream in stalled:
-                    self._pending.pop(stream, None)
-                    self.aborted += 1
-                    log.info(
-                        "closed a connection whose client read nothing for %.0f s", self.limit_s
-                    )
-                    stream.abort()
-        finally:
-            self._sweeper = None
+    def stalled(self, stream: GuardedStream) -> None:
+        """``stream``'s write has waited past the limit: its connection is closed."""
+        self.aborted += 1
+        log.info("closed a connection whose client read nothing for %.0f s", self.limit_s)
+        stream.abort()
 
     def describe(self) -> Iterable[CounterMetricFamily]:
         return []
@@ -80,9 +70,7 @@ class StallWatch(Collector):
         )
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
+        await self._writes.close()
 
 
 class GuardedStream(web.StreamResponse):
@@ -92,6 +80,14 @@ class GuardedStream(web.StreamResponse):
         super().__init__(**kwargs)
         self._watch = watch
         self._client: asyncio.BaseTransport | None = None
+
+    @property
+    def limit_s(self) -> float:
+        return self._watch.limit_s
+
+    def expire(self) -> None:
+        """Called by the watch's sweeper when a write of it waited past the limit."""
+        self._watch.stalled(self)
 
     async def prepare(self, request: web.BaseRequest) -> Any:
         self._client = request.transport

@@ -24,6 +24,7 @@ from gateway.metering import PlainMeters
 from gateway.metrics import AccessLogDrops, GatewayMetrics
 from gateway.routing import PoolSelector
 from gateway.shared_metrics import SharedStateMetrics
+from gateway.silent_engines import SilentEngines
 from gateway.stalled_clients import StallWatch
 from tenants.directory import Directory
 from tenants.usage import Usage
@@ -51,6 +52,7 @@ class Gateway:
     client_address: ClientAddress = field(init=False)  # X-Forwarded-For from trusted proxies
     shared_state: SharedStateMetrics = field(init=False)  # the live state as gauges
     stalls: StallWatch = field(init=False)  # streams whose client stopped reading
+    silent_engines: SilentEngines = field(init=False)  # streams whose engine stopped sending
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -63,6 +65,9 @@ class Gateway:
         self.access_log = AccessLog(telemetry.access_log)
         self.client_address = ClientAddress(self.settings.server.trusted_proxies)
         self.stalls = StallWatch(self.settings.server.client_stall_timeout_s)
+        self.silent_engines = SilentEngines(
+            min(b.config.read_timeout_s for b in self.router.backends)  # one at least
+        )
         self.shared_state = SharedStateMetrics(
             self.live,
             self.redis,

@@ -1,6 +1,7 @@
 """Fault suite, engines: one that never answers, one that stalls mid-stream, one slower than
 the read timeout, one that answers garbage (bad JSON, bad SSE, the wrong content type) (issue
-16; an engine killed mid-stream is in test_gateway_engine_death.py).
+16; an engine killed mid-stream is in test_gateway_engine_death.py). A relayed stream's silence
+is watched by the gateway's own watchdog (gateway/silent_engines.py), not by a timer per read.
 
 Each fault is an aiohttp engine on loopback that misbehaves on purpose until the test heals it.
 Every request sent to it ends in a clean OpenAI error (a status with the OpenAI body, or an SSE
@@ -15,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import openai
 import pytest
 from aiohttp import web
+from aiohttp.client_proto import ResponseHandler
 
 from tests.conftest import (
     MODEL,
@@ -59,6 +62,8 @@ class FaultyEngine:
     url: str = ""
     received: int = 0  # inference requests that reached it
     holding_now: int = 0  # inference requests it holds now (a handler still running)
+    chunks: int = 3  # content chunks of a stream
+    stall_after: int = 2  # content chunks sent before it stalls (stalls_mid_stream)
 
     async def holding(self) -> int:
         return self.holding_now
@@ -92,11 +97,11 @@ class FaultyEngine:
             await response.write(b"data: {not json at all\n\n")
             await response.write(b"\x00\xff garbage without framing")
             return response
-        for i in range(3):
+        for i in range(self.chunks):
             await response.write(sse(chunk(i)))
-            if fault == "stalls_mid_stream" and i == 1:
+            if fault == "stalls_mid_stream" and i == self.stall_after - 1:
                 await asyncio.sleep(3600)
-        await response.write(sse(chunk(3, usage=True)) + b"data: [DONE]\n\n")
+        await response.write(sse(chunk(self.chunks, usage=True)) + b"data: [DONE]\n\n")
         return response
 
     def app(self) -> web.Application:
@@ -224,3 +229,186 @@ async def test_a_broken_stream_ends_with_an_error_event_and_done(
     error = json.loads(events[-2].removeprefix(b"data: "))["error"]
     assert error["code"] in ("backend_timeout", "backend_error"), error
     await assert_settled(redis_url, [engine])
+
+
+# ------------------------------------------------------- a relayed stream's silence, watched
+
+
+@pytest.fixture
+async def read_timers(monkeypatch: pytest.MonkeyPatch) -> list[ResponseHandler]:
+    """The engine connections whose aiohttp read timer (``sock_read``) is armed from now on,
+    once per timer: every ``loop.call_later`` of ``ResponseHandler._on_read_timeout`` in this
+    process (the gateway runs in it; its probes and scrapes set no ``sock_read``)."""
+    loop = asyncio.get_running_loop()
+    armed: list[ResponseHandler] = []
+    call_later = loop.call_later
+
+    def counting(delay: float, callback, *args, **kwargs):  # noqa: ANN001, ANN202
+        if getattr(callback, "__func__", None) is ResponseHandler._on_read_timeout:
+            armed.append(callback.__self__)
+        return call_later(delay, callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_later", counting)
+    return armed
+
+
+@dataclass
+class LockstepEngine:
+    """Streams ``chunks`` content chunks, each only once the client has the one before (so
+    each reaches the gateway in a read of its own); a plain request it never answers."""
+
+    chunks: int
+    permits: asyncio.Queue[None] = field(default_factory=asyncio.Queue)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        if not (await request.json()).get("stream"):
+            await asyncio.sleep(3600)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for i in range(self.chunks):
+            await response.write(sse(chunk(i)))
+            await self.permits.get()
+        await response.write(sse(chunk(self.chunks, usage=True)) + b"data: [DONE]\n\n")
+        return response
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_get("/health", _ok)
+        return app
+
+
+async def test_a_relayed_stream_arms_no_read_timer_per_chunk(
+    serve_app: ServeApp,
+    start_gateway: StartGateway,
+    redis_url: str,
+    read_timers: list[ResponseHandler],
+) -> None:
+    """aiohttp's sock_read would cancel a timer and arm a new one on every read of the
+    engine's stream: once the stream is relayed, no read arms one (the gateway's watchdog
+    watches it). The connection's next request has its read timeout again: a plain request
+    the engine never answers still ends in a 504."""
+    engine = LockstepEngine(chunks=30)
+    url = await serve_app(engine.app())
+    config = gateway_config(redis_url, {"interactive": [url]})
+    config["pools"]["interactive"]["backends"]["interactive-0"]["read_timeout_s"] = READ_TIMEOUT_S
+    gateway = await start_gateway(config)
+    client = gateway.client()
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=4, stream=True
+    )
+    contents = []
+    async for part in stream:
+        if not contents:  # the relay has begun: from here on each chunk is a read of its own
+            read_timers.clear()
+        contents.append(part.choices[0].delta.content)
+        engine.permits.put_nowait(None)
+    assert contents == ["ok"] * engine.chunks
+    assert read_timers == []  # without the watchdog: one per chunk read, about 30
+
+    assert await ask(gateway, stream=False) == "backend_timeout"
+    assert read_timers  # the plain request's wait for its answer was timed by aiohttp
+    await assert_settled(redis_url)
+
+
+async def test_an_engine_silent_after_several_chunks_is_ended_by_the_watchdog(
+    serve_app: ServeApp,
+    start_gateway: StartGateway,
+    redis_url: str,
+    read_timers: list[ResponseHandler],
+) -> None:
+    """Six chunks, then nothing: past read_timeout_s the watchdog closes the engine response;
+    the client has the six chunks, then an error event saying how long the engine was silent,
+    then [DONE]; the lease is released and the engine's request closed."""
+    engine, gateway = await start("stalls_mid_stream", serve_app, start_gateway, redis_url)
+    engine.chunks, engine.stall_after = 10, 6
+    client = gateway.client()
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=4, stream=True
+    )
+    contents = []
+    with pytest.raises(openai.APIError) as raised:
+        async for part in stream:
+            if not contents:
+                read_timers.clear()
+            contents.append(part.choices[0].delta.content)
+    assert contents == ["ok"] * 6
+    assert raised.value.code == "backend_error"
+    assert raised.value.message == (
+        f"The engine stopped in the middle of the response (it sent nothing for "
+        f"{READ_TIMEOUT_S:g} s)."
+    )
+    assert read_timers == []  # ended by the watchdog, not by an aiohttp read timer
+    await assert_settled(redis_url, [engine])
+
+    events = [e for e in (await raw_stream_ending(gateway)).split(b"\n\n") if e]
+    assert len(events) == 6 + 2
+    assert events[-1] == b"data: [DONE]"
+    error = json.loads(events[-2].removeprefix(b"data: "))["error"]
+    assert "sent nothing for 0.5 s" in error["message"], error
+    await assert_settled(redis_url, [engine])
+
+
+@dataclass
+class SteadyEngine:
+    """Streams ``chunks`` chunks of 64 KiB, one every 20 ms: never silent, and more than the
+    kernel buffers between the gateway and a client that reads nothing (4 MiB of send buffer
+    at most here, tcp_wmem) can hold."""
+
+    chunks: int
+    padding: str = "x" * 65536
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for i in range(self.chunks):
+            body = chunk(i)
+            body["choices"][0]["delta"]["content"] = self.padding
+            await response.write(sse(body))
+            await asyncio.sleep(0.02)
+        await response.write(sse(chunk(self.chunks, usage=True)) + b"data: [DONE]\n\n")
+        return response
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_get("/health", _ok)
+        return app
+
+
+async def test_a_client_slower_than_the_read_timeout_does_not_make_the_engine_silent(
+    serve_app: ServeApp, start_gateway: StartGateway, redis_url: str
+) -> None:
+    """A client that reads nothing for six read timeouts (less than its own stall limit): the
+    relay's writes wait for it, once the kernel's buffers are full, while the engine keeps
+    sending. Only a wait for the engine counts as its silence, so the stream ends whole once
+    the client reads again."""
+    engine = SteadyEngine(chunks=120)
+    url = await serve_app(engine.app())
+    config = gateway_config(redis_url, {"interactive": [url]})
+    config["pools"]["interactive"]["backends"]["interactive-0"]["read_timeout_s"] = READ_TIMEOUT_S
+    gateway = await start_gateway(config)
+    host, port = gateway.url.removeprefix("http://").split(":")
+    body = json.dumps(
+        {"model": MODEL, "messages": MESSAGES, "max_tokens": 4, "stream": True}
+    ).encode()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-a\r\n"
+        b"Connection: close\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    await asyncio.sleep(6 * READ_TIMEOUT_S)  # ... reading nothing
+    answer = await asyncio.wait_for(reader.read(), timeout=CLIENT_TIMEOUT_S)
+    writer.close()
+    assert b'"error"' not in answer
+    assert answer.count(engine.padding.encode()) == engine.chunks
+    assert b"data: [DONE]" in answer
+    await assert_settled(redis_url)

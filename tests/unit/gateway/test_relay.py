@@ -35,7 +35,7 @@ def run(reads: list[bytes], client_wants_usage: bool) -> tuple[bytes, Relayed, b
     """Feed ``reads`` to a filter: what reached the client, the outcome, the unsent tail."""
     outcome = Relayed(200)
     stream = _StreamFilter(client_wants_usage, outcome)
-    sent = b"".join(stream.feed(read) for read in reads)
+    sent = b"".join(stream.feed(read, 0.0) for read in reads)
     return sent, outcome, stream.tail
 
 
@@ -72,7 +72,7 @@ def test_a_stream_read_one_byte_at_a_time_gives_the_same_bytes(
     relay = _StreamFilter(client_wants_usage, outcome)
     sent = b""
     for i in range(len(stream)):
-        sent += relay.feed(stream[i : i + 1])
+        sent += relay.feed(stream[i : i + 1], 0.0)
         assert whole.startswith(sent)
         assert not relay.tail.endswith(terminator)  # a whole event never waits
     assert sent == whole and relay.tail == b""
@@ -95,9 +95,9 @@ def test_a_stream_cut_in_three_anywhere_gives_the_same_bytes() -> None:
 def test_nothing_is_sent_until_an_event_is_whole() -> None:
     outcome = Relayed(200)
     relay = _StreamFilter(False, outcome)
-    assert relay.feed(b"data: {") == b""
-    assert relay.feed(b'"choices":[]}\n') == b""
-    assert relay.feed(b"\n: ping") == b'data: {"choices":[]}\n\n'
+    assert relay.feed(b"data: {", 0.0) == b""
+    assert relay.feed(b'"choices":[]}\n', 0.0) == b""
+    assert relay.feed(b"\n: ping", 0.0) == b'data: {"choices":[]}\n\n'
     assert relay.tail == b": ping"
     assert outcome.chunks == 1
 
@@ -235,20 +235,21 @@ def test_usage_null_chunks_pass_and_only_the_real_usage_is_taken() -> None:
     stream = _StreamFilter(client_wants_usage=False, outcome=outcome)
     chunk = b'data: {"choices":[{"delta":{"content":"x"}}],"usage": null}\n\n'
     final = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
-    relayed = stream.feed(chunk + chunk + final + b"data: [DONE]\n\n")
+    relayed = stream.feed(chunk + chunk + final + b"data: [DONE]\n\n", 0.0)
     assert relayed == chunk + chunk + b"data: [DONE]\n\n"  # the usage chunk was not asked for
     assert outcome.usage == {"prompt_tokens": 3, "completion_tokens": 2}
     assert (outcome.chunks, outcome.completed) == (2, True)
 
 
 def test_the_first_and_last_content_chunks_are_timed() -> None:
+    """With the time of the read they arrived in (the relay reads the clock once per read)."""
     outcome = Relayed(200)
     stream = _StreamFilter(False, outcome)
-    stream.feed(stream_of([PING]))
+    stream.feed(stream_of([PING]), 1.0)
     assert outcome.first_at is None  # a comment carries no token
-    stream.feed(stream_of([ROLE, TOKEN % b"Hi"]))
-    first = outcome.first_at
-    assert first is not None and outcome.last_at == first
-    stream.feed(stream_of([TOKEN % b"there"]))
-    assert outcome.first_at == first and outcome.last_at is not None
-    assert outcome.last_at >= first
+    stream.feed(stream_of([ROLE, TOKEN % b"Hi"]), 2.0)
+    assert (outcome.first_at, outcome.last_at) == (2.0, 2.0)
+    stream.feed(stream_of([PING]), 3.0)
+    assert (outcome.first_at, outcome.last_at) == (2.0, 2.0)
+    stream.feed(stream_of([TOKEN % b"there"]), 4.0)
+    assert (outcome.first_at, outcome.last_at) == (2.0, 4.0)
