@@ -20,7 +20,7 @@ from __future__ import annotations
 import inspect
 import json
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -65,7 +65,9 @@ class EngineRequest:
 class ByteStream(Protocol):
     """A response body as it arrives (``aiohttp.StreamReader`` is one)."""
 
-    def iter_any(self) -> AsyncIterator[bytes]: ...
+    async def readany(self) -> bytes:
+        """What has arrived since the last read, waiting for something; ``b""`` at the end."""
+        ...
 
 
 class EngineResponse(Protocol):
@@ -230,16 +232,13 @@ class _Chunks:
     """A body that arrives in ``chunks``; an exception among them is raised when reached."""
 
     def __init__(self, chunks: Iterable[bytes | BaseException]) -> None:
-        self._chunks = list(chunks)
+        self._chunks = iter(list(chunks))
 
-    async def _each(self) -> AsyncIterator[bytes]:
-        for chunk in self._chunks:
-            if isinstance(chunk, BaseException):
-                raise chunk
-            yield chunk
-
-    def iter_any(self) -> AsyncIterator[bytes]:
-        return self._each()
+    async def readany(self) -> bytes:
+        chunk = next(self._chunks, b"")
+        if isinstance(chunk, BaseException):
+            raise chunk
+        return chunk
 
 
 class FakeResponse:
@@ -269,7 +268,7 @@ class FakeResponse:
 
     async def read(self) -> bytes:
         body = b""
-        async for chunk in self.content.iter_any():
+        while chunk := await self.content.readany():
             body += chunk
         return body
 
