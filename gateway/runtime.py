@@ -17,8 +17,8 @@ them); what this module adds:
   when a collection finally runs it walks all of them at once (a young collection of 210,000
   objects, 50-70 ms, at 2,000 streams), and the full collections that follow walk every live
   object (100-200 ms). The pacer collects the young generations every 0.25 s instead, each
-  collection walking only what was made since the last and is still alive (about 5 ms there),
-  and runs a full collection when the heap has grown by a quarter since the last
+  collection walking only what was made since the last and is still alive (5-10 ms there),
+  and runs a full collection when the heap has doubled since the last
   (``gc_full_growth``) rather than on CPython's count of objects promoted, which at that churn
   grows without the heap growing and calls for one every few seconds;
 - the generation-0 threshold (``server.gc_young_threshold``), for bursts between two ticks;
