@@ -14,11 +14,13 @@ from loadtest.report import machine, markdown_table
 from loadtest.stream_bench.measurement import (
     BASELINE,
     FAIRGATE,
+    FD_RESERVE,
     FORWARDER,
     PAUSE_DELAY_S,
     PAUSE_STREAMS,
     SCALE_STREAMS,
     SETTLE_S,
+    SOCKETS_PER_STREAM,
     TARGET_CPU_RATIO,
     TARGET_GAP_P99_RATIO,
     TARGET_RSS_RATIO,
@@ -26,6 +28,7 @@ from loadtest.stream_bench.measurement import (
     TARGET_TTFB_P99_RATIO,
     Run,
     TurnResult,
+    open_files,
 )
 from loadtest.stream_bench.stack import MODULE
 from loadtest.stream_bench.workload import LLM, SLOW, Shape
@@ -182,14 +185,19 @@ def reading(run: Run) -> str:
         ]
         base = run.result(FAIRGATE, streams)
         linear = ""
+        held = next(iter(scale.values())).turn.streams
         if base is not None and FAIRGATE in scale:
             linear = (
-                f"; fairgate's memory per 1,000 streams at {SCALE_STREAMS:,} is "
+                f"; fairgate's memory per 1,000 streams at {held:,} is "
                 f"{scale[FAIRGATE].rss_per_1000 / base.rss_per_1000:.2f}× its figure at "
                 f"{streams:,}"
             )
         text.append(
-            f"At {SCALE_STREAMS:,} streams ({shape_text(SLOW)}): " + "; ".join(parts) + linear + "."
+            f"At {held:,} streams ({shape_text(SLOW)}): "
+            + "; ".join(parts)
+            + linear
+            + "."
+            + fewer_than_asked(held)
         )
     busy = [r.machine_busy for r in run.results if not math.isnan(r.machine_busy)]
     if busy:
@@ -235,7 +243,8 @@ def render_section(run: Run, argv: list[str]) -> str:
         else ""
     )
     scale = (
-        f"\n\nAt scale: {SCALE_STREAMS:,} streams of {shape_text(SLOW)}, each path in turn:\n\n"
+        f"\n\nAt scale: {scale_held(run):,} streams of {shape_text(SLOW)}, each path in "
+        f"turn:\n\n"
         f"{turns_table(run, SLOW)}"
         if any(r.turn.shape == SLOW for r in run.results)
         else ""
@@ -273,3 +282,19 @@ Reproduce with {reproduce_command(argv)}.
 Machine: {machine()}; fairgate at {run.code_revision}; load average {run.load_before:.2f} at
 the start (other work shares this machine); run on {today}, {run.elapsed:.0f} s of wall time
 in all."""
+
+
+def scale_held(run: Run) -> int:
+    """The streams of the run's scale turn."""
+    return next((r.turn.streams for r in run.results if r.turn.shape == SLOW), SCALE_STREAMS)
+
+
+def fewer_than_asked(held: int) -> str:
+    """Why the scale turn held fewer than :data:`SCALE_STREAMS` streams, if it did."""
+    if held >= SCALE_STREAMS:
+        return ""
+    return (
+        f" Not {SCALE_STREAMS:,}: this machine lets a process open {open_files():,} files (a "
+        f"hard limit), and a gateway holds {SOCKETS_PER_STREAM} sockets per stream and some "
+        f"{FD_RESERVE:,} more; past that, connections fail with EMFILE."
+    )
