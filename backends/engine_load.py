@@ -31,7 +31,7 @@ from prometheus_client.samples import Sample
 from pydantic import BaseModel, ConfigDict, Field
 
 from backends.backend import Backend
-from backends.errors import BackendUnreachable, EngineError
+from backends.errors import BackendUnreachable, EngineError, GatewayOutOfFiles
 from backends.transport import Answer, EngineRequest, fetch
 from fairgate.settings import BackendConfig, EngineKind
 from fairgate.tasks import cancel_all
@@ -330,7 +330,14 @@ class LoadScraper:
         """Scrape one backend once and report it; on any failure its load is unknown."""
         try:
             load = await self._fetch(backend)
-        except (BackendUnreachable, EngineError, ValueError, KeyError, TypeError) as exc:
+        except (
+            BackendUnreachable,
+            GatewayOutOfFiles,
+            EngineError,
+            ValueError,
+            KeyError,
+            TypeError,
+        ) as exc:
             log.debug("engine load of %s unknown: %r", backend.name, exc)
             load = None
         try:

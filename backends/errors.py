@@ -13,6 +13,13 @@ class BackendUnreachable(Exception):
     """No connection could be made: nothing was sent, so trying elsewhere is safe."""
 
 
+class GatewayOutOfFiles(OSError):
+    """This process may open no more files (EMFILE, ENFILE), so no connection to the engine
+    could be made: the gateway's own limit, no fault of the engine's. Answered 503 and never
+    counted against the backend: counted, it would mark every backend down at once (their
+    probes fail alike), and the gateway would refuse everything until the limit freed."""
+
+
 class EngineError(Exception):
     """The engine took the request and then failed it; ``str(exc)`` is the message."""
 

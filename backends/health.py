@@ -9,12 +9,15 @@ it, and takes a hung one out before a request does. What a probe finds goes to
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
 from backends.backend import Backend
-from backends.errors import BackendUnreachable, EngineError
+from backends.errors import BackendUnreachable, EngineError, GatewayOutOfFiles
 from backends.transport import EngineRequest, fetch
 from fairgate.tasks import cancel_all
+
+log = logging.getLogger(__name__)
 
 _PROBE_TIMEOUT_S = 2.0
 
@@ -52,7 +55,12 @@ class HealthChecker:
         await asyncio.gather(*(self._check(b) for b in self._backends))
 
     async def _check(self, backend: Backend) -> None:
-        await self._on_probe(backend, await probe(backend))
+        try:
+            outcome = await probe(backend)
+        except GatewayOutOfFiles as exc:  # the gateway's limit: says nothing of the engine
+            log.warning("health of %s not probed: %s", backend.name, exc)
+            return
+        await self._on_probe(backend, outcome)
 
     async def _run(self) -> None:
         while True:

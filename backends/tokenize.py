@@ -11,7 +11,7 @@ import json
 import logging
 from typing import Any
 
-from backends.errors import BackendUnreachable, EngineError
+from backends.errors import BackendUnreachable, EngineError, GatewayOutOfFiles
 from backends.pools import Pool
 from backends.transport import EngineRequest, fetch
 
@@ -39,7 +39,7 @@ async def engine_token_count(pool: Pool, body: dict[str, Any]) -> int | None:
         if answer.status != 200:
             return None
         count = answer.json().get("count")
-    except (BackendUnreachable, EngineError, ValueError, AttributeError) as exc:
+    except (BackendUnreachable, GatewayOutOfFiles, EngineError, ValueError, AttributeError) as exc:
         log.debug("tokenize on %s failed: %s", backend.name, exc)
         return None
     return count if isinstance(count, int) else None

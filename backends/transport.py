@@ -17,6 +17,7 @@ relayed stream's silence is watched by the gateway itself, not by aiohttp's per-
 
 from __future__ import annotations
 
+import errno
 import inspect
 import json
 import ssl
@@ -27,7 +28,7 @@ from typing import Any, Literal, Protocol
 
 import aiohttp
 
-from backends.errors import BackendUnreachable, EngineFailed, EngineTimeout
+from backends.errors import BackendUnreachable, EngineFailed, EngineTimeout, GatewayOutOfFiles
 from fairgate.settings import BackendConfig
 
 #: Idle keep-alive connections are dropped after 4 s, below the 5 s that uvicorn-based engines
@@ -37,6 +38,9 @@ _KEEPALIVE_S = 4.0
 
 #: Connecting failed: refused, unreachable, DNS, or the connect timeout. Nothing was sent.
 _NOT_CONNECTED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
+#: A process out of file descriptors, its own (EMFILE) or the system's (ENFILE).
+OUT_OF_FILES = frozenset({errno.EMFILE, errno.ENFILE})
 
 #: Failures of the engine side while a response's body is read.
 READ_ERRORS = (
@@ -211,6 +215,13 @@ class AiohttpTransport:
                 **options,
             )
         except _NOT_CONNECTED as exc:
+            os_error = getattr(exc, "os_error", None)
+            if isinstance(os_error, OSError) and os_error.errno in OUT_OF_FILES:
+                raise GatewayOutOfFiles(
+                    os_error.errno,
+                    f"fairgate may open no more files (connecting to {self._name}: "
+                    f"{os_error.strerror}); raise its open-file limit (ulimit -n)",
+                ) from exc
             raise BackendUnreachable(f"{self._name}: {exc}") from exc
         except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
             raise EngineTimeout(f"The engine {self._name} did not answer in time.") from exc

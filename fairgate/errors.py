@@ -130,3 +130,19 @@ def shared_state_unavailable() -> GatewayError:
 
 def admission_unavailable(message: str) -> GatewayError:
     return GatewayError(503, message, type="server_error", code="admission_unavailable")
+
+
+def out_of_files(message: str) -> GatewayError:
+    """The gateway process may open no more files: its own limit, a moment's overload."""
+    return GatewayError(
+        503,
+        message,
+        type="server_error",
+        code="out_of_file_descriptors",
+        headers={"Retry-After": "1"},
+    )
+
+
+def internal_error() -> GatewayError:
+    """A failure nobody foresaw: logged with its traceback where it happened."""
+    return GatewayError(500, "Internal error in the gateway.", "server_error", "internal")

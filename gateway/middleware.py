@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from admission.errors import AdmissionError, AdmissionUnavailable, Refused
 from admission.quota import QuotaExceeded
 from backends.errors import EngineError, EngineTimeout
+from backends.transport import OUT_OF_FILES
 from estimators.errors import ContextLengthExceeded, EstimationError
 from fairgate.errors import (
     GatewayError,
@@ -28,8 +29,10 @@ from fairgate.errors import (
     backend_timeout,
     body_too_large,
     conflict,
+    internal_error,
     invalid_request,
     not_found,
+    out_of_files,
     rate_limited,
     shared_state_unavailable,
 )
@@ -144,7 +147,12 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
     except RedisError as exc:  # where no fail mode applies (admin calls): say so, not 500
         log.warning("Redis unreachable serving %s %s: %s", request.method, request.path, exc)
         return shared_state_unavailable().response()
+    except OSError as exc:
+        if exc.errno not in OUT_OF_FILES:
+            log.exception("unexpected error serving %s %s", request.method, request.path)
+            return internal_error().response()
+        log.error("out of file descriptors serving %s %s: %s", request.method, request.path, exc)
+        return out_of_files(str(exc)).response()
     except Exception:
         log.exception("unexpected error serving %s %s", request.method, request.path)
-        failure = GatewayError(500, "Internal error in the gateway.", "server_error", "internal")
-        return failure.response()
+        return internal_error().response()
