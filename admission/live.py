@@ -194,7 +194,9 @@ class LiveState:
 
     async def _sample(self) -> None:
         while True:
-            with contextlib.suppress(RedisError, OSError):
+            # AttributeError too: redis-py's Cluster pipeline, its node's connection dropped
+            # mid-call (a primary that died), writes to a writer it has just let go of
+            with contextlib.suppress(RedisError, OSError, AttributeError):
                 async with self._redis.pipeline(transaction=True) as pipe:
                     pipe.hgetall(self._keys.served)
                     pipe.hgetall(self._keys.queued)
