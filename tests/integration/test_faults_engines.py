@@ -18,6 +18,7 @@ import asyncio
 import json
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import openai
@@ -105,14 +106,19 @@ class FaultyEngine:
         return response
 
     def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self.chat)
-        app.router.add_get("/health", _ok)
-        return app
+        return engine_app(self.chat)
 
 
 async def _ok(request: web.Request) -> web.Response:
     return web.Response()
+
+
+def engine_app(chat: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.Application:
+    """An engine of these tests: ``chat`` answers its chat completions, its health is fine."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/health", _ok)
+    return app
 
 
 def chunk(i: int, usage: bool = False) -> dict:
@@ -272,10 +278,7 @@ class LockstepEngine:
         return response
 
     def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self.chat)
-        app.router.add_get("/health", _ok)
-        return app
+        return engine_app(self.chat)
 
 
 async def test_a_relayed_stream_arms_no_read_timer_per_chunk(
@@ -370,10 +373,7 @@ class SteadyEngine:
         return response
 
     def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self.chat)
-        app.router.add_get("/health", _ok)
-        return app
+        return engine_app(self.chat)
 
 
 async def test_a_client_slower_than_the_read_timeout_does_not_make_the_engine_silent(
