@@ -8,6 +8,12 @@ the engine's health.
 
 from __future__ import annotations
 
+import errno
+
+#: A process out of file descriptors, its own (EMFILE) or the system's (ENFILE): whatever
+#: raised it, the gateway's own limit (:class:`GatewayOutOfFiles`).
+OUT_OF_FILES = frozenset({errno.EMFILE, errno.ENFILE})
+
 
 class BackendUnreachable(Exception):
     """No connection could be made: nothing was sent, so trying elsewhere is safe."""

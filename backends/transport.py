@@ -17,7 +17,6 @@ relayed stream's silence is watched by the gateway itself, not by aiohttp's per-
 
 from __future__ import annotations
 
-import errno
 import inspect
 import json
 import ssl
@@ -28,7 +27,13 @@ from typing import Any, Literal, Protocol
 
 import aiohttp
 
-from backends.errors import BackendUnreachable, EngineFailed, EngineTimeout, GatewayOutOfFiles
+from backends.errors import (
+    OUT_OF_FILES,
+    BackendUnreachable,
+    EngineFailed,
+    EngineTimeout,
+    GatewayOutOfFiles,
+)
 from fairgate.settings import BackendConfig
 
 #: Idle keep-alive connections are dropped after 4 s, below the 5 s that uvicorn-based engines
@@ -38,9 +43,6 @@ _KEEPALIVE_S = 4.0
 
 #: Connecting failed: refused, unreachable, DNS, or the connect timeout. Nothing was sent.
 _NOT_CONNECTED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
-
-#: A process out of file descriptors, its own (EMFILE) or the system's (ENFILE).
-OUT_OF_FILES = frozenset({errno.EMFILE, errno.ENFILE})
 
 #: Failures of the engine side while a response's body is read.
 READ_ERRORS = (

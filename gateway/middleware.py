@@ -19,8 +19,7 @@ from redis.exceptions import RedisError
 
 from admission.errors import AdmissionError, AdmissionUnavailable, Refused
 from admission.quota import QuotaExceeded
-from backends.errors import EngineError, EngineTimeout
-from backends.transport import OUT_OF_FILES
+from backends.errors import OUT_OF_FILES, EngineError, EngineTimeout
 from estimators.errors import ContextLengthExceeded, EstimationError
 from fairgate.errors import (
     GatewayError,
