@@ -10,14 +10,15 @@ After every request the estimate is compared with the engine's reported ``usage`
 
 All of it lives in one Redis hash per model (``{prefix}:{est:<model>}:calib``), updated by
 ``observe.lua`` once per finished request (see :mod:`estimators.feedback`), so every replica
-learns from every request; each replica re-reads the factor every ``estimation.refresh_s`` s.
+learns from every request; each replica re-reads the factor every ``estimation.refresh_s`` s
+(:mod:`estimators.refreshing`).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
+from estimators.refreshing import Refreshing
 from fairgate.keys import calibration
 from fairgate.redis_client import AnyRedis, text
 
@@ -47,32 +48,28 @@ class CalibrationReport:
 class Calibration:
     """Per-model correction factors and error statistics, as shared in Redis."""
 
-    def __init__(self, redis: AnyRedis, prefix: str, refresh_s: float) -> None:
+    def __init__(self, redis: AnyRedis, prefix: str, refresh_s: float, timeout_s: float) -> None:
         self._redis = redis
         self._prefix = prefix
-        self._refresh_s = refresh_s
-        self._factors: dict[str, tuple[float, float]] = {}
+        self._factors: Refreshing[str, float] = Refreshing(self._read, refresh_s, timeout_s)
 
     def key(self, model: str) -> str:
         return calibration(self._prefix, model)
 
     def cached_factor(self, model: str) -> float | None:
-        """The factor this replica read last, while it is fresh (no I/O)."""
-        cached = self._factors.get(model)
-        if cached is not None and cached[1] > time.monotonic():
-            return cached[0]
-        return None
+        """The factor this replica read last, fresh or being refreshed (no I/O)."""
+        return self._factors.peek(model)
 
     async def prompt_factor(self, model: str) -> float:
         """The correction factor for prompt counts of a model (1 until it has observations)."""
-        cached = self.cached_factor(model)
-        if cached is not None:
-            return cached
-        now = time.monotonic()
+        return await self._factors.get(model)
+
+    async def close(self) -> None:
+        await self._factors.close()
+
+    async def _read(self, model: str) -> float:
         stored = await self._redis.hget(self.key(model), "prompt:factor")
-        factor = float(stored) if stored else 1.0
-        self._factors[model] = (factor, now + self._refresh_s)
-        return factor
+        return float(stored) if stored else 1.0
 
     async def report(self, model: str, kind: str) -> CalibrationReport:
         """Everything recorded for one model and kind (the estimation benchmark reads it)."""

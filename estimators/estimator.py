@@ -91,9 +91,14 @@ class CostEstimator:
         self._config = settings.estimation
         self._timeout = settings.redis.timeout_s
         prefix = settings.redis.key_prefix
-        self.history = OutputHistory(redis, prefix, self._config)
-        self.calibration = Calibration(redis, prefix, self._config.refresh_s)
+        self.history = OutputHistory(redis, prefix, self._config, self._timeout)
+        self.calibration = Calibration(redis, prefix, self._config.refresh_s, self._timeout)
         self._feedback = Feedback(redis, self._config, self.history, self.calibration)
+
+    async def close(self) -> None:
+        """Stop the reads of histories and factors under way (the gateway is stopping)."""
+        await self.history.close()
+        await self.calibration.close()
 
     async def estimate(
         self,

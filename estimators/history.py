@@ -10,14 +10,15 @@ tenants. The estimate blends them hierarchically: the configured prior counts as
 the model usually produces, and a tenant with a long history gets its own numbers.
 
 Each replica reuses what it read for ``estimation.refresh_s`` seconds, so the read costs at
-most one Redis round trip per key every few seconds, not one per request.
+most one Redis round trip per key every few seconds, not one per request, however many requests
+arrive while it is under way (:mod:`estimators.refreshing`).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
+from estimators.refreshing import Refreshing
 from fairgate.keys import output_history
 from fairgate.redis_client import AnyRedis
 from fairgate.settings import EstimationConfig, OutputPrior
@@ -58,35 +59,35 @@ def blend(prior: OutputEstimate, samples: list[int], weight: int) -> OutputEstim
 class OutputHistory:
     """Records output lengths and estimates the next ones, per tenant, model and kind."""
 
-    def __init__(self, redis: AnyRedis, prefix: str, config: EstimationConfig) -> None:
+    def __init__(
+        self, redis: AnyRedis, prefix: str, config: EstimationConfig, timeout_s: float
+    ) -> None:
         self._redis = redis
         self._prefix = prefix
         self._config = config
-        self._cache: dict[tuple[str, str, str], tuple[OutputEstimate, float]] = {}
+        self._estimates: Refreshing[tuple[str, str, str], OutputEstimate] = Refreshing(
+            self._read, config.refresh_s, timeout_s
+        )
 
     def keys(self, tenant: str, model: str, kind: str) -> tuple[str, str]:
         """The tenant's and the model's list (the model's hash tag: one cluster slot)."""
         return output_history(self._prefix, model, tenant, kind)
 
     def cached(self, tenant: str, model: str, kind: str) -> OutputEstimate | None:
-        """The estimate computed from this replica's last read, while it is fresh (no I/O)."""
-        cached = self._cache.get((tenant, model, kind))
-        if cached is not None and cached[1] > time.monotonic():
-            return cached[0]
-        return None
+        """The estimate computed from this replica's last read, fresh or being refreshed
+        (no I/O); None if it has not read this tenant's history yet."""
+        return self._estimates.peek((tenant, model, kind))
 
     async def estimate(self, tenant: str, model: str, kind: str) -> OutputEstimate:
         """The blended estimate for the next request of this tenant, model and kind."""
-        estimate = self.cached(tenant, model, kind)
-        if estimate is None:
-            estimate = self._blend(kind, *await self._samples(tenant, model, kind))
-            if len(self._cache) > 50_000:
-                self._cache.clear()
-            self._cache[(tenant, model, kind)] = (
-                estimate,
-                time.monotonic() + self._config.refresh_s,
-            )
-        return estimate
+        return await self._estimates.get((tenant, model, kind))
+
+    async def close(self) -> None:
+        await self._estimates.close()
+
+    async def _read(self, key: tuple[str, str, str]) -> OutputEstimate:
+        tenant, model, kind = key
+        return self._blend(kind, *await self._samples(tenant, model, kind))
 
     def _blend(self, kind: str, own: list[int], everyone: list[int]) -> OutputEstimate:
         prior = self._config.reasoning_prior if kind == "reasoning" else self._config.chat_prior

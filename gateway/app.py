@@ -94,6 +94,7 @@ def create_app(
         gateway.access_log.stop()
         await gateway.usage.close()  # after drain: the last requests' settlements counted
         await backend_states.stop()
+        await estimator.close()
         await admission.stop()
         await directory.stop()
         await router.close()

@@ -13,12 +13,13 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from estimators.estimator import CostEstimator
 from estimators.feedback import OBSERVE_LUA
+from estimators.history import OutputEstimate
 from estimators.prompt_tokens import count_chat_prompt
 from estimators.reasoning import wants_reasoning
 from estimators.tokenizer import HuggingFaceTokenizer, default_tokenizer
 from fairgate.redis_client import GatewayRedis
 from fairgate.settings import ModelConfig, Settings
-from tests.conftest import RunningSim, StartSim
+from tests.conftest import RunningSim, StartSim, read_until
 
 MODEL = "llama-3-8b"
 LONG_DOCUMENT = " ".join(
@@ -389,6 +390,52 @@ async def test_every_choice_is_estimated_and_learned_as_one_choice(
         await estimator.observe("t", MODEL, three, {"completion_tokens": 90}, completed=True)
     learned = await estimator.estimate("t", MODEL, hello)
     assert 30 <= learned.expected_output <= 40  # 30, shrunk a little toward the prior; not 90
+
+
+async def test_requests_that_arrive_together_read_a_history_once(
+    redis_url: str, redis: Redis
+) -> None:
+    """200 requests at once, nothing read yet: one read of the history and the factor, which
+    every one of them hears (issue 17: a stampede of reads at each expiry under load)."""
+    estimator = CostEstimator(settings_for(redis_url, estimation={"refresh_s": 60}), redis)
+    tenant, everyone = estimator.history.keys("t", MODEL, "chat")
+    await redis.rpush(tenant, *[40] * 100)
+    await redis.rpush(everyone, *[40] * 100)
+    await redis.config_resetstat()
+    hello = {"messages": [{"role": "user", "content": "hi"}]}
+    costs = await asyncio.gather(*(estimator.estimate("t", MODEL, hello) for _ in range(200)))
+    assert {cost.expected_output for cost in costs} == {41}  # 40, a little toward the prior
+    stats = await redis.info("commandstats")
+    assert stats["cmdstat_lrange"]["calls"] == 2  # the tenant's list and the model's, once
+    assert stats["cmdstat_hget"]["calls"] == 1  # the prompt correction factor, once
+    await estimator.close()
+
+
+async def test_a_stale_history_is_used_while_one_read_replaces_it(
+    redis_url: str, redis: Redis
+) -> None:
+    """Past ``refresh_s`` the estimate a replica holds still answers at once, without I/O, and
+    one read in the background brings the new history in."""
+    settings = settings_for(redis_url, estimation={"refresh_s": 0.05, "prior_weight": 1})
+    estimator = CostEstimator(settings, redis)
+    history = estimator.history
+    first = await history.estimate("t", MODEL, "chat")
+    assert first.p50 == 256  # the prior: no history yet
+    tenant, _ = history.keys("t", MODEL, "chat")
+    await redis.rpush(tenant, *[1000] * 99)
+    await asyncio.sleep(0.1)  # past refresh_s
+    await redis.config_resetstat()
+    assert [history.cached("t", MODEL, "chat") for _ in range(50)] == [first] * 50
+    assert await history.estimate("t", MODEL, "chat") == first  # no wait for the read either
+
+    async def held() -> OutputEstimate | None:
+        return history.cached("t", MODEL, "chat")
+
+    refreshed = await read_until(held, lambda estimate: estimate != first)
+    assert refreshed is not None and refreshed.p50 > 900
+    stats = await redis.info("commandstats")
+    assert stats["cmdstat_lrange"]["calls"] == 2  # one read for the 51 that found it stale
+    await estimator.close()
 
 
 async def test_redis_down_falls_back_to_priors(unused_tcp_port: int) -> None:
