@@ -597,7 +597,9 @@ class Admission:
                         self._heard_grant(request_id, backend)
             except (RedisError, OSError) as exc:
                 log.debug("grant subscription interrupted: %s", exc)
-                await asyncio.sleep(self._config.upkeep_interval_s)
+            except Exception:  # a bug: logged, and the listener goes on (waiters need it)
+                log.exception("the grant listener failed; subscribing again")
+            await asyncio.sleep(self._config.upkeep_interval_s)
 
     def _heard_grant(self, request_id: str, backend: str) -> None:
         """A grant to a request of this replica. Another replica's release may grant a request
@@ -629,6 +631,8 @@ class Admission:
                     await self._renew()
             except (RedisError, OSError) as exc:
                 log.debug("admission upkeep failed: %s", exc)
+            except Exception:  # a bug: logged, and the upkeep goes on (waiters need its poll)
+                log.exception("admission upkeep failed")
 
     async def _poll_grants(self) -> None:
         waiting = list(self._waiters)
