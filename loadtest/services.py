@@ -18,7 +18,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 
@@ -89,12 +89,22 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def spawn(
-    stack: contextlib.ExitStack, argv: list[str], log: Path, env: dict[str, str] | None = None
+    stack: contextlib.ExitStack,
+    argv: list[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.Popen[bytes]:
-    """Start ``argv`` logging to ``log``, with :func:`child_env`, stopped when ``stack`` closes."""
+    """Start ``argv`` logging to ``log``, with :func:`child_env` (and the descriptors
+    ``pass_fds``: a listening socket it serves on), stopped when ``stack`` closes."""
     with log.open("wb") as out:
         process = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=child_env(env)
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=child_env(env),
+            pass_fds=pass_fds,
         )
     stack.callback(stop, process)
     return process

@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--serve", choices=sorted(SERVER_APPS), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # a listening socket to serve
     return parser
 
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     if args.serve:
-        return run_server(args.serve, args.port, args.upstream)
+        return run_server(args.serve, args.port, args.upstream, args.fd)
 
     stop_on_sigterm()  # a terminated run stops its children too
     return run_and_publish(

@@ -12,7 +12,7 @@ import contextlib
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,14 +136,16 @@ def start_process(
     ready: Ready,
     workdir: Path,
     env: dict[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.Popen[bytes]:
-    """Start ``argv`` logging to ``workdir/NAME.log`` and wait until ``ready`` returns.
+    """Start ``argv`` logging to ``workdir/NAME.log`` (with the descriptors ``pass_fds``) and
+    wait until ``ready`` returns.
 
     What the readiness check last saw and the tail of the log are the error message if the
     process dies or does not become ready.
     """
     log = workdir / f"{name}.log"
-    process = spawn(stack, argv, log, env)
+    process = spawn(stack, argv, log, env, pass_fds)
     try:
         ready(process)
     except RuntimeError as exc:
@@ -235,16 +237,19 @@ def gateway_target(mode: str, port: int, processes: dict[str, int], key: str = A
     return Target(mode, f"http://{LOOPBACK}:{port}{CHAT_PATH}", headers, processes)
 
 
-def worker_pids(supervisor: subprocess.Popen[bytes], timeout_s: float = 60.0) -> list[int]:
-    """The pids of a ``fairgate serve --workers N`` supervisor's workers, once all N run."""
+def worker_pids(
+    supervisor: subprocess.Popen[bytes], count: int = WORKER_COUNT, timeout_s: float = 60.0
+) -> list[int]:
+    """The pids of a ``fairgate serve --workers N`` supervisor's workers, once all ``count``
+    run."""
     children = Path(f"/proc/{supervisor.pid}/task/{supervisor.pid}/children")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         pids = [int(pid) for pid in children.read_text().split()]
-        if len(pids) == WORKER_COUNT:
+        if len(pids) == count:
             return pids
         time.sleep(0.05)
-    raise RuntimeError(f"{WORKERS}: {WORKER_COUNT} workers never ran")
+    raise RuntimeError(f"{WORKERS}: {count} workers never ran")
 
 
 def start_fairgate(

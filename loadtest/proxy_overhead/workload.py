@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ import aiohttp
 import uvloop
 from aiohttp import web
 
-from fairgate.serving import serve, until_signalled
+from fairgate.serving import serve, serve_sockets, until_signalled
 
 LOOPBACK = "127.0.0.1"
 CHAT_PATH = "/v1/chat/completions"
@@ -226,20 +227,25 @@ SERVER_APPS: dict[str, Callable[[str], web.Application]] = {
 }
 
 
-def run_server(kind: str, port: int, upstream: str = "") -> int:
+def run_server(kind: str, port: int, upstream: str = "", fd: int | None = None) -> int:
     """Serve one of :data:`SERVER_APPS` until SIGINT/SIGTERM (see :func:`run_app`)."""
-    return run_app(SERVER_APPS[kind](upstream), port)
+    return run_app(SERVER_APPS[kind](upstream), port, fd)
 
 
-def run_app(app: web.Application, port: int) -> int:
-    """Serve ``app`` until SIGINT/SIGTERM, on the same loop and listener as ``fairgate serve``.
+def run_app(app: web.Application, port: int, fd: int | None = None) -> int:
+    """Serve ``app`` until SIGINT/SIGTERM, on the same loop and listener as ``fairgate serve``:
+    on ``port``, or on the listening socket ``fd`` its parent handed it (one of several
+    processes sharing a port, as ``fairgate serve --workers`` does).
 
     Same event loop, same ``serve`` (no access log, handler cancellation), same signal handling:
     the paths compared then differ only in what their handlers do.
     """
 
     async def main() -> None:
-        runner = await serve(app, LOOPBACK, port)
+        if fd is None:
+            runner = await serve(app, LOOPBACK, port)
+        else:
+            runner = await serve_sockets(app, [socket.socket(fileno=fd)])
         try:
             await until_signalled()
         finally:

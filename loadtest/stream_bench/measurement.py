@@ -51,7 +51,8 @@ STREAMS = (100, 500, 1_000, 2_000)
 SHORT_STREAMS = (100, 1_000)
 #: Turns of each path at each K, pooled: whatever else the machine runs comes and goes.
 ROUNDS, SHORT_ROUNDS = 2, 1
-#: The scale turn of the full run: many more streams, each slower (:data:`SLOW`).
+#: The scale turn of the full run: many more streams, each slower (:data:`SLOW`), through as
+#: many processes per path as the machine's open-file limit asks (:func:`scale_processes`).
 SCALE_STREAMS = 10_000
 #: Sockets a path holds per stream: one to the client, one to the upstream.
 SOCKETS_PER_STREAM = 2
@@ -59,7 +60,7 @@ SOCKETS_PER_STREAM = 2
 FD_RESERVE = 1_000
 #: Seconds measured per turn, and over which the first streams start.
 WINDOW_S, SHORT_WINDOW_S, SCALE_WINDOW_S = 30.0, 12.0, 30.0
-RAMP_S, SHORT_RAMP_S, SCALE_RAMP_S = 5.0, 3.0, 15.0
+RAMP_S, SHORT_RAMP_S, SCALE_RAMP_S = 5.0, 3.0, 30.0
 #: After the ramp, before the window: the last streams to start get their first chunks.
 SETTLE_S = 1.0
 #: A chunk is delayed if its gap grew by this much; a pause delayed this many streams at once.
@@ -75,8 +76,8 @@ TARGET_TTFB_P99_RATIO = 1.5
 TARGET_GAP_P99_RATIO = 1.5
 TARGET_CPU_RATIO = 1.5
 TARGET_RSS_RATIO = 1.25
-#: The paths fairgate is compared with, and the gateway it is (with their order of turns).
-FORWARDER, FAIRGATE, BASELINE = "forwarder", "fairgate", "baseline"
+#: fairgate as another revision had it (the forwarder and fairgate: :mod:`.stack`).
+BASELINE = "baseline"
 
 #: How long a scrape of fairgate's metrics may take (an overwhelmed gateway may not answer).
 SCRAPE_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
@@ -84,21 +85,23 @@ SCRAPE_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-def rss_bytes(pid: int) -> float:
-    """Resident memory of a process now; NaN where /proc is missing."""
+def rss_bytes(pids: Iterable[int]) -> float:
+    """Resident memory of processes now, in all; NaN where /proc is missing."""
     try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
+        return sum(int(Path(f"/proc/{pid}/statm").read_text().split()[1]) for pid in pids) * _PAGE
     except (OSError, IndexError, ValueError):
         return math.nan
 
 
 @dataclass(frozen=True)
 class Turn:
-    """One path at one number of open streams of one shape."""
+    """One path at one number of open streams of one shape, through ``processes`` gateway
+    processes sharing its port (one but at scale, where one may not open enough files)."""
 
     path: str
     streams: int
     shape: Shape
+    processes: int = 1
 
 
 @dataclass(frozen=True)
@@ -202,15 +205,22 @@ class TurnResult:
 
 
 def analyse(
-    streams: Iterable[Stream], shape: Shape, start: float, end: float, into: TurnResult
+    streams: Iterable[Stream],
+    shape: Shape,
+    start: float,
+    end: float,
+    into: TurnResult,
+    sent_from: float | None = None,
 ) -> None:
-    """The figures of the streams' events that fell in the window [start, end)."""
+    """The figures of the streams' events that fell in the window [start, end); the time to
+    first chunk of the streams sent in it, or since ``sent_from`` if given."""
+    first_sent = start if sent_from is None else sent_from
     delayed: list[tuple[float, float, int]] = []  # arrival, added gap, stream
     for index, stream in enumerate(streams):
         if stream.error is not None:
             into.errors += 1
         arrivals = stream.arrivals[: shape.chunks]
-        if start <= stream.sent < end and arrivals:
+        if first_sent <= stream.sent < end and arrivals:
             into.ttfb.append(arrivals[0] - stream.sent)
         if stream.arrivals and start <= stream.arrivals[-1] < end:
             into.streams_ended += 1
@@ -312,26 +322,26 @@ async def run_turn(
     counted from there, not from just before this turn.
     """
     loop = asyncio.get_running_loop()
-    gateway = target.processes["gateway"]
     result = TurnResult(turn, ramp_s, window_s)
+    began = loop.time()
     streams: list[Stream] = []
     load = Load(LOOPBACK, target.port, turn.shape, API_KEY, itertools.count(), streams.append)
     slots = await keep_open(load, turn.streams, ramp_s)
     try:
         await asyncio.sleep(ramp_s + SETTLE_S)
         gc_before = await gc_samples(http, target.port)
-        cpu_before = {name: cpu_seconds(pid) for name, pid in target.processes.items()}
+        cpu_before = {name: cpu_of(pids) for name, pids in target.processes.items()}
         client_before = time.process_time()
         busy_before, total_before = machine_ticks()
         start = loop.time()
         rss: list[float] = []
         while (left := start + window_s - loop.time()) > 0:
-            rss.append(rss_bytes(gateway))
+            rss.append(rss_bytes(target.gateways))
             await asyncio.sleep(min(RSS_EVERY_S, left))
         end = loop.time()
         result.client_cpu = time.process_time() - client_before
-        for name, pid in target.processes.items():
-            result.cpu[name] = cpu_seconds(pid) - cpu_before[name]
+        for name, pids in target.processes.items():
+            result.cpu[name] = cpu_of(pids) - cpu_before[name]
         busy_after, total_after = machine_ticks()
         result.machine_ticks = (busy_after - busy_before, total_after - total_before)
         result.rss_added = [percentile(rss, 50) - rss_idle]
@@ -346,7 +356,9 @@ async def run_turn(
     for slot in stuck:  # a stream that never ended: an error, its connection closed
         slot.cancel()
     await asyncio.gather(*slots, return_exceptions=True)
-    analyse(streams, turn.shape, start, end, result)
+    # streams that outlast the window are all sent before it: their first chunks since the ramp
+    long = turn.shape.mean_duration_s > window_s
+    analyse(streams, turn.shape, start, end, result, began if long else None)
     result.errors = max(result.errors, load.errors) + len(stuck)
     result.error_kinds = collections.Counter(
         (s.error or "")[:60].splitlines()[0] if s.error else "" for s in streams if s.error
@@ -354,24 +366,30 @@ async def run_turn(
     return result
 
 
+def cpu_of(pids: Iterable[int]) -> float:
+    """CPU seconds (user + system) the processes have used, in all."""
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
 def open_files() -> int:
     """How many files a process of the run may open (after ``raise_open_files``)."""
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def scale_streams() -> int:
-    """The scale turn's streams: :data:`SCALE_STREAMS`, or as many as one gateway process
-    may hold open under this machine's open-file limit (a hard limit an unprivileged run
-    cannot raise: 20,000 on this project's machines, where 10,000 streams need 20,000
-    sockets and more in one process; beyond it connections fail with EMFILE, the path's
-    fault in no way)."""
-    return min(SCALE_STREAMS, (open_files() - FD_RESERVE) // SOCKETS_PER_STREAM)
+def scale_processes() -> int:
+    """The gateway processes each path needs to hold :data:`SCALE_STREAMS` streams under this
+    machine's open-file limit: one where it allows, more where it is a hard limit an
+    unprivileged run cannot raise (20,000 on this project's machines, where 10,000 streams
+    need 20,000 sockets and more in one process; beyond it connections fail with EMFILE)."""
+    per_process = max((open_files() - FD_RESERVE) // SOCKETS_PER_STREAM, 1)
+    return math.ceil(SCALE_STREAMS / per_process)
 
 
 def turns(streams: Iterable[int], paths: list[str], rounds: int, scale: bool) -> list[Turn]:
     """Every turn in order: each K from the smallest, every path at it, ``rounds`` times, in
     reverse order every other round (whatever else the machine does then weighs on every
-    path alike); then the scale turn, once."""
+    path alike); then the scale turn, once (the baseline only where one process holds it:
+    another revision may not know ``--workers``)."""
     ordered = [
         Turn(path, k, LLM)
         for k in sorted(streams)
@@ -379,7 +397,12 @@ def turns(streams: Iterable[int], paths: list[str], rounds: int, scale: bool) ->
         for path in (paths if r % 2 == 0 else paths[::-1])
     ]
     if scale:
-        ordered += [Turn(path, scale_streams(), SLOW) for path in paths]
+        processes = scale_processes()
+        ordered += [
+            Turn(path, SCALE_STREAMS, SLOW, processes)
+            for path in paths
+            if processes == 1 or path != BASELINE
+        ]
     return ordered
 
 
@@ -391,18 +414,17 @@ async def measure_all(
     The load generator's own collector is off during a turn (and run between turns): its
     pauses would delay every stream it reads and be charged to the path measured.
     """
-    by_name = {target.name: target for target in targets}
-    idle = {target.name: rss_bytes(target.processes["gateway"]) for target in targets}
+    by_path = {(target.name, len(target.gateways)): target for target in targets}
+    idle = {key: rss_bytes(target.gateways) for key, target in by_path.items()}
     results: dict[Turn, TurnResult] = {}
     async with aiohttp.ClientSession() as http:
         for turn in planned:
             gc.collect()
             gc.disable()
             ramp_s, window_s = ramps[turn.shape]
+            key = (turn.path, turn.processes)
             try:
-                result = await run_turn(
-                    by_name[turn.path], turn, ramp_s, window_s, http, idle[turn.path]
-                )
+                result = await run_turn(by_path[key], turn, ramp_s, window_s, http, idle[key])
             finally:
                 gc.enable()
             if turn in results:
@@ -464,7 +486,9 @@ def run_benchmark(
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fg-streams-")))
         checkout = baseline_checkout(baseline, workdir) if baseline else None
-        targets, _ = start_stack(stack, workdir, checkout, pinned)
+        targets, _ = start_stack(
+            stack, workdir, checkout, pinned, scale_processes() if scale else 1
+        )
         names = [target.name for target in targets]
         try:
             results = uvloop.run(measure_all(targets, turns(streams, names, rounds, scale), ramps))

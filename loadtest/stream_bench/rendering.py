@@ -13,11 +13,10 @@ import shlex
 from loadtest.report import machine, markdown_table
 from loadtest.stream_bench.measurement import (
     BASELINE,
-    FAIRGATE,
     FD_RESERVE,
-    FORWARDER,
     PAUSE_DELAY_S,
     PAUSE_STREAMS,
+    SCALE_RAMP_S,
     SCALE_STREAMS,
     SETTLE_S,
     SOCKETS_PER_STREAM,
@@ -30,7 +29,7 @@ from loadtest.stream_bench.measurement import (
     TurnResult,
     open_files,
 )
-from loadtest.stream_bench.stack import MODULE
+from loadtest.stream_bench.stack import FAIRGATE, FORWARDER, MODULE
 from loadtest.stream_bench.workload import LLM, SLOW, Shape
 
 #: The section of BENCHMARKS.md this benchmark owns (see :mod:`loadtest.report`).
@@ -49,8 +48,12 @@ def mib(size: float) -> str:
     return "n/a" if math.isnan(size) else f"{size / 2**20:,.1f} MiB"
 
 
-def path_name(run: Run, path: str) -> str:
-    return f"fairgate at `{run.baseline}`" if path == BASELINE else path
+def path_name(run: Run, path: str, processes: int = 1) -> str:
+    """A path as the report names it; ``processes`` > 1: the copies of it sharing its port."""
+    name = f"fairgate at `{run.baseline}`" if path == BASELINE else path
+    if processes > 1:
+        name += f", {processes} " + ("workers" if path == FAIRGATE else "processes")
+    return name
 
 
 def shape_text(shape: Shape) -> str:
@@ -85,7 +88,7 @@ def turns_table(run: Run, shape: Shape) -> str:
         rows.append(
             [
                 f"{r.turn.streams:,}",
-                path_name(run, r.turn.path),
+                path_name(run, r.turn.path, r.turn.processes),
                 f"{r.chunks / r.window_s:,.0f}",
                 cpu,
                 f"{r.cpu_share():.0%}",
@@ -180,12 +183,13 @@ def reading(run: Run) -> str:
     scale = {r.turn.path: r for r in run.results if r.turn.shape == SLOW}
     if scale:
         parts = [
-            f"{path_name(run, path)}: {r.errors} errors, {mib(r.rss_per_1000)} per 1,000 streams"
+            f"{path_name(run, path, r.turn.processes)}: {r.errors} errors, "
+            f"{mib(r.rss_per_1000)} per 1,000 streams"
             for path, r in scale.items()
         ]
         base = run.result(FAIRGATE, streams)
         linear = ""
-        held = next(iter(scale.values())).turn.streams
+        held, processes = next((r.turn.streams, r.turn.processes) for r in scale.values())
         if base is not None and FAIRGATE in scale:
             linear = (
                 f"; fairgate's memory per 1,000 streams at {held:,} is "
@@ -197,7 +201,7 @@ def reading(run: Run) -> str:
             + "; ".join(parts)
             + linear
             + "."
-            + fewer_than_asked(held)
+            + why_processes(processes)
         )
     busy = [r.machine_busy for r in run.results if not math.isnan(r.machine_busy)]
     if busy:
@@ -244,7 +248,8 @@ def render_section(run: Run, argv: list[str]) -> str:
     )
     scale = (
         f"\n\nAt scale: {scale_held(run):,} streams of {shape_text(SLOW)}, each path in "
-        f"turn:\n\n"
+        f"turn (a stream lasts longer than the window, so none starts in it: the TTFB columns "
+        f"are those of the streams started over the {SCALE_RAMP_S:g} s ramp):\n\n"
         f"{turns_table(run, SLOW)}"
         if any(r.turn.shape == SLOW for r in run.results)
         else ""
@@ -289,12 +294,15 @@ def scale_held(run: Run) -> int:
     return next((r.turn.streams for r in run.results if r.turn.shape == SLOW), SCALE_STREAMS)
 
 
-def fewer_than_asked(held: int) -> str:
-    """Why the scale turn held fewer than :data:`SCALE_STREAMS` streams, if it did."""
-    if held >= SCALE_STREAMS:
+def why_processes(processes: int) -> str:
+    """Why the scale turn ran each path as several processes, if it did."""
+    if processes <= 1:
         return ""
     return (
-        f" Not {SCALE_STREAMS:,}: this machine lets a process open {open_files():,} files (a "
-        f"hard limit), and a gateway holds {SOCKETS_PER_STREAM} sockets per stream and some "
-        f"{FD_RESERVE:,} more; past that, connections fail with EMFILE."
+        f" Each path ran as {processes} processes sharing its port, all on the gateways' CPU "
+        f"(the forwarder as {processes} copies, each on a `SO_REUSEPORT` socket of the port; "
+        f"fairgate as `fairgate serve --workers {processes}`): this machine lets a process "
+        f"open {open_files():,} files (a hard limit), and a gateway holds {SOCKETS_PER_STREAM} "
+        f"sockets per stream and some {FD_RESERVE:,} more; past that, connections fail with "
+        "EMFILE. Their CPU and memory are those of all of a path's processes."
     )

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fairgate.workers import reuse_port_sockets
 from loadtest.proxy_overhead.stack import (
     fairgate_config,
     start_fairgate,
     start_process,
     start_redis,
+    worker_pids,
 )
 from loadtest.proxy_overhead.workload import LOOPBACK, QUOTA_TENANT, TENANT
 from loadtest.revisions import accepted_config, revision_env
@@ -32,6 +34,8 @@ from loadtest.services import free_ports, wait_http_ok
 MODULE = "loadtest.stream_bench"
 #: The forwarder is the proxy-overhead benchmark's, unchanged: the same floor for both.
 FORWARDER_MODULE = "loadtest.proxy_overhead"
+#: The paths every run measures.
+FORWARDER, FAIRGATE = "forwarder", "fairgate"
 #: Where the gateways run, and where everything else does (with two CPUs or more).
 GATEWAY_CPU, REST_CPU = 0, 1
 #: The scheduling priority (nice value) of every process of the run, where allowed (root).
@@ -46,23 +50,30 @@ OPEN_FILES = 65_536
 @dataclass(frozen=True)
 class Target:
     """One path measured: its name, its URL's port, and the processes whose CPU time and
-    memory are its own cost (``gateway``, and ``redis`` for fairgate)."""
+    memory are its own cost, by role: ``gateway`` (one process, or each of several sharing
+    the port), and ``redis`` for fairgate."""
 
     name: str
     port: int
-    processes: dict[str, int]
+    processes: dict[str, tuple[int, ...]]
+
+    @property
+    def gateways(self) -> tuple[int, ...]:
+        return self.processes["gateway"]
 
 
 def gateway_config(port: int, redis_port: int, upstream: str, prefix: str) -> dict[str, Any]:
-    """The proxy-overhead benchmark's gateway, with room for :data:`MOST_STREAMS` streams and
-    an admission domain of its own (``prefix``) in the shared Redis."""
+    """The proxy-overhead benchmark's gateway, with room for :data:`MOST_STREAMS` streams (in
+    requests and tokens: a limit is not what this benchmark measures) and an admission domain
+    of its own (``prefix``) in the shared Redis."""
     config = fairgate_config(port, redis_port, upstream)
     config["redis"]["key_prefix"] = prefix
     room = {"max_concurrency": MOST_STREAMS, "max_queued": MOST_STREAMS}
     for tenant in (TENANT, QUOTA_TENANT):
         config["tenants"][tenant] |= room | {"max_inflight_tokens": 1_000_000_000}
     for backend in config["pools"]["bench"]["backends"].values():
-        backend["max_concurrency"] = MOST_STREAMS
+        # and tokens: 200,000 by default, which 10,000 streams' estimates exceed (they queue)
+        backend |= {"max_concurrency": MOST_STREAMS, "max_inflight_tokens": 1_000_000_000}
     return config
 
 
@@ -93,13 +104,19 @@ def pin(pid: int, cpu: int) -> bool:
 
 
 def start_stack(
-    stack: contextlib.ExitStack, workdir: Path, baseline: Path | None, pinned: bool
+    stack: contextlib.ExitStack,
+    workdir: Path,
+    baseline: Path | None,
+    pinned: bool,
+    scale_processes: int = 1,
 ) -> tuple[list[Target], int]:
     """Redis, the upstream, the forwarder, fairgate (and fairgate at ``baseline``'s code), all
-    ready and pinned if asked; the paths, and Redis's pid."""
+    ready and pinned if asked; and, with ``scale_processes`` > 1, the forwarder and fairgate
+    again as that many processes each (:func:`start_scale_paths`). The paths, and Redis's
+    pid."""
     raise_open_files()
-    ports = free_ports(5)
-    redis_port, upstream_port, forwarder_port, gateway_port, baseline_port = ports
+    ports = free_ports(7)
+    redis_port, upstream_port, forwarder_port, gateway_port, baseline_port = ports[:5]
     upstream = f"http://{LOOPBACK}:{upstream_port}"
     redis = start_redis(stack, redis_port, workdir)
     serving = start_process(
@@ -121,17 +138,73 @@ def start_stack(
     config = gateway_config(gateway_port, redis_port, upstream, "fairgate-streams")
     fairgate = start_fairgate(stack, "fairgate", config, workdir)
     paths = [
-        Target("forwarder", forwarder_port, {"gateway": forwarder.pid}),
-        Target("fairgate", gateway_port, {"gateway": fairgate.pid, "redis": redis.pid}),
+        Target(FORWARDER, forwarder_port, {"gateway": (forwarder.pid,)}),
+        Target(FAIRGATE, gateway_port, {"gateway": (fairgate.pid,), "redis": (redis.pid,)}),
     ]
     if baseline is not None:
         config = gateway_config(baseline_port, redis_port, upstream, "fairgate-streams-base")
         config = accepted_config(baseline, config)  # less what that revision did not know
         before = start_fairgate(stack, "baseline", config, workdir, revision_env(baseline))
-        paths.append(Target("baseline", baseline_port, {"gateway": before.pid, "redis": redis.pid}))
+        paths.append(
+            Target("baseline", baseline_port, {"gateway": (before.pid,), "redis": (redis.pid,)})
+        )
+    if scale_processes > 1:
+        scale_ports = (ports[5], ports[6])
+        paths += start_scale_paths(
+            stack, workdir, scale_processes, scale_ports, upstream, (redis_port, redis.pid)
+        )
     if pinned:
         for path in paths:
-            pin(path.processes["gateway"], GATEWAY_CPU)
+            for pid in path.gateways:
+                pin(pid, GATEWAY_CPU)
         for pid in (redis.pid, serving.pid, os.getpid()):
             pin(pid, REST_CPU)
     return paths, redis.pid
+
+
+def start_scale_paths(
+    stack: contextlib.ExitStack,
+    workdir: Path,
+    count: int,
+    ports: tuple[int, int],
+    upstream: str,
+    redis: tuple[int, int],
+) -> list[Target]:
+    """The forwarder and fairgate as ``count`` processes each, for a scale turn one process
+    may not hold (its open-file limit): ``count`` forwarders serving one port (each on a
+    ``SO_REUSEPORT`` socket this process binds and hands it, as ``fairgate serve --workers``
+    does), and ``fairgate serve --workers count``. ``ports``: the forwarders' and fairgate's;
+    ``redis``: its port and pid."""
+    (port, fairgate_port), (redis_port, redis_pid) = ports, redis
+    sockets = reuse_port_sockets(LOOPBACK, port, count)
+    for sock in sockets:
+        stack.callback(sock.close)
+    forwarders = [
+        start_process(
+            stack,
+            f"forwarder-{i}",
+            [
+                sys.executable,
+                "-m",
+                FORWARDER_MODULE,
+                "--serve",
+                "forwarder",
+                "--fd",
+                str(sock.fileno()),
+                "--upstream",
+                upstream,
+            ],  # fmt: skip
+            lambda process: wait_http_ok(f"http://{LOOPBACK}:{port}/health", process),
+            workdir,
+            pass_fds=[sock.fileno()],
+        ).pid
+        for i, sock in enumerate(sockets)
+    ]
+    config = gateway_config(fairgate_port, redis_port, upstream, "fairgate-streams-workers")
+    config["server"]["workers"] = count
+    supervisor = start_fairgate(stack, "fairgate-workers", config, workdir)
+    workers = tuple(worker_pids(supervisor, count))
+    return [
+        Target(FORWARDER, port, {"gateway": tuple(forwarders)}),
+        Target(FAIRGATE, fairgate_port, {"gateway": workers, "redis": (redis_pid,)}),
+    ]

@@ -64,8 +64,11 @@ class Shape:
 
 #: The shape of LLM traffic the issue measured: 40 chunks, 50-400 ms apart (about 9 s).
 LLM = Shape(40, 0.05, 0.4)
-#: Many more streams, each slower, so that one machine can drive them: 10 chunks 1-2 s apart.
-SLOW = Shape(10, 1.0, 2.0)
+#: Many more streams, each slower and longer, so that one machine can drive them: 20 chunks
+#: 3-5 s apart (about 2,500 chunks/s and 130 new streams/s at 10,000 open). At 10 chunks 1-2 s
+#: apart, the gateways' core and the machine's other one were saturated on this project's
+#: machines, and at 2.5-4.5 s fairgate's, by the 290 requests it started each second.
+SLOW = Shape(20, 3.0, 5.0)
 
 #: One content chunk, as engines send them (the same bytes for every chunk of every stream).
 CONTENT_EVENT = sse_event(

@@ -1,17 +1,22 @@
-"""The slow-stream benchmark's arithmetic: schedules, added gaps, pauses, pooled rounds."""
+"""The slow-stream benchmark's arithmetic: schedules, added gaps, pauses, pooled rounds, the
+processes of the scale turn."""
 
 from __future__ import annotations
 
+import pytest
+
+from loadtest.stream_bench import measurement
 from loadtest.stream_bench.client import Stream
 from loadtest.stream_bench.measurement import (
     PAUSE_DELAY_S,
     PAUSE_STREAMS,
+    SCALE_STREAMS,
     Turn,
     TurnResult,
     analyse,
     pauses,
 )
-from loadtest.stream_bench.workload import LLM, Shape
+from loadtest.stream_bench.workload import LLM, SLOW, Shape
 
 SHAPE = Shape(4, 0.1, 0.2)
 
@@ -96,3 +101,31 @@ def test_rounds_pool_their_figures() -> None:
     assert first.window_s == 20.0
     assert first.cpu_per_chunk() == 0.04 / 400
     assert first.rss_per_1000 == 2_000_000.0 / 100 * 1000  # the median round, per 1,000
+
+
+@pytest.mark.parametrize(
+    ("open_files", "processes", "paths"),
+    [
+        (65_536, 1, ["forwarder", "fairgate", "baseline"]),
+        (20_000, 2, ["forwarder", "fairgate"]),  # the baseline may not know --workers
+        (4_000, 7, ["forwarder", "fairgate"]),
+    ],
+)
+def test_the_scale_turn_holds_every_stream_through_as_many_processes_as_files_ask(
+    monkeypatch: pytest.MonkeyPatch, open_files: int, processes: int, paths: list[str]
+) -> None:
+    monkeypatch.setattr(measurement, "open_files", lambda: open_files)
+    planned = measurement.turns([100], ["forwarder", "fairgate", "baseline"], 1, scale=True)
+    scale = [turn for turn in planned if turn.shape == SLOW]
+    assert scale == [Turn(path, SCALE_STREAMS, SLOW, processes) for path in paths]
+    assert all(turn.processes == 1 for turn in planned if turn.shape != SLOW)
+
+
+def test_streams_longer_than_the_window_count_their_first_chunks_from_the_ramp() -> None:
+    sent_before = [_stream(seed, sent=1.0 + seed) for seed in range(3)]
+    in_window = TurnResult(Turn("forwarder", 3, SHAPE), 0.0, 1.0)
+    analyse(sent_before, SHAPE, 10.0, 100.0, in_window)
+    assert in_window.ttfb == []  # none was sent in the window
+    since_ramp = TurnResult(Turn("forwarder", 3, SHAPE), 0.0, 1.0)
+    analyse(sent_before, SHAPE, 10.0, 100.0, since_ramp, sent_from=0.0)
+    assert len(since_ramp.ttfb) == 3
