@@ -290,7 +290,9 @@ class EstimationConfig(StrictModel):
         8, description="The prior counts as this many samples when blended with history."
     )
     refresh_s: NonNegativeFloat = Field(
-        2.0, description="How long a replica reuses history and correction factors it read."
+        2.0,
+        description="How long a replica reuses history and correction factors it read (then "
+        "they still answer while one read in the background replaces them; 0: read every time).",
     )
     calibration_alpha: Annotated[float, Field(gt=0, le=1)] = Field(
         0.05, description="Weight of each new observation in a correction factor (EWMA)."
