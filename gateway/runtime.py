@@ -10,7 +10,7 @@ them); what this module adds:
 - after start-up, :func:`gc.freeze` moves everything built so far (settings, scripts, routes,
   tokenizers, imported modules) out of the collector's view, so that a full collection walks
   only what requests created since (``server.gc_freeze``);
-- a pacer for the collector (``server.gc_young_interval_s``, ``server.gc_full_interval_s``):
+- a pacer for the collector (``server.gc_young_interval_s``, ``server.gc_full_growth``):
   CPython starts a young collection when allocations of container objects outnumber frees by
   its threshold. A gateway relaying thousands of streams frees about as much as it allocates,
   so the counter stays low while the young generation fills with every open stream's objects;
@@ -20,7 +20,10 @@ them); what this module adds:
   collection walking only what was made since the last and is still alive (5-10 ms there),
   and runs a full collection when the heap has doubled since the last
   (``gc_full_growth``) rather than on CPython's count of objects promoted, which at that churn
-  grows without the heap growing and calls for one every few seconds;
+  grows without the heap growing and calls for one every few seconds. Where the young
+  collections keep finding no garbage (a request path without reference cycles), ticks
+  freeze the young generations instead, which walks nothing, and every few ticks one still
+  collects as a probe (``server.gc_probe_every``, :class:`YoungTicks`);
 - the generation-0 threshold (``server.gc_young_threshold``), for bursts between two ticks;
 - what operators need to see it: ``fairgate_gc_pause_seconds`` (per generation, from
   :data:`gc.callbacks`), ``fairgate_gc_collected_objects_total`` and
@@ -34,6 +37,7 @@ import asyncio
 import gc
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -141,13 +145,69 @@ class Runtime:
         included, and not while thousands of streams come and go at a steady level.
         """
         young_s, growth = self._config.gc_young_interval_s, 1 + self._config.gc_full_growth
+        ticks = YoungTicks(self._config.gc_probe_every)
         settled = sys.getallocatedblocks()
+        froze = False  # whether a tick froze objects since the last full collection
         while True:
             await asyncio.sleep(young_s)
             if not gc.isenabled():  # switched off (gc.disable): no automatic collection at all
                 continue
             if sys.getallocatedblocks() > settled * growth:
-                gc.collect()
+                _collect_everything(thaw=froze)
+                froze = False
+                ticks.found(None)
                 settled = sys.getallocatedblocks()
+            elif ticks.collects():
+                ticks.found(gc.collect(1))
             else:
-                gc.collect(1)
+                gc.freeze()  # out of view, walked by nothing: no pause
+                froze = True
+
+
+#: Young collections in a row that found no garbage before ticks freeze instead.
+QUIET_COLLECTIONS = 4
+
+
+@dataclass(slots=True)
+class YoungTicks:
+    """Whether a tick of the pacer collects the young generations or freezes them.
+
+    A young collection walks every young object alive; at thousands of open streams those are
+    mostly each stream's pending read (a future, two coroutines and the like, made anew for
+    every chunk), walked four times a second and found alive. Where the request path makes
+    no reference cycles, that walk finds nothing. After :data:`QUIET_COLLECTIONS` such
+    collections in a row, ticks freeze instead (``gc.freeze`` moves the young generations to
+    the permanent one: no walk at all), and every ``probe_every``-th tick still collects, as
+    a probe of what the last tick's worth of requests left: any garbage found brings back a
+    collection every tick. A full collection thaws and walks everything, the frozen garbage
+    included. ``probe_every`` 0: every tick collects.
+    """
+
+    probe_every: int
+    quiet: int = 0  # collections in a row that found no garbage
+    ticks: int = 0  # ticks since the collections went quiet
+
+    def collects(self) -> bool:
+        """Whether this tick collects (else it freezes)."""
+        if not self.probe_every or self.quiet < QUIET_COLLECTIONS:
+            return True
+        self.ticks += 1
+        return self.ticks % self.probe_every == 0
+
+    def found(self, garbage: int | None) -> None:
+        """What a collection found: unreachable objects, or None after a full collection
+        (which starts the count of quiet young collections again)."""
+        if garbage == 0:
+            self.quiet += 1
+        else:
+            self.quiet = self.ticks = 0
+
+
+def _collect_everything(thaw: bool) -> None:
+    """A full collection; with ``thaw``, of what ticks froze too (and what start-up froze:
+    ``gc.unfreeze`` gives all of it back), frozen again once collected."""
+    if thaw:
+        gc.unfreeze()
+    gc.collect()
+    if thaw:
+        gc.freeze()

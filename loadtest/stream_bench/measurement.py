@@ -385,6 +385,12 @@ def scale_processes() -> int:
     return math.ceil(SCALE_STREAMS / per_process)
 
 
+def paths_of(targets: Iterable[Target]) -> list[str]:
+    """The paths the targets serve, each once, in order (a path's processes for the scale turn
+    are a target of the same name)."""
+    return list(dict.fromkeys(target.name for target in targets))
+
+
 def turns(streams: Iterable[int], paths: list[str], rounds: int, scale: bool) -> list[Turn]:
     """Every turn in order: each K from the smallest, every path at it, ``rounds`` times, in
     reverse order every other round (whatever else the machine does then weighs on every
@@ -489,9 +495,9 @@ def run_benchmark(
         targets, _ = start_stack(
             stack, workdir, checkout, pinned, scale_processes() if scale else 1
         )
-        names = [target.name for target in targets]
+        planned = turns(streams, paths_of(targets), rounds, scale)
         try:
-            results = uvloop.run(measure_all(targets, turns(streams, names, rounds, scale), ramps))
+            results = uvloop.run(measure_all(targets, planned, ramps))
         finally:
             logs = server_logs(workdir)
     return Run(

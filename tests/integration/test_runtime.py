@@ -268,12 +268,14 @@ class _Knot:
         self.me = self
 
 
-def _paced(interval_s: float, growth: float) -> dict[str, object]:
-    """Server settings where only the pacer collects: CPython's own young trigger never fires."""
+def _paced(interval_s: float, growth: float, probe_every: int = 0) -> dict[str, object]:
+    """Server settings where only the pacer collects: CPython's own young trigger never fires
+    (and, unless ``probe_every``, every tick collects)."""
     return {
         "gc_young_threshold": 2**30,
         "gc_young_interval_s": interval_s,
         "gc_full_growth": growth,
+        "gc_probe_every": probe_every,
     }
 
 
@@ -288,6 +290,18 @@ async def _until(condition: Callable[[], bool], ticks: int = 400) -> bool:
             return True
         await asyncio.sleep(0.05)
     return condition()
+
+
+async def _gone_quiet(gateway: RunningGateway) -> bool:
+    """Whether the pacer's ticks stopped collecting (five ticks of 0.05 s without one)."""
+    last = await _collections(gateway, "1")
+    for _ in range(80):
+        await asyncio.sleep(0.25)
+        now = await _collections(gateway, "1")
+        if now == last:
+            return True
+        last = now
+    return False
 
 
 async def test_the_pacer_collects_young_garbage_the_allocation_counter_never_would(
@@ -335,6 +349,40 @@ async def test_a_full_collection_follows_the_heap_growing_not_the_clock(
         assert await _collections(gateway, "2") == full
 
         grown = [object() for _ in range(sys.getallocatedblocks())]  # the heap, doubled
+        assert await _until(lambda: gone() is None)
+        assert await _collections(gateway, "2") >= full + 1
+        del grown
+    finally:
+        gc.set_threshold(*threshold)
+
+
+async def test_quiet_ticks_freeze_and_the_full_collection_frees_what_they_froze(
+    start_gateway: StartGateway, serve_app: ServeApp, redis_url: str
+) -> None:
+    """Young collections that keep finding nothing give way to freezing (no walk, no pause):
+    garbage made then is out of the young collections' view, and the full collection that
+    the heap's growth calls for thaws it and frees it."""
+    threshold = gc.get_threshold()
+    engine = await serve_app(engine_app(pace_s=0.0))
+    try:
+        gateway = await start_gateway(
+            gateway_config(redis_url, {"p": [engine]}, server=_paced(0.05, 0.5, 1_000))
+        )
+        assert await _gone_quiet(gateway)
+        young, full, frozen = (
+            await _collections(gateway, "1"),
+            await _collections(gateway, "2"),
+            gc.get_freeze_count(),
+        )
+        knot = _Knot()
+        gone = weakref.ref(knot)
+        del knot
+        await _until(lambda: False, ticks=20)  # a second of ticks
+        assert gone() is not None, "a young collection ran on a quiet tick"
+        assert await _collections(gateway, "1") == young  # every tick froze, none walked
+        assert gc.get_freeze_count() > frozen
+
+        grown = [object() for _ in range(sys.getallocatedblocks())]  # the heap, grown
         assert await _until(lambda: gone() is None)
         assert await _collections(gateway, "2") >= full + 1
         del grown

@@ -16,6 +16,7 @@ from loadtest.stream_bench.measurement import (
     analyse,
     pauses,
 )
+from loadtest.stream_bench.stack import Target
 from loadtest.stream_bench.workload import LLM, SLOW, Shape
 
 SHAPE = Shape(4, 0.1, 0.2)
@@ -129,3 +130,13 @@ def test_streams_longer_than_the_window_count_their_first_chunks_from_the_ramp()
     since_ramp = TurnResult(Turn("forwarder", 3, SHAPE), 0.0, 1.0)
     analyse(sent_before, SHAPE, 10.0, 100.0, since_ramp, sent_from=0.0)
     assert len(since_ramp.ttfb) == 3
+
+
+def test_each_path_takes_its_turns_once_however_many_processes_serve_it() -> None:
+    targets = [
+        Target("forwarder", 1, {"gateway": (10,)}),
+        Target("fairgate", 2, {"gateway": (20,), "redis": (30,)}),
+        Target("forwarder", 3, {"gateway": (11, 12)}),  # the scale turn's
+        Target("fairgate", 4, {"gateway": (21, 22), "redis": (30,)}),
+    ]
+    assert measurement.paths_of(targets) == ["forwarder", "fairgate"]
