@@ -16,7 +16,7 @@ import gc
 import json
 import sys
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 from aiohttp import web
@@ -279,6 +279,28 @@ def _paced(interval_s: float, growth: float, probe_every: int = 0) -> dict[str, 
     }
 
 
+StartPaced = Callable[..., Awaitable[RunningGateway]]
+
+
+@pytest.fixture
+async def start_paced(
+    start_gateway: StartGateway, serve_app: ServeApp, redis_url: str
+) -> AsyncIterator[StartPaced]:
+    """A gateway whose collector only the pacer runs (:func:`_paced`'s settings), in front of
+    an instant engine; the collector's thresholds put back as they were after the test."""
+    threshold = gc.get_threshold()
+
+    async def start(growth: float, probe_every: int = 0) -> RunningGateway:
+        engine = await serve_app(engine_app(pace_s=0.0))
+        config = gateway_config(
+            redis_url, {"p": [engine]}, server=_paced(0.05, growth, probe_every)
+        )
+        return await start_gateway(config)
+
+    yield start
+    gc.set_threshold(*threshold)
+
+
 async def _collections(gateway: RunningGateway, generation: str) -> float:
     return value(await scrape(gateway), "fairgate_gc_pause_seconds_count", generation=generation)
 
@@ -305,107 +327,79 @@ async def _gone_quiet(gateway: RunningGateway) -> bool:
 
 
 async def test_the_pacer_collects_young_garbage_the_allocation_counter_never_would(
-    start_gateway: StartGateway, serve_app: ServeApp, redis_url: str
+    start_paced: StartPaced,
 ) -> None:
     """Thousands of streams allocate and free alike, so CPython's counter of net allocations
     stays below its threshold (here: never reached) while the young generation fills; the
     pacer collects it on its clock, and a cycle made now is freed by it."""
-    threshold = gc.get_threshold()
-    engine = await serve_app(engine_app(pace_s=0.0))
-    try:
-        gateway = await start_gateway(
-            gateway_config(redis_url, {"p": [engine]}, server=_paced(0.05, 1.0))
-        )
-        assert gc.get_threshold()[2] == runtime.NEVER  # CPython's full collections: off
-        knot = _Knot()
-        gone = weakref.ref(knot)
-        del knot
-        assert await _until(lambda: gone() is None)
-        assert await _collections(gateway, "1") >= 1
-    finally:
-        gc.set_threshold(*threshold)
+    gateway = await start_paced(1.0)
+    assert gc.get_threshold()[2] == runtime.NEVER  # CPython's full collections: off
+    knot = _Knot()
+    gone = weakref.ref(knot)
+    del knot
+    assert await _until(lambda: gone() is None)
+    assert await _collections(gateway, "1") >= 1
 
 
 async def test_a_full_collection_follows_the_heap_growing_not_the_clock(
-    start_gateway: StartGateway, serve_app: ServeApp, redis_url: str
+    start_paced: StartPaced,
 ) -> None:
     """Garbage that outlived a young collection sits in the oldest generation: young
     collections pass it by, however many run, until the heap has grown by the configured
     fraction; then a full collection frees it."""
-    threshold = gc.get_threshold()
-    engine = await serve_app(engine_app(pace_s=0.0))
-    try:
-        gateway = await start_gateway(
-            gateway_config(redis_url, {"p": [engine]}, server=_paced(0.05, 0.5))
-        )
-        knot = _Knot()
-        gone = weakref.ref(knot)
-        gc.collect(1)  # alive: moved to the oldest generation, as a young tick would
-        del knot
-        young, full = await _collections(gateway, "1"), await _collections(gateway, "2")
-        await _until(lambda: False, ticks=20)  # a second of young collections
-        assert await _collections(gateway, "1") >= young + 5
-        assert gone() is not None, "a young collection freed garbage of the oldest generation"
-        assert await _collections(gateway, "2") == full
+    gateway = await start_paced(0.5)
+    knot = _Knot()
+    gone = weakref.ref(knot)
+    gc.collect(1)  # alive: moved to the oldest generation, as a young tick would
+    del knot
+    young, full = await _collections(gateway, "1"), await _collections(gateway, "2")
+    await _until(lambda: False, ticks=20)  # a second of young collections
+    assert await _collections(gateway, "1") >= young + 5
+    assert gone() is not None, "a young collection freed garbage of the oldest generation"
+    assert await _collections(gateway, "2") == full
 
-        grown = [object() for _ in range(sys.getallocatedblocks())]  # the heap, doubled
-        assert await _until(lambda: gone() is None)
-        assert await _collections(gateway, "2") >= full + 1
-        del grown
-    finally:
-        gc.set_threshold(*threshold)
+    grown = [object() for _ in range(sys.getallocatedblocks())]  # the heap, doubled
+    assert await _until(lambda: gone() is None)
+    assert await _collections(gateway, "2") >= full + 1
+    del grown
 
 
 async def test_quiet_ticks_freeze_and_the_full_collection_frees_what_they_froze(
-    start_gateway: StartGateway, serve_app: ServeApp, redis_url: str
+    start_paced: StartPaced,
 ) -> None:
     """Young collections that keep finding nothing give way to freezing (no walk, no pause):
     garbage made then is out of the young collections' view, and the full collection that
     the heap's growth calls for thaws it and frees it."""
-    threshold = gc.get_threshold()
-    engine = await serve_app(engine_app(pace_s=0.0))
-    try:
-        gateway = await start_gateway(
-            gateway_config(redis_url, {"p": [engine]}, server=_paced(0.05, 0.5, 1_000))
-        )
-        assert await _gone_quiet(gateway)
-        young, full, frozen = (
-            await _collections(gateway, "1"),
-            await _collections(gateway, "2"),
-            gc.get_freeze_count(),
-        )
-        knot = _Knot()
-        gone = weakref.ref(knot)
-        del knot
-        await _until(lambda: False, ticks=20)  # a second of ticks
-        assert gone() is not None, "a young collection ran on a quiet tick"
-        assert await _collections(gateway, "1") == young  # every tick froze, none walked
-        assert gc.get_freeze_count() > frozen
+    gateway = await start_paced(0.5, 1_000)
+    assert await _gone_quiet(gateway)
+    young, full, frozen = (
+        await _collections(gateway, "1"),
+        await _collections(gateway, "2"),
+        gc.get_freeze_count(),
+    )
+    knot = _Knot()
+    gone = weakref.ref(knot)
+    del knot
+    await _until(lambda: False, ticks=20)  # a second of ticks
+    assert gone() is not None, "a young collection ran on a quiet tick"
+    assert await _collections(gateway, "1") == young  # every tick froze, none walked
+    assert gc.get_freeze_count() > frozen
 
-        grown = [object() for _ in range(sys.getallocatedblocks())]  # the heap, grown
-        assert await _until(lambda: gone() is None)
-        assert await _collections(gateway, "2") >= full + 1
-        del grown
-    finally:
-        gc.set_threshold(*threshold)
+    grown = [object() for _ in range(sys.getallocatedblocks())]  # the heap, grown
+    assert await _until(lambda: gone() is None)
+    assert await _collections(gateway, "2") >= full + 1
+    del grown
 
 
 async def test_the_pacer_stays_off_while_the_collector_is_disabled(
-    start_gateway: StartGateway, serve_app: ServeApp, redis_url: str, collector_off: None
+    start_paced: StartPaced, collector_off: None
 ) -> None:
     """gc.disable() means no automatic collection: the pacer's included."""
-    threshold = gc.get_threshold()
-    engine = await serve_app(engine_app(pace_s=0.0))
-    try:
-        gateway = await start_gateway(
-            gateway_config(redis_url, {"p": [engine]}, server=_paced(0.05, 1.0))
-        )
-        young = await _collections(gateway, "1")
-        knot = _Knot()
-        gone = weakref.ref(knot)
-        del knot
-        await _until(lambda: False, ticks=10)
-        assert gone() is not None
-        assert await _collections(gateway, "1") == young
-    finally:
-        gc.set_threshold(*threshold)
+    gateway = await start_paced(1.0)
+    young = await _collections(gateway, "1")
+    knot = _Knot()
+    gone = weakref.ref(knot)
+    del knot
+    await _until(lambda: False, ticks=10)
+    assert gone() is not None
+    assert await _collections(gateway, "1") == young
