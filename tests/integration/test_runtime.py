@@ -268,13 +268,17 @@ class _Knot:
         self.me = self
 
 
-def _paced(interval_s: float, growth: float, probe_every: int = 0) -> dict[str, object]:
+def _paced(
+    interval_s: float, growth: float, probe_every: int = 0, most: float | None = None
+) -> dict[str, object]:
     """Server settings where only the pacer collects: CPython's own young trigger never fires
-    (and, unless ``probe_every``, every tick collects)."""
+    (and, unless ``probe_every``, every tick collects); a full collection is due at ``growth``,
+    or up to ``most`` after ones that freed nothing (by default it stays ``growth``)."""
     return {
         "gc_young_threshold": 2**30,
         "gc_young_interval_s": interval_s,
         "gc_full_growth": growth,
+        "gc_full_growth_max": growth if most is None else most,
         "gc_probe_every": probe_every,
     }
 
@@ -290,10 +294,12 @@ async def start_paced(
     an instant engine; the collector's thresholds put back as they were after the test."""
     threshold = gc.get_threshold()
 
-    async def start(growth: float, probe_every: int = 0) -> RunningGateway:
+    async def start(
+        growth: float, probe_every: int = 0, most: float | None = None
+    ) -> RunningGateway:
         engine = await serve_app(engine_app(pace_s=0.0))
         config = gateway_config(
-            redis_url, {"p": [engine]}, server=_paced(0.05, growth, probe_every)
+            redis_url, {"p": [engine]}, server=_paced(0.05, growth, probe_every, most)
         )
         return await start_gateway(config)
 
@@ -362,6 +368,42 @@ async def test_a_full_collection_follows_the_heap_growing_not_the_clock(
     assert await _until(lambda: gone() is None)
     assert await _collections(gateway, "2") >= full + 1
     del grown
+
+
+async def test_a_full_collection_that_freed_nothing_waits_for_more_growth_next_time(
+    start_paced: StartPaced,
+) -> None:
+    """More open streams grow the heap with live objects: the full collection that growth
+    calls for frees next to nothing, and the next one waits for twice the growth (garbage made
+    meanwhile waits with it), not another walk of everything at the same step."""
+    gateway = await start_paced(0.5, most=2.0)
+    full = await _collections(gateway, "2")
+    live = [object() for _ in range(sys.getallocatedblocks() * 3 // 2)]  # grown 2.5x: alive
+    assert await _full_collections(gateway, full + 1)  # one, that freed nothing
+
+    knot = _Knot()
+    gone = weakref.ref(knot)
+    gc.collect(1)  # alive: moved to the oldest generation, as a young tick would
+    del knot
+    # grown by more than the growth that called for the last one, less than twice that
+    more = [object() for _ in range(sys.getallocatedblocks() * 3 // 4)]
+    await _until(lambda: False, ticks=20)  # a second of ticks
+    assert gone() is not None, "a full collection ran at the growth allowed before"
+    assert await _collections(gateway, "2") == full + 1
+
+    most = [object() for _ in range(sys.getallocatedblocks())]  # and twice that: enough
+    assert await _until(lambda: gone() is None)
+    assert await _full_collections(gateway, full + 2)
+    del live, more, most
+
+
+async def _full_collections(gateway: RunningGateway, count: float) -> bool:
+    """Whether the gateway has run ``count`` full collections within 20 s."""
+    for _ in range(400):
+        if await _collections(gateway, "2") >= count:
+            return True
+        await asyncio.sleep(0.05)
+    return False
 
 
 async def test_quiet_ticks_freeze_and_the_full_collection_frees_what_they_froze(
