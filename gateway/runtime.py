@@ -20,11 +20,12 @@ them); what this module adds:
   collection walking only what was made since the last and is still alive (5-10 ms there),
   and runs a full collection when the heap has doubled since the last
   (``gc_full_growth``; more, up to ``gc_full_growth_max``, after full collections that found
-  next to nothing: :class:`FullCollections`) rather than on CPython's count of objects promoted, which at that churn
-  grows without the heap growing and calls for one every few seconds. Where the young
-  collections keep finding no garbage (a request path without reference cycles), ticks
-  freeze the young generations instead, which walks nothing, and every few ticks one still
-  collects as a probe (``server.gc_probe_every``, :class:`YoungTicks`);
+  next to nothing: :class:`FullCollections`) rather than on CPython's count of objects
+  promoted, which at that churn grows without the heap growing and calls for one every few
+  seconds. Where the young collections keep finding no garbage (a request path without
+  reference cycles), ticks freeze the young generations instead, which walks nothing, and
+  every few ticks one still collects as a probe (``server.gc_probe_every``,
+  :class:`YoungTicks`);
 - the generation-0 threshold (``server.gc_young_threshold``), for bursts between two ticks;
 - what operators need to see it: ``fairgate_gc_pause_seconds`` (per generation, from
   :data:`gc.callbacks`), ``fairgate_gc_collected_objects_total`` and

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -33,7 +34,7 @@ class Stream:
 
     seed: int
     sent: float
-    arrivals: list[float] = field(default_factory=list)  # loop time of each SSE event
+    arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each SSE event
     status: int = 0
     complete: bool = False  # the body ended after the events expected
     error: str | None = None
@@ -59,14 +60,14 @@ class _Connection(asyncio.Protocol):
 
     def send(self, payload: bytes, seed: int) -> asyncio.Future[Stream]:
         assert self._transport is not None
-        self._stream = Stream(seed, self._loop.time())
+        self._stream = Stream(seed, time.monotonic())
         self._done = self._loop.create_future()
         self._tail = self._headers = b""
         self._transport.write(payload)
         return self._done
 
     def data_received(self, data: bytes) -> None:
-        now = self._loop.time()
+        now = time.monotonic()  # not loop.time(): uvloop's counts whole milliseconds
         stream = self._stream
         if stream is None or self._done is None or self._done.done():
             return
