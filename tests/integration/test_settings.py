@@ -467,6 +467,11 @@ INVALID_CONFIGS = [
         id="port-zero",
     ),
     pytest.param(
+        lambda cfg: cfg.update(server={"gc_full_growth": 2.0, "gc_full_growth_max": 1.0}),
+        ["server:", "gc_full_growth_max must be at least gc_full_growth"],
+        id="full-growth-max-below-least",
+    ),
+    pytest.param(
         lambda cfg: rename(cfg["pools"], "interactive", "Interactive"),
         ["pools.Interactive", "should match pattern", "'Interactive'"],
         id="pool-name-uppercase",
