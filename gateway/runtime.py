@@ -99,7 +99,6 @@ class Runtime:
         if self._config.gc_young_threshold is not None:
             _, older, oldest = self._threshold
             gc.set_threshold(self._config.gc_young_threshold, older, oldest)
-        self._full = FullCollections(self._config.gc_full_growth, self._config.gc_full_growth_max)
         before = sys.getallocatedblocks()
         if self._config.gc_freeze:
             gc.collect()  # what start-up left unreachable is freed, not frozen for good
