@@ -58,6 +58,17 @@ class ScriptBatch:
             await self._send(self._take())
         return await future
 
+    async def call_all(self, entry: str, calls: Sequence[Sequence[Arg]]) -> list[Any]:
+        """The replies of entry script ``entry`` called with each of ``calls``, sent at once as
+        one call of the batch script (the caller gathered them; they do not wait for the turn's
+        others). A call that failed answers its error (an exception) instead of raising it;
+        a failure of the whole call raises."""
+        flat: list[Arg] = []
+        for args in calls:
+            flat += [entry, len(args), *args]
+        replies = await self._batch(self._keys, flat)
+        return [reply_error(r) if isinstance(r, hiredis.ReplyError) else r for r in replies]
+
     def _take(self) -> list[_Call]:
         calls, self._pending = self._pending, []
         return calls

@@ -40,6 +40,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from admission.accrual import ChargeAccrual
 from admission.domain import backend_load, publish_config, set_drained
 from admission.errors import AdmissionUnavailable, QueueFull, QueueTimeout
 from admission.lease import Lease
@@ -121,6 +122,8 @@ class Admission:
         self._shelf = LeaseShelf(config.lease_reuse_s, self._let_go)
         self._may_reuse = False  # the last word from Redis: nothing waits anywhere
         self._reusing = 0  # reuse calls in flight
+        #: streamed output charged and not sent yet, sent every charge_interval_s
+        self._accrual = ChargeAccrual(config.charge_interval_s, self._charge_all)
         self._reusable_backends = {
             name
             for name, (_, backend) in settings.backends().items()
@@ -148,6 +151,7 @@ class Admission:
         if self._background:
             await asyncio.wait(set(self._background), timeout=self._settings.redis.timeout_s)
         await cancel_all([*self._tasks, self._releasing_again])
+        await self._accrual.close()
         with contextlib.suppress(RedisError, OSError):
             await self._release_again()
 
@@ -261,7 +265,16 @@ class Admission:
     def _lease(self, lease_id: str, backend: str, ticket: Ticket) -> Lease:
         self._leases.add(lease_id)
         flow = _flow(ticket)
-        return Lease(lease_id, backend, self._charge, self._end, flow, ticket.tokens, ticket.quota)
+        return Lease(
+            lease_id,
+            backend,
+            self._charge,
+            self._end,
+            flow,
+            ticket.tokens,
+            ticket.quota,
+            self._accrual.add,
+        )
 
     async def _take_over(
         self, held: HeldLease, ticket: Ticket, charged: Charged | None
@@ -348,21 +361,41 @@ class Admission:
 
     async def _charge(self, request_id: str, service: float) -> None:
         try:
-            outcome = await self.scripts.charge(request_id, service)
-            # gone after this replica released it: a charge that reached Redis after the
-            # release (both in flight at once; the release settled the whole service anyway)
-            if outcome.state == "gone" and request_id in self._leases:
-                self._reclaimed(request_id)
-            self._resolve(outcome.grants)
+            self._charge_heard(request_id, await self.scripts.charge(request_id, service))
         except RedisError as exc:
             log.debug("charge of %s failed: %s", request_id, exc)
+
+    async def _charge_all(self, charges: list[tuple[str, float]]) -> None:
+        """Send a window's charges (:class:`~admission.accrual.ChargeAccrual`) in one call."""
+        try:
+            outcomes = await self.scripts.charge_all(charges)
+        except RedisError as exc:  # settled at their releases, which carry the service used
+            log.debug("%d charges failed: %s", len(charges), exc)
+            return
+        for (request_id, _), outcome in zip(charges, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                log.debug("charge of %s failed: %s", request_id, outcome)
+            else:
+                self._charge_heard(request_id, outcome)
+
+    def _charge_heard(self, request_id: str, outcome: Decision) -> None:
+        # gone after this replica released it: a charge that reached Redis after the release
+        # (both in flight at once; the release settled the whole service anyway)
+        if outcome.state == "gone" and request_id in self._leases:
+            self._reclaimed(request_id)
+        self._resolve(outcome.grants)
 
     def _reclaimed(self, lease_id: str) -> None:
         log.warning("lease %s was reclaimed while its request ran", lease_id)
         self._leases.discard(lease_id)  # never to be held for reuse
 
     async def _end(self, lease: Lease, service: float | None, reusable: bool) -> None:
-        """A request ended: hold its lease for the next of its flow if it may, else release."""
+        """A request ended: hold its lease for the next of its flow if it may, else release.
+        Its charges not sent yet are taken back, settled by the service it used; where that
+        is not known (None: keep what was charged), they are sent first."""
+        unsent = self._accrual.take(lease.request_id)
+        if service is None and unsent:
+            await self._charge(lease.request_id, unsent)
         if (
             reusable
             and self._may_reuse

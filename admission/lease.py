@@ -10,6 +10,8 @@ if TYPE_CHECKING:
     from admission.quota import QuotaAsk, QuotaPart
 
 Charger = Callable[[str, float], Awaitable[None]]
+#: Adds a charge to those of a short window, sent together (admission/accrual.py)
+Accruer = Callable[[str, float], None]
 #: Ends a lease: (the lease, the service used or None, whether it may pass to the next request)
 Releaser = Callable[["Lease", float | None, bool], Awaitable[None]]
 
@@ -33,6 +35,7 @@ class Lease:
         "released",
         "correction",
         "granted_at",
+        "_accrue",
     )
 
     def __init__(
@@ -44,6 +47,7 @@ class Lease:
         flow: tuple[str, str, str] | None = None,
         tokens: int = 0,
         quota: QuotaAsk | None = None,
+        accrue: Accruer | None = None,
     ) -> None:
         self.request_id = request_id
         self.backend = backend
@@ -59,11 +63,19 @@ class Lease:
         #: charged), applied by the releaser in the same step as the release
         self.correction: QuotaPart | None = None
         self.granted_at = time.monotonic()  # when admission let the request run
+        self._accrue = accrue
 
     async def charge(self, service: float) -> None:
         """Charge output to the tenant as it is delivered (and renew the lease); never raises."""
         if not self.released:
             await self._charge(self.request_id, service)
+
+    def charge_soon(self, service: float) -> None:
+        """Charge output with the other charges of a short window (``charge_interval_s``),
+        not in a call of its own: what a running stream's meter does. A lease without an
+        accruer (the local limits of ``fail_mode: open``, which charge nothing) ignores it."""
+        if not self.released and self._accrue is not None:
+            self._accrue(self.request_id, service)
 
     async def release(
         self, service: float | None, reusable: bool = False, correction: QuotaPart | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from admission.batching import ScriptBatch
 from admission.policy import AdmissionPolicy
@@ -18,6 +19,7 @@ from admission.quota import QuotaPart
 from admission.ticket import Ticket
 from fairgate.pubsub import publish_command
 from fairgate.redis_client import RedisClient, Script, text
+from fairgate.resp import Arg
 
 
 def _pairs(values: list[bytes | str]) -> list[tuple[str, str]]:
@@ -199,8 +201,15 @@ class AdmissionScripts:
     async def charge(self, request_id: str, service: float) -> Decision:
         """Charge streamed output (``charged``, or ``gone``); ends the request's prefill hold,
         so the grants that freed are returned."""
-        result = await self._batch.call("charge", [request_id, service, self._ttl, self._max])
-        return Decision("charged" if int(result[0]) else "gone", "", _pairs(result[1:]))
+        args: list[Arg] = [request_id, service, self._ttl, self._max]
+        return _charged(await self._batch.call("charge", args))
+
+    async def charge_all(self, charges: list[tuple[str, float]]) -> list[Decision | Exception]:
+        """Charge several requests' streamed output in one script call (as :meth:`charge`
+        each): each one's decision, or its error."""
+        calls: list[list[Arg]] = [[i, service, self._ttl, self._max] for i, service in charges]
+        replies = await self._batch.call_all("charge", calls)
+        return [r if isinstance(r, Exception) else _charged(r) for r in replies]
 
     async def renew(self, request_ids: list[str]) -> list[str]:
         """Renew expiries; returns the ids that no longer exist."""
@@ -223,3 +232,8 @@ class AdmissionScripts:
         args = [backend, busy_ms, "" if tokens is None else tokens]
         args += ["" if budget is None else budget, ttl_ms, self._ttl, self._max]
         return _pairs(await self._engine(self._keys, args))
+
+
+def _charged(result: list[Any]) -> Decision:
+    """``charge.lua``'s answer."""
+    return Decision("charged" if int(result[0]) else "gone", "", _pairs(result[1:]))

@@ -322,10 +322,12 @@ class AdmissionConfig(StrictModel):
         0.5, description="How often a replica reclaims, dispatches and polls for lost grants."
     )
     charge_every_tokens: PositiveInt = Field(
-        16, description="Streamed output is charged to the tenant in batches of at least this many"
+        16, description="Streamed output is charged to the tenant in batches of this many tokens"
     )
     charge_interval_s: NonNegativeFloat = Field(
-        0.25, description="... and at most once per this many seconds per request."
+        0.25,
+        description="... which a replica sends to Redis together, once per this many seconds "
+        "(one script call per window for all its running requests, not one per charge).",
     )
     max_grants_per_call: PositiveInt = Field(32, description="Grants one script call may make.")
     lease_reuse_s: Annotated[float, Field(ge=0, le=1)] = Field(

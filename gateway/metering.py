@@ -8,7 +8,8 @@ and jump when they end, and long answers would reorder the queue in lumps.
 :class:`PlainMeter` charges such a request the output its backend has been observed to deliver
 to one request in as long (:class:`DeliveryRate`), for as long as it runs and up to its
 ``max_tokens``, all of them from one ticker per process (:class:`PlainMeters`); the release
-then settles the total with the engine's ``usage`` (docs/fairness.md).
+then settles the total with the engine's ``usage`` (docs/fairness.md). Both add their charges to
+those the replica sends together once per ``charge_interval_s`` (:mod:`admission.accrual`).
 
 Not up to the request's *expected* length: that estimate comes from the tenant's history when
 the request arrives, and a tenant whose requests waited in the queue while its history warmed
@@ -44,24 +45,18 @@ class Host(Protocol):
 class StreamMeter:
     """Charges streamed output to the tenant in batches, off the relay's path.
 
-    A batch goes when it holds ``charge_every_tokens`` and ``charge_interval_s`` has passed
-    since the last one: fair order needs charges while a long stream runs, not one per token
-    of a fast one (whatever is left is settled at release). On a backend with a prefill cap,
-    the first output also goes at once: it ends the request's hold on the cap, so the next
-    long prompt may start its prefill. The request's ``cost`` prices the output. Slotted:
-    every open stream holds one.
+    Every ``charge_every_tokens`` chunks relayed, a batch joins the charges this replica sends
+    together once per ``charge_interval_s`` (:mod:`admission.accrual`): fair order needs
+    charges while a long stream runs, not one call per token of each of thousands of streams
+    (whatever is left is settled at release). On a backend with a prefill cap, the first
+    output goes at once, in a call of its own: it ends the request's hold on the cap, so the
+    next long prompt may start its prefill. The request's ``cost`` prices the output.
+
+    The relay calls it only once the count of chunks has reached :attr:`due`, which is
+    compared in the relay's loop, not in a call per chunk. Slotted: every open stream holds one.
     """
 
-    __slots__ = (
-        "_gateway",
-        "_lease",
-        "_cost",
-        "_prefill_held",
-        "_every",
-        "_interval",
-        "_charged",
-        "_last",
-    )
+    __slots__ = ("_gateway", "_lease", "_cost", "_prefill_held", "_every", "_charged", "due")
 
     def __init__(self, gateway: Host, lease: Lease, cost: Cost, prefill_held: bool = False) -> None:
         self._gateway = gateway
@@ -69,20 +64,18 @@ class StreamMeter:
         self._cost = cost
         self._prefill_held = prefill_held
         self._every = gateway.settings.admission.charge_every_tokens
-        self._interval = gateway.settings.admission.charge_interval_s
         self._charged = 0
-        self._last = time.monotonic()
+        #: the count of chunks relayed at which the meter charges next
+        self.due = 1 if prefill_held else self._every
 
     def __call__(self, chunks: int) -> None:
+        batch, self._charged = chunks - self._charged, chunks
+        self.due = chunks + self._every
         if self._prefill_held:
             self._prefill_held = False
-            self._charged, self._last = chunks, time.monotonic()
-            self._gateway.in_background(self._lease.charge(self._cost.output_service(chunks)))
-        elif chunks - self._charged >= self._every:
-            now = time.monotonic()
-            if now - self._last >= self._interval:
-                batch, self._charged, self._last = chunks - self._charged, chunks, now
-                self._gateway.in_background(self._lease.charge(self._cost.output_service(batch)))
+            self._gateway.in_background(self._lease.charge(self._cost.output_service(batch)))
+        else:
+            self._lease.charge_soon(self._cost.output_service(batch))
 
 
 class PlainMeter:
@@ -120,8 +113,9 @@ class PlainMeter:
     def done(self) -> bool:
         return self._charged >= self._most
 
-    async def charge(self, service: float) -> None:
-        await self._lease.charge(service)
+    def charge(self, service: float) -> None:
+        """Charge ``service`` with the replica's other charges of the window."""
+        self._lease.charge_soon(service)
 
     def stop(self) -> float:
         """Stop charging; the seconds since the upstream request (for the delivery rate)."""
@@ -166,7 +160,7 @@ class PlainMeters:
                 for meter in list(self._running):
                     service = meter.tick(now)
                     if service:
-                        self._gateway.in_background(meter.charge(service))
+                        meter.charge(service)
                     if meter.done:
                         self._running.discard(meter)
         finally:

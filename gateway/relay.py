@@ -22,7 +22,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -32,7 +32,7 @@ from fairgate.errors import error_body
 from gateway import header_names
 from gateway.silent_engines import EngineStream
 from gateway.sse import DONE, data_of, error_event, event_around, json_data, last_event_end
-from gateway.stalled_clients import StallWatch
+from gateway.stalled_clients import GuardedStream, StallWatch
 
 _HOP_HEADERS = {
     "content-length",
@@ -43,6 +43,15 @@ _HOP_HEADERS = {
     "date",
     "server",
 }
+
+
+class Meter(Protocol):
+    """Hears the running count of content chunks relayed, once it has reached :attr:`due`
+    (``gateway.metering.StreamMeter``, which charges them to the tenant)."""
+
+    due: int
+
+    def __call__(self, chunks: int) -> None: ...
 
 
 @dataclass(slots=True)
@@ -144,61 +153,66 @@ async def relay_stream(
     client_wants_usage: bool,
     headers: Mapping[str, str],
     silence: EngineStream,
-    meter: Callable[[int], None] | None = None,
+    meter: Meter | None = None,
     tap: Callable[[bytes, int], None] | None = None,
     stalls: StallWatch | None = None,
 ) -> tuple[web.StreamResponse, Relayed]:
     """Relay an SSE response event by event; ``silence`` ends it if the engine stops sending
-    (each wait for a read is pending there, since the last read), ``meter`` hears the running
+    (each wait for a read is stamped on it), ``meter`` hears the running
     count of chunks, ``tap`` (the request's trace) also what was written; ``stalls`` closes the
     connection of a client that stops reading."""
     outcome = Relayed(upstream.status)
     stream = _StreamFilter(client_wants_usage, outcome)
     response = _stream_response(upstream, headers, stalls)
-    await response.prepare(request)
-    # readany, not iter_any: one coroutine less per read, alive until the next chunk
-    readany = upstream.content.readany
-    checked = False  # whether the first event was seen to be an event of JSON
-    broke_off = False  # the engine stopped mid-stream (the client was told)
-    # looked up once: this loop runs per read
-    feed, write, clock = stream.feed, response.write, time.monotonic
-    waiting, arrived = silence.waits.began, silence.waits.ended
-    now = clock()
-    while True:
-        try:
-            waiting(silence, now)  # the engine has sent nothing since now
-            try:
-                data = await readany()
-            finally:
-                arrived(silence)
-        except READ_ERRORS as exc:
-            outcome.error = _broke_off(exc, silence.limit_s)
-            message = f"The engine stopped in the middle of the response ({outcome.error})."
-            await write(error_event(message) + b"data: [DONE]\n\n")
-            broke_off = True
-            break
-        if not data:  # the end of the body
-            break
+    # one function, not two: every frame on the way to the read is resumed at every chunk
+    try:
+        await response.prepare(request)
+        # readany, not iter_any: one coroutine less per read, alive until the next chunk
+        readany = upstream.content.readany
+        checked = False  # whether the first event was seen to be an event of JSON
+        broke_off = False  # the engine stopped mid-stream (the client was told)
+        # looked up once: this loop runs per read
+        feed, write, clock = stream.feed, response.write, time.monotonic
         now = clock()
-        if out := feed(data, now):
-            if not checked:
-                checked = True
-                if not _first_event_ok(out):
-                    outcome.error = "its stream is not server-sent events of JSON"
-                    break
-            await write(out)
-            if meter is not None:
-                meter(outcome.chunks)
-            if tap is not None:
-                tap(out, outcome.chunks)
-    if stream.tail and outcome.error is None and not outcome.completed:
-        outcome.error = "its stream ended in bytes that are no event"
-    if outcome.error is not None and not broke_off:
-        message = f"The engine answered garbage ({outcome.error})."
-        await response.write(error_event(message) + b"data: [DONE]\n\n")
-    elif stream.tail and outcome.error is None:
-        await response.write(stream.tail)
-    await response.write_eof()
+        while True:
+            try:
+                silence.waiting_since = now  # the engine has sent nothing since now
+                try:
+                    data = await readany()
+                finally:
+                    silence.waiting_since = None
+            except READ_ERRORS as exc:
+                outcome.error = _broke_off(exc, silence.limit_s)
+                message = f"The engine stopped in the middle of the response ({outcome.error})."
+                await write(error_event(message) + b"data: [DONE]\n\n")
+                broke_off = True
+                break
+            if not data:  # the end of the body
+                break
+            now = clock()
+            if out := feed(data, now):
+                if not checked:
+                    checked = True
+                    if not _first_event_ok(out):
+                        outcome.error = "its stream is not server-sent events of JSON"
+                        break
+                await write(out)
+                if meter is not None and outcome.chunks >= meter.due:
+                    meter(outcome.chunks)
+                if tap is not None:
+                    tap(out, outcome.chunks)
+        if stream.tail and outcome.error is None and not outcome.completed:
+            outcome.error = "its stream ended in bytes that are no event"
+        if outcome.error is not None and not broke_off:
+            message = f"The engine answered garbage ({outcome.error})."
+            await response.write(error_event(message) + b"data: [DONE]\n\n")
+        elif stream.tail and outcome.error is None:
+            await response.write(stream.tail)
+        await response.write_eof()
+    finally:  # ended, failed or abandoned: the watchdogs forget it
+        silence.close()
+        if isinstance(response, GuardedStream):
+            response.unwatch()
     return response, outcome
 
 

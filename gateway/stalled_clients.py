@@ -4,23 +4,26 @@ A streamed response is written as the engine produces it. A client that stops re
 process, a debugger, a hostile one) fills its socket's buffers, and the next write waits for
 room that never comes: the relay then reads no more from the engine (backpressure), the
 engine's request stays in its batch holding KV cache, and the tenant's admission slot and
-tokens stay taken, for as long as the client likes. aiohttp has no write timeout, so
-:class:`StallWatch` keeps one: each streamed write records when it began in a
-:class:`~gateway.watchdog.Watchdog`, whose sweeper (one task per process, waking a few times
-per limit, only while some write is pending) aborts the connection of any write pending longer
-than ``server.client_stall_timeout_s``. The write then fails as a disconnect does, and the
-request ends as a disconnected one: the engine request is closed, the lease released with the
-service used so far.
+tokens stay taken, for as long as the client likes.
 
-The cost per chunk is two dictionary operations; a client reading at any pace, however slow,
-never waits that long for one write, since each write is one engine chunk.
+aiohttp has no write timeout, so :class:`StallWatch` keeps one: every streamed response is
+watched by a :class:`~gateway.watchdog.Watchdog` while it is open, whose sweeper (one task per
+process, waking a few times per limit) looks at each response's connection. One whose send
+buffer holds data that has not moved (nothing read by the client, nothing more written by the
+relay) since the sweeper first saw it so, longer than ``server.client_stall_timeout_s``, is a
+client that stopped reading: its connection is aborted. The pending write then fails as a
+disconnect does, and the request ends as a disconnected one: the engine request is closed, the
+lease released with the service used so far.
+
+The buffer fills only once the kernel's is full, i.e. the client has left a socket's worth of
+the stream unread; a client reading at any pace, however slow, moves it, and the relay's writes
+carry no cost for the watch: nothing is recorded per chunk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -34,23 +37,28 @@ log = logging.getLogger(__name__)
 
 
 class StallWatch(Collector):
-    """The streamed writes pending now, and the sweeper that ends those pending too long;
-    exports ``fairgate_stalled_clients_closed_total``."""
+    """The streamed responses open now, and the sweeper that ends those whose client stopped
+    reading; exports ``fairgate_stalled_clients_closed_total``."""
 
     def __init__(self, limit_s: float) -> None:
         self.limit_s = limit_s
-        self._writes = Watchdog("stalled-clients", limit_s)  # the writes pending now
+        self._streams = Watchdog("stalled-clients", limit_s)  # the streamed responses open now
         self.aborted = 0  # connections closed for a stalled read (a metric)
 
     def stream(self, **kwargs: Any) -> GuardedStream:
-        """A streamed response whose writes this watch guards (``web.StreamResponse``'s args)."""
+        """A streamed response this watch guards once prepared (``web.StreamResponse``'s args)."""
         return GuardedStream(self, **kwargs)
 
-    def began(self, stream: GuardedStream) -> None:
-        self._writes.began(stream, time.monotonic())
+    def watch(self, stream: GuardedStream) -> None:
+        self._streams.watch(stream)
 
-    def ended(self, stream: GuardedStream) -> None:
-        self._writes.ended(stream)
+    def unwatch(self, stream: GuardedStream) -> None:
+        """``stream`` has ended (or failed): no longer watched."""
+        self._streams.unwatch(stream)
+
+    def watching(self) -> int:
+        """How many streamed responses are watched now."""
+        return self._streams.watching()
 
     def stalled(self, stream: GuardedStream) -> None:
         """``stream``'s write has waited past the limit: its connection is closed."""
@@ -70,38 +78,57 @@ class StallWatch(Collector):
         )
 
     async def close(self) -> None:
-        await self._writes.close()
+        await self._streams.close()
 
 
 class GuardedStream(web.StreamResponse):
-    """A ``web.StreamResponse`` whose every write is watched for a client that stopped reading."""
+    """A ``web.StreamResponse`` whose connection is watched, while it is open, for a client
+    that stopped reading; :meth:`StallWatch.unwatch` once it is over."""
 
     def __init__(self, watch: StallWatch, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._watch = watch
-        self._client: asyncio.BaseTransport | None = None
+        self._client: asyncio.Transport | None = None
+        #: the connection's state when the sweeper first saw its data unmoved, and when
+        self._stuck: tuple[int, int] | None = None
+        self._stuck_since = 0.0
 
     @property
     def limit_s(self) -> float:
         return self._watch.limit_s
 
+    def overdue(self, now: float) -> bool:
+        """Whether the client has read nothing of what waits in the connection's send buffer,
+        and the relay written nothing more, for longer than the limit (as far as the
+        sweeper's looks at it tell: it compares what it sees with what it saw before)."""
+        client, writer = self._client, self._payload_writer
+        waiting = client.get_write_buffer_size() if client is not None else 0
+        if not waiting or writer is None or client is None or client.is_closing():
+            self._stuck = None
+            return False
+        state = (waiting, writer.output_size)
+        if state != self._stuck:
+            self._stuck, self._stuck_since = state, now
+            return False
+        return now - self._stuck_since > self.limit_s
+
     def expire(self) -> None:
-        """Called by the watch's sweeper when a write of it waited past the limit."""
+        """Called by the watch's sweeper when the client has stalled past the limit."""
         self._watch.stalled(self)
 
     async def prepare(self, request: web.BaseRequest) -> Any:
+        if self.prepared:  # aiohttp prepares a handler's response again once it has returned
+            return await super().prepare(request)
         self._client = request.transport
-        return await super().prepare(request)
+        writer = await super().prepare(request)
+        self._watch.watch(self)  # from its headers on (the first write), until unwatched
+        return writer
 
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        watch = self._watch
-        watch.began(self)
-        try:
-            await super().write(data)
-        finally:
-            watch.ended(self)
+    def unwatch(self) -> None:
+        """The response is over (ended, failed or abandoned): no longer watched."""
+        self._watch.unwatch(self)
 
     def abort(self) -> None:
         """Close the client's connection at once: the pending write raises, as on a disconnect."""
         if self._client is not None:
-            self._client.abort()  # type: ignore[attr-defined]
+            self._client.abort()

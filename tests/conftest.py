@@ -24,6 +24,7 @@ from fairgate.redis_client import GatewayRedis
 from fairgate.serving import serve
 from fairgate.settings import Settings
 from gateway.app import create_app as create_gateway
+from gateway.state import GATEWAY, Gateway
 from loadtest.services import free_port, stop, wait_listening
 from loadtest.simulator.profile import DEFAULT_PROFILE, EngineProfile, load_profile, profile_path
 from loadtest.simulator.server import SIMULATOR, Simulator, create_app
@@ -374,7 +375,13 @@ class RunningGateway:
     url: str
     settings: Settings
     http: aiohttp.ClientSession
+    app: web.Application
     clients: list[openai.AsyncOpenAI] = field(default_factory=list)
+
+    @property
+    def state(self) -> Gateway:
+        """The in-process gateway's state (what its requests share)."""
+        return self.app[GATEWAY]
 
     def client(self, key: str = "key-a") -> openai.AsyncOpenAI:
         """An async OpenAI client for the tenant of ``key`` (closed with the gateway)."""
@@ -435,7 +442,7 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
         host, port = runner.addresses[0][:2]
         scheme = "http" if settings.server.tls is None else "https"
         gateways.append(
-            RunningGateway(f"{scheme}://{host}:{port}", settings, aiohttp.ClientSession())
+            RunningGateway(f"{scheme}://{host}:{port}", settings, aiohttp.ClientSession(), app)
         )
         return gateways[-1]
 

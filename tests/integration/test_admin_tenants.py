@@ -362,6 +362,8 @@ async def test_a_separate_admin_port_serves_only_the_admin_api(
     assert status == 404
     assert await models_status(proxy, "key-a") == 200
     async with aiohttp.ClientSession() as http:
-        admin = RunningGateway(f"http://127.0.0.1:{unused_tcp_port}", proxy.settings, http)
+        admin = RunningGateway(
+            f"http://127.0.0.1:{unused_tcp_port}", proxy.settings, http, proxy.app
+        )
         assert (await call(admin, "GET", "/admin/v1/tenants"))[0] == 200
         assert await models_status(admin, "key-a") == 404

@@ -84,3 +84,5 @@ async def test_a_storm_of_disconnects_leaves_nothing_behind(
     assert results[len(storm) :] == [30] * len(stayed)
     await assert_settled(redis_url, [sim])
     assert await served(gateway, "key-a", True) == 30  # no capacity was lost
+    # every stream, ended or cut off, left the watchdogs (they hold only open streams)
+    assert (gateway.state.stalls.watching(), gateway.state.silent_engines.watching()) == (0, 0)
