@@ -21,6 +21,8 @@ from redis import Redis as SyncRedis
 from admission.controller import Admission
 from fairgate.redis_client import RedisClient, connect
 from loadtest.admission_bench.workload import (
+    CHARGED_STREAMS,
+    CHARGES_PER_S,
     CONCURRENCY,
     MIXES,
     RELEASED_OUTPUT,
@@ -91,6 +93,12 @@ async def decisions(redis_url: str, mix: Mix, duration: float) -> int:
     admission, redis = await started(redis_url, mix.contended)
     done = 0
     stop_at = time.monotonic() + duration
+    if mix.charging is not None:
+        try:
+            return await charges(admission, mix.charging == "window", stop_at)
+        finally:
+            await admission.stop()
+            await redis.aclose()
 
     async def loop(index: int) -> None:
         nonlocal done
@@ -112,6 +120,36 @@ async def decisions(redis_url: str, mix: Mix, duration: float) -> int:
     finally:
         await admission.stop()
         await redis.aclose()
+    return done
+
+
+async def charges(admission: Admission, window: bool, stop_at: float) -> int:
+    """Output charges of :data:`CHARGED_STREAMS` running requests, each charged
+    :data:`CHARGES_PER_S` times a second, spread evenly (a few every millisecond) until
+    ``stop_at``: with the window's others (``Lease.charge_soon``, the gateway's meters), or
+    each sent as the gateway's meters used to, a call of its own in the background (calls of
+    one event-loop turn share a script call). How many were made; then the leases end."""
+    leases = [
+        await admission.acquire(ticket(TENANTS[i % len(TENANTS)])) for i in range(CHARGED_STREAMS)
+    ]
+    each_ms = max(CHARGED_STREAMS * CHARGES_PER_S // 1000, 1)
+    service = RELEASED_OUTPUT / (CHARGES_PER_S + 1)
+    running: set[asyncio.Future[None]] = set()
+    done = 0
+    while time.monotonic() < stop_at:
+        for _ in range(each_ms):
+            lease = leases[done % CHARGED_STREAMS]
+            done += 1
+            if window:
+                lease.charge_soon(service)
+            else:
+                sent = asyncio.ensure_future(lease.charge(service))
+                running.add(sent)
+                sent.add_done_callback(running.discard)
+        await asyncio.sleep(0.001)
+    await asyncio.gather(*running)
+    for lease in leases:
+        await lease.release(RELEASED_OUTPUT)
     return done
 
 

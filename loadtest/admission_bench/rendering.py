@@ -6,6 +6,8 @@ import datetime
 
 from loadtest.admission_bench.measurement import PROCESS_COUNTS, Latency, Results, Throughput
 from loadtest.admission_bench.workload import (
+    CHARGED_STREAMS,
+    CHARGES_PER_S,
     CONCURRENCY,
     MIXES,
     QUEUEING_BUDGET,
@@ -73,6 +75,35 @@ def shard_reading(results: Results) -> str:
     )
 
 
+def charge_us(rate: Throughput, plain: Throughput) -> float:
+    """Redis CPU per output charge of a charging run, less the acquire and release of its
+    streams' leases (priced as the uncontended decisions of the same process count)."""
+    setup_us = rate.processes * CHARGED_STREAMS * plain.redis_us_each
+    return max(rate.redis_cpu_s * 1e6 - setup_us, 0.0) / max(rate.done, 1)
+
+
+def charges_reading(results: Results) -> str:
+    """What a running stream's output charges cost the shard, one call each or per window."""
+    parts = []
+    for n in PROCESS_COUNTS:
+        at = {r.label: r for r in results.rates if r.processes == n}
+        plain = at[MIXES["open"].label]
+        calls, window = at[MIXES["calls"].label], at[MIXES["window"].label]
+        parts.append(
+            f"{charge_us(calls, plain):,.1f} µs a call each against "
+            f"{charge_us(window, plain):,.1f} µs per window with {n} process"
+            + ("es" if n > 1 else "")
+        )
+    return (
+        f"Output charges of {CHARGED_STREAMS:,} open streams per process, each charged "
+        f"{CHARGES_PER_S} times a second, cost Redis' main thread (less the acquire and release "
+        f"of the streams' leases) {'; '.join(parts)}: sent each in a call of its own, as the "
+        "gateway's meters did before (those of one event-loop turn sharing a call of "
+        "`batch.lua`), or gathered per request and sent together once per "
+        "`admission.charge_interval_s` (0.25 s), as they do now (`admission/accrual.py`)."
+    )
+
+
 def render(results: Results) -> str:
     rows = [row for latency in results.latency for row in latency_rows(latency)]
     rate_rows = [rate_row(r, results.duration) for r in results.rates]
@@ -95,7 +126,9 @@ most {QUEUEING_BUDGET} of all the processes' loops run at once and the others wa
 by another loop's release, another process's when several share the budget, through pub/sub;
 "{STREAM_CHARGES} charges each": the output charged {STREAM_CHARGES} times between acquire and
 release, as a one-second stream is; "engine load reports": the loops only report an engine's
-load, as every replica does for every engine each second). "Redis CPU" is its main thread's
+load, as every replica does for every engine each second; "output charges": each process holds
+{CHARGED_STREAMS:,} leases and charges each {CHARGES_PER_S} times a second, a call each or per
+window, and the rate is of charges). "Redis CPU" is its main thread's
 per decision, "busy" that thread's share of the run, "one core" the decisions per second its
 whole core would carry at that cost:
 
@@ -108,6 +141,8 @@ whole core would carry at that cost:
     }
 
 {shard_reading(results)}
+
+{charges_reading(results)}
 
 Reproduce with `make bench` (or `python -m loadtest.admission_bench --write BENCHMARKS.md`).
 Machine: {machine()}; {results.code_revision}; run on {today}. Its {results.cpus} CPUs are

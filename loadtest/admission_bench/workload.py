@@ -66,11 +66,18 @@ class Mix:
     reuse: bool = False  # requests end well and their leases pass to the next of the flow
     charges: int = 0  # output charged this many times between acquire and release
     engine_reports: bool = False  # no requests: the loops report engine load instead
+    #: no requests coming and going: :data:`CHARGED_STREAMS` leases held, their output charged
+    #: :data:`CHARGES_PER_S` times a second each, gathered per window ("window", what the
+    #: gateway does) or each in a call of its own ("calls", what it did before)
+    charging: str | None = None
 
 
 #: A streamed request is charged about every ``charge_interval_s`` (0.25 s) while it runs:
 #: :data:`STREAM_CHARGES` charges are what a one-second stream costs.
 STREAM_CHARGES = 4
+#: Streams each process of a charging run keeps open, and how often each is charged.
+CHARGED_STREAMS = 500
+CHARGES_PER_S = 4
 MIXES = {
     mix.name: mix
     for mix in (
@@ -79,5 +86,7 @@ MIXES = {
         Mix("queueing", "queueing", contended=True),
         Mix("stream", f"never bind, {STREAM_CHARGES} charges each", charges=STREAM_CHARGES),
         Mix("engine", "engine load reports (per report)", engine_reports=True),
+        Mix("calls", "output charges, a call each (per charge)", charging="calls"),
+        Mix("window", "output charges, per window (per charge)", charging="window"),
     )
 }
