@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from fairgate.tasks import cancel_all
+
 #: Charges in one script call: Redis runs a call to its end before any other command, so a
 #: window's charges of thousands of streams go as several calls, not one long one.
 MOST_PER_CALL = 256
@@ -66,6 +68,4 @@ class ChargeAccrual:
 
     async def close(self) -> None:
         """Stop; what is due now is not sent (the releases that follow settle it)."""
-        if self._sender is not None:
-            self._sender.cancel()
-            await asyncio.gather(self._sender, return_exceptions=True)
+        await cancel_all([self._sender])

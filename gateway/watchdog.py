@@ -24,6 +24,8 @@ import logging
 import time
 from typing import Protocol
 
+from fairgate.tasks import cancel_all
+
 log = logging.getLogger(__name__)
 
 #: The sweeper never wakes more often than this, however short a limit.
@@ -83,6 +85,4 @@ class Watchdog:
             self._sweeper = None
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
+        await cancel_all([self._sweeper])
