@@ -1,7 +1,7 @@
 """Output charges of running requests, gathered over a short window and sent as one call.
 
-A stream's output is charged to its tenant while it flows (``gateway/metering.py``): every
-``charge_every_tokens``, at most every ``charge_interval_s`` per request. Sent one by one, each
+A stream's output is charged to its tenant while it flows (``gateway/metering.py``), every
+``charge_every_tokens`` of it; a plain response's every ``charge_interval_s``. Sent one by one, each
 charge cost the replica a task, a handful of coroutines and a Redis round trip, and Redis a script
 call of its own: at 2,000 open streams emitting tokens at an LLM's pace, thousands a second.
 Here a charge adds to its request's sum, and once per window (``charge_interval_s``) the sums go
@@ -51,10 +51,6 @@ class ChargeAccrual:
         """What ``request_id`` has been charged and not sent yet, no longer to be sent (its
         request ended: its release settles what it used)."""
         return self._due.pop(request_id, 0.0)
-
-    def due(self) -> int:
-        """How many requests have charges waiting for the window's end."""
-        return len(self._due)
 
     async def _send_every_window(self) -> None:
         try:

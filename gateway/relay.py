@@ -163,9 +163,10 @@ async def relay_stream(
     connection of a client that stops reading."""
     outcome = Relayed(upstream.status)
     stream = _StreamFilter(client_wants_usage, outcome)
-    response = _stream_response(upstream, headers, stalls)
+    response: web.StreamResponse | None = None
     # one function, not two: every frame on the way to the read is resumed at every chunk
     try:
+        response = _stream_response(upstream, headers, stalls)
         await response.prepare(request)
         # readany, not iter_any: one coroutine less per read, alive until the next chunk
         readany = upstream.content.readany
