@@ -110,7 +110,7 @@ def baseline_config(port: int, redis_port: int, upstream: str, checkout: Path) -
 
 
 #: The processes whose log is shown after the run if they wrote anything (Redis always does).
-_QUIET_SERVERS = ("upstream", "forwarder", "fairgate", TRACED, WORKERS, BASELINE)
+_QUIET_SERVERS = ("upstream", "forwarder", "control", "fairgate", TRACED, WORKERS, BASELINE)
 
 
 def server_logs(workdir: Path) -> dict[str, list[str]]:

@@ -12,7 +12,10 @@ from __future__ import annotations
 import itertools
 import json
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -23,6 +26,8 @@ from fairgate.serving import serve, serve_sockets, until_signalled
 
 LOOPBACK = "127.0.0.1"
 CHAT_PATH = "/v1/chat/completions"
+#: Where the control forwarder takes the CPU it is to spend (:class:`Burn`).
+BURN_PATH = "/burn"
 MODEL = "bench-model"
 TENANT = "bench"
 API_KEY = "fg-bench-key"
@@ -187,8 +192,30 @@ def upstream_app() -> web.Application:
 _SESSION = web.AppKey("session", aiohttp.ClientSession)
 
 
-def forwarder_app(upstream: str) -> web.Application:
-    """The least a Python proxy can do: relay body and response through one shared session."""
+@dataclass
+class Burn:
+    """CPU a control forwarder spends on top of forwarding, in seconds: when a request arrives,
+    per chunk relayed, when its response has ended. Set over HTTP (``POST /burn``, in
+    microseconds) by the benchmark that runs it, to what fairgate spent more than the
+    forwarder (:mod:`loadtest.stream_bench`): a proxy as costly as fairgate and otherwise bare,
+    to tell what its costs do to latency from what anything else of it does."""
+
+    start_s: float = 0.0
+    chunk_s: float = 0.0
+    end_s: float = 0.0
+
+
+def spend(seconds: float) -> None:
+    """Spend ``seconds`` of this thread's CPU time, holding the event loop as work would."""
+    if seconds > 0:
+        until = time.thread_time() + seconds
+        while time.thread_time() < until:
+            pass
+
+
+def forwarder_app(upstream: str, burn: Burn | None = None) -> web.Application:
+    """The least a Python proxy can do: relay body and response through one shared session;
+    with ``burn``, a control that spends that CPU too (and takes ``POST /burn``)."""
 
     async def session(app: web.Application) -> AsyncIterator[None]:
         app[_SESSION] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
@@ -196,6 +223,8 @@ def forwarder_app(upstream: str) -> web.Application:
         await app[_SESSION].close()
 
     async def forward(request: web.Request) -> web.StreamResponse:
+        if burn is not None:
+            spend(burn.start_s)
         body = await request.read()
         async with request.app[_SESSION].post(
             upstream + request.path, data=body, headers={"Content-Type": "application/json"}
@@ -208,22 +237,38 @@ def forwarder_app(upstream: str) -> web.Application:
             response.content_type = answer.content_type
             await response.prepare(request)
             async for data in answer.content.iter_any():
+                if burn is not None:
+                    spend(burn.chunk_s)
                 await response.write(data)
             await response.write_eof()
+            if burn is not None:
+                spend(burn.end_s)
             return response
 
     app = web.Application()
     app.cleanup_ctx.append(session)
     app.router.add_post(CHAT_PATH, forward)
     app.router.add_get("/health", health)
+    if burn is not None:
+        app.router.add_post(BURN_PATH, partial(set_burn, burn))
     return app
 
 
+async def set_burn(burn: Burn, request: web.Request) -> web.Response:
+    """``POST /burn`` ``{"start_us", "chunk_us", "end_us"}``: the control's CPU from now on."""
+    asked = await request.json()
+    burn.start_s, burn.chunk_s, burn.end_s = (
+        float(asked[f"{when}_us"]) / 1e6 for when in ("start", "chunk", "end")
+    )
+    return web.json_response(asked)
+
+
 #: The servers this package runs in a child process of its own (``--serve KIND``), from the
-#: upstream's URL (which only the forwarder needs).
+#: upstream's URL (which only the forwarders need).
 SERVER_APPS: dict[str, Callable[[str], web.Application]] = {
     "upstream": lambda upstream: upstream_app(),
     "forwarder": forwarder_app,
+    "control": lambda upstream: forwarder_app(upstream, Burn()),
 }
 
 

@@ -60,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
         help="also run fairgate as the git revision REV had it (before/after in one run)",
     )
     parser.add_argument(
+        "--no-control",
+        action="store_true",
+        help="skip the control (the forwarder spending fairgate's extra CPU per chunk)",
+    )
+    parser.add_argument(
         "--no-pin", action="store_true", help="do not pin the gateways and the rest to CPUs"
     )
     parser.add_argument(
@@ -91,7 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     scale = not (args.short or args.no_scale)
     return run_and_publish(
         "stream_bench",
-        lambda: run_benchmark(streams, rounds, args.short, scale, args.baseline, not args.no_pin),
+        lambda: run_benchmark(
+            streams,
+            rounds,
+            args.short,
+            scale,
+            args.baseline,
+            not args.no_pin,
+            not args.no_control,
+        ),
         lambda run: render_section(run, argv),
         SECTION,
         args.write,

@@ -4,8 +4,15 @@ A turn is one path at one number of open streams: K slots of the raw-socket clie
 (:mod:`~loadtest.stream_bench.client`) start their first streams over a ramp, each starting its
 next as soon as one ends; after the ramp and a second to settle, a window of fixed length is
 measured; then the slots stop starting streams and the open ones run to their end. The paths
-take their turns one after the other at each K (the forwarder, fairgate, and fairgate at a
-baseline revision if asked), from the smallest K up.
+take their turns one after the other at each K (the forwarder, fairgate, fairgate at a
+baseline revision if asked, and the control), from the smallest K up.
+
+The control is the forwarder made to spend, per chunk, the CPU time fairgate spent more than
+the forwarder at the same K (measured in the turns before; :data:`CONTROL_PER_REQUEST` of it
+when a request arrives and when it ends, the rest as each chunk passes). A proxy as costly as
+fairgate and otherwise bare: its latencies are what fairgate's CPU alone would make of them on
+this machine, so that fairgate's against the control's show what anything else of it (its
+pauses, its waits) adds.
 
 Over the window: the gateway's CPU time (``/proc``) per content chunk that reached the client,
 its Redis's, its resident memory above what it held idle before the turn per 1,000 open
@@ -38,12 +45,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.proxy_overhead.measurement import cpu_seconds, machine_ticks
 from loadtest.proxy_overhead.stack import server_logs
-from loadtest.proxy_overhead.workload import API_KEY, LOOPBACK
+from loadtest.proxy_overhead.workload import API_KEY, BURN_PATH, LOOPBACK
 from loadtest.report import revision
 from loadtest.revisions import baseline_checkout
 from loadtest.stats import percentile
 from loadtest.stream_bench.client import Load, Stream, keep_open
-from loadtest.stream_bench.stack import Target, start_stack
+from loadtest.stream_bench.stack import CONTROL, FAIRGATE, FORWARDER, Target, start_stack
 from loadtest.stream_bench.workload import LLM, SLOW, Shape
 
 #: Open streams per turn: the full run, and the short one ``make bench`` runs.
@@ -76,8 +83,15 @@ TARGET_TTFB_P99_RATIO = 1.5
 TARGET_GAP_P99_RATIO = 1.5
 TARGET_CPU_RATIO = 1.5
 TARGET_RSS_RATIO = 1.25
-#: fairgate as another revision had it (the forwarder and fairgate: :mod:`.stack`).
+#: fairgate as another revision had it (the forwarder, fairgate, the control: :mod:`.stack`).
 BASELINE = "baseline"
+#: The share of fairgate's extra CPU the control spends per request, half when it arrives and
+#: half when it ends; the rest it spends per chunk. fairgate's extra is about that much per
+#: request (authentication, estimate, admission, settling, the access log) and the rest per
+#: chunk (the stream filter, the watchdogs' stamps, the meter): py-spy, docs/benchmark-notes.md.
+CONTROL_PER_REQUEST = 0.5
+#: The most the control's own overshoot may scale what it is told, either way.
+BURN_CORRECTION = 2.0
 
 #: How long a scrape of fairgate's metrics may take (an overwhelmed gateway may not answer).
 SCRAPE_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
@@ -148,6 +162,8 @@ class TurnResult:
     rss_added: list[float] = field(default_factory=list)  # one per round
     machine_ticks: tuple[int, int] = (0, 0)  # busy and all CPU ticks of the machine
     gc: GcFigures | None = None
+    #: The control's: the extra CPU per chunk it was to spend, one per round (s)
+    burns: list[float] = field(default_factory=list)
     #: What went wrong, by the start of its message (a status line, a lost connection).
     error_kinds: collections.Counter[str] = field(default_factory=collections.Counter)
 
@@ -165,6 +181,7 @@ class TurnResult:
             self.cpu[name] = self.cpu.get(name, 0.0) + spent
         self.client_cpu += other.client_cpu
         self.rss_added += other.rss_added
+        self.burns += other.burns
         self.machine_ticks = (
             self.machine_ticks[0] + other.machine_ticks[0],
             self.machine_ticks[1] + other.machine_ticks[1],
@@ -397,7 +414,7 @@ def turns(streams: Iterable[int], paths: list[str], rounds: int, scale: bool) ->
     """Every turn in order: each K from the smallest, every path at it, ``rounds`` times, in
     reverse order every other round (whatever else the machine does then weighs on every
     path alike); then the scale turn, once (the baseline only where one process holds it:
-    another revision may not know ``--workers``)."""
+    another revision may not know ``--workers``; not the control)."""
     ordered = [
         Turn(path, k, LLM)
         for k in sorted(streams)
@@ -409,7 +426,7 @@ def turns(streams: Iterable[int], paths: list[str], rounds: int, scale: bool) ->
         ordered += [
             Turn(path, SCALE_STREAMS, SLOW, processes)
             for path in paths
-            if processes == 1 or path != BASELINE
+            if path != CONTROL and (processes == 1 or path != BASELINE)
         ]
     return ordered
 
@@ -431,10 +448,15 @@ async def measure_all(
             gc.disable()
             ramp_s, window_s = ramps[turn.shape]
             key = (turn.path, turn.processes)
+            burn = None
+            if turn.path == CONTROL:
+                burn = await set_burn(http, by_path[key], turn, results)
             try:
                 result = await run_turn(by_path[key], turn, ramp_s, window_s, http, idle[key])
             finally:
                 gc.enable()
+            if burn is not None:
+                result.burns.append(burn)
             if turn in results:
                 results[turn].add(result)
             else:
@@ -451,6 +473,43 @@ async def measure_all(
                 flush=True,
             )
     return list(results.values())
+
+
+async def set_burn(
+    http: aiohttp.ClientSession, control: Target, turn: Turn, results: dict[Turn, TurnResult]
+) -> float:
+    """Tell the control to spend the CPU per chunk fairgate spent more than the forwarder at
+    ``turn``'s K so far (none if either has not run yet); what it was told, per chunk.
+
+    Where the control has run at this K, what it was told is scaled by what it was told
+    before over what that added to the forwarder's CPU per chunk: its busy loop overshoots,
+    and it reads a chunk more per stream than fairgate counts (the usage and ``[DONE]``).
+    """
+    forwarder = results.get(Turn(FORWARDER, turn.streams, turn.shape))
+    fairgate = results.get(Turn(FAIRGATE, turn.streams, turn.shape))
+    before = results.get(turn)
+    extra = 0.0
+    if forwarder is not None and fairgate is not None:
+        extra = _finite(fairgate.cpu_per_chunk() - forwarder.cpu_per_chunk())
+        if before is not None and before.burns:
+            added = _finite(before.cpu_per_chunk() - forwarder.cpu_per_chunk())
+            if added > 0:
+                asked = sum(before.burns) / len(before.burns)
+                extra *= min(max(asked / added, 1 / BURN_CORRECTION), BURN_CORRECTION)
+    per_request = extra * turn.shape.chunks * CONTROL_PER_REQUEST
+    asked_us = {
+        "start_us": per_request / 2 * 1e6,
+        "chunk_us": extra * (1 - CONTROL_PER_REQUEST) * 1e6,
+        "end_us": per_request / 2 * 1e6,
+    }
+    async with http.post(f"http://{LOOPBACK}:{control.port}{BURN_PATH}", json=asked_us) as answer:
+        answer.raise_for_status()
+    return extra
+
+
+def _finite(seconds: float) -> float:
+    """``seconds`` if a positive number, else 0 (a figure missing or negative)."""
+    return seconds if seconds > 0 else 0.0
 
 
 # ------------------------------------------------------------------------------- the run
@@ -483,7 +542,13 @@ class Run:
 
 
 def run_benchmark(
-    streams: list[int], rounds: int, short: bool, scale: bool, baseline: str | None, pinned: bool
+    streams: list[int],
+    rounds: int,
+    short: bool,
+    scale: bool,
+    baseline: str | None,
+    pinned: bool,
+    control: bool = True,
 ) -> Run:
     """Start every process, run every turn, stop every process (also on errors and Ctrl-C)."""
     started, load_before, code_revision = time.perf_counter(), os.getloadavg()[0], revision()
@@ -495,7 +560,7 @@ def run_benchmark(
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fg-streams-")))
         checkout = baseline_checkout(baseline, workdir) if baseline else None
         targets, _ = start_stack(
-            stack, workdir, checkout, pinned, scale_processes() if scale else 1
+            stack, workdir, checkout, pinned, scale_processes() if scale else 1, control
         )
         planned = turns(streams, paths_of(targets), rounds, scale)
         try:

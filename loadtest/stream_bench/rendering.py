@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import math
 import shlex
+from collections.abc import Callable
 
 from loadtest.report import machine, markdown_table
 from loadtest.stream_bench.measurement import (
@@ -29,7 +30,7 @@ from loadtest.stream_bench.measurement import (
     TurnResult,
     open_files,
 )
-from loadtest.stream_bench.stack import FAIRGATE, FORWARDER, MODULE
+from loadtest.stream_bench.stack import CONTROL, FAIRGATE, FORWARDER, MODULE
 from loadtest.stream_bench.workload import LLM, SLOW, Shape
 
 #: The section of BENCHMARKS.md this benchmark owns (see :mod:`loadtest.report`).
@@ -51,6 +52,8 @@ def mib(size: float) -> str:
 def path_name(run: Run, path: str, processes: int = 1) -> str:
     """A path as the report names it; ``processes`` > 1: the copies of it sharing its port."""
     name = f"fairgate at `{run.baseline}`" if path == BASELINE else path
+    if path == CONTROL:
+        name = "control (the forwarder + fairgate's extra CPU)"
     if processes > 1:
         name += f", {processes} " + ("workers" if path == FAIRGATE else "processes")
     return name
@@ -120,31 +123,51 @@ def target_rows(run: Run, path: str, streams: int) -> list[list[str]]:
     forwarder, measured = run.result(FORWARDER, streams), run.result(path, streams)
     if forwarder is None or measured is None:
         return []
-    checks = [
-        ("TTFB p99", forwarder.percentile("ttfb", 99), measured.percentile("ttfb", 99),
-         TARGET_TTFB_P99_RATIO, ms),
-        ("added gap p99", forwarder.percentile("gaps", 99), measured.percentile("gaps", 99),
-         TARGET_GAP_P99_RATIO, ms),
-        ("gateway CPU per chunk", forwarder.cpu_per_chunk(), measured.cpu_per_chunk(),
-         TARGET_CPU_RATIO, us),
-        ("RSS per 1,000 streams", forwarder.rss_per_1000, measured.rss_per_1000,
-         TARGET_RSS_RATIO, mib),
-    ]  # fmt: skip
     rows = []
-    for what, theirs, ours, target, unit in checks:
+    for what, theirs, ours, target, unit in _figures(forwarder, measured):
         ratio, met = _ratio(ours, theirs, target)
         verdict = "met" if met else "**missed**"
         rows.append(
-            [
-                path_name(run, path),
-                what,
-                unit(theirs),
-                unit(ours),
-                f"≤ {target:g}×",
-                f"{ratio} ({verdict})",
-            ]  # fmt: skip
-        )
+            [path_name(run, path), what, unit(theirs), unit(ours), f"≤ {target:g}×",
+             f"{ratio} ({verdict})"]
+        )  # fmt: skip
     return rows
+
+
+def _figures(
+    theirs: TurnResult, ours: TurnResult
+) -> list[tuple[str, float, float, float, Callable[[float], str]]]:
+    """The figures the targets are about: name, theirs, ours, the target ratio, the unit."""
+    return [
+        ("TTFB p99", theirs.percentile("ttfb", 99), ours.percentile("ttfb", 99),
+         TARGET_TTFB_P99_RATIO, ms),
+        ("added gap p99", theirs.percentile("gaps", 99), ours.percentile("gaps", 99),
+         TARGET_GAP_P99_RATIO, ms),
+        ("gateway CPU per chunk", theirs.cpu_per_chunk(), ours.cpu_per_chunk(),
+         TARGET_CPU_RATIO, us),
+        ("RSS per 1,000 streams", theirs.rss_per_1000, ours.rss_per_1000,
+         TARGET_RSS_RATIO, mib),
+    ]  # fmt: skip
+
+
+def control_table(run: Run) -> str:
+    """fairgate against the control (the forwarder spending as much CPU per chunk): what of
+    fairgate's latencies its CPU does not explain. Empty if the run had no control."""
+    streams = _target_streams(run)
+    control, fairgate = run.result(CONTROL, streams), run.result(FAIRGATE, streams)
+    if control is None or fairgate is None:
+        return ""
+    rows = [
+        [what, unit(theirs), unit(ours), _ratio(ours, theirs, math.inf)[0]]
+        for what, theirs, ours, _, unit in _figures(control, fairgate)[:3]
+    ]
+    told = sum(control.burns) / len(control.burns) if control.burns else math.nan
+    table = markdown_table(["Figure", "Control", "fairgate", "Ratio"], "lrrr", rows)
+    return (
+        f"\n\nAgainst the control at {streams:,} streams, the forwarder told to spend "
+        f"{us(told)} more per chunk, fairgate's extra of the turns before (a figure to read, not "
+        f"a target):\n\n{table}"
+    )
 
 
 def targets_table(run: Run) -> str:
@@ -236,6 +259,7 @@ def render_section(run: Run, argv: list[str]) -> str:
     """The BENCHMARKS.md section (without its delimiters); ``argv`` is the command's."""
     today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     first = next(r for r in run.results if r.turn.shape == LLM)
+    window_s = first.window_s / run.rounds  # each round's (the result pools them)
     pinned = (
         "the gateways pinned to CPU 0, Redis, the upstream and the load generator to CPU 1"
         if run.pinned
@@ -244,6 +268,12 @@ def render_section(run: Run, argv: list[str]) -> str:
     baseline = (
         f" and **fairgate at `{run.baseline}`** (that revision's code, same configuration)"
         if run.baseline
+        else ""
+    )
+    control = (
+        " and the **control**, the forwarder made to spend per chunk the CPU time fairgate "
+        "spent more than it (half of it when a request arrives and ends, half as chunks pass)"
+        if any(r.turn.path == CONTROL for r in run.results)
         else ""
     )
     scale = (
@@ -261,8 +291,8 @@ is {shape_text(LLM)} (drawn per stream from its seed), then the usage chunk and 
 an upstream that writes each chunk at its offset from the first. A client on raw asyncio
 sockets (one keep-alive connection per stream, a new stream as soon as one ends) keeps K streams
 open through the **forwarder** (the proxy-overhead benchmark's minimal aiohttp proxy), through
-**fairgate** (`fairgate serve`, a private `redis-server`){baseline}, path after path at each K:
-the first streams start over {first.ramp_s:g} s, a window of {first.window_s:g} s is
+**fairgate** (`fairgate serve`, a private `redis-server`){baseline}{control}, path after path
+at each K: the first streams start over {first.ramp_s:g} s, a window of {window_s:g} s is
 measured from {SETTLE_S:g} s after that, then the open streams run to their end. On this machine's
 {run.cpus} CPUs: {pinned}.
 
@@ -279,7 +309,7 @@ many streams it held); fairgate's own garbage collections in the window (from it
 The targets of issue 17, at {_target_streams(run):,} open streams, against the forwarder of the
 same run:
 
-{targets_table(run)}
+{targets_table(run)}{control_table(run)}
 
 {reading(run)}
 

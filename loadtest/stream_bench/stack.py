@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +35,8 @@ from loadtest.services import free_ports, wait_http_ok
 MODULE = "loadtest.stream_bench"
 #: The forwarder is the proxy-overhead benchmark's, unchanged: the same floor for both.
 FORWARDER_MODULE = "loadtest.proxy_overhead"
-#: The paths every run measures.
-FORWARDER, FAIRGATE = "forwarder", "fairgate"
+#: The paths every run measures, and the control: the forwarder spending fairgate's extra CPU.
+FORWARDER, FAIRGATE, CONTROL = "forwarder", "fairgate", "control"
 #: Where the gateways run, and where everything else does (with two CPUs or more).
 GATEWAY_CPU, REST_CPU = 0, 1
 #: The scheduling priority (nice value) of every process of the run, where allowed (root).
@@ -109,13 +110,14 @@ def start_stack(
     baseline: Path | None,
     pinned: bool,
     scale_processes: int = 1,
+    control: bool = False,
 ) -> tuple[list[Target], int]:
-    """Redis, the upstream, the forwarder, fairgate (and fairgate at ``baseline``'s code), all
-    ready and pinned if asked; and, with ``scale_processes`` > 1, the forwarder and fairgate
-    again as that many processes each (:func:`start_scale_paths`). The paths, and Redis's
-    pid."""
+    """Redis, the upstream, the forwarder, fairgate (and fairgate at ``baseline``'s code, and
+    the control forwarder if asked), all ready and pinned if asked; and, with
+    ``scale_processes`` > 1, the forwarder and fairgate again as that many processes each
+    (:func:`start_scale_paths`). The paths, and Redis's pid."""
     raise_open_files()
-    ports = free_ports(7)
+    ports = free_ports(8)
     redis_port, upstream_port, forwarder_port, gateway_port, baseline_port = ports[:5]
     upstream = f"http://{LOOPBACK}:{upstream_port}"
     redis = start_redis(stack, redis_port, workdir)
@@ -126,15 +128,7 @@ def start_stack(
         lambda process: wait_http_ok(upstream + "/health", process),
         workdir,
     )
-    forwarder_argv = [sys.executable, "-m", FORWARDER_MODULE, "--serve", "forwarder",
-                      "--port", str(forwarder_port), "--upstream", upstream]  # fmt: skip
-    forwarder = start_process(
-        stack,
-        "forwarder",
-        forwarder_argv,
-        lambda process: wait_http_ok(f"http://{LOOPBACK}:{forwarder_port}/health", process),
-        workdir,
-    )
+    forwarder = start_forwarder(stack, FORWARDER, forwarder_port, upstream, workdir)
     config = gateway_config(gateway_port, redis_port, upstream, "fairgate-streams")
     fairgate = start_fairgate(stack, "fairgate", config, workdir)
     paths = [
@@ -148,6 +142,9 @@ def start_stack(
         paths.append(
             Target("baseline", baseline_port, {"gateway": (before.pid,), "redis": (redis.pid,)})
         )
+    if control:
+        controlling = start_forwarder(stack, CONTROL, ports[7], upstream, workdir)
+        paths.append(Target(CONTROL, ports[7], {"gateway": (controlling.pid,)}))
     if scale_processes > 1:
         scale_ports = (ports[5], ports[6])
         paths += start_scale_paths(
@@ -160,6 +157,16 @@ def start_stack(
         for pid in (redis.pid, serving.pid, os.getpid()):
             pin(pid, REST_CPU)
     return paths, redis.pid
+
+
+def start_forwarder(
+    stack: contextlib.ExitStack, kind: str, port: int, upstream: str, workdir: Path
+) -> subprocess.Popen[bytes]:
+    """The forwarder, or the control (``kind``), serving ``port``, ready."""
+    argv = [sys.executable, "-m", FORWARDER_MODULE, "--serve", kind, "--port", str(port),
+            "--upstream", upstream]  # fmt: skip
+    url = f"http://{LOOPBACK}:{port}/health"
+    return start_process(stack, kind, argv, lambda process: wait_http_ok(url, process), workdir)
 
 
 def start_scale_paths(

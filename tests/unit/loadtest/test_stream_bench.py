@@ -116,7 +116,9 @@ def test_the_scale_turn_holds_every_stream_through_as_many_processes_as_files_as
     monkeypatch: pytest.MonkeyPatch, open_files: int, processes: int, paths: list[str]
 ) -> None:
     monkeypatch.setattr(measurement, "open_files", lambda: open_files)
-    planned = measurement.turns([100], ["forwarder", "fairgate", "baseline"], 1, scale=True)
+    planned = measurement.turns(
+        [100], ["forwarder", "fairgate", "baseline", "control"], 1, scale=True
+    )  # the control: not at scale
     scale = [turn for turn in planned if turn.shape == SLOW]
     assert scale == [Turn(path, SCALE_STREAMS, SLOW, processes) for path in paths]
     assert all(turn.processes == 1 for turn in planned if turn.shape != SLOW)
