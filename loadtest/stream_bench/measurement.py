@@ -67,7 +67,12 @@ SOCKETS_PER_STREAM = 2
 FD_RESERVE = 1_000
 #: Seconds measured per turn, and over which the first streams start.
 WINDOW_S, SHORT_WINDOW_S, SCALE_WINDOW_S = 30.0, 12.0, 30.0
-RAMP_S, SHORT_RAMP_S, SCALE_RAMP_S = 5.0, 3.0, 30.0
+#: At the LLM shape, one mean stream's lifetime: the first streams then end, and the next start,
+#: about as steadily as they began, and the window measures K streams open at a steady rate of
+#: new ones (K / lifetime). Over a shorter ramp (5 s, before session 13) every slot's streams
+#: start and end in step: new streams came in waves of 400/s and troughs of 10/s at 2,000
+#: streams, twice the steady rate at the crests, and the window measured those waves.
+RAMP_S, SCALE_RAMP_S = LLM.mean_duration_s, 30.0
 #: After the ramp, before the window: the last streams to start get their first chunks.
 SETTLE_S = 1.0
 #: A chunk is delayed if its gap grew by this much; a pause delayed this many streams at once.
@@ -553,7 +558,7 @@ def run_benchmark(
     """Start every process, run every turn, stop every process (also on errors and Ctrl-C)."""
     started, load_before, code_revision = time.perf_counter(), os.getloadavg()[0], revision()
     ramps = {
-        LLM: (SHORT_RAMP_S, SHORT_WINDOW_S) if short else (RAMP_S, WINDOW_S),
+        LLM: (RAMP_S, SHORT_WINDOW_S if short else WINDOW_S),
         SLOW: (SCALE_RAMP_S, SCALE_WINDOW_S),
     }
     with contextlib.ExitStack() as stack:
