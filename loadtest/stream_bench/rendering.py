@@ -292,7 +292,7 @@ an upstream that writes each chunk at its offset from the first. A client on raw
 sockets (one keep-alive connection per stream, a new stream as soon as one ends) keeps K streams
 open through the **forwarder** (the proxy-overhead benchmark's minimal aiohttp proxy), through
 **fairgate** (`fairgate serve`, a private `redis-server`){baseline}{control}, path after path
-at each K: the first streams start over {first.ramp_s:g} s, a window of {window_s:g} s is
+at each K: the first streams start over {round(first.ramp_s, 1):g} s, a window of {window_s:g} s is
 measured from {SETTLE_S:g} s after that, then the open streams run to their end. On this machine's
 {run.cpus} CPUs: {pinned}.
 
