@@ -250,11 +250,11 @@ def forwarder_app(upstream: str, burn: Burn | None = None) -> web.Application:
     app.router.add_post(CHAT_PATH, forward)
     app.router.add_get("/health", health)
     if burn is not None:
-        app.router.add_post(BURN_PATH, partial(set_burn, burn))
+        app.router.add_post(BURN_PATH, partial(take_burn, burn))
     return app
 
 
-async def set_burn(burn: Burn, request: web.Request) -> web.Response:
+async def take_burn(burn: Burn, request: web.Request) -> web.Response:
     """``POST /burn`` ``{"start_us", "chunk_us", "end_us"}``: the control's CPU from now on."""
     asked = await request.json()
     burn.start_s, burn.chunk_s, burn.end_s = (

@@ -495,9 +495,9 @@ async def set_burn(
     before = results.get(turn)
     extra = 0.0
     if forwarder is not None and fairgate is not None:
-        extra = _finite(fairgate.cpu_per_chunk() - forwarder.cpu_per_chunk())
+        extra = _positive(fairgate.cpu_per_chunk() - forwarder.cpu_per_chunk())
         if before is not None and before.burns:
-            added = _finite(before.cpu_per_chunk() - forwarder.cpu_per_chunk())
+            added = _positive(before.cpu_per_chunk() - forwarder.cpu_per_chunk())
             if added > 0:
                 asked = sum(before.burns) / len(before.burns)
                 extra *= min(max(asked / added, 1 / BURN_CORRECTION), BURN_CORRECTION)
@@ -512,7 +512,7 @@ async def set_burn(
     return extra
 
 
-def _finite(seconds: float) -> float:
+def _positive(seconds: float) -> float:
     """``seconds`` if a positive number, else 0 (a figure missing or negative)."""
     return seconds if seconds > 0 else 0.0
 

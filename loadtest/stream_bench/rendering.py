@@ -165,8 +165,8 @@ def control_table(run: Run) -> str:
     table = markdown_table(["Figure", "Control", "fairgate", "Ratio"], "lrrr", rows)
     return (
         f"\n\nAgainst the control at {streams:,} streams, the forwarder told to spend "
-        f"{us(told)} more per chunk, fairgate's extra of the turns before (a figure to read, not "
-        f"a target):\n\n{table}"
+        f"{us(told)} more per chunk (fairgate's extra of the turns before, less the control's own "
+        f"overshoot; a figure to read, not a target):\n\n{table}"
     )
 
 
