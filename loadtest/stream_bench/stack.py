@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -160,13 +161,28 @@ def start_stack(
 
 
 def start_forwarder(
-    stack: contextlib.ExitStack, kind: str, port: int, upstream: str, workdir: Path
+    stack: contextlib.ExitStack,
+    kind: str,
+    port: int,
+    upstream: str,
+    workdir: Path,
+    sock: socket.socket | None = None,
+    name: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    """The forwarder, or the control (``kind``), serving ``port``, ready."""
-    argv = [sys.executable, "-m", FORWARDER_MODULE, "--serve", kind, "--port", str(port),
-            "--upstream", upstream]  # fmt: skip
+    """The forwarder, or the control (``kind``), serving ``port`` (on the listening ``sock``
+    this process hands it, one of several sharing the port, if given), ready; its log named
+    ``name`` (``kind`` by default)."""
+    where = ["--port", str(port)] if sock is None else ["--fd", str(sock.fileno())]
+    argv = [sys.executable, "-m", FORWARDER_MODULE, "--serve", kind, *where, "--upstream", upstream]
     url = f"http://{LOOPBACK}:{port}/health"
-    return start_process(stack, kind, argv, lambda process: wait_http_ok(url, process), workdir)
+    return start_process(
+        stack,
+        name or kind,
+        argv,
+        lambda process: wait_http_ok(url, process),
+        workdir,
+        pass_fds=[] if sock is None else [sock.fileno()],
+    )
 
 
 def start_scale_paths(
@@ -187,24 +203,7 @@ def start_scale_paths(
     for sock in sockets:
         stack.callback(sock.close)
     forwarders = [
-        start_process(
-            stack,
-            f"forwarder-{i}",
-            [
-                sys.executable,
-                "-m",
-                FORWARDER_MODULE,
-                "--serve",
-                "forwarder",
-                "--fd",
-                str(sock.fileno()),
-                "--upstream",
-                upstream,
-            ],  # fmt: skip
-            lambda process: wait_http_ok(f"http://{LOOPBACK}:{port}/health", process),
-            workdir,
-            pass_fds=[sock.fileno()],
-        ).pid
+        start_forwarder(stack, FORWARDER, port, upstream, workdir, sock, f"forwarder-{i}").pid
         for i, sock in enumerate(sockets)
     ]
     config = gateway_config(fairgate_port, redis_port, upstream, "fairgate-streams-workers")
